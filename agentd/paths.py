@@ -1,0 +1,18 @@
+"""Where agentd finds its bundled files and keeps its state."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+BPF_DIR = REPO_ROOT / "bpf"
+POLICIES_DIR = REPO_ROOT / "policies"
+DEFAULT_POLICY = POLICIES_DIR / "default.yaml"
+DATA_DIR = REPO_ROOT / "data"
+EXAMPLES_DIR = REPO_ROOT / "examples"
+
+DEFAULT_SOCKET = Path(os.environ.get("AGENTD_SOCKET", "/run/agentd/agentd.sock"))
+DEFAULT_STATE_DIR = Path(os.environ.get("AGENTD_STATE_DIR", "/var/lib/agentd"))
+DEFAULT_POLICY_DIR = Path("/etc/agentd/policies.d")
