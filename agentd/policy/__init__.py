@@ -1,0 +1,1 @@
+"""Policies: YAML with line marks -> strict typed model -> pure decisions."""
