@@ -1,0 +1,127 @@
+"""Policy files in, typed Policy out, or a list of Problems (file, line, key, expected).
+
+Hostile input is refused before it is built: files over MAX_POLICY_BYTES, YAML anchors and
+aliases (billion laughs), non-core tags (!!python/...), nesting deeper than MAX_DEPTH.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+
+from agentd.policy.problems import Problem
+from agentd.policy.schema import POLICY_SPEC, Policy, ResourceLimits, ToolCallPolicy
+
+MAX_POLICY_BYTES = 1 << 20
+MAX_DEPTH = 32
+_CORE_TAG_PREFIX = "tag:yaml.org,2002:"
+_CORE_TAGS = {_CORE_TAG_PREFIX + t for t in ("str", "int", "float", "bool", "null", "map", "seq")}
+
+
+class PolicyInvalid(ValueError):
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems))
+
+
+def _compose(text: str, file: str, problems: list[Problem]) -> yaml.Node | None:
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                problems.append(Problem(file, event.start_mark.line + 1, "", "YAML anchors and aliases are not allowed in policies"))
+                return None
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problems.append(Problem(file, mark.line + 1 if mark else 0, "", f"not valid YAML: {exc.problem or exc}"))
+        return None
+    except yaml.YAMLError as exc:
+        problems.append(Problem(file, 0, "", f"not valid YAML: {exc}"))
+        return None
+    if node is None:
+        problems.append(Problem(file, 0, "", "the file is empty; expected a mapping with version and name"))
+        return None
+    _check_tags(node, file, problems, 0)
+    return None if problems else node
+
+
+def _check_tags(node: yaml.Node, file: str, problems: list[Problem], depth: int) -> None:
+    if depth > MAX_DEPTH:
+        problems.append(Problem(file, node.start_mark.line + 1, "", f"nested deeper than {MAX_DEPTH} levels"))
+        return
+    if node.tag not in _CORE_TAGS:
+        problems.append(Problem(file, node.start_mark.line + 1, "", f"tag {node.tag!r} is not allowed; use plain YAML values"))
+        return
+    children = []
+    if isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    elif isinstance(node, yaml.SequenceNode):
+        children = node.value
+    for child in children:
+        _check_tags(child, file, problems, depth + 1)
+
+
+def parse_text(text: str, filename: str) -> tuple[Policy | None, list[Problem]]:
+    problems: list[Problem] = []
+    if len(text.encode("utf-8", "replace")) > MAX_POLICY_BYTES:
+        return None, [Problem(filename, 0, "", f"file is larger than {MAX_POLICY_BYTES} bytes")]
+    node = _compose(text, filename, problems)
+    if node is None:
+        return None, problems
+    values = POLICY_SPEC.check(node, "", problems, filename)
+    if problems or values is None:
+        return None, problems
+    policy = Policy(
+        name=values["name"],
+        version=values["version"],
+        agents=tuple(values.get("agents") or ()),
+        agent=values.get("agent") or ResourceLimits(),
+        toolcalls=values.get("toolcalls") or ToolCallPolicy(),
+        source=filename,
+        text=text,
+    )
+    return policy, []
+
+
+def validate_text(text: str, filename: str) -> list[Problem]:
+    return parse_text(text, filename)[1]
+
+
+def read_policy_file(path: str | os.PathLike, *, require_root_owned: bool = False) -> str:
+    """Read a policy file's text; raise PolicyInvalid with a whole-file problem if unreadable.
+
+    The daemon passes require_root_owned: a policy it enforces as root must not be
+    writable by anyone else (bpftune's trust check)."""
+    path = Path(path)
+    try:
+        st = path.stat()
+        if not path.is_file():
+            raise PolicyInvalid([Problem(str(path), 0, "", "not a regular file")])
+        if st.st_size > MAX_POLICY_BYTES:
+            raise PolicyInvalid([Problem(str(path), 0, "", f"file is larger than {MAX_POLICY_BYTES} bytes")])
+        if require_root_owned and (st.st_uid != 0 or st.st_mode & 0o022):
+            raise PolicyInvalid([Problem(str(path), 0, "", "refused: a policy file must be owned by root and not writable by group or others")])
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise PolicyInvalid([Problem(str(path), 0, "", "not UTF-8 text")]) from None
+    except OSError as exc:
+        raise PolicyInvalid([Problem(str(path), 0, "", f"cannot read: {exc.strerror}")]) from None
+
+
+def validate_file(path: str | os.PathLike) -> list[Problem]:
+    try:
+        text = read_policy_file(path)
+    except PolicyInvalid as exc:
+        return exc.problems
+    return validate_text(text, str(path))
+
+
+def load_file(path: str | os.PathLike, *, require_root_owned: bool = False) -> Policy:
+    text = read_policy_file(path, require_root_owned=require_root_owned)
+    policy, problems = parse_text(text, str(path))
+    if problems:
+        raise PolicyInvalid(problems)
+    assert policy is not None
+    return policy
