@@ -83,9 +83,6 @@ class Escalation:
     psi_full_pct: float = 40.0
     sustain_s: float = 2.0
     freeze_s: float = 5.0
-    # v1 (hybrid) has no memory.high: at the hard limit the kernel pauses the tool call
-    # (oom_kill_disable) and agentd grants this much headroom once before freezing.
-    grant_pct: float = 25.0
 
 
 @dataclass(frozen=True)
@@ -166,7 +163,6 @@ _ESCALATION = Mapping(
         "psi_full_pct": Scalar("number", minimum=1, maximum=100),
         "sustain_s": Scalar("number", minimum=0.1, maximum=600),
         "freeze_s": Scalar("number", minimum=0.1, maximum=3600),
-        "grant_pct": Scalar("number", minimum=0, maximum=400),
     },
     build=lambda v: Escalation(**v),
 )

@@ -1,0 +1,155 @@
+"""The burst ladder for one tool call, as a pure state machine: throttle -> freeze -> kill.
+
+`step(state, sample, limits, escalation, now)` returns the new state and the actions to
+take. The daemon feeds it a Sample of the tool call's cgroup every tick and carries out the
+actions; nothing here touches the kernel, so every path is unit-tested with a fake clock.
+
+cgroup v2: the kernel throttles at memory.high; agentd watches the tool call's PSI memory
+`full` share and freezes it when it stays above the threshold for `sustain_s`, then kills it
+if it is still stuck `freeze_s` later (or thaws it if the agent raised its limit).
+cgroup v1 (hybrid): no memory.high. The limit starts at memory_high with oom_kill_disable,
+so the kernel pauses the tool call there (under_oom); agentd grants headroom up to
+memory_max once, and at memory_max freezes, then kills.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from agentd.policy.schema import Escalation, ResourceLimits
+from agentd.policy.spec import format_size
+
+
+@dataclass(frozen=True)
+class Sample:
+    now: float
+    memory_current: int
+    memory_peak: int
+    memory_limit: int | None  # the hard limit in force (v1: the pause point)
+    high_events: int = 0  # v2 memory.events high (cumulative)
+    oom_kill_events: int = 0  # memory.events oom_kill (cumulative)
+    under_oom: bool = False  # v1: paused at the limit
+    psi_full_total_us: int = 0  # cumulative memory full stall time
+    populated: bool = True
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str  # "journal", "set_memory_limit", "freeze", "thaw", "kill"
+    reason: str = ""
+    value: int | None = None
+    level: str = "info"
+    data: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LadderState:
+    started: float
+    stage: str = "running"  # running | frozen | killed | done
+    throttled: bool = False
+    over_since: float | None = None  # when PSI full went above the threshold
+    frozen_at: float | None = None
+    granted: bool = False  # v1: the one-time grant was used
+    last_psi_us: int | None = None
+    last_now: float | None = None
+    high_seen: int = 0
+    oom_seen: int = 0
+    outcome: str | None = None  # ok | throttled | frozen | killed | failed
+    reason: str = ""
+
+
+def _journal(kind: str, message: str, level: str = "info", **data) -> Action:
+    return Action("journal", reason=kind, level=level, data={"message": message, **data})
+
+
+def step(state: LadderState, s: Sample, limits: ResourceLimits, esc: Escalation, *, v1: bool) -> tuple[LadderState, list[Action]]:
+    if state.stage in ("killed", "done"):
+        return state, []
+    actions: list[Action] = []
+    psi_pct = 0.0
+    if state.last_psi_us is not None and state.last_now is not None and s.now > state.last_now:
+        psi_pct = max(0.0, (s.psi_full_total_us - state.last_psi_us) / ((s.now - state.last_now) * 1e6) * 100)
+    state = replace(state, last_psi_us=s.psi_full_total_us, last_now=s.now)
+    figures = {
+        "memory_current": s.memory_current,
+        "memory_peak": s.memory_peak,
+        "memory_high": limits.memory_high,
+        "memory_max": limits.memory_max,
+        "psi_full_pct": round(psi_pct, 1),
+    }
+
+    # The kernel already killed inside the tool call (memory.max on v2).
+    if s.oom_kill_events > state.oom_seen:
+        state = replace(state, oom_seen=s.oom_kill_events, stage="killed", outcome="killed",
+                        reason=f"the kernel OOM-killed the tool call at its memory_max {format_size(limits.memory_max)} (peak {format_size(s.memory_peak)})")
+        actions.append(_journal("toolcall.killed", state.reason, "warn", limit="memory_max", **figures))
+        actions.append(Action("kill", reason=state.reason))
+        return state, actions
+
+    timeout = limits.timeout_s
+    if timeout is not None and s.now - state.started > timeout:
+        reason = f"ran past its timeout of {timeout:g} s; every process of the tool call was ended"
+        state = replace(state, stage="killed", outcome="killed", reason=reason)
+        return state, [_journal("toolcall.killed", reason, "warn", limit="timeout_s", elapsed_s=round(s.now - state.started, 2), **figures), Action("kill", reason=reason)]
+
+    if state.stage == "frozen":
+        # Thaw when the limit was raised above what the tool call uses (the agent asked
+        # for more within the ceiling); kill when the grace ran out.
+        relieved = s.memory_limit is None or s.memory_current < s.memory_limit * 0.95
+        if relieved and not s.under_oom:
+            state = replace(state, stage="running", frozen_at=None, over_since=None)
+            return state, [_journal("toolcall.thawed", "the tool call's limit was raised; thawed it", **figures), Action("thaw")]
+        if s.now - (state.frozen_at or s.now) >= esc.freeze_s:
+            reason = (f"frozen for {esc.freeze_s:g} s at {format_size(s.memory_current)} of its "
+                      f"{format_size(s.memory_limit)} limit with no relief; killed the tool call (the agent keeps running)")
+            state = replace(state, stage="killed", outcome="killed", reason=reason)
+            return state, [_journal("toolcall.killed", reason, "warn", limit="memory_max", **figures), Action("kill", reason=reason)]
+        return state, []
+
+    if s.high_events > state.high_seen:
+        if not state.throttled:
+            actions.append(_journal("toolcall.throttled",
+                                    f"memory reached its memory_high {format_size(limits.memory_high)}; the kernel is throttling the burst",
+                                    limit="memory_high", **figures))
+        state = replace(state, high_seen=s.high_events, throttled=True)
+
+    if v1 and s.under_oom:
+        top = limits.memory_max or s.memory_limit or 0
+        if s.memory_limit is not None and s.memory_limit < top and not state.granted:
+            state = replace(state, throttled=True, granted=True)
+            actions.append(_journal("toolcall.throttled",
+                                    f"paused at its memory_high {format_size(s.memory_limit)}; granted headroom up to its memory_max {format_size(top)}",
+                                    limit="memory_high", granted=top, **figures))
+            actions.append(Action("set_memory_limit", value=top))
+            return state, actions
+        reason = f"paused at its memory_max {format_size(s.memory_limit)}; froze the tool call and will kill it in {esc.freeze_s:g} s unless its limit is raised"
+        state = replace(state, stage="frozen", frozen_at=s.now, throttled=True, outcome="frozen", reason=reason)
+        actions.append(_journal("toolcall.frozen", reason, "warn", limit="memory_max", **figures))
+        actions.append(Action("freeze"))
+        return state, actions
+
+    if psi_pct >= esc.psi_full_pct:
+        over_since = state.over_since if state.over_since is not None else s.now
+        state = replace(state, over_since=over_since)
+        if s.now - over_since >= esc.sustain_s:
+            reason = (f"memory stalled {psi_pct:.0f}% of the time (PSI full) for {s.now - over_since:.1f} s; "
+                      f"froze the tool call and will kill it in {esc.freeze_s:g} s unless its limit is raised")
+            state = replace(state, stage="frozen", frozen_at=s.now, outcome="frozen", reason=reason)
+            actions.append(_journal("toolcall.frozen", reason, "warn", limit="memory_high", **figures))
+            actions.append(Action("freeze"))
+    elif state.over_since is not None:
+        state = replace(state, over_since=None)
+    return state, actions
+
+
+def finish(state: LadderState, exit_code: int | None) -> LadderState:
+    """The tool call's last process exited: settle its outcome."""
+    if state.stage == "killed":
+        return replace(state, stage="done")
+    if state.throttled:
+        outcome, reason = "throttled", state.reason or "completed after its memory burst was throttled"
+    elif exit_code not in (None, 0):
+        outcome, reason = "failed", f"exited with status {exit_code}"
+    else:
+        outcome, reason = "ok", "completed within its limits"
+    return replace(state, stage="done", outcome=outcome, reason=reason)
