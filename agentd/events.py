@@ -22,6 +22,13 @@ class ProcEvent:
     `cgroup_id` is the v2 (default hierarchy) cgroup id of the task when the event fired,
     0 when the backend cannot tell (cn_proc). `gated` is True when the BPF exec hook
     stopped the task with SIGSTOP and the daemon owes it a SIGCONT after placement.
+
+    Added fields (all optional): `exit_code` is a wait(2) status ((code & 0xff) << 8, or the
+    terminating signal number) and is meaningful only when `exit_code_known`; `old_pid` is the
+    pid before exec (differs from `pid` when a non-leader thread exec'd); `filename` is the
+    exec'd path as the kernel saw it; `cgroup_path` is the destination of a CGROUP_ATTACH (v2
+    path relative to the v2 mount) and `cgroup_id` its id there; `self_move` marks an attach
+    the moved process did itself.
     """
 
     kind: ProcEventKind
@@ -33,3 +40,8 @@ class ProcEvent:
     ts_ns: int = 0
     exit_code: int = 0
     gated: bool = False
+    exit_code_known: bool = False
+    old_pid: int = 0
+    filename: str = ""
+    cgroup_path: str = ""
+    self_move: bool = False

@@ -18,6 +18,10 @@ class TrackerBackend(ABC):
     name: str  # "bpf" or "cn_proc"
     can_gate: bool  # True when execs in gated cgroups are stopped in the kernel (SIGSTOP)
 
+    def load(self) -> None:
+        """Acquire the kernel side now (compile/attach, open sockets) so that a failure shows
+        before start(); start() calls it if needed. Raises BackendUnavailable. Idempotent."""
+
     @abstractmethod
     def start(self, sink: EventSink) -> None:
         """Load/attach and start a consumer thread that calls sink(event) for each event.
@@ -36,3 +40,12 @@ class TrackerBackend(ABC):
         """Execs of tasks in these v2 cgroups are stopped (SIGSTOP) until the daemon places them."""
         if cgroup_ids:
             raise NotImplementedError(f"{self.name} backend cannot gate execs")
+
+    def release(self, pid: int) -> bool:
+        """Send SIGCONT to a gated pid once it is placed. False when the pid is gone or this
+        backend never stops anything."""
+        return False
+
+    def stats(self) -> dict[str, int]:
+        """Counters for metrics and `agentctl status`; always includes "lost"."""
+        return {"lost": self.lost_events()}

@@ -1,0 +1,313 @@
+"""The BCC tracker: fork/exec/exit/OOM victim/cgroup attach from one ring buffer, and the
+exec gate (execs in gated v2 cgroups are stopped with SIGSTOP until the daemon places them).
+
+Stopped processes are never left behind by this backend: each gated exec is remembered until
+`release(pid)`; after `gate_timeout_s` it is continued anyway (fail open, counted), and
+`stop()` continues every one still owed. A daemon killed with SIGKILL unloads the program
+(no new stops) but cannot continue the few in flight: at start-up the daemon should call
+`continue_stopped(pids)` for processes found in state T in its gated cgroups.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from typing import Callable
+
+from agentd.events import ProcEvent, ProcEventKind
+from agentd.tracking import bpf_source as src
+from agentd.tracking.backend import BackendUnavailable, EventSink, TrackerBackend
+
+log = logging.getLogger(__name__)
+
+POLL_TIMEOUT_MS = 100
+
+
+def _first_error_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in lines:
+        if "error" in ln.lower():
+            return ln
+    return lines[0] if lines else "no compiler output"
+
+
+def _compile(text: str, cflags: list[str]):
+    """BPF(text=...) with the compiler's stderr captured, so a failure can name its cause."""
+    try:
+        from bcc import BPF  # Debian's python3-bpfcc
+    except ImportError as exc:
+        raise BackendUnavailable(f"BCC is not importable: {exc}") from exc
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as err:
+        os.dup2(err.fileno(), 2)
+        try:
+            bpf = BPF(text=text, cflags=cflags)
+            failure = None
+        except Exception as exc:  # BCC raises bare Exception for compile and load errors
+            bpf, failure = None, exc
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        err.seek(0)
+        output = err.read().decode(errors="replace")
+    if failure is not None:
+        raise BackendUnavailable(
+            f"BCC could not compile the tracker: {_first_error_line(output or str(failure))}"
+        ) from failure
+    if output.strip():
+        log.debug("BCC compiler output: %s", output.strip())
+    return bpf
+
+
+def event_from_raw(raw: src.RawEvent) -> ProcEvent | None:
+    """A validated ProcEvent, or None for a record that cannot be right (pid 0, unknown kind)."""
+    kind = src.KIND_BY_NUMBER.get(raw.kind)
+    if kind is None or raw.pid <= 0 or raw.pid > 1 << 22:
+        return None
+    comm = bytes(raw.comm).split(b"\0", 1)[0].decode(errors="replace")
+    path = bytes(raw.path).split(b"\0", 1)[0].decode(errors="replace")
+    flags = raw.flags
+    fields: dict = dict(kind=kind, pid=raw.pid, tgid=raw.tgid, comm=comm, cgroup_id=raw.cgroup_id, ts_ns=raw.ts_ns)
+    if kind is ProcEventKind.FORK:
+        fields["ppid"] = raw.ppid
+    elif kind is ProcEventKind.EXEC:
+        fields.update(old_pid=raw.ppid, filename=path, gated=bool(flags & src.F_GATED))
+    elif kind is ProcEventKind.EXIT:
+        if flags & src.F_EXIT_CODE:
+            fields.update(exit_code=raw.exit_code, exit_code_known=True)
+    elif kind is ProcEventKind.CGROUP_ATTACH:
+        fields.update(cgroup_path=path, self_move=bool(flags & src.F_SELF_MOVE))
+    return ProcEvent(**fields)
+
+
+class BpfBackend(TrackerBackend):
+    name = "bpf"
+    can_gate = True
+
+    def __init__(
+        self,
+        options: src.TrackerOptions | None = None,
+        *,
+        debug: bool = False,
+        gate_timeout_s: float = 2.0,
+        template: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.options = options or src.TrackerOptions()
+        self.options.check()
+        self.can_gate = self.options.gate
+        self.debug = debug
+        self.gate_timeout_s = gate_timeout_s
+        self._template = template
+        self._clock = clock
+        self._bpf = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._gated: set[int] = set()
+        self._owed: dict[int, float] = {}  # gated pid -> deadline for the fail-open SIGCONT
+        self._sink: EventSink | None = None
+        self.invalid_events = 0
+        self._final_stats = {name: 0 for name in src.STAT_NAMES.values()}
+        self.gate_timeouts = 0
+        self.sink_errors = 0
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def source(self) -> str:
+        template = self._template if self._template is not None else src.load_template()
+        return src.render_tracker_source(self.options, template)
+
+    def load(self) -> None:
+        """Compile and attach (events wait in the ring buffer until start). Idempotent."""
+        if self._bpf is not None:
+            return
+        text = self.source()
+        if self.debug:
+            print(text, file=sys.stderr)
+        # -w: the Debian 6.1 headers produce warnings unrelated to this program.
+        self._bpf = _compile(text, ["-w"])
+
+    def start(self, sink: EventSink) -> None:
+        if self._thread is not None:
+            raise RuntimeError("BpfBackend already started")
+        self.load()
+        self._sink = sink
+        self._stop.clear()
+        self._bpf["events"].open_ring_buffer(self._on_raw)
+        if self._gated:
+            self._write_gated(self._gated, set())
+        self._thread = threading.Thread(target=self._poll_loop, name="agentd-bpf-tracker", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        bpf = self._bpf
+        if bpf is None:
+            return
+        # No new stops from here on; then hear about any stop already in the ring buffer.
+        try:
+            bpf["gated_cgroups"].clear()
+        except Exception:  # the map may already be gone when stop() runs during teardown
+            log.exception("could not clear gated_cgroups")
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        try:
+            bpf.ring_buffer_consume()
+        except Exception:
+            log.exception("final ring buffer drain failed")
+        with self._lock:
+            owed = list(self._owed)
+            self._owed.clear()
+        continue_stopped(owed)
+        self._final_stats = self.kernel_stats()  # counters stay readable after stop
+        bpf.cleanup()
+        self._bpf = None
+
+    # -- gate -------------------------------------------------------------------------
+
+    def set_gated_cgroups(self, cgroup_ids: set[int]) -> None:
+        ids = {int(c) for c in cgroup_ids}
+        if any(c <= 0 for c in ids):
+            raise ValueError("cgroup ids are positive")
+        if ids and not self.options.gate:
+            raise NotImplementedError("this BpfBackend was built with the exec gate off")
+        old, self._gated = self._gated, ids
+        if self._bpf is not None:
+            self._write_gated(ids, old)
+
+    def _write_gated(self, new: set[int], old: set[int]) -> None:
+        table = self._bpf["gated_cgroups"]
+        for c in new - old:
+            table[ctypes.c_uint64(c)] = ctypes.c_uint8(1)
+        for c in old - new:
+            try:
+                del table[ctypes.c_uint64(c)]
+            except KeyError:
+                pass
+
+    def release(self, pid: int) -> bool:
+        """SIGCONT a gated pid once it is placed. False when it had already gone."""
+        with self._lock:
+            self._owed.pop(pid, None)
+        return _sigcont(pid)
+
+    def owed_pids(self) -> list[int]:
+        with self._lock:
+            return list(self._owed)
+
+    # -- watch subtree ----------------------------------------------------------------
+
+    def set_watch_root(self, cgroup_dir: str) -> None:
+        """With watch_subtree: fork/exec/exit only for tasks under this v2 cgroup directory."""
+        if not self.options.watch_subtree:
+            raise RuntimeError("built without watch_subtree")
+        if self._bpf is None:
+            raise RuntimeError("start() first")
+        self._bpf["watch_root"][0] = str(cgroup_dir)
+
+    # -- counters ---------------------------------------------------------------------
+
+    def kernel_stats(self) -> dict[str, int]:
+        if self._bpf is None:
+            return dict(self._final_stats)
+        table = self._bpf["stats"]
+        return {name: int(sum(table[ctypes.c_int(i)])) for i, name in src.STAT_NAMES.items()}
+
+    def lost_events(self) -> int:
+        return self.kernel_stats()["lost"]
+
+    def stats(self) -> dict[str, int]:
+        out = self.kernel_stats()
+        out.update(
+            invalid=self.invalid_events,
+            gate_timeouts=self.gate_timeouts,
+            sink_errors=self.sink_errors,
+            gate_owed=len(self._owed),
+        )
+        return out
+
+    def program_run_stats(self) -> dict[str, dict[str, int]]:
+        """run_cnt / run_time_ns per program from the prog fd's fdinfo
+        (counted only while sysctl kernel.bpf_stats_enabled=1)."""
+        out: dict[str, dict[str, int]] = {}
+        if self._bpf is None:
+            return out
+        for name, fn in self._bpf.funcs.items():
+            try:
+                with open(f"/proc/self/fdinfo/{fn.fd}") as f:
+                    info = dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
+            except OSError:
+                continue
+            out[name.decode() if isinstance(name, bytes) else name] = {
+                "run_cnt": int(info.get("run_cnt", "0").strip()),
+                "run_time_ns": int(info.get("run_time_ns", "0").strip()),
+            }
+        return out
+
+    # -- consumer thread --------------------------------------------------------------
+
+    def _poll_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._bpf.ring_buffer_poll(POLL_TIMEOUT_MS)
+            except Exception:
+                log.exception("ring buffer poll failed; the tracker goes on")
+                time.sleep(POLL_TIMEOUT_MS / 1000)
+            self._continue_overdue()
+
+    def _on_raw(self, _ctx, data, size) -> int:
+        if size < ctypes.sizeof(src.RawEvent):
+            self.invalid_events += 1
+            return 0
+        raw = ctypes.cast(data, ctypes.POINTER(src.RawEvent)).contents
+        ev = event_from_raw(raw)
+        if ev is None:
+            self.invalid_events += 1
+            return 0
+        if ev.gated:
+            with self._lock:
+                self._owed[ev.pid] = self._clock() + self.gate_timeout_s
+        try:
+            self._sink(ev)
+        except Exception:
+            self.sink_errors += 1
+            log.exception("tracker sink failed on %s", ev)
+        return 0
+
+    def _continue_overdue(self) -> None:
+        if not self._owed:
+            return
+        now = self._clock()
+        with self._lock:
+            overdue = [pid for pid, deadline in self._owed.items() if deadline <= now]
+            for pid in overdue:
+                del self._owed[pid]
+        for pid in overdue:
+            self.gate_timeouts += 1
+            log.warning(
+                "pid %d was stopped at exec and not placed within %.1f s; continuing it where it is",
+                pid, self.gate_timeout_s,
+            )
+            _sigcont(pid)
+
+
+def _sigcont(pid: int) -> bool:
+    try:
+        os.kill(pid, signal.SIGCONT)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def continue_stopped(pids) -> int:
+    """SIGCONT each pid (gone ones are fine); returns how many were signalled."""
+    return sum(1 for pid in pids if _sigcont(pid))

@@ -1,0 +1,270 @@
+// agentd process tracker: fork / exec / exit / OOM victim / cgroup attach, one ring buffer,
+// and the exec gate (SIGSTOP at exec for tasks in gated v2 cgroups).
+//
+// Compiled by BCC against headers that do NOT match the running kernel, so this file reads
+// no kernel struct field: only tracepoint arguments (BCC builds them from the running
+// kernel's tracefs format files) and helpers.
+//
+// agentd/tracking/bpf_source.py prepends these #defines, checked, before compiling:
+//   AGENTD_RINGBUF_PAGES   ring buffer size in pages (power of two)
+//   AGENTD_EVENT_SIZE      sizeof(struct event) on the Python side (ctypes), asserted below
+//   AGENTD_GATE            1: exec gate on (gated_cgroups is consulted at every exec)
+//   AGENTD_EXIT_CODE       1: exit_group(2) / fatal-signal tracepoints record the exit code
+//   AGENTD_WATCH_SUBTREE   1: fork/exec/exit only for tasks under the cgroup in watch_root[0]
+//   AGENTD_V2_ROOT         hierarchy id of the v2 (default) hierarchy for cgroup_attach_task
+
+#define AGENTD_FORK 1
+#define AGENTD_EXEC 2
+#define AGENTD_EXIT 3
+#define AGENTD_OOM_VICTIM 4
+#define AGENTD_CGROUP_ATTACH 5
+
+#define AGENTD_F_GATED 1u            // exec: SIGSTOP sent, user space owes a SIGCONT
+#define AGENTD_F_EXIT_CODE 2u        // exit: exit_code is valid
+#define AGENTD_F_SELF_MOVE 4u        // cgroup attach: the moved process wrote itself
+#define AGENTD_F_GATE_SKIPPED 8u     // (never in an event; stat index only)
+
+#define AGENTD_PATH_LEN 256
+#define AGENTD_SIGSTOP 19
+#define AGENTD_CLONE_THREAD 0x00010000ULL
+
+// Stat slots of the per-CPU `stats` array, read and summed by user space.
+#define STAT_LOST 0            // ring buffer full: event dropped
+#define STAT_GATE_SKIPPED 1    // gated exec NOT stopped because its event could not be reserved
+#define STAT_EMITTED 2
+#define STAT_THREADS 3         // thread creations filtered out (CLONE_THREAD)
+#define STAT_SIGNAL_FAILED 4   // bpf_send_signal returned an error
+#define STAT_SLOTS 8
+
+struct event {
+    u64 ts_ns;
+    u64 cgroup_id;     // v2 cgroup id of current; CGROUP_ATTACH: the destination cgroup id
+    u32 kind;
+    u32 pid;           // FORK: child tid; EXEC: pid (tgid after de_thread); EXIT: tgid;
+                       // OOM_VICTIM: victim pid; CGROUP_ATTACH: the moved task
+    u32 tgid;          // tgid of current (the task on whose behalf the tracepoint ran)
+    u32 ppid;          // FORK: parent tgid; EXEC: old_pid; others 0
+    u32 exit_code;     // EXIT: wait status ((code & 0xff) << 8 | signal), valid with F_EXIT_CODE
+    u32 flags;
+    char comm[16];
+    char path[AGENTD_PATH_LEN];  // EXEC: filename; CGROUP_ATTACH: destination path (v2)
+};
+
+_Static_assert(sizeof(struct event) == AGENTD_EVENT_SIZE, "event layout differs from Python");
+
+BPF_RINGBUF_OUTPUT(events, AGENTD_RINGBUF_PAGES);
+BPF_PERCPU_ARRAY(stats, u64, STAT_SLOTS);
+BPF_HASH(gated_cgroups, u64, u8, 4096);
+BPF_TABLE("lru_hash", u32, u64, clone_flags, 16384);
+#if AGENTD_EXIT_CODE
+BPF_TABLE("lru_hash", u32, u32, exit_codes, 16384);
+#endif
+#if AGENTD_WATCH_SUBTREE
+BPF_CGROUP_ARRAY(watch_root, 1);
+#endif
+
+static __always_inline void stat_inc(int slot)
+{
+    u64 *v = stats.lookup(&slot);
+    if (v)
+        (*v)++;
+}
+
+static __always_inline int watched(void)
+{
+#if AGENTD_WATCH_SUBTREE
+    // 1 = under, 0 = not under, <0 = no cgroup set yet (then everything is watched).
+    return watch_root.check_current_task(0) != 0;
+#else
+    return 1;
+#endif
+}
+
+static __always_inline struct event *reserve(u32 kind)
+{
+    struct event *e = events.ringbuf_reserve(sizeof(struct event));
+    if (!e) {
+        stat_inc(STAT_LOST);
+        return 0;
+    }
+    u64 id = bpf_get_current_pid_tgid();
+    e->ts_ns = bpf_ktime_get_ns();
+    e->cgroup_id = bpf_get_current_cgroup_id();
+    e->kind = kind;
+    e->pid = 0;
+    e->tgid = id >> 32;
+    e->ppid = 0;
+    e->exit_code = 0;
+    e->flags = 0;
+    e->path[0] = 0;
+    bpf_get_current_comm(&e->comm, sizeof(e->comm));
+    return e;
+}
+
+static __always_inline void submit(struct event *e)
+{
+    stat_inc(STAT_EMITTED);
+    events.ringbuf_submit(e, 0);
+}
+
+// Thread creations are not processes. task_newtask carries the clone flags of the new
+// task (keyed by its tid); sched_process_fork, which fires later, looks them up.
+TRACEPOINT_PROBE(task, task_newtask)
+{
+    u32 child = args->pid;
+    u64 flags = args->clone_flags;
+    clone_flags.update(&child, &flags);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_fork)
+{
+    u32 child = args->child_pid;
+    u64 *flags = clone_flags.lookup(&child);
+    if (flags) {
+        u64 f = *flags;
+        clone_flags.delete(&child);
+        if (f & AGENTD_CLONE_THREAD) {
+            stat_inc(STAT_THREADS);
+            return 0;
+        }
+    }
+    if (!watched())
+        return 0;
+    struct event *e = reserve(AGENTD_FORK);
+    if (!e)
+        return 0;
+    e->pid = args->child_pid;
+    e->ppid = e->tgid;
+    TP_DATA_LOC_READ_STR(e->comm, child_comm, sizeof(e->comm));
+    submit(e);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+#if AGENTD_GATE
+    u64 cg = bpf_get_current_cgroup_id();
+    u8 *gate = gated_cgroups.lookup(&cg);
+#else
+    u8 *gate = 0;
+#endif
+    // A gated exec is always reported, watched subtree or not.
+    if (!gate && !watched())
+        return 0;
+    struct event *e = reserve(AGENTD_EXEC);
+#if AGENTD_GATE
+    if (gate) {
+        if (!e) {
+            // Fail open: a stop nobody hears about would never be continued.
+            stat_inc(STAT_GATE_SKIPPED);
+            return 0;
+        }
+        // Delivered on the way back to user space: the new image runs no instruction.
+        if (bpf_send_signal(AGENTD_SIGSTOP) == 0)
+            e->flags |= AGENTD_F_GATED;
+        else
+            stat_inc(STAT_SIGNAL_FAILED);
+    }
+#endif
+    if (!e)
+        return 0;
+    e->pid = args->pid;
+    e->ppid = args->old_pid;
+    TP_DATA_LOC_READ_STR(e->path, filename, sizeof(e->path));
+    submit(e);
+    return 0;
+}
+
+#if AGENTD_EXIT_CODE
+// No kprobes and no fentry on this kernel, and sched_process_exit has no exit code: the
+// code is remembered per process where it is decided. exit_group(2) sets it (the last
+// caller wins); a fatal signal with its default action sets it only if nothing did before
+// (siblings of an exit_group caller are killed with SIGKILL, which must not override).
+// Cost: a syscall tracepoint puts every task's syscalls on the traced path while loaded.
+TRACEPOINT_PROBE(syscalls, sys_enter_exit_group)
+{
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u32 c = ((u32)args->error_code & 0xff) << 8;
+    exit_codes.update(&tgid, &c);
+    return 0;
+}
+
+// Signals whose default action terminates the process (signal(7)).
+#define AGENTD_FATAL_DEFAULT ((1u << 1) | (1u << 2) | (1u << 3) | (1u << 4) | (1u << 5) | \
+    (1u << 6) | (1u << 7) | (1u << 8) | (1u << 9) | (1u << 10) | (1u << 11) | (1u << 12) | \
+    (1u << 13) | (1u << 14) | (1u << 15) | (1u << 16) | (1u << 24) | (1u << 25) | \
+    (1u << 26) | (1u << 27) | (1u << 29) | (1u << 30) | (1u << 31))
+
+TRACEPOINT_PROBE(signal, signal_deliver)
+{
+    int sig = args->sig;
+    if (sig <= 0 || sig >= 32 || args->sa_handler != 0)  // 0 = SIG_DFL
+        return 0;
+    if (!(AGENTD_FATAL_DEFAULT & (1u << sig)))
+        return 0;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u32 c = sig;
+    exit_codes.insert(&tgid, &c);  // BPF_NOEXIST: an earlier code wins
+    return 0;
+}
+#endif
+
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+    // One event per process: when its last thread exits.
+    if (!args->group_dead)
+        return 0;
+#if AGENTD_EXIT_CODE
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u32 *code = exit_codes.lookup(&tgid);
+    u32 c = code ? *code : 0;
+    int have_code = code != 0;
+    if (code)
+        exit_codes.delete(&tgid);
+#endif
+    if (!watched())
+        return 0;
+    struct event *e = reserve(AGENTD_EXIT);
+    if (!e)
+        return 0;
+    e->pid = e->tgid;
+#if AGENTD_EXIT_CODE
+    if (have_code) {
+        e->exit_code = c;
+        e->flags |= AGENTD_F_EXIT_CODE;
+    }
+#endif
+    bpf_probe_read_kernel_str(e->comm, sizeof(e->comm), args->comm);
+    submit(e);
+    return 0;
+}
+
+TRACEPOINT_PROBE(oom, mark_victim)
+{
+    struct event *e = reserve(AGENTD_OOM_VICTIM);
+    if (!e)
+        return 0;
+    e->pid = args->pid;
+    TP_DATA_LOC_READ_STR(e->comm, comm, sizeof(e->comm));
+    submit(e);
+    return 0;
+}
+
+TRACEPOINT_PROBE(cgroup, cgroup_attach_task)
+{
+    // v1 hierarchies fire too; only the v2 one carries the ids the gate and tree use.
+    if (args->dst_root != AGENTD_V2_ROOT)
+        return 0;
+    struct event *e = reserve(AGENTD_CGROUP_ATTACH);
+    if (!e)
+        return 0;
+    e->pid = args->pid;
+    e->cgroup_id = args->dst_id;
+    if (args->pid == e->tgid || args->pid == (u32)bpf_get_current_pid_tgid())
+        e->flags |= AGENTD_F_SELF_MOVE;
+    TP_DATA_LOC_READ_STR(e->comm, comm, sizeof(e->comm));
+    TP_DATA_LOC_READ_STR(e->path, dst_path, sizeof(e->path));
+    submit(e);
+    return 0;
+}
