@@ -64,3 +64,8 @@ class Controller(Protocol):
     # --- events --------------------------------------------------------------------------
     def subscribe(self, agent: str | None = None, min_level: str = "info") -> asyncio.Queue: ...
     def unsubscribe(self, queue: asyncio.Queue) -> None: ...
+
+    # --- additions by the API server (optional: the server degrades without them) ----------
+    def recent_events(
+        self, agent: str | None = None, min_level: str = "info", limit: int = 100
+    ) -> list[dict]: ...  # the newest `limit` journal events, oldest first, filtered like subscribe

@@ -1,0 +1,57 @@
+"""Bounds on what callers may cost the daemon: body size, request rate per uid, streams."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class ApiLimits:
+    max_body_bytes: int = 256 * 1024  # larger bodies get 413
+    rate_per_s: float = 100.0  # sustained requests per second per peer uid (429 beyond)
+    rate_burst: float = 400.0  # requests a uid may send at once
+    max_streams: int = 64  # open event streams, all callers together (503 beyond)
+    stream_queue: int = 2048  # events buffered per follower before the oldest are dropped
+    write_timeout_s: float = 5.0  # a client that reads nothing for this long is dropped
+    max_tracked_uids: int = 4096  # token buckets kept; the least recently used go first
+
+
+@dataclass
+class TokenBucket:
+    rate: float
+    burst: float
+    tokens: float = -1.0
+    stamp: float = 0.0
+
+    def take(self, now: float) -> float:
+        """Take one token: 0.0 when allowed, else the seconds until one is available."""
+        if self.tokens < 0:
+            self.tokens, self.stamp = self.burst, now
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate if self.rate > 0 else float("inf")
+
+
+@dataclass
+class RateLimiter:
+    """One token bucket per peer uid."""
+
+    rate: float
+    burst: float
+    max_keys: int = 4096
+    clock: Callable[[], float] = time.monotonic
+    buckets: dict[int, TokenBucket] = field(default_factory=dict)
+
+    def check(self, uid: int) -> float:
+        bucket = self.buckets.pop(uid, None)  # re-insert: dict order is recency
+        if bucket is None:
+            bucket = TokenBucket(self.rate, self.burst)
+            while len(self.buckets) >= self.max_keys:
+                del self.buckets[next(iter(self.buckets))]
+        self.buckets[uid] = bucket
+        return bucket.take(self.clock())
