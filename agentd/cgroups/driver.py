@@ -7,6 +7,8 @@ that touches cgroupfs. A missing pid (ESRCH) is normal and never an error.
 
 from __future__ import annotations
 
+import os
+import select
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -50,6 +52,9 @@ class DriverFeatures:
     freeze: bool = False
     swap: bool = False
     missing: dict[str, str] = field(default_factory=dict)
+    # Added: 0 when any PSI window of 0.5-10 s is accepted; 2_000_000 when the kernel treats
+    # this process as unprivileged for PSI (no CAP_SYS_RESOURCE in its eyes) and wants whole 2 s.
+    psi_window_multiple_us: int = 0
 
 
 @dataclass
@@ -130,3 +135,17 @@ class CgroupDriver(ABC):
     @abstractmethod
     def open_psi_trigger(self, rel: str, resource: str, kind: str, stall_us: int, window_us: int) -> int:
         """An fd with a PSI trigger ("full 150000 1000000") on <resource>.pressure; poll POLLPRI."""
+
+    # Optional methods (added after the first interface; concrete so fakes need not define them).
+
+    def oom_watch_poll_mask(self) -> int:
+        """What to poll the open_oom_watch fd for: POLLIN for the v1 eventfd (asyncio
+        add_reader works), POLLPRI for the v2 memory.events fd (use agentd.cgroups.psi)."""
+        return select.POLLIN
+
+    def read_oom_watch(self, fd: int) -> int:
+        """Consume one notification so the fd can signal again (eventfd: the count; v2: re-read)."""
+        try:
+            return os.eventfd_read(fd)
+        except BlockingIOError:
+            return 0

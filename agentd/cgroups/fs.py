@@ -1,0 +1,182 @@
+"""The few cgroupfs primitives both drivers share: path checks, reads, writes, mkdir, rmdir, kill."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import select
+import signal
+import time
+
+from agentd.cgroups.driver import CgroupError
+
+_COMPONENT = re.compile(r"^[A-Za-z0-9._@:+-]+$")
+
+
+def validate_rel(rel: str) -> str:
+    """A path relative to the delegated root; "" is the root itself. Returns it normalised."""
+    if not isinstance(rel, str):
+        raise ValueError(f"cgroup path must be a string, not {type(rel).__name__}")
+    if rel.startswith("/"):
+        raise ValueError(f"cgroup path must be relative to the delegated root: {rel!r}")
+    parts = [p for p in rel.split("/") if p != ""]
+    for p in parts:
+        if p in (".", "..") or not _COMPONENT.match(p):
+            raise ValueError(
+                f"cgroup path component {p!r} in {rel!r} is not allowed "
+                "(only letters, digits and . _ @ : + -; no '.' or '..')"
+            )
+    return "/".join(parts)
+
+
+def validate_abs_cgroup(path: str) -> str:
+    """An absolute cgroup path such as "/system.slice/agentd.service"."""
+    if not path.startswith("/"):
+        raise ValueError(f"a cgroup root must be absolute: {path!r}")
+    return "/" + validate_rel(path.lstrip("/")) if path.strip("/") else "/"
+
+
+def read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError as e:
+        raise CgroupError(e.errno, f"cannot read {path}: {os.strerror(e.errno or 0)}") from e
+
+
+def read_int(path: str) -> int:
+    return int(read(path).strip())
+
+
+def write(path: str, value: str) -> None:
+    """One write() of value, as cgroupfs wants; errors carry the file and the value."""
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError as e:
+        raise CgroupError(e.errno, f"cannot open {path} to write {value!r}: {os.strerror(e.errno or 0)}") from e
+    try:
+        os.write(fd, value.encode())
+    except OSError as e:
+        raise CgroupError(e.errno, f"writing {value!r} to {path} failed: {os.strerror(e.errno or 0)}") from e
+    finally:
+        os.close(fd)
+
+
+def write_pid(procs_file: str, pid: int) -> bool:
+    """Move pid by writing cgroup.procs. False when the pid is gone (ESRCH); other errors raise."""
+    try:
+        fd = os.open(procs_file, os.O_WRONLY)
+    except OSError as e:
+        raise CgroupError(e.errno, f"cannot open {procs_file}: {os.strerror(e.errno or 0)}") from e
+    try:
+        os.write(fd, str(pid).encode())
+        return True
+    except OSError as e:
+        if e.errno == errno.ESRCH:
+            return False
+        raise CgroupError(e.errno, f"moving pid {pid} into {procs_file} failed: {os.strerror(e.errno or 0)}") from e
+    finally:
+        os.close(fd)
+
+
+def read_pids(procs_file: str) -> list[int]:
+    try:
+        text = read(procs_file)
+    except CgroupError as e:
+        if e.errno == errno.ENOENT:
+            return []
+        raise
+    return [int(x) for x in text.split()]
+
+
+def mkdirs(base: str, rel: str) -> list[str]:
+    """mkdir each missing component of rel under base; returns the directories created."""
+    created = []
+    path = base
+    for part in [p for p in rel.split("/") if p]:
+        path = os.path.join(path, part)
+        try:
+            os.mkdir(path)
+            created.append(path)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise CgroupError(e.errno, f"cannot create cgroup {path}: {os.strerror(e.errno or 0)}") from e
+    return created
+
+
+def child_dirs(path: str) -> list[str]:
+    try:
+        return sorted(e.name for e in os.scandir(path) if e.is_dir(follow_symlinks=False))
+    except FileNotFoundError:
+        return []
+
+
+def rmdir_tree(path: str) -> None:
+    """rmdir path and every descendant, deepest first. Missing is fine; EBUSY raises a sentence."""
+    for name in child_dirs(path):
+        rmdir_tree(os.path.join(path, name))
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        if e.errno == errno.EBUSY:
+            pids = read_pids(os.path.join(path, "cgroup.procs"))
+            raise CgroupError(
+                errno.EBUSY,
+                f"cannot remove cgroup {path}: processes {pids[:10]} still run in it; kill them first",
+            ) from e
+        raise CgroupError(e.errno, f"cannot remove cgroup {path}: {os.strerror(e.errno or 0)}") from e
+
+
+def subtree_pids(path: str) -> list[int]:
+    pids = read_pids(os.path.join(path, "cgroup.procs"))
+    for name in child_dirs(path):
+        pids.extend(subtree_pids(os.path.join(path, name)))
+    return pids
+
+
+def signal_pids(pids: list[int], sig: int = signal.SIGKILL) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def wait_events_key(events_file: str, key: str, want: int, timeout_s: float) -> bool:
+    """Wait until cgroup.events shows key == want; kernfs signals changes with POLLPRI.
+    True when reached, False on timeout or when the cgroup vanished."""
+    deadline = time.monotonic() + timeout_s
+    try:
+        fd = os.open(events_file, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLPRI | select.POLLERR)
+        while True:
+            text = os.pread(fd, 4096, 0).decode()
+            for line in text.splitlines():
+                k, _, v = line.partition(" ")
+                if k == key and int(v) == want:
+                    return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            # kernfs notifications can be coalesced; re-read at least every 50 ms.
+            poller.poll(min(left, 0.05) * 1000)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def has_swap() -> bool:
+    try:
+        with open("/proc/swaps") as f:
+            return len(f.read().splitlines()) > 1
+    except OSError:
+        return False

@@ -1,0 +1,271 @@
+"""Hybrid driver: the v2 hierarchy groups, freezes, kills and reports PSI; v1 controllers limit.
+
+The same relative path exists in every hierarchy. v1 has no memory.high; instead
+memory.oom_control=1 pauses a process at its limit (under_oom 1) and an eventfd registered
+through cgroup.event_control wakes the daemon, which then grants more, freezes or kills.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from agentd.cgroups import fs
+from agentd.cgroups.driver import CgroupDriver, CgroupError, CgroupStats, DriverFeatures, Limits
+from agentd.cgroups.parse import format_v2_cpu_max, parse_flat_keyed, parse_size, weight_to_shares
+from agentd.cgroups.unified import UnifiedTree
+
+V1_CONTROLLERS = ("memory", "cpu", "cpuset", "pids")
+
+
+class V1Tree:
+    """One v1 hierarchy (one mount) under its own delegated root."""
+
+    def __init__(self, controller: str, mount: str, root: str):
+        self.controller = controller
+        self.mount = mount.rstrip("/")
+        self.root = fs.validate_abs_cgroup(root)
+        self.root_dir = os.path.normpath(self.mount + self.root)
+
+    def dir(self, rel: str) -> str:
+        rel = fs.validate_rel(rel)
+        return os.path.join(self.root_dir, rel) if rel else self.root_dir
+
+    def file(self, rel: str, name: str) -> str:
+        return os.path.join(self.dir(rel), name)
+
+    def mkdirs(self, rel: str) -> list[str]:
+        created = fs.mkdirs(self.mount, self.root)
+        created += fs.mkdirs(self.root_dir, fs.validate_rel(rel))
+        if self.controller == "cpuset":
+            # A v1 cpuset starts with empty cpus/mems and refuses tasks until both are set.
+            for path in created:
+                parent = os.path.dirname(path)
+                for name in ("cpuset.cpus", "cpuset.mems"):
+                    if not fs.read(os.path.join(path, name)).strip():
+                        fs.write(os.path.join(path, name), fs.read(os.path.join(parent, name)).strip())
+        return created
+
+
+class HybridDriver(CgroupDriver):
+    kind = "hybrid"
+
+    def __init__(self, unified_mount: str, unified_root: str, v1: dict[str, tuple[str, str]], create_root: bool = True):
+        """v1 maps a controller name to (mount point, absolute root cgroup path in that hierarchy)."""
+        self.unified = UnifiedTree(unified_mount, unified_root)
+        self.v1: dict[str, V1Tree] = {}
+        seen_dirs: set[str] = set()
+        for controller in V1_CONTROLLERS:
+            if controller not in v1:
+                continue
+            mount, root = v1[controller]
+            tree = V1Tree(controller, mount, root)
+            if tree.root_dir in seen_dirs:  # co-mounted (e.g. cpu,cpuacct) hierarchies share a tree
+                continue
+            seen_dirs.add(tree.root_dir)
+            self.v1[controller] = tree
+        if create_root:
+            self.create("")
+
+    def _trees(self) -> list:
+        return [*self.v1.values(), self.unified]
+
+    def features(self) -> DriverFeatures:
+        f = DriverFeatures(kind=self.kind)
+        f.missing["memory_high"] = "cgroup v1 has no memory.high; oom_pause (pause at the limit, daemon decides) stands in"
+        mem = self.v1.get("memory")
+        if mem is not None and os.path.exists(mem.file("", "memory.oom_control")):
+            f.oom_pause = True
+        else:
+            f.missing["oom_pause"] = "no v1 memory hierarchy with memory.oom_control is mounted"
+        for c in V1_CONTROLLERS:
+            if c not in self.v1:
+                f.missing[c] = f"the v1 {c} controller is not mounted, so its limits are not enforced"
+        f.psi_triggers = os.path.exists(self.unified.file("", "memory.pressure"))
+        if f.psi_triggers:
+            f.psi_window_multiple_us = self.unified.psi_window_multiple_us()
+        if not f.psi_triggers:
+            f.missing["psi_triggers"] = "no memory.pressure in the v2 hierarchy (kernel without PSI or psi=0)"
+        f.cgroup_kill = self.unified.has_kill()
+        if not f.cgroup_kill:
+            f.missing["cgroup_kill"] = "no cgroup.kill (kernel < 5.14): kill freezes, signals every pid, thaws"
+        f.freeze = os.path.exists(self.unified.file("", "cgroup.freeze"))
+        if not f.freeze:
+            f.missing["freeze"] = "no cgroup.freeze in the v2 hierarchy (kernel < 5.2)"
+        f.swap = bool(mem and os.path.exists(mem.file("", "memory.memsw.limit_in_bytes")) and fs.has_swap())
+        if not f.swap:
+            f.missing["swap"] = "no swap device or no memsw accounting, so swap_max does nothing"
+        return f
+
+    # grouping -------------------------------------------------------------------------
+
+    def create(self, rel: str) -> None:
+        rel = fs.validate_rel(rel)
+        for tree in self._trees():
+            tree.mkdirs(rel)
+
+    def remove(self, rel: str) -> None:
+        rel = fs.validate_rel(rel)
+        # v2 first: it reports which processes still hold the cgroup, before any v1 dir is gone.
+        self.unified.remove(rel)
+        for tree in self.v1.values():
+            fs.rmdir_tree(tree.dir(rel))
+
+    def exists(self, rel: str) -> bool:
+        return self.unified.exists(rel)
+
+    def children(self, rel: str) -> list[str]:
+        return self.unified.children(rel)
+
+    def move(self, pid: int, rel: str) -> bool:
+        rel = fs.validate_rel(rel)
+        # Controllers first, so the process is limited before it shows in the v2 grouping.
+        for tree in self.v1.values():
+            if not fs.write_pid(tree.file(rel, "cgroup.procs"), pid):
+                return False
+        return self.unified.move(pid, rel)
+
+    def procs(self, rel: str) -> list[int]:
+        return self.unified.procs(rel)
+
+    # limits ---------------------------------------------------------------------------
+
+    def apply_limits(self, rel: str, limits: Limits) -> None:
+        rel = fs.validate_rel(rel)
+        mem = self.v1.get("memory")
+        if mem is not None:
+            self._apply_memory(mem, rel, limits)
+        elif limits.memory_max is not None or limits.oom_pause:
+            raise CgroupError(errno.ENOENT, "no v1 memory hierarchy is mounted: cannot apply a memory limit")
+        cpu = self.v1.get("cpu")
+        if cpu is not None:
+            if limits.cpu_weight is not None:
+                fs.write(cpu.file(rel, "cpu.shares"), str(weight_to_shares(limits.cpu_weight)))
+            # cpu_max_quota_us None means unlimited (Limits says so), not "untouched".
+            format_v2_cpu_max(limits.cpu_max_quota_us, limits.cpu_period_us)  # validates both
+            if limits.cpu_max_quota_us is None:
+                fs.write(cpu.file(rel, "cpu.cfs_quota_us"), "-1")
+            else:
+                fs.write(cpu.file(rel, "cpu.cfs_period_us"), str(limits.cpu_period_us))
+                fs.write(cpu.file(rel, "cpu.cfs_quota_us"), str(limits.cpu_max_quota_us))
+        elif limits.cpu_weight is not None or limits.cpu_max_quota_us is not None:
+            raise CgroupError(errno.ENOENT, "no v1 cpu hierarchy is mounted: cannot apply a cpu limit")
+        cpuset = self.v1.get("cpuset")
+        if limits.cpuset_cpus is not None or limits.cpuset_mems is not None:
+            if cpuset is None:
+                raise CgroupError(errno.ENOENT, "no v1 cpuset hierarchy is mounted: cannot pin cpus or mems")
+            if limits.cpuset_cpus is not None:
+                fs.write(cpuset.file(rel, "cpuset.cpus"), limits.cpuset_cpus)
+            if limits.cpuset_mems is not None:
+                fs.write(cpuset.file(rel, "cpuset.mems"), limits.cpuset_mems)
+        if limits.pids_max is not None:
+            pids = self.v1.get("pids")
+            if pids is None:
+                raise CgroupError(errno.ENOENT, "no v1 pids hierarchy is mounted: cannot apply pids_max")
+            fs.write(pids.file(rel, "pids.max"), str(limits.pids_max))
+
+    def _apply_memory(self, mem: V1Tree, rel: str, limits: Limits) -> None:
+        fs.write(mem.file(rel, "memory.oom_control"), "1" if limits.oom_pause else "0")
+        memsw_file = mem.file(rel, "memory.memsw.limit_in_bytes")
+        has_memsw = os.path.exists(memsw_file)
+        new_mem = limits.memory_max
+        new_memsw = None
+        if limits.swap_max is not None and has_memsw:
+            base = new_mem if new_mem is not None else parse_size(fs.read(mem.file(rel, "memory.limit_in_bytes")))
+            new_memsw = None if base is None else base + limits.swap_max
+        if new_mem is None and new_memsw is None:
+            return
+        # memsw must stay >= the memory limit at every step, so raise memsw first or lower it last.
+        cur_memsw = parse_size(fs.read(memsw_file)) if has_memsw else None
+        writes: list[tuple[str, str]] = []
+        if new_mem is not None:
+            writes.append((mem.file(rel, "memory.limit_in_bytes"), str(new_mem)))
+        if new_memsw is not None:
+            memsw_write = (memsw_file, str(new_memsw))
+            if cur_memsw is not None and new_memsw > cur_memsw:
+                writes.insert(0, memsw_write)
+            else:
+                writes.append(memsw_write)
+        elif new_mem is not None and cur_memsw is not None and new_mem > cur_memsw:
+            raise CgroupError(
+                errno.EINVAL,
+                f"memory_max {new_mem} exceeds the memory+swap limit {cur_memsw} of {mem.dir(rel)}; "
+                "give swap_max as well",
+            )
+        for path, value in writes:
+            try:
+                fs.write(path, value)
+            except CgroupError as e:
+                if e.errno == errno.EBUSY:
+                    raise CgroupError(
+                        errno.EBUSY,
+                        f"{mem.dir(rel)} uses more than {value} bytes and the kernel could not reclaim "
+                        "enough to lower its limit",
+                    ) from e
+                raise
+
+    # control --------------------------------------------------------------------------
+
+    def freeze(self, rel: str) -> None:
+        self.unified.freeze(rel)
+
+    def thaw(self, rel: str) -> None:
+        self.unified.thaw(rel)
+
+    def kill(self, rel: str) -> None:
+        self.unified.kill(rel)
+
+    # observation ----------------------------------------------------------------------
+
+    def stats(self, rel: str) -> CgroupStats:
+        rel = fs.validate_rel(rel)
+        s = CgroupStats()
+        mem = self.v1.get("memory")
+        if mem is not None:
+            s.memory_current = fs.read_int(mem.file(rel, "memory.usage_in_bytes"))
+            s.memory_peak = fs.read_int(mem.file(rel, "memory.max_usage_in_bytes"))
+            s.memory_limit = parse_size(fs.read(mem.file(rel, "memory.limit_in_bytes")))
+            oom = parse_flat_keyed(fs.read(mem.file(rel, "memory.oom_control")))
+            s.memory_events = {
+                "max": fs.read_int(mem.file(rel, "memory.failcnt")),
+                "oom_kill": oom.get("oom_kill", 0),
+                "under_oom": oom.get("under_oom", 0),
+                "oom_kill_disable": oom.get("oom_kill_disable", 0),
+            }
+        pids = self.v1.get("pids")
+        if pids is not None:
+            s.pids_current = fs.read_int(pids.file(rel, "pids.current"))
+        s.cpu_usage_us = self.unified.cpu_usage_us(rel)
+        s.memory_pressure = self.unified.pressure(rel, "memory")
+        ev = self.unified.events(rel)
+        s.frozen = bool(ev.get("frozen", 0))
+        s.populated = bool(ev.get("populated", 0))
+        return s
+
+    def cgroup_id(self, rel: str) -> int:
+        return self.unified.cgroup_id(rel)
+
+    def path_of_id(self, cgroup_id: int) -> str | None:
+        return self.unified.path_of_id(cgroup_id)
+
+    def open_oom_watch(self, rel: str) -> int:
+        """An eventfd (read it: POLLIN) that the kernel signals when rel hits its memory limit
+        and goes under_oom, and also when the cgroup is removed: read stats() to tell which."""
+        mem = self.v1.get("memory")
+        if mem is None:
+            raise CgroupError(errno.ENOENT, "no v1 memory hierarchy is mounted: no OOM notification")
+        efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        try:
+            ofd = os.open(mem.file(rel, "memory.oom_control"), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                fs.write(mem.file(rel, "cgroup.event_control"), f"{efd} {ofd}")
+            finally:
+                os.close(ofd)
+        except (OSError, CgroupError):
+            os.close(efd)
+            raise
+        return efd
+
+    def open_psi_trigger(self, rel: str, resource: str, kind: str, stall_us: int, window_us: int) -> int:
+        return self.unified.open_psi_trigger(rel, resource, kind, stall_us, window_us)
+

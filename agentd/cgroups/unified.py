@@ -1,0 +1,199 @@
+"""One cgroup v2 hierarchy under a delegated root: what both drivers do there.
+
+Grouping, membership, freeze, kill, events, PSI and cgroup ids need no controller, so the
+hybrid driver uses this on /sys/fs/cgroup/unified just as the v2 driver does on /sys/fs/cgroup.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+
+from agentd.cgroups import fs
+from agentd.cgroups.driver import CgroupError, PressureStats
+from agentd.cgroups.parse import parse_flat_keyed, parse_psi
+
+PSI_RESOURCES = ("memory", "cpu", "io")
+PSI_KINDS = ("some", "full")
+FREEZE_WAIT_S = 2.0
+KILL_WAIT_S = 5.0
+
+
+class UnifiedTree:
+    def __init__(self, mount: str, root: str):
+        self.mount = mount.rstrip("/") or "/"
+        self.root = fs.validate_abs_cgroup(root)
+        self.root_dir = os.path.normpath(self.mount + self.root)
+        self._id_cache: dict[int, str] = {}
+
+    def dir(self, rel: str) -> str:
+        rel = fs.validate_rel(rel)
+        return os.path.join(self.root_dir, rel) if rel else self.root_dir
+
+    def file(self, rel: str, name: str) -> str:
+        return os.path.join(self.dir(rel), name)
+
+    # grouping -------------------------------------------------------------------------
+
+    def mkdirs(self, rel: str) -> list[str]:
+        """Create the root (if missing) and rel below it; returns created directories."""
+        created = fs.mkdirs(self.mount, self.root)
+        created += fs.mkdirs(self.root_dir, fs.validate_rel(rel))
+        return created
+
+    def exists(self, rel: str) -> bool:
+        return os.path.isdir(self.dir(rel))
+
+    def children(self, rel: str) -> list[str]:
+        return fs.child_dirs(self.dir(rel))
+
+    def remove(self, rel: str) -> None:
+        fs.rmdir_tree(self.dir(rel))
+
+    def procs(self, rel: str) -> list[int]:
+        return fs.read_pids(self.file(rel, "cgroup.procs"))
+
+    def move(self, pid: int, rel: str) -> bool:
+        procs = self.file(rel, "cgroup.procs")
+        try:
+            return fs.write_pid(procs, pid)
+        except CgroupError as e:
+            if e.errno == errno.EBUSY:
+                raise CgroupError(
+                    errno.EBUSY,
+                    f"cannot put pid {pid} into {self.dir(rel)}: it enables controllers for its "
+                    "children, and cgroup v2 keeps processes only in leaves",
+                ) from e
+            if e.errno == errno.ENOENT:
+                raise CgroupError(errno.ENOENT, f"cannot put pid {pid} into {self.dir(rel)}: no such cgroup") from e
+            raise
+
+    # state ----------------------------------------------------------------------------
+
+    def events(self, rel: str) -> dict[str, int]:
+        return parse_flat_keyed(fs.read(self.file(rel, "cgroup.events")))
+
+    def freeze(self, rel: str, wait_s: float = FREEZE_WAIT_S) -> None:
+        """Freeze rel's subtree and wait (bounded) until the kernel reports it frozen."""
+        fs.write(self.file(rel, "cgroup.freeze"), "1")
+        if not fs.wait_events_key(self.file(rel, "cgroup.events"), "frozen", 1, wait_s):
+            raise CgroupError(errno.ETIMEDOUT, f"{self.dir(rel)} did not report frozen within {wait_s:.1f} s")
+
+    def thaw(self, rel: str) -> None:
+        fs.write(self.file(rel, "cgroup.freeze"), "0")
+
+    def has_kill(self) -> bool:
+        return os.path.exists(os.path.join(self.root_dir, "cgroup.kill"))
+
+    def kill(self, rel: str, wait_s: float = KILL_WAIT_S, use_kill_file: bool = True) -> None:
+        """SIGKILL the whole subtree, then wait (bounded) for cgroup.events populated 0.
+        use_kill_file=False takes the freeze/signal/thaw path of kernels without cgroup.kill."""
+        path = self.dir(rel)
+        if not os.path.isdir(path):
+            return
+        kill_file = os.path.join(path, "cgroup.kill")
+        if use_kill_file and os.path.exists(kill_file):
+            fs.write(kill_file, "1")
+        else:
+            # No cgroup.kill (kernel < 5.14): freeze so nothing forks between listing and killing.
+            fs.write(os.path.join(path, "cgroup.freeze"), "1")
+            fs.wait_events_key(os.path.join(path, "cgroup.events"), "frozen", 1, FREEZE_WAIT_S)
+            try:
+                fs.signal_pids(fs.subtree_pids(path), signal.SIGKILL)
+            finally:
+                fs.write(os.path.join(path, "cgroup.freeze"), "0")
+        if not fs.wait_events_key(os.path.join(path, "cgroup.events"), "populated", 0, wait_s):
+            if not os.path.isdir(path):
+                return
+            left = fs.subtree_pids(path)
+            raise CgroupError(
+                errno.ETIMEDOUT,
+                f"processes {left[:10]} in {path} were sent SIGKILL but still run after {wait_s:.1f} s "
+                "(uninterruptible sleep?)",
+            )
+
+    def cpu_usage_us(self, rel: str) -> int:
+        """cpu.stat usage_usec: the v2 core provides it even with no cpu controller enabled."""
+        return parse_flat_keyed(fs.read(self.file(rel, "cpu.stat"))).get("usage_usec", 0)
+
+    def pressure(self, rel: str, resource: str) -> PressureStats:
+        try:
+            return parse_psi(fs.read(self.file(rel, f"{resource}.pressure")))
+        except CgroupError as e:
+            if e.errno in (errno.ENOENT, errno.EOPNOTSUPP):
+                return PressureStats()
+            raise
+
+    def open_psi_trigger(self, rel: str, resource: str, kind: str, stall_us: int, window_us: int) -> int:
+        if resource not in PSI_RESOURCES:
+            raise ValueError(f"PSI resource must be one of {PSI_RESOURCES}: {resource!r}")
+        if kind not in PSI_KINDS:
+            raise ValueError(f"PSI kind must be 'some' or 'full': {kind!r}")
+        if not 0 < stall_us <= window_us:
+            raise ValueError(f"PSI stall ({stall_us} µs) must be positive and at most the window ({window_us} µs)")
+        path = self.file(rel, f"{resource}.pressure")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            raise CgroupError(e.errno, f"cannot open {path} for a PSI trigger: {os.strerror(e.errno or 0)}") from e
+        try:
+            os.write(fd, f"{kind} {stall_us} {window_us}\0".encode())
+        except OSError as e:
+            os.close(fd)
+            raise CgroupError(
+                e.errno,
+                f"the kernel refused PSI trigger '{kind} {stall_us} {window_us}' on {path}: "
+                f"{os.strerror(e.errno or 0)} (the window must be 0.5-10 s, a multiple of 2 s for "
+                "processes the kernel deems unprivileged, and the stall at most the window)",
+            ) from e
+        return fd
+
+    def psi_window_multiple_us(self) -> int:
+        """Probe: 0 if a 1 s window is accepted, 2_000_000 if only multiples of 2 s are."""
+        try:
+            fd = self.open_psi_trigger("", "memory", "some", 100_000, 1_000_000)
+        except CgroupError as e:
+            return 2_000_000 if e.errno == errno.EINVAL else 0
+        os.close(fd)
+        return 0
+
+    # ids ------------------------------------------------------------------------------
+
+    def cgroup_id(self, rel: str) -> int:
+        path = self.dir(rel)
+        try:
+            ino = os.stat(path).st_ino
+        except OSError as e:
+            raise CgroupError(e.errno, f"cannot stat cgroup {path}: {os.strerror(e.errno or 0)}") from e
+        self._id_cache[ino] = fs.validate_rel(rel)
+        return ino
+
+    def path_of_id(self, cgroup_id: int) -> str | None:
+        rel = self._id_cache.get(cgroup_id)
+        if rel is not None:
+            try:
+                if os.stat(self.dir(rel)).st_ino == cgroup_id:
+                    return rel
+            except OSError:
+                pass
+            del self._id_cache[cgroup_id]
+        # Walk the tree: ids are never reused while a cgroup exists, and our tree is small.
+        for dirpath, dirnames, _ in os.walk(self.root_dir):
+            for d in dirnames:
+                full = os.path.join(dirpath, d)
+                try:
+                    ino = os.stat(full).st_ino
+                except OSError:
+                    continue
+                if ino == cgroup_id:
+                    rel = os.path.relpath(full, self.root_dir)
+                    self._id_cache[ino] = rel
+                    return rel
+        try:
+            if os.stat(self.root_dir).st_ino == cgroup_id:
+                return ""
+        except OSError:
+            pass
+        return None
+

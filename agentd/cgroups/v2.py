@@ -1,0 +1,226 @@
+"""cgroup v2 driver: one unified hierarchy with memory, cpu, cpuset, io and pids controllers.
+
+Controllers are enabled in cgroup.subtree_control of every ancestor of a cgroup, from the
+delegated root down. A cgroup that enables controllers for its children cannot hold
+processes (the no-internal-process rule), so agentd keeps processes only in leaves
+(daemon, agents/<a>/runtime, agents/<a>/tools/<seq>-<tool>) and this driver never moves a
+process into a cgroup whose subtree_control is set.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+
+from agentd.cgroups import fs
+from agentd.cgroups.driver import CgroupDriver, CgroupError, CgroupStats, DriverFeatures, Limits
+from agentd.cgroups.parse import format_v2_cpu_max, format_v2_max, parse_flat_keyed, parse_size
+from agentd.cgroups.unified import UnifiedTree
+
+WANTED_CONTROLLERS = ("memory", "cpu", "pids", "cpuset", "io")
+
+
+class V2Driver(CgroupDriver):
+    kind = "v2"
+
+    def __init__(self, mount: str = "/sys/fs/cgroup", root: str = "/agentd", create_root: bool = True):
+        self.tree = UnifiedTree(mount, root)
+        if create_root:
+            self.tree.mkdirs("")
+
+    # controllers ----------------------------------------------------------------------
+
+    def available_controllers(self) -> list[str]:
+        """Controllers the delegated root may hand to its children (its cgroup.controllers)."""
+        try:
+            have = fs.read(self.tree.file("", "cgroup.controllers")).split()
+        except CgroupError:
+            return []
+        return [c for c in WANTED_CONTROLLERS if c in have]
+
+    def enabled_controllers(self, rel: str) -> list[str]:
+        return fs.read(self.tree.file(rel, "cgroup.subtree_control")).split()
+
+    def make_dirs(self, rel: str) -> None:
+        """mkdir rel (and parents) without enabling controllers anywhere."""
+        self.tree.mkdirs(rel)
+
+    def enable_controllers(self, rel: str) -> None:
+        """Enable the available controllers in subtree_control of the root and every ancestor
+        of rel (not rel itself, which stays a leaf that may hold processes)."""
+        rel = fs.validate_rel(rel)
+        parts = rel.split("/") if rel else []
+        want = self.available_controllers()
+        if not want or not parts:
+            return
+        for i in range(len(parts)):
+            anc = "/".join(parts[:i])
+            have = set(self.enabled_controllers(anc))
+            missing = [c for c in want if c not in have]
+            if not missing:
+                continue
+            try:
+                fs.write(self.tree.file(anc, "cgroup.subtree_control"), " ".join(f"+{c}" for c in missing))
+            except CgroupError as e:
+                if e.errno == errno.EBUSY:
+                    pids = self.tree.procs(anc)
+                    raise CgroupError(
+                        errno.EBUSY,
+                        f"cannot enable {' '.join(missing)} for the children of {self.tree.dir(anc)}: "
+                        f"processes {pids[:10]} sit in it (cgroup v2 no-internal-process rule); "
+                        "move them to a leaf such as 'daemon' first",
+                    ) from e
+                raise
+
+    def features(self) -> DriverFeatures:
+        f = DriverFeatures(kind=self.kind)
+        avail = self.available_controllers()
+        for c in WANTED_CONTROLLERS:
+            if c not in avail:
+                f.missing[c] = f"the {c} controller is not available in {self.tree.root_dir}/cgroup.controllers"
+        f.memory_high = "memory" in avail
+        f.missing["oom_pause"] = "cgroup v2 has no oom_kill_disable; memory.high throttles instead"
+        f.psi_triggers = os.path.exists(self.tree.file("", "memory.pressure"))
+        if f.psi_triggers:
+            f.psi_window_multiple_us = self.tree.psi_window_multiple_us()
+        if not f.psi_triggers:
+            f.missing["psi_triggers"] = "no memory.pressure (kernel without PSI or booted with psi=0)"
+        f.cgroup_kill = self.tree.has_kill()
+        if not f.cgroup_kill:
+            f.missing["cgroup_kill"] = "no cgroup.kill (kernel < 5.14): kill freezes, signals every pid, thaws"
+        f.freeze = os.path.exists(self.tree.file("", "cgroup.freeze"))
+        if not f.freeze:
+            f.missing["freeze"] = "no cgroup.freeze (kernel < 5.2)"
+        f.swap = "memory" in avail and fs.has_swap()
+        if not f.swap:
+            f.missing["swap"] = "no swap device or no memory controller, so swap_max does nothing"
+        return f
+
+    # grouping -------------------------------------------------------------------------
+
+    def create(self, rel: str) -> None:
+        self.tree.mkdirs(rel)
+        self.enable_controllers(rel)
+
+    def remove(self, rel: str) -> None:
+        self.tree.remove(rel)
+
+    def exists(self, rel: str) -> bool:
+        return self.tree.exists(rel)
+
+    def children(self, rel: str) -> list[str]:
+        return self.tree.children(rel)
+
+    def move(self, pid: int, rel: str) -> bool:
+        return self.tree.move(pid, rel)
+
+    def procs(self, rel: str) -> list[int]:
+        return self.tree.procs(rel)
+
+    # limits ---------------------------------------------------------------------------
+
+    def apply_limits(self, rel: str, limits: Limits) -> None:
+        rel = fs.validate_rel(rel)
+        writes: list[tuple[str, str]] = []
+        if limits.memory_max is not None:
+            writes.append(("memory.max", format_v2_max(limits.memory_max)))
+        if limits.memory_high is not None:
+            writes.append(("memory.high", format_v2_max(limits.memory_high)))
+        if limits.swap_max is not None:
+            writes.append(("memory.swap.max", format_v2_max(limits.swap_max)))
+        if limits.cpu_weight is not None:
+            if not 1 <= limits.cpu_weight <= 10_000:
+                raise ValueError(f"cpu weight must be within 1..10000: {limits.cpu_weight}")
+            writes.append(("cpu.weight", str(limits.cpu_weight)))
+        # cpu_max_quota_us None means unlimited (Limits says so), not "untouched".
+        writes.append(("cpu.max", format_v2_cpu_max(limits.cpu_max_quota_us, limits.cpu_period_us)))
+        if limits.cpuset_cpus is not None:
+            writes.append(("cpuset.cpus", limits.cpuset_cpus))
+        if limits.cpuset_mems is not None:
+            writes.append(("cpuset.mems", limits.cpuset_mems))
+        if limits.pids_max is not None:
+            writes.append(("pids.max", format_v2_max(limits.pids_max)))
+        for name, value in writes:
+            path = self.tree.file(rel, name)
+            if not os.path.exists(path):
+                if name == "cpu.max" and limits.cpu_max_quota_us is None:
+                    continue  # nothing to undo where there is no cpu controller
+                controller = name.split(".", 1)[0]
+                raise CgroupError(
+                    errno.ENOENT,
+                    f"cannot set {name} on {self.tree.dir(rel)}: the {controller} controller is not "
+                    "enabled there (create() enables it from the root down)",
+                )
+            fs.write(path, value)
+
+    # control --------------------------------------------------------------------------
+
+    def freeze(self, rel: str) -> None:
+        self.tree.freeze(rel)
+
+    def thaw(self, rel: str) -> None:
+        self.tree.thaw(rel)
+
+    def kill(self, rel: str) -> None:
+        self.tree.kill(rel)
+
+    # observation ----------------------------------------------------------------------
+
+    def stats(self, rel: str) -> CgroupStats:
+        rel = fs.validate_rel(rel)
+        s = CgroupStats()
+        d = self.tree.dir(rel)
+
+        def opt(name: str) -> str | None:
+            try:
+                return fs.read(os.path.join(d, name))
+            except CgroupError as e:
+                if e.errno == errno.ENOENT:
+                    return None
+                raise
+
+        if (text := opt("memory.current")) is not None:
+            s.memory_current = int(text)
+        if (text := opt("memory.peak")) is not None:
+            s.memory_peak = int(text)
+        if (text := opt("memory.max")) is not None:
+            s.memory_limit = parse_size(text)
+        if (text := opt("memory.events")) is not None:
+            s.memory_events = parse_flat_keyed(text)
+        if (text := opt("pids.current")) is not None:
+            s.pids_current = int(text)
+        s.cpu_usage_us = self.tree.cpu_usage_us(rel)
+        s.memory_pressure = self.tree.pressure(rel, "memory")
+        ev = self.tree.events(rel)
+        s.frozen = bool(ev.get("frozen", 0))
+        s.populated = bool(ev.get("populated", 0))
+        return s
+
+    def cgroup_id(self, rel: str) -> int:
+        return self.tree.cgroup_id(rel)
+
+    def path_of_id(self, cgroup_id: int) -> str | None:
+        return self.tree.path_of_id(cgroup_id)
+
+    def open_oom_watch(self, rel: str) -> int:
+        """memory.events opened read-only: kernfs signals POLLPRI (and POLLERR) each time a
+        counter in it changes (high, max, oom, oom_kill). Call read_oom_watch after each wake."""
+        path = self.tree.file(rel, "memory.events")
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError as e:
+            raise CgroupError(
+                e.errno, f"cannot watch {path}: {os.strerror(e.errno or 0)} (memory controller not enabled?)"
+            ) from e
+
+    def oom_watch_poll_mask(self) -> int:
+        return select.POLLPRI
+
+    def read_oom_watch(self, fd: int) -> int:
+        """Re-read memory.events (kernfs re-arms the POLLPRI notification on read); returns oom_kill."""
+        return parse_flat_keyed(os.pread(fd, 4096, 0).decode()).get("oom_kill", 0)
+
+    def open_psi_trigger(self, rel: str, resource: str, kind: str, stall_us: int, window_us: int) -> int:
+        return self.tree.open_psi_trigger(rel, resource, kind, stall_us, window_us)
+

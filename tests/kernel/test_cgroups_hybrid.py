@@ -1,0 +1,465 @@
+"""HybridDriver against the real kernel: v2 (unified) grouping plus v1 memory/cpu/cpuset/pids.
+
+Every test works under its own private root below this process's cgroups (see the driver
+fixture) and checks what the kernel reports, not what the driver wrote.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+
+from agentd.cgroups import fs
+from agentd.cgroups.detect import move_self_to_daemon_cgroup, open_driver
+from agentd.cgroups.driver import CgroupError, Limits
+from agentd.cgroups.hybrid import HybridDriver
+from agentd.cgroups.parse import parse_flat_keyed
+
+from cgroup_fixtures import children, driver, needs_root, proc_cpu_ticks, proc_state, wait_for  # noqa: F401
+
+pytestmark = [pytest.mark.kernel, needs_root]
+
+MiB = 1 << 20
+
+# Allocates and touches 1 MiB a step (bytes * n writes every page), reports progress.
+ALLOC = """
+import sys
+chunks = []
+for i in range(int(sys.argv[1]) if len(sys.argv) > 1 else {n}):
+    chunks.append(b"x" * (1 << 20))
+print("done", len(chunks), flush=True)
+sys.stdin.readline()
+"""
+
+BUSY = "import time\nwhile True:\n    pass\n"
+
+
+def _hybrid_or_skip(drv):
+    if not isinstance(drv, HybridDriver):
+        pytest.skip(f"this host is not hybrid (detected {drv.kind}); tests/vm covers v2")
+    return drv
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+# --- layout ------------------------------------------------------------------------------
+
+
+def test_open_driver_roots_under_own_cgroup_in_every_hierarchy(driver):
+    drv = _hybrid_or_skip(driver)
+    own = {}
+    for line in _read("/proc/self/cgroup").splitlines():
+        _, ctrls, path = line.split(":", 2)
+        for c in ctrls.split(","):
+            own[c] = path
+    for c, tree in drv.v1.items():
+        assert os.path.isdir(tree.root_dir)
+        assert tree.root_dir.startswith(os.path.normpath(tree.mount + own[c]) + "/"), (c, tree.root_dir)
+    assert drv.unified.root_dir.startswith(os.path.normpath(drv.unified.mount + own[""]).rstrip("/") + "/")
+    assert set(drv.v1) == {"memory", "cpu", "cpuset", "pids"}
+    f = drv.features()
+    assert f.kind == "hybrid" and f.oom_pause and f.cgroup_kill and f.freeze and f.psi_triggers
+    assert not f.memory_high and "memory_high" in f.missing
+
+
+def test_create_in_every_hierarchy_copies_cpuset_and_remove_cleans(driver):
+    drv = _hybrid_or_skip(driver)
+    rel = "agents/a1/tools/0001-pytest"
+    drv.create(rel)
+    drv.create(rel)  # idempotent
+    for tree in [drv.unified, *drv.v1.values()]:
+        assert os.path.isdir(tree.dir(rel)), tree.dir(rel)
+    cs = drv.v1["cpuset"]
+    assert _read(cs.file(rel, "cpuset.cpus")) == _read(cs.file("", "cpuset.cpus")) != ""
+    assert _read(cs.file(rel, "cpuset.mems")) == _read(cs.file("", "cpuset.mems")) != ""
+    assert drv.exists(rel) and drv.children("agents/a1") == ["tools"]
+    drv.remove("agents")
+    for tree in [drv.unified, *drv.v1.values()]:
+        assert not os.path.exists(tree.dir("agents")), tree.dir("agents")
+    drv.remove("agents")  # missing is fine
+
+
+def test_move_puts_pid_in_every_hierarchy_and_vanished_pid_is_false(driver, children):
+    drv = _hybrid_or_skip(driver)
+    drv.create("agents/a1/runtime")
+    p = children.cmd(["sleep", "60"])
+    assert drv.move(p.pid, "agents/a1/runtime") is True
+    cg = _read(f"/proc/{p.pid}/cgroup")
+    for line in cg.splitlines():
+        _, ctrls, path = line.split(":", 2)
+        for c in ctrls.split(","):
+            if c in drv.v1:
+                assert os.path.normpath(drv.v1[c].mount + path) == drv.v1[c].dir("agents/a1/runtime"), line
+            if c == "":
+                assert os.path.normpath(drv.unified.mount + path) == drv.unified.dir("agents/a1/runtime")
+    assert drv.procs("agents/a1/runtime") == [p.pid]
+    assert drv.stats("agents/a1/runtime").pids_current == 1
+    p.kill()
+    p.wait()
+    assert drv.move(p.pid, "agents/a1/runtime") is False  # reaped: ESRCH is not an error
+
+
+def test_remove_with_processes_inside_raises_a_sentence(driver, children):
+    drv = _hybrid_or_skip(driver)
+    drv.create("agents/a1/runtime")
+    p = children.cmd(["sleep", "60"])
+    assert drv.move(p.pid, "agents/a1/runtime")
+    with pytest.raises(CgroupError) as ei:
+        drv.remove("agents")
+    assert ei.value.errno == errno.EBUSY and str(p.pid) in str(ei.value) and "kill" in str(ei.value)
+    drv.kill("agents")
+    drv.remove("agents")
+    assert not drv.exists("agents")
+
+
+# --- memory ------------------------------------------------------------------------------
+
+
+def test_memory_limit_oom_pause_eventfd_then_grant_lets_it_finish(driver, children):
+    drv = _hybrid_or_skip(driver)
+    rel = "agents/a1/tools/0001-alloc"
+    drv.create(rel)
+    drv.apply_limits(rel, Limits(memory_max=48 * MiB, oom_pause=True))
+    mem = drv.v1["memory"]
+    assert _read(mem.file(rel, "memory.limit_in_bytes")) == str(48 * MiB)
+    efd = drv.open_oom_watch(rel)
+    try:
+        p = children.python(ALLOC.format(n=96))
+        assert drv.move(p.pid, rel)
+        children.go(p)
+        r, _, _ = select.select([efd], [], [], 15)
+        assert r == [efd], "no OOM notification within 15 s"
+        assert drv.read_oom_watch(efd) >= 1
+        s = drv.stats(rel)
+        assert s.memory_events["under_oom"] == 1
+        assert s.memory_events["max"] > 0  # failcnt
+        assert s.memory_limit == 48 * MiB
+        assert s.memory_peak >= 40 * MiB
+        assert p.poll() is None, "the paused process must still be alive"
+        time.sleep(0.3)
+        assert drv.stats(rel).memory_events["under_oom"] == 1, "it should stay paused until the daemon decides"
+        # The daemon decides: grant more memory.
+        drv.apply_limits(rel, Limits(memory_max=256 * MiB, oom_pause=True))
+        line = p.stdout.readline()
+        assert line.startswith("done 96"), line
+        assert drv.stats(rel).memory_events["under_oom"] == 0
+        assert drv.stats(rel).memory_events["oom_kill"] == 0
+    finally:
+        os.close(efd)
+
+
+def test_memory_oom_pause_then_kill_ends_it(driver, children):
+    drv = _hybrid_or_skip(driver)
+    rel = "agents/a1/tools/0002-alloc"
+    drv.create(rel)
+    drv.apply_limits(rel, Limits(memory_max=32 * MiB, oom_pause=True))
+    efd = drv.open_oom_watch(rel)
+    try:
+        p = children.python(ALLOC.format(n=96))
+        assert drv.move(p.pid, rel)
+        children.go(p)
+        assert select.select([efd], [], [], 15)[0] == [efd]
+        assert drv.stats(rel).memory_events["under_oom"] == 1
+        drv.kill(rel)
+        assert p.wait(timeout=5) == -signal.SIGKILL
+        s = drv.stats(rel)
+        assert not s.populated and s.pids_current == 0
+    finally:
+        os.close(efd)
+
+
+def test_memory_limit_without_pause_oom_kills_only_the_tool(driver, children):
+    drv = _hybrid_or_skip(driver)
+    drv.create("agents/a1/runtime")
+    drv.create("agents/a1/tools/0003-alloc")
+    drv.apply_limits("agents/a1/tools/0003-alloc", Limits(memory_max=32 * MiB))
+    agent = children.cmd(["sleep", "60"])
+    assert drv.move(agent.pid, "agents/a1/runtime")
+    p = children.python(ALLOC.format(n=96))
+    assert drv.move(p.pid, "agents/a1/tools/0003-alloc")
+    children.go(p)
+    assert p.wait(timeout=20) == -signal.SIGKILL
+    ev = drv.stats("agents/a1/tools/0003-alloc").memory_events
+    assert ev["oom_kill"] >= 1 and ev["max"] > 0 and ev["oom_kill_disable"] == 0
+    assert agent.poll() is None, "the agent's runtime must survive its tool's OOM"
+
+
+# --- pids --------------------------------------------------------------------------------
+
+FORK_STORM = """
+import errno, os, time
+ok, err = 0, None
+kids = []
+for _ in range(40):
+    try:
+        pid = os.fork()
+    except OSError as e:
+        err = e.errno
+        break
+    if pid == 0:
+        time.sleep(30)
+        os._exit(0)
+    kids.append(pid)
+    ok += 1
+print(ok, err, flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_pids_max_stops_a_fork_storm_and_the_parent_survives(driver, children):
+    drv = _hybrid_or_skip(driver)
+    rel = "agents/a1/tools/0004-storm"
+    drv.create(rel)
+    drv.apply_limits(rel, Limits(pids_max=6))
+    assert _read(drv.v1["pids"].file(rel, "pids.max")) == "6"
+    p = children.python(FORK_STORM)
+    assert drv.move(p.pid, rel)
+    children.go(p)
+    ok, err = p.stdout.readline().split()
+    assert int(ok) == 5 and int(err) == errno.EAGAIN
+    assert p.poll() is None, "the forking parent must survive"
+    assert drv.stats(rel).pids_current == 6
+    assert parse_flat_keyed(_read(drv.v1["pids"].file(rel, "pids.events")))["max"] >= 1
+    drv.kill(rel)
+    assert p.wait(timeout=5) == -signal.SIGKILL
+    assert not drv.stats(rel).populated
+    # pids.current drops when the zombies are reaped (the forked ones by init).
+    assert wait_for(lambda: drv.stats(rel).pids_current == 0, 5.0)
+
+
+# --- freeze / kill -----------------------------------------------------------------------
+
+
+def test_freeze_stops_cpu_use_and_thaw_resumes(driver, children):
+    drv = _hybrid_or_skip(driver)
+    rel = "agents/a1/tools/0005-busy"
+    drv.create(rel)
+    p = children.python(BUSY)
+    assert drv.move(p.pid, rel)
+    children.go(p)
+    time.sleep(0.2)
+    drv.freeze("agents/a1")  # a parent: freezing is recursive
+    assert drv.stats("agents/a1").frozen and drv.stats(rel).frozen
+    assert _read(drv.unified.file(rel, "cgroup.events")).find("frozen 1") >= 0
+    t0 = proc_cpu_ticks(p.pid)
+    time.sleep(0.5)
+    assert proc_cpu_ticks(p.pid) - t0 <= 1, "a frozen process must not run"
+    assert proc_state(p.pid) in ("S", "D")
+    drv.thaw("agents/a1")
+    assert not drv.stats(rel).frozen
+    t1 = proc_cpu_ticks(p.pid)
+    time.sleep(0.5)
+    assert proc_cpu_ticks(p.pid) - t1 >= 10, "a thawed busy process must run again"
+
+
+TREE = """
+import os, subprocess, time
+# a child, a grandchild, and a double-forked orphan that leaves the session
+subprocess.Popen(["sh", "-c", "sleep 300 & sleep 300 & wait"])
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        time.sleep(300)
+    os._exit(0)
+time.sleep(300)
+"""
+
+
+def _tree_started(drv, rel, n):
+    pids = fs.subtree_pids(drv.unified.dir(rel))
+    return pids if len(pids) >= n else None
+
+
+def test_kill_ends_a_whole_tree_including_grandchildren_and_orphans(driver, children):
+    drv = _hybrid_or_skip(driver)
+    drv.create("agents/a1/tools/0006-tree")
+    drv.create("agents/a1/tools/0007-other")
+    p = children.python(TREE)
+    q = children.cmd(["sleep", "300"])
+    assert drv.move(p.pid, "agents/a1/tools/0006-tree")
+    assert drv.move(q.pid, "agents/a1/tools/0007-other")
+    children.go(p)
+    # python, sh, 2 x sleep, the orphan (its intermediate parent exits)
+    pids = wait_for(lambda: _tree_started(drv, "agents/a1/tools/0006-tree", 5))
+    assert pids and len(pids) >= 5, pids
+    drv.kill("agents/a1/tools")
+    for pid in pids:
+        assert proc_state(pid) in (None, "Z"), (pid, proc_state(pid))
+    assert drv.stats("agents/a1/tools").populated is False
+    assert q.wait(timeout=5) == -signal.SIGKILL
+
+
+def test_kill_fallback_freeze_signal_thaw_ends_a_tree(driver, children):
+    """The path for kernels without cgroup.kill, run on real cgroups."""
+    drv = _hybrid_or_skip(driver)
+    rel = "agents/a1/tools/0008-tree"
+    drv.create(rel)
+    p = children.python(TREE)
+    assert drv.move(p.pid, rel)
+    children.go(p)
+    pids = wait_for(lambda: _tree_started(drv, rel, 5))
+    assert pids and len(pids) >= 5
+    drv.unified.kill(rel, use_kill_file=False)
+    for pid in pids:
+        assert proc_state(pid) in (None, "Z"), (pid, proc_state(pid))
+    s = drv.stats(rel)
+    assert not s.populated and not s.frozen
+
+
+# --- cpu ---------------------------------------------------------------------------------
+
+
+def test_cpu_usage_grows_and_cfs_quota_caps_it(driver, children):
+    drv = _hybrid_or_skip(driver)
+    drv.create("agents/a1/tools/0009-free")
+    drv.create("agents/a1/tools/0010-capped")
+    drv.apply_limits("agents/a1/tools/0010-capped", Limits(cpu_max_quota_us=10_000, cpu_period_us=100_000, cpu_weight=50))
+    cpu = drv.v1["cpu"]
+    assert _read(cpu.file("agents/a1/tools/0010-capped", "cpu.shares")) == "512"
+    free = children.python(BUSY)
+    capped = children.python(BUSY)
+    assert drv.move(free.pid, "agents/a1/tools/0009-free")
+    assert drv.move(capped.pid, "agents/a1/tools/0010-capped")
+    u_free0 = drv.stats("agents/a1/tools/0009-free").cpu_usage_us
+    u_cap0 = drv.stats("agents/a1/tools/0010-capped").cpu_usage_us
+    children.go(free)
+    children.go(capped)
+    time.sleep(1.0)
+    d_free = drv.stats("agents/a1/tools/0009-free").cpu_usage_us - u_free0
+    d_cap = drv.stats("agents/a1/tools/0010-capped").cpu_usage_us - u_cap0
+    assert d_free > 300_000, d_free
+    assert d_cap < 250_000, d_cap  # 10 % of 1 s, with slack for start-up and the first period
+    assert d_free > 3 * d_cap
+    stat = parse_flat_keyed(_read(cpu.file("agents/a1/tools/0010-capped", "cpu.stat")))
+    assert stat["nr_throttled"] > 0
+
+
+def test_cpuset_pins_a_process(driver, children):
+    drv = _hybrid_or_skip(driver)
+    rel = "agents/a1/tools/0011-pinned"
+    drv.create(rel)
+    drv.apply_limits(rel, Limits(cpuset_cpus="0", cpuset_mems="0"))
+    p = children.cmd(["sleep", "60"])
+    assert drv.move(p.pid, rel)
+    status = _read(f"/proc/{p.pid}/status")
+    allowed = [l for l in status.splitlines() if l.startswith("Cpus_allowed_list")][0]
+    assert allowed.split()[-1] == "0"
+
+
+# --- PSI -----------------------------------------------------------------------------------
+
+
+def test_psi_trigger_fires_under_cpu_contention(driver, children):
+    drv = _hybrid_or_skip(driver)
+    rel = "agents/a1/tools/0012-contend"
+    drv.create(rel)
+    drv.apply_limits(rel, Limits(cpuset_cpus="0"))
+    window = max(500_000, drv.features().psi_window_multiple_us)
+    fd = drv.open_psi_trigger(rel, "cpu", "some", 50_000, window)
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLPRI)
+        assert poller.poll(0) == [], "no pressure yet, so no event"
+        busy = [children.python(BUSY) for _ in range(3)]  # three runners on one cpu
+        for b in busy:
+            assert drv.move(b.pid, rel)
+        for b in busy:
+            children.go(b)
+        events = poller.poll(window // 1000 + 5000)
+        assert events and events[0][1] & select.POLLPRI, events
+        cpu_psi = drv.unified.pressure(rel, "cpu")
+        assert cpu_psi.some_total_us > 50_000
+    finally:
+        os.close(fd)
+
+
+def test_psi_trigger_rejects_bad_windows(driver):
+    drv = _hybrid_or_skip(driver)
+    drv.create("x")
+    with pytest.raises(CgroupError):
+        drv.open_psi_trigger("x", "memory", "some", 100_000, 20_000_000)  # window over 10 s
+    with pytest.raises(ValueError):
+        drv.open_psi_trigger("x", "disk", "some", 100_000, 1_000_000)
+
+
+# --- ids ---------------------------------------------------------------------------------
+
+AT_FDCWD = -100
+
+
+def _kernfs_handle_id(path: str) -> int:
+    """name_to_handle_at(2): for cgroupfs the 8-byte file handle is the kernfs node id, the
+    value bpf_get_current_cgroup_id() returns for tasks in that cgroup."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(8 + 128)
+    struct.pack_into("I", buf, 0, 128)
+    mount_id = ctypes.c_int()
+    if libc.name_to_handle_at(AT_FDCWD, path.encode(), buf, ctypes.byref(mount_id), 0) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    nbytes, _type = struct.unpack_from("Ii", buf, 0)
+    assert nbytes == 8
+    return struct.unpack_from("Q", buf, 8)[0]
+
+
+def test_cgroup_id_is_the_v2_inode_and_the_kernfs_id(driver, children):
+    drv = _hybrid_or_skip(driver)
+    drv.create("agents/a1/runtime")
+    drv.create("agents/a2/runtime")
+    cid = drv.cgroup_id("agents/a1/runtime")
+    assert cid == os.stat(drv.unified.dir("agents/a1/runtime")).st_ino
+    assert cid == _kernfs_handle_id(drv.unified.dir("agents/a1/runtime"))
+    assert cid != drv.cgroup_id("agents/a2/runtime")
+    # A process's /proc/<pid>/cgroup v2 path leads to the same id.
+    p = children.cmd(["sleep", "60"])
+    assert drv.move(p.pid, "agents/a1/runtime")
+    v2path = [l for l in _read(f"/proc/{p.pid}/cgroup").splitlines() if l.startswith("0::")][0][3:]
+    assert os.stat(drv.unified.mount + v2path).st_ino == cid
+    # Reverse lookup, including a fresh driver with a cold cache.
+    assert drv.path_of_id(cid) == "agents/a1/runtime"
+    cold = HybridDriver(drv.unified.mount, drv.unified.root, {}, create_root=False)
+    assert cold.path_of_id(drv.cgroup_id("agents/a2/runtime")) == "agents/a2/runtime"
+    assert cold.path_of_id(os.stat("/sys/fs/cgroup/unified").st_ino) is None
+
+
+# --- validation and self move --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["../x", "/abs", "a/../b", "a b", "a/./b", "a;b", "a/\n"])
+def test_bad_relative_paths_are_refused(driver, bad):
+    with pytest.raises(ValueError):
+        driver.create(bad)
+
+
+SELF_MOVE = """
+import json, sys
+from agentd.cgroups.detect import move_self_to_daemon_cgroup, open_driver
+drv = open_driver(leaf_name=sys.argv[1], create_root=False)
+move_self_to_daemon_cgroup(drv)
+print(open("/proc/self/cgroup").read(), flush=True)
+"""
+
+
+def test_move_self_to_daemon_cgroup(driver, children):
+    drv = _hybrid_or_skip(driver)
+    leaf = os.path.basename(drv.unified.root_dir)
+    out = subprocess.run(
+        [sys.executable, "-c", SELF_MOVE, leaf], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    for line in out.strip().splitlines():
+        _, ctrls, path = line.split(":", 2)
+        if ctrls == "" or ctrls in drv.v1:
+            assert path.endswith(f"/{leaf}/daemon"), line
+    assert drv.children("") == ["daemon"]
