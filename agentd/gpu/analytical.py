@@ -1,0 +1,263 @@
+"""Analytical peak-memory model of a decoder-only transformer (the "Horus" family).
+
+The peak is derived, not fitted, from what each part of a training step or prefill keeps:
+
+- model states per device: weights, gradients, optimizer states, with the ZeRO paper's
+  layout for mixed precision (2 + 2 + 12 bytes per parameter for Adam: fp16 weights and
+  gradients, fp32 master weights, momentum and variance) and its partitioning: stage 1
+  splits optimizer states over the data-parallel degree, stage 2 also gradients, stage 3
+  also weights. Tensor parallelism splits the layer and vocabulary matrices first.
+- activations a training step keeps for the backward pass, per layer, counted tensor by
+  tensor (norm inputs and outputs, Q, K, V, attention output, softmax output and dropout
+  masks for eager attention, the MLP's intermediate tensors). With Megatron's
+  implementation choices (2-byte activations, 1-byte dropout masks, GELU MLP of 4h, eager
+  attention) the count is exactly sbh(34 + 5as/h) of Korthikanti et al., "Reducing
+  Activation Recomputation in Large Transformer Models" (tests check it), including their
+  tensor-parallel and sequence-parallel variants and selective/full recomputation.
+- the KV cache for inference: 2 x layers x KV heads x head dim x bytes per element per token.
+- temporaries at the peak moment: the loss (logits, log-softmax and their gradients), one
+  layer's backward, the optimizer's foreach buffers, one layer's prefill.
+- overhead (CUDA only, not verifiable without a GPU): the CUDA context and cuBLAS workspace.
+
+The peak is the largest of the phases of a step (forward end / loss, backward start, top
+and bottom layers' backward, optimizer step; for inference, the last layer of the prefill
+and the logits), because with zero_grad(set_to_none=True) gradients only exist once
+activations start to be freed. `parts` are the bytes live at that moment.
+
+Pure Python; an estimate takes a few microseconds.
+"""
+
+from __future__ import annotations
+
+from agentd.gpu.spec import DTYPE_BYTES, Estimate, ModelSpec, WorkloadSpec
+
+CUBLAS_WORKSPACE_BYTES = 32 * 2**20
+# Relative band the analytical model stands behind for the dynamic part (activations and
+# temporaries), from benchmarks/gpu_estimate.py on the CPU-measured grid, plus the CUDA
+# caching allocator's rounding and fragmentation, which the grid cannot see.
+DYNAMIC_LOW = 0.10
+DYNAMIC_HIGH = 0.25
+UNKNOWN_ACTIVATIONS_HIGH = 1.0  # without an architecture, the high end doubles the model states
+
+
+def model_state_bytes_per_param(wl: WorkloadSpec) -> tuple[float, float, float]:
+    """(weights, gradients, optimizer states) bytes per parameter, before any partitioning."""
+    e = DTYPE_BYTES[wl.dtype]
+    if wl.mode != "train":
+        return float(e), 0.0, 0.0
+    moments = {"adam": 2, "adamw": 2, "sgd": 0, "sgd_momentum": 1}[wl.optimizer]
+    if wl.mixed_precision:  # ZeRO paper: fp16 params and grads, fp32 master copy and moments
+        return float(e), float(e), 4.0 + 4.0 * moments
+    return float(e), float(e), float(e * moments)
+
+
+def kv_bytes_per_token(model: ModelSpec, wl: WorkloadSpec) -> int:
+    if not model.has_architecture:
+        return 0
+    e = DTYPE_BYTES[wl.dtype]
+    return 2 * model.num_layers * model.kv_heads * model.hd * e // wl.tp
+
+
+def dropout_mask_bytes(wl: WorkloadSpec) -> int:
+    """CUDA's fused dropout keeps a 1-byte mask; the CPU kernel keeps a mask in the input dtype."""
+    if wl.dropout <= 0:
+        return 0
+    return 1 if wl.device == "cuda" else DTYPE_BYTES[wl.dtype]
+
+
+def norm_extra_elems(model: ModelSpec, wl: WorkloadSpec) -> int:
+    """RMSNorm runs fused on CUDA (keeps input and rstd) but decomposed on the CPU, where the
+    normalized input is kept too for the weight's gradient: one more h-wide tensor per norm."""
+    return 1 if (model.norm == "rmsnorm" and wl.device == "cpu") else 0
+
+
+def layer_activations(model: ModelSpec, wl: WorkloadSpec, small_terms: bool = True) -> dict:
+    """Bytes one layer keeps for backward, split into the terms of Korthikanti et al.
+
+    Returns {"replicated", "parallel", "quadratic", "stats", "total"}; `replicated` is the
+    part tensor parallelism does not split unless sequence parallelism is on.
+    """
+    s, b, t = wl.seq, wl.batch, wl.tp
+    e = DTYPE_BYTES[wl.dtype]
+    m = dropout_mask_bytes(wl)
+    h, a, f = model.hidden_size, model.num_heads, model.ffn
+    hq, hkv = a * model.hd, model.kv_heads * model.hd
+    sb = s * b
+    eager = wl.attention == "eager"
+    # norm1 in/out, norm2 in/out, residual dropout masks after attention and MLP
+    replicated = sb * h * (4 * e + 2 * m + 2 * norm_extra_elems(model, wl) * e)
+    k_width = hq if eager else hkv  # eager GQA repeats K/V heads (a real copy) before the matmul
+    parallel = sb * e * (hq + 2 * k_width + hq)
+    parallel += sb * e * f * (4 if model.gated_mlp else 2)
+    quadratic = 0
+    stats = 0
+    if eager:
+        quadratic = a * s * s * b * (e + (m + e if m else 0))
+    elif small_terms:
+        stats += 4 * b * a * s  # logsumexp kept by flash attention
+    if small_terms:
+        stats += 2 * (8 if model.norm == "layernorm" else 4) * sb  # mean/rstd per norm
+        if eager:
+            stats += s * s  # the causal mask masked_fill keeps
+    if wl.recompute == "selective":
+        quadratic = 0
+    if wl.recompute == "full":
+        keep = sb * h * e // (t if wl.sequence_parallel else 1)
+        return {"replicated": keep, "parallel": 0, "quadratic": 0, "stats": 0, "total": keep,
+                "recomputed": _per_device(replicated, parallel, quadratic, stats, wl)}
+    total = _per_device(replicated, parallel, quadratic, stats, wl)
+    return {"replicated": replicated, "parallel": parallel, "quadratic": quadratic, "stats": stats, "total": total}
+
+
+def _per_device(replicated: int, parallel: int, quadratic: int, stats: int, wl: WorkloadSpec) -> int:
+    t = wl.tp
+    rep = replicated // t if wl.sequence_parallel else replicated
+    return rep + (parallel + quadratic) // t + stats
+
+
+def korthikanti_bytes_per_layer(s: int, b: int, h: int, a: int, t: int = 1, sequence_parallel: bool = False,
+                                recompute: str = "none") -> float:
+    """The paper's closed forms (2-byte activations, 1-byte masks), for the tests."""
+    if recompute == "full":
+        return 2 * s * b * h
+    quad = 0 if recompute == "selective" else 5 * a * s / h
+    if sequence_parallel:
+        return s * b * h / t * (34 + quad)
+    if t == 1:
+        return s * b * h * (34 + quad)
+    return s * b * h * (10 + 24 / t + quad / t)
+
+
+def _layer_backward_temporaries(model: ModelSpec, wl: WorkloadSpec) -> int:
+    """Gradient tensors alive while one layer runs its backward (beyond its saved activations)."""
+    s, b, t = wl.seq, wl.batch, wl.tp
+    e = DTYPE_BYTES[wl.dtype]
+    sb, h, f, a = s * b, model.hidden_size, model.ffn, model.num_heads
+    mlp = sb * f * e * (3 if model.gated_mlp else 2) // t
+    attn = (2 * a * s * s * b * e // t) if wl.attention == "eager" else (3 * sb * a * model.hd * e // t)
+    return 2 * sb * h * e + max(mlp, attn)
+
+
+def _prefill_temporaries(model: ModelSpec, wl: WorkloadSpec) -> int:
+    """Tensors alive inside the last layer of a prefill (no_grad), besides weights and KV cache."""
+    s, b, t = wl.seq, wl.batch, wl.tp
+    e = DTYPE_BYTES[wl.dtype]
+    sb, h, f, a = s * b, model.hidden_size, model.ffn, model.num_heads
+    hq = a * model.hd
+    gqa = model.kv_heads != a
+    if wl.attention == "eager":
+        attn = sb * e * (2 * h + hq + (2 * hq if gqa else 0)) // 1 + 2 * a * s * s * b * e // t + 2 * s * s
+    else:
+        attn = sb * e * (2 * h + 2 * hq // t)
+    mlp = sb * e * 3 * h + sb * e * f * (3 if model.gated_mlp else 2) // t
+    return max(attn, mlp)
+
+
+def estimate(model: ModelSpec, workload: WorkloadSpec) -> Estimate:
+    wl = workload.resolved(model)
+    n = model.parameter_count()
+    if n <= 0:
+        raise ValueError("the model needs a parameter count or an architecture (layers, hidden size, heads, vocab)")
+    e = DTYPE_BYTES[wl.dtype]
+    wb, gb, ob = model_state_bytes_per_param(wl)
+    n_dev = n / wl.tp
+    W = n_dev * wb / (wl.dp if wl.zero_stage >= 3 else 1)
+    G = n_dev * gb / (wl.dp if wl.zero_stage >= 2 else 1)
+    O = n_dev * ob / (wl.dp if wl.zero_stage >= 1 else 1)
+    W, G, O = int(W), int(G), int(O)
+    notes: list[str] = []
+    details: dict = {"bytes_per_param": {"weights": wb, "gradients": gb, "optimizer_states": ob}}
+    overhead = (wl.cuda_context_bytes + CUBLAS_WORKSPACE_BYTES) if wl.device == "cuda" else 0
+    kvpt = kv_bytes_per_token(model, wl) if wl.mode == "infer" else 0
+    full = {"weights": W, "gradients": G, "optimizer_states": O}
+
+    parts = dict.fromkeys(("weights", "gradients", "optimizer_states", "activations", "kv_cache",
+                           "temporaries", "overhead"), 0)
+    parts.update(weights=W, overhead=overhead)
+    phase = ""
+    if not model.has_architecture:
+        parts.update(gradients=G, optimizer_states=O)
+        if wl.mode == "infer":
+            notes.append("KV cache and activations unknown without an architecture; give --hf-config")
+        else:
+            notes.append("activations unknown without an architecture (layers, hidden size); give --hf-config")
+        phase = "model states only"
+        total = sum(parts.values())
+        states = W + G + O
+        return Estimate(method="analytical", total_bytes=total, parts=parts, low_bytes=total,
+                        high_bytes=int(total + UNKNOWN_ACTIVATIONS_HIGH * states), parameters=n,
+                        model_states_bytes=states, kv_bytes_per_token=kvpt, phase=phase, full_parts=full,
+                        notes=notes, details=details)
+
+    s, b, t = wl.seq, wl.batch, wl.tp
+    h, V, L = model.hidden_size, model.vocab_size, model.num_layers
+    sb = s * b
+    if wl.mode == "train":
+        layer = layer_activations(model, wl)
+        e_loss = 4 if wl.mixed_precision else e  # Megatron computes the vocab-parallel loss in fp32
+        logits = sb * V * e_loss // t
+        inputs = 2 * 8 * sb  # token ids and targets (int64)
+        m = dropout_mask_bytes(wl)
+        norm_stats = (8 if model.norm == "layernorm" else 4) * sb
+        outside = inputs + m * sb * h + (2 + norm_extra_elems(model, wl)) * sb * h * e + norm_stats + logits
+        A_layers = L * layer["total"]
+        persistent = wl.grad_buffers == "persistent"
+        base = W + O + (G if persistent else 0)
+        g_layer = 0 if persistent else int(model.layer_parameters() / t * gb / (wl.dp if wl.zero_stage >= 2 else 1))
+        g_head = 0 if persistent else int(V * h / t * gb / (wl.dp if wl.zero_stage >= 2 else 1))
+        g_all = 0 if persistent else G
+        t_layer = _layer_backward_temporaries(model, wl)
+        recomputed = layer.get("recomputed", 0)
+        t_opt = 0
+        if wl.optimizer in ("adam", "adamw"):
+            o_elem = 4 if wl.mixed_precision else e
+            if wl.optimizer_impl == "foreach":
+                t_opt = int(n_dev / (wl.dp if wl.zero_stage >= 1 else 1) * o_elem)
+            elif wl.optimizer_impl == "single":
+                t_opt = 2 * model.largest_tensor_parameters() // t * o_elem
+        grads_live = G if persistent else 0
+        phases = {
+            # nll_loss and log_softmax backward allocate two logits-sized gradients while
+            # every activation and the kept log-softmax output are still alive
+            "backward start (loss gradients)": (A_layers + outside, 2 * logits, 0),
+            "backward of the LM head": (A_layers + outside, sb * h * e + g_head, 0),
+            "backward of the top layer": (A_layers + inputs + m * sb * h, t_layer + recomputed + g_layer, g_head),
+            "backward of the first layer": (layer["total"] + inputs, t_layer + recomputed + g_layer,
+                                            max(g_all - g_head - g_layer - (0 if model.tie_word_embeddings else g_head), 0)),
+            # a tied embedding's second gradient is summed out of place into the first
+            "backward of the embedding": (inputs, sb * h * e + (2 * g_head if model.tie_word_embeddings else 0), g_all),
+            "optimizer step": (0, t_opt, g_all),
+        }
+        best = None
+        for name, (act, tmp, grads_new) in phases.items():
+            tot = base + act + tmp + grads_new
+            if best is None or tot > best[0]:
+                best = (tot, name, act, tmp, grads_new)
+        _, phase, act, tmp, grads_new = best
+        parts.update(gradients=grads_live + grads_new, optimizer_states=O, activations=act, temporaries=tmp)
+        details.update(activation_bytes_per_layer=layer["total"], activation_terms_per_layer=layer,
+                       activations_outside_layers=outside, logits_bytes=logits,
+                       layer_backward_temporaries=t_layer, optimizer_temporaries=t_opt,
+                       grad_buffers=wl.grad_buffers)
+        if not persistent:
+            notes.append("gradients are freed by zero_grad(set_to_none=True) and only exist from the backward on")
+    else:
+        kv = kvpt * sb
+        logits = b * (s if wl.logits == "all" else 1) * V * e // t
+        tmp = max(_prefill_temporaries(model, wl), logits + sb * h * e)
+        parts.update(kv_cache=kv, activations=8 * sb, temporaries=tmp)
+        phase = "prefill of the last layer"
+        details.update(kv_cache_tokens=sb, prefill_temporaries=tmp)
+    if wl.zero_stage == 3:
+        gathered = int(2 * model.layer_parameters() / t * wb)
+        parts["temporaries"] += gathered
+        notes.append("ZeRO-3 gathers about two layers' weights at a time (prefetch); counted in temporaries")
+    if wl.device == "cuda":
+        notes.append("overhead (CUDA context, cuBLAS workspace) and allocator fragmentation are not measured here")
+    total = int(sum(parts.values()))
+    dynamic = parts["activations"] + parts["temporaries"] + parts["kv_cache"]
+    low = int(total - DYNAMIC_LOW * dynamic)
+    high = int(total + DYNAMIC_HIGH * dynamic)
+    return Estimate(method="analytical", total_bytes=total, parts=parts, low_bytes=low, high_bytes=high,
+                    parameters=n, model_states_bytes=W + G + O, kv_bytes_per_token=kvpt, phase=phase,
+                    full_parts=full, notes=notes, details=details)

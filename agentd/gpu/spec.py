@@ -1,0 +1,260 @@
+"""What the estimators are asked about: a model description and a workload.
+
+`ModelSpec` describes a decoder-only transformer the way a Hugging Face config.json does
+(layers, hidden size, heads, KV heads, vocabulary, intermediate size), or only by its
+parameter count when nothing else is known. `WorkloadSpec` says how it runs: train or
+infer, dtype, optimizer, mixed precision, ZeRO stage, data/tensor parallel degree, batch,
+sequence length, activation recomputation, and the implementation details that change
+which tensors are kept (attention kernel, dropout, whether gradient buffers persist).
+
+Pure Python, no torch: the CLI and the co-location policy import it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+DTYPE_BYTES = {"fp32": 4, "float32": 4, "tf32": 4, "fp16": 2, "float16": 2, "bf16": 2, "bfloat16": 2,
+               "fp8": 1, "int8": 1}
+_DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "half": "fp16",
+                  "float": "fp32", "torch.float32": "fp32", "torch.float16": "fp16",
+                  "torch.bfloat16": "bf16"}
+_GATED_ACTS = {"silu", "swiglu", "swish", "geglu", "gelu_gated"}
+_UNGATED_TYPES = {"gpt2", "gpt_neox", "gptj", "opt", "bloom", "falcon", "gpt_bigcode", "phi"}
+
+
+def canonical_dtype(name: str) -> str:
+    key = str(name).strip().lower()
+    key = _DTYPE_ALIASES.get(key, key)
+    if key not in DTYPE_BYTES:
+        raise ValueError(f"unknown dtype {name!r}; expected one of fp32, bf16, fp16, fp8")
+    return key
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A decoder-only transformer. With only `parameters` set, the architecture is unknown:
+    model states are exact but activations cannot be derived (the estimate says so)."""
+
+    num_layers: int = 0
+    hidden_size: int = 0
+    num_heads: int = 0
+    num_kv_heads: int = 0  # 0: same as num_heads (no grouped-query attention)
+    vocab_size: int = 0
+    intermediate_size: int = 0  # 0: 4 * hidden_size
+    head_dim: int = 0  # 0: hidden_size // num_heads
+    tie_word_embeddings: bool = False
+    gated_mlp: bool = True  # SwiGLU-style gate/up/down (Llama) versus fc1/act/fc2 (GPT-2)
+    norm: str = "rmsnorm"  # "rmsnorm" (weight only) or "layernorm" (weight and bias)
+    bias: bool = False  # biases on the attention and MLP projections
+    learned_positions: int = 0  # rows of a learned position embedding (GPT-2); 0 for RoPE
+    parameters: int = 0  # override / only known figure; 0: derived from the architecture
+    dtype: str = "fp16"  # the dtype the checkpoint is stored in (torch_dtype)
+    name: str = ""
+
+    @property
+    def has_architecture(self) -> bool:
+        return self.num_layers > 0 and self.hidden_size > 0 and self.num_heads > 0
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def hd(self) -> int:
+        return self.head_dim or (self.hidden_size // self.num_heads if self.num_heads else 0)
+
+    @property
+    def ffn(self) -> int:
+        return self.intermediate_size or 4 * self.hidden_size
+
+    # Parameter counts, split the way the estimators need them.
+    def layer_parameters(self) -> int:
+        h, hq, hkv, f = self.hidden_size, self.num_heads * self.hd, self.kv_heads * self.hd, self.ffn
+        n = h * hq + 2 * h * hkv + hq * h
+        n += (3 if self.gated_mlp else 2) * h * f
+        n += (2 if self.norm == "layernorm" else 1) * 2 * h
+        if self.bias:
+            n += hq + 2 * hkv + h + ((2 * f) if self.gated_mlp else f) + h
+        return n
+
+    def embedding_parameters(self) -> int:
+        return self.vocab_size * self.hidden_size + self.learned_positions * self.hidden_size
+
+    def head_parameters(self) -> int:
+        """Final norm plus the LM head when it is not tied to the embedding."""
+        n = (2 if self.norm == "layernorm" else 1) * self.hidden_size
+        if not self.tie_word_embeddings:
+            n += self.vocab_size * self.hidden_size
+        return n
+
+    def parameter_count(self) -> int:
+        if self.parameters:
+            return int(self.parameters)
+        if not self.has_architecture:
+            return 0
+        return self.num_layers * self.layer_parameters() + self.embedding_parameters() + self.head_parameters()
+
+    def largest_tensor_parameters(self) -> int:
+        if not self.has_architecture:
+            return 0
+        h, f = self.hidden_size, self.ffn
+        return max(self.vocab_size * h, h * f, self.num_heads * self.hd * h)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["parameter_count"] = self.parameter_count()
+        return d
+
+    @classmethod
+    def from_params(cls, n: float, dtype: str = "fp16", name: str = "") -> "ModelSpec":
+        if n <= 0:
+            raise ValueError(f"--params must be positive, got {n}")
+        return cls(parameters=int(n), dtype=canonical_dtype(dtype), name=name)
+
+    @classmethod
+    def from_hf_config(cls, cfg: dict, name: str = "") -> "ModelSpec":
+        """Read a Hugging Face config.json dict (Llama, Mistral, Qwen, GPT-2 key names)."""
+        def get(*keys, default=None):
+            for k in keys:
+                if k in cfg and cfg[k] is not None:
+                    return cfg[k]
+            return default
+
+        h = get("hidden_size", "n_embd", "d_model")
+        layers = get("num_hidden_layers", "n_layer", "num_layers")
+        heads = get("num_attention_heads", "n_head")
+        vocab = get("vocab_size")
+        missing = [k for k, v in (("hidden_size", h), ("num_hidden_layers", layers),
+                                  ("num_attention_heads", heads), ("vocab_size", vocab)) if not v]
+        if missing:
+            raise ValueError(f"config lacks {', '.join(missing)}")
+        model_type = str(get("model_type", default="")).lower()
+        act = str(get("hidden_act", "activation_function", default="silu")).lower()
+        gated = model_type not in _UNGATED_TYPES and act in _GATED_ACTS | {"silu"}
+        is_gpt2 = model_type == "gpt2"
+        tie = get("tie_word_embeddings", default=is_gpt2)
+        dtype = get("torch_dtype", "dtype", default="fp16")
+        try:
+            dtype = canonical_dtype(dtype)
+        except ValueError:
+            dtype = "fp16"
+        return cls(
+            num_layers=int(layers), hidden_size=int(h), num_heads=int(heads),
+            num_kv_heads=int(get("num_key_value_heads", default=heads)),
+            vocab_size=int(vocab),
+            intermediate_size=int(get("intermediate_size", "n_inner", default=0) or 4 * int(h)),
+            head_dim=int(get("head_dim", default=0) or 0),
+            tie_word_embeddings=bool(tie), gated_mlp=gated,
+            norm="layernorm" if (is_gpt2 or "layer_norm_epsilon" in cfg or cfg.get("norm") == "layernorm")
+            else "rmsnorm",
+            bias=bool(get("attention_bias", "bias", default=is_gpt2)),
+            learned_positions=int(get("n_positions", default=0)) if is_gpt2 else int(cfg.get("learned_positions", 0)),
+            dtype=dtype, name=name or str(get("_name_or_path", "name", default=model_type)),
+        )
+
+    @classmethod
+    def from_hf_file(cls, path: str | Path) -> "ModelSpec":
+        p = Path(path)
+        return cls.from_hf_config(json.loads(p.read_text()), name=p.stem if p.name != "config.json" else p.parent.name)
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    mode: str = "train"  # "train" or "infer"
+    batch: int = 1
+    seq: int = 2048
+    dtype: str = ""  # compute/param dtype; "": the model's dtype for infer, fp32 for train
+    mixed_precision: bool = False  # half-precision weights/activations + fp32 master (ZeRO paper layout)
+    optimizer: str = "adam"  # "adam", "adamw", "sgd", "sgd_momentum"
+    optimizer_impl: str = "foreach"  # "foreach" (PyTorch's default on CUDA), "single", "fused"
+    zero_stage: int = 0
+    dp: int = 1
+    tp: int = 1
+    sequence_parallel: bool = False
+    recompute: str = "none"  # "none", "selective", "full"
+    attention: str = "flash"  # "flash" (no s^2 tensor kept; SDPA/FlashAttention) or "eager"
+    dropout: float = 0.0
+    grad_buffers: str = "auto"  # "freed" (zero_grad(set_to_none)), "persistent" (DDP/ZeRO), "auto"
+    logits: str = ""  # "all" positions (train default) or "last" (infer default)
+    device: str = "cuda"  # "cuda" adds the CUDA context and allocator margin; "cpu" does not
+    cuda_context_bytes: int = 500 * 2**20
+
+    def resolved(self, model: ModelSpec) -> "WorkloadSpec":
+        mode = self.mode.lower()
+        if mode not in ("train", "infer"):
+            raise ValueError(f"mode must be train or infer, got {self.mode!r}")
+        dtype = canonical_dtype(self.dtype) if self.dtype else ("fp32" if mode == "train" else canonical_dtype(model.dtype))
+        if self.mixed_precision and DTYPE_BYTES[dtype] == 4:
+            dtype = "bf16" if model.dtype == "bf16" else "fp16"
+        for name, value, allowed in (("optimizer", self.optimizer, ("adam", "adamw", "sgd", "sgd_momentum")),
+                                     ("optimizer_impl", self.optimizer_impl, ("foreach", "single", "fused")),
+                                     ("recompute", self.recompute, ("none", "selective", "full")),
+                                     ("attention", self.attention, ("flash", "eager")),
+                                     ("grad_buffers", self.grad_buffers, ("auto", "freed", "persistent")),
+                                     ("device", self.device, ("cuda", "cpu"))):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if not 0 <= self.zero_stage <= 3:
+            raise ValueError(f"zero stage must be 0-3, got {self.zero_stage}")
+        if self.dp < 1 or self.tp < 1 or self.batch < 1 or self.seq < 1:
+            raise ValueError("dp, tp, batch and seq must be >= 1")
+        grads = self.grad_buffers
+        if grads == "auto":
+            grads = "persistent" if (self.dp > 1 or self.zero_stage > 0 or self.tp > 1) else "freed"
+        logits = self.logits or ("all" if mode == "train" else "last")
+        return replace(self, mode=mode, dtype=dtype, grad_buffers=grads, logits=logits)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def model_spec_from_dict(d: dict) -> ModelSpec:
+    known = {f for f in ModelSpec.__dataclass_fields__}
+    return ModelSpec(**{k: v for k, v in d.items() if k in known})
+
+
+def workload_spec_from_dict(d: dict) -> WorkloadSpec:
+    known = {f for f in WorkloadSpec.__dataclass_fields__}
+    return WorkloadSpec(**{k: v for k, v in d.items() if k in known})
+
+
+PART_NAMES = ("weights", "gradients", "optimizer_states", "activations", "kv_cache", "temporaries", "overhead")
+
+
+@dataclass
+class Estimate:
+    """A peak-memory estimate for one device.
+
+    `parts` are the bytes of each part live at the peak moment (`phase`); they sum to
+    `total_bytes`. `full_parts` are the sizes of the persistent parts whether or not they
+    are live at the peak (gradients freed by zero_grad are 0 in `parts` during the forward,
+    full in `full_parts`). `low_bytes`/`high_bytes` is the range the method stands behind.
+    """
+
+    method: str
+    total_bytes: int
+    parts: dict
+    low_bytes: int
+    high_bytes: int
+    parameters: int
+    model_states_bytes: int
+    kv_bytes_per_token: int = 0
+    phase: str = ""
+    full_parts: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+    details: dict = field(default_factory=dict)
+    fell_back: bool = False  # the learned method answered with the analytical model
+
+    def to_json(self) -> dict:
+        return {"method": self.method, "parameters": self.parameters, "total_bytes": self.total_bytes,
+                "model_states_bytes": self.model_states_bytes, "kv_bytes_per_token": self.kv_bytes_per_token,
+                "parts": dict(self.parts), "range": {"low_bytes": self.low_bytes, "high_bytes": self.high_bytes},
+                "phase": self.phase, "full_parts": dict(self.full_parts), "notes": list(self.notes),
+                "fell_back": self.fell_back, "details": dict(self.details)}
+
+
+__all__ = ["DTYPE_BYTES", "PART_NAMES", "Estimate", "ModelSpec", "WorkloadSpec", "canonical_dtype",
+           "model_spec_from_dict", "workload_spec_from_dict"]
