@@ -1,0 +1,3 @@
+from cli.agentctl import main
+
+main()
