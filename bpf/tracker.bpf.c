@@ -58,6 +58,7 @@ BPF_HASH(gated_cgroups, u64, u8, 4096);
 BPF_TABLE("lru_hash", u32, u64, clone_flags, 16384);
 #if AGENTD_EXIT_CODE
 BPF_TABLE("lru_hash", u32, u32, exit_codes, 16384);
+BPF_TABLE("lru_hash", u32, u32, fatal_sent, 16384);
 #endif
 #if AGENTD_WATCH_SUBTREE
 BPF_CGROUP_ARRAY(watch_root, 1);
@@ -195,17 +196,42 @@ TRACEPOINT_PROBE(syscalls, sys_enter_exit_group)
     (1u << 6) | (1u << 7) | (1u << 8) | (1u << 9) | (1u << 10) | (1u << 11) | (1u << 12) | \
     (1u << 13) | (1u << 14) | (1u << 15) | (1u << 16) | (1u << 24) | (1u << 25) | \
     (1u << 26) | (1u << 27) | (1u << 29) | (1u << 30) | (1u << 31))
+#define AGENTD_SIGKILL 9
+
+static __always_inline int fatal_by_default(int sig)
+{
+    return sig > 0 && sig < 32 && (AGENTD_FATAL_DEFAULT & (1u << sig));
+}
+
+// A fatal signal with its default action is turned into a group exit when it is sent
+// (complete_signal), and every thread then dequeues SIGKILL: the signal that decided the
+// exit is only visible here, at generation. Remember the last one sent to each target.
+TRACEPOINT_PROBE(signal, signal_generate)
+{
+    if (args->result != 0 || !fatal_by_default(args->sig))  // 0 = TRACE_SIGNAL_DELIVERED
+        return 0;
+    u32 target = args->pid;
+    u32 sig = args->sig;
+    fatal_sent.update(&target, &sig);
+    return 0;
+}
 
 TRACEPOINT_PROBE(signal, signal_deliver)
 {
     int sig = args->sig;
-    if (sig <= 0 || sig >= 32 || args->sa_handler != 0)  // 0 = SIG_DFL
+    if (args->sa_handler != 0 || !fatal_by_default(sig))  // 0 = SIG_DFL
         return 0;
-    if (!(AGENTD_FATAL_DEFAULT & (1u << sig)))
-        return 0;
-    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32, tid = id;
     u32 c = sig;
-    exit_codes.insert(&tgid, &c);  // BPF_NOEXIST: an earlier code wins
+    if (sig == AGENTD_SIGKILL) {
+        u32 *sent = fatal_sent.lookup(&tgid);
+        if (!sent)
+            sent = fatal_sent.lookup(&tid);
+        if (sent)
+            c = *sent;
+    }
+    exit_codes.insert(&tgid, &c);  // BPF_NOEXIST: an exit_group code or earlier signal wins
     return 0;
 }
 #endif
@@ -222,6 +248,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     int have_code = code != 0;
     if (code)
         exit_codes.delete(&tgid);
+    fatal_sent.delete(&tgid);
 #endif
     if (!watched())
         return 0;

@@ -48,7 +48,7 @@ def _compile(text: str, cflags: list[str]):
     with tempfile.TemporaryFile(mode="w+b") as err:
         os.dup2(err.fileno(), 2)
         try:
-            bpf = BPF(text=text, cflags=cflags)
+            bpf = BPF(text=text.encode(), cflags=cflags)
             failure = None
         except Exception as exc:  # BCC raises bare Exception for compile and load errors
             bpf, failure = None, exc
@@ -141,7 +141,7 @@ class BpfBackend(TrackerBackend):
         self.load()
         self._sink = sink
         self._stop.clear()
-        self._bpf["events"].open_ring_buffer(self._on_raw)
+        self._bpf[b"events"].open_ring_buffer(self._on_raw)
         if self._gated:
             self._write_gated(self._gated, set())
         self._thread = threading.Thread(target=self._poll_loop, name="agentd-bpf-tracker", daemon=True)
@@ -153,7 +153,7 @@ class BpfBackend(TrackerBackend):
             return
         # No new stops from here on; then hear about any stop already in the ring buffer.
         try:
-            bpf["gated_cgroups"].clear()
+            bpf[b"gated_cgroups"].clear()
         except Exception:  # the map may already be gone when stop() runs during teardown
             log.exception("could not clear gated_cgroups")
         self._stop.set()
@@ -185,7 +185,7 @@ class BpfBackend(TrackerBackend):
             self._write_gated(ids, old)
 
     def _write_gated(self, new: set[int], old: set[int]) -> None:
-        table = self._bpf["gated_cgroups"]
+        table = self._bpf[b"gated_cgroups"]
         for c in new - old:
             table[ctypes.c_uint64(c)] = ctypes.c_uint8(1)
         for c in old - new:
@@ -212,14 +212,14 @@ class BpfBackend(TrackerBackend):
             raise RuntimeError("built without watch_subtree")
         if self._bpf is None:
             raise RuntimeError("start() first")
-        self._bpf["watch_root"][0] = str(cgroup_dir)
+        self._bpf[b"watch_root"][0] = str(cgroup_dir)
 
     # -- counters ---------------------------------------------------------------------
 
     def kernel_stats(self) -> dict[str, int]:
         if self._bpf is None:
             return dict(self._final_stats)
-        table = self._bpf["stats"]
+        table = self._bpf[b"stats"]
         return {name: int(sum(table[ctypes.c_int(i)])) for i, name in src.STAT_NAMES.items()}
 
     def lost_events(self) -> int:

@@ -1,0 +1,366 @@
+"""The real BCC tracker on the real kernel: events of known children, the exec gate, the
+cgroup attach event, exit codes, thread filtering, the lost-event counter and an OOM victim.
+
+Root only. Every cgroup is created under this process's own cgroups and removed at teardown,
+every child is killed, and the program is unloaded, even when a test fails."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from agentd.events import ProcEventKind as K
+from agentd.tracking import procfs
+
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root"),
+]
+
+bcc = pytest.importorskip("bcc", reason="BCC (python3-bpfcc) is not importable")
+
+from agentd.tracking.bpf_backend import BpfBackend  # noqa: E402
+from agentd.tracking.bpf_source import TrackerOptions  # noqa: E402
+
+V2 = Path(procfs.v2_mount())
+
+
+def own_cgroup(controller: str | None) -> str:
+    """This process's path in the v2 hierarchy (controller None) or a v1 controller's."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        hid, ctrls, path = line.split(":", 2)
+        if (controller is None and hid == "0") or (controller and controller in ctrls.split(",")):
+            return path
+    raise LookupError(controller)
+
+
+def wait_for(pred, timeout=5.0, step=0.01):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    return pred()
+
+
+def remove_cgroup(d: Path) -> None:
+    """Kill what is inside (stopped processes too), wait until empty, rmdir deepest first."""
+    if not d.exists():
+        return
+    for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True) + [d]:
+        kill = sub / "cgroup.kill"
+        if kill.exists():
+            try:
+                kill.write_text("1")
+            except OSError:
+                pass
+        else:  # v1: no cgroup.kill
+            for pid in (sub / "cgroup.procs").read_text().split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        wait_for(lambda: not (sub / "cgroup.procs").read_text().strip(), timeout=5)
+        for _ in range(50):
+            try:
+                sub.rmdir()
+                break
+            except OSError:
+                time.sleep(0.05)
+
+
+class Cgroups:
+    """Test cgroups under this process's own v2 cgroup."""
+
+    def __init__(self):
+        self.base = V2 / own_cgroup(None).lstrip("/") / f"agentd-tracker-test-{uuid.uuid4().hex[:8]}"
+        self.base.mkdir()
+        self.extra: list[Path] = []
+
+    def make(self, name: str) -> Path:
+        d = self.base / name
+        d.mkdir()
+        return d
+
+    @staticmethod
+    def cid(d: Path) -> int:
+        return os.stat(d).st_ino
+
+    @staticmethod
+    def rel(d: Path) -> str:
+        return "/" + str(d.relative_to(V2))
+
+    def cleanup(self):
+        for d in [*self.extra, self.base]:
+            remove_cgroup(d)
+
+
+@pytest.fixture
+def cgroups():
+    cg = Cgroups()
+    try:
+        yield cg
+    finally:
+        cg.cleanup()
+
+
+class Children:
+    def __init__(self):
+        self.procs: list[subprocess.Popen] = []
+
+    def spawn(self, argv, cgroup: Path | None = None, **kw) -> subprocess.Popen:
+        def join():  # runs in the child between fork and exec
+            if cgroup is not None:
+                with open(cgroup / "cgroup.procs", "w") as f:
+                    f.write(str(os.getpid()))
+
+        p = subprocess.Popen(argv, preexec_fn=join, **kw)
+        self.procs.append(p)
+        return p
+
+    def cleanup(self):
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    p.kill()
+                    os.kill(p.pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+@pytest.fixture
+def children():
+    c = Children()
+    try:
+        yield c
+    finally:
+        c.cleanup()
+
+
+class Recorder:
+    def __init__(self):
+        self.events = []
+        self.cond = threading.Condition()
+
+    def __call__(self, ev):
+        with self.cond:
+            self.events.append(ev)
+            self.cond.notify_all()
+
+    def find(self, pred):
+        with self.cond:
+            return [e for e in self.events if pred(e)]
+
+    def wait(self, pred, timeout=5.0):
+        end = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                hits = [e for e in self.events if pred(e)]
+                if hits:
+                    return hits[0]
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no matching event within {timeout}s; {len(self.events)} events seen")
+                self.cond.wait(left)
+
+
+@pytest.fixture
+def tracker():
+    backend = BpfBackend(gate_timeout_s=30.0)
+    rec = Recorder()
+    backend.start(rec)
+    try:
+        yield backend, rec
+    finally:
+        backend.stop()
+
+
+def test_fork_exec_exit_of_a_known_child(tracker, cgroups, children):
+    backend, rec = tracker
+    work = cgroups.make("work")
+    p = children.spawn(["/bin/sh", "-c", "/bin/true; exit 7"], cgroup=work)
+    assert p.wait(timeout=5) == 7
+    me = os.getpid()
+    fork = rec.wait(lambda e: e.kind is K.FORK and e.pid == p.pid)
+    assert fork.ppid == me and fork.tgid == me
+    assert fork.cgroup_id == Cgroups.cid(V2 / own_cgroup(None).lstrip("/"))  # born where we are
+    exe = rec.wait(lambda e: e.kind is K.EXEC and e.pid == p.pid)
+    assert (exe.comm, exe.filename, exe.cgroup_id, exe.gated) == ("sh", "/bin/sh", Cgroups.cid(work), False)
+    grandchild = rec.wait(lambda e: e.kind is K.FORK and e.ppid == p.pid)
+    assert grandchild.cgroup_id == Cgroups.cid(work) and grandchild.comm == "sh"
+    true_exec = rec.wait(lambda e: e.kind is K.EXEC and e.pid == grandchild.pid)
+    assert true_exec.comm == "true"
+    end = rec.wait(lambda e: e.kind is K.EXIT and e.pid == p.pid)
+    assert end.comm == "sh" and end.exit_code_known and os.waitstatus_to_exitcode(end.exit_code) == 7
+    # Order as the kernel saw it.
+    assert fork.ts_ns < exe.ts_ns < grandchild.ts_ns < end.ts_ns
+
+
+def test_exit_code_of_a_killed_process(tracker, children):
+    _, rec = tracker
+    p = children.spawn(["/bin/sleep", "30"])
+    rec.wait(lambda e: e.kind is K.EXEC and e.pid == p.pid)
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=5)
+    end = rec.wait(lambda e: e.kind is K.EXIT and e.pid == p.pid)
+    assert end.exit_code_known and end.exit_code == signal.SIGTERM
+
+
+def test_threads_are_not_reported_as_forks(tracker):
+    backend, rec = tracker
+    before = backend.kernel_stats()["threads_filtered"]
+    tids = []
+    t = threading.Thread(target=lambda: tids.append(threading.get_native_id()))
+    t.start()
+    t.join()
+    # A process fork afterwards proves the events before it were delivered.
+    p = subprocess.Popen(["/bin/true"])
+    p.wait()
+    rec.wait(lambda e: e.kind is K.FORK and e.pid == p.pid)
+    assert not rec.find(lambda e: e.kind is K.FORK and e.pid == tids[0])
+    assert backend.kernel_stats()["threads_filtered"] > before
+
+
+def test_gate_stops_the_exec_until_the_daemon_places_it(tracker, cgroups, children, tmp_path):
+    backend, rec = tracker
+    gate, tool = cgroups.make("agent"), cgroups.make("tool")
+    backend.set_gated_cgroups({Cgroups.cid(gate)})
+    out = tmp_path / "seen"
+    p = children.spawn(["/bin/sh", "-c", f"cat /proc/self/cgroup > {out}"], cgroup=gate)
+    ev = rec.wait(lambda e: e.kind is K.EXEC and e.pid == p.pid)
+    assert ev.gated and ev.cgroup_id == Cgroups.cid(gate)
+    assert wait_for(lambda: (procfs.read_stat(p.pid) or procfs.ProcStat(0, "", "?", 0, 0)).state == "T")
+    time.sleep(0.3)
+    assert not out.exists(), "the gated image ran before it was placed"
+    assert p.poll() is None
+    assert backend.owed_pids() == [p.pid]
+    # The daemon's part: move, then continue.
+    (tool / "cgroup.procs").write_text(str(p.pid))
+    assert backend.release(p.pid)
+    assert p.wait(timeout=5) == 0
+    assert procfs.parse_cgroup_v2(out.read_text()) == Cgroups.rel(tool)
+    assert backend.owed_pids() == []
+
+
+def test_ungated_cgroup_is_not_stopped(tracker, cgroups, children, tmp_path):
+    backend, rec = tracker
+    gate, other = cgroups.make("agent"), cgroups.make("other")
+    backend.set_gated_cgroups({Cgroups.cid(gate)})
+    p = children.spawn(["/bin/sh", "-c", "exit 0"], cgroup=other)
+    assert p.wait(timeout=5) == 0
+    assert rec.wait(lambda e: e.kind is K.EXEC and e.pid == p.pid).gated is False
+    backend.set_gated_cgroups(set())
+    p = children.spawn(["/bin/sh", "-c", "exit 0"], cgroup=gate)
+    assert p.wait(timeout=5) == 0  # gate lifted
+
+
+def test_gated_process_is_continued_when_nobody_places_it(cgroups, children, tmp_path):
+    backend, rec = BpfBackend(gate_timeout_s=0.3), Recorder()
+    backend.start(rec)
+    try:
+        gate = cgroups.make("agent")
+        backend.set_gated_cgroups({Cgroups.cid(gate)})
+        p = children.spawn(["/bin/sh", "-c", "exit 0"], cgroup=gate)
+        assert rec.wait(lambda e: e.kind is K.EXEC and e.pid == p.pid).gated
+        assert p.wait(timeout=5) == 0
+        assert backend.stats()["gate_timeouts"] == 1
+    finally:
+        backend.stop()
+
+
+def test_stop_continues_every_gated_process(cgroups, children):
+    backend, rec = BpfBackend(gate_timeout_s=60), Recorder()
+    backend.start(rec)
+    try:
+        gate = cgroups.make("agent")
+        backend.set_gated_cgroups({Cgroups.cid(gate)})
+        p = children.spawn(["/bin/sh", "-c", "exit 0"], cgroup=gate)
+        assert rec.wait(lambda e: e.kind is K.EXEC and e.pid == p.pid).gated
+        time.sleep(0.2)
+        assert p.poll() is None
+    finally:
+        backend.stop()
+    assert p.wait(timeout=5) == 0
+
+
+def test_cgroup_attach_when_a_process_moves_itself(tracker, cgroups, children):
+    _, rec = tracker
+    home, away = cgroups.make("tool"), cgroups.make("escape")
+    p = children.spawn(["/bin/sh", "-c", f"echo $$ > {away}/cgroup.procs"], cgroup=home)
+    assert p.wait(timeout=5) == 0
+    ev = rec.wait(lambda e: e.kind is K.CGROUP_ATTACH and e.pid == p.pid and e.cgroup_id == Cgroups.cid(away))
+    assert ev.self_move and ev.cgroup_path == Cgroups.rel(away) and ev.comm == "sh"
+    # Placement by someone else (the preexec join ran in the child itself, so that was a
+    # self-move too); a move by this process is not.
+    q = children.spawn(["/bin/sleep", "30"])
+    (home / "cgroup.procs").write_text(str(q.pid))
+    ev = rec.wait(lambda e: e.kind is K.CGROUP_ATTACH and e.pid == q.pid)
+    assert ev.cgroup_id == Cgroups.cid(home) and not ev.self_move
+    assert ev.tgid == os.getpid()
+
+
+def test_lost_events_are_counted_when_nobody_reads():
+    backend = BpfBackend(TrackerOptions(ringbuf_pages=1, gate=False))
+    backend.load()  # attached, but no consumer: the 4 KiB ring buffer fills
+    try:
+        assert backend.lost_events() == 0
+        for _ in range(40):
+            subprocess.run(["/bin/true"], check=True)
+        assert backend.lost_events() > 0
+        assert backend.kernel_stats()["emitted"] > 0
+    finally:
+        backend.stop()
+
+
+def test_debug_prints_the_rendered_program(capsys):
+    backend = BpfBackend(debug=True)
+    backend.load()
+    backend.stop()
+    err = capsys.readouterr().err
+    assert "#define AGENTD_GATE 1" in err and "TRACEPOINT_PROBE(sched, sched_process_exec)" in err
+
+
+def test_compile_failure_names_the_first_error():
+    from agentd.tracking.backend import BackendUnavailable
+
+    backend = BpfBackend(template="int broken( { return 0; }\n")
+    with pytest.raises(BackendUnavailable, match=r"^BCC could not compile the tracker: .*error"):
+        backend.load()
+
+
+@pytest.fixture
+def memory_cgroup():
+    base = Path("/sys/fs/cgroup/memory") / own_cgroup("memory").lstrip("/")
+    if not (base / "memory.limit_in_bytes").exists():
+        pytest.skip("no v1 memory controller at this process's cgroup")
+    d = base / f"agentd-tracker-oom-{uuid.uuid4().hex[:8]}"
+    d.mkdir()
+    try:
+        yield d
+    finally:
+        remove_cgroup(d)
+
+
+def test_oom_victim(tracker, memory_cgroup, children):
+    _, rec = tracker
+    (memory_cgroup / "memory.limit_in_bytes").write_text(str(64 << 20))
+    hog = "b = bytearray(512 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\n"
+    p = children.spawn([sys.executable, "-c", hog], cgroup=memory_cgroup, stderr=subprocess.DEVNULL)
+    assert p.wait(timeout=30) == -signal.SIGKILL
+    ev = rec.wait(lambda e: e.kind is K.OOM_VICTIM and e.pid == p.pid)
+    assert ev.comm.startswith("python")
+    end = rec.wait(lambda e: e.kind is K.EXIT and e.pid == p.pid)
+    assert end.exit_code == signal.SIGKILL
