@@ -13,6 +13,7 @@ import signal
 from agentd.cgroups import fs
 from agentd.cgroups.driver import CgroupError, PressureStats
 from agentd.cgroups.parse import parse_flat_keyed, parse_psi
+from agentd.cgroups.psi import open_trigger
 
 PSI_RESOURCES = ("memory", "cpu", "io")
 PSI_KINDS = ("some", "full")
@@ -134,20 +135,15 @@ class UnifiedTree:
             raise ValueError(f"PSI stall ({stall_us} µs) must be positive and at most the window ({window_us} µs)")
         path = self.file(rel, f"{resource}.pressure")
         try:
-            fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as e:
-            raise CgroupError(e.errno, f"cannot open {path} for a PSI trigger: {os.strerror(e.errno or 0)}") from e
-        try:
-            os.write(fd, f"{kind} {stall_us} {window_us}\0".encode())
-        except OSError as e:
-            os.close(fd)
+            return open_trigger(path, kind, stall_us, window_us)
+        except FileNotFoundError as e:
+            raise CgroupError(e.errno, f"no {path}: no such cgroup, or a kernel without PSI") from e
+        except CgroupError as e:
             raise CgroupError(
                 e.errno,
-                f"the kernel refused PSI trigger '{kind} {stall_us} {window_us}' on {path}: "
-                f"{os.strerror(e.errno or 0)} (the window must be 0.5-10 s, a multiple of 2 s for "
-                "processes the kernel deems unprivileged, and the stall at most the window)",
+                f"{e.strerror} (the window must be 0.5-10 s, a whole multiple of 2 s for processes "
+                "the kernel deems unprivileged, and the stall at most the window)",
             ) from e
-        return fd
 
     def psi_window_multiple_us(self) -> int:
         """Probe: 0 if a 1 s window is accepted, 2_000_000 if only multiples of 2 s are."""

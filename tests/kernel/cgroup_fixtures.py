@@ -98,12 +98,40 @@ def children():
     c.cleanup()
 
 
+def _own_v2_path() -> str:
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            if line.startswith("0::"):
+                return line[3:].strip()
+    return "/"
+
+
 @pytest.fixture
 def driver(children):
     """A driver rooted at <own cgroup>/agentd-test-<random> in every hierarchy; teardown kills
     what is left, removes every cgroup it created and checks that none remains."""
     leaf = f"agentd-test-{uuid.uuid4().hex[:8]}"
     drv = open_driver(leaf_name=leaf)
+    yield from _cleanup_after(drv, children)
+
+
+@pytest.fixture
+def unified_v2_driver(children):
+    """A V2Driver on whatever cgroup2 mount this host has (on a hybrid host the unified one,
+    with no controllers), rooted below this process's own v2 cgroup; cleaned up like driver."""
+    from agentd.cgroups.detect import detect_layout
+    from agentd.cgroups.v2 import V2Driver
+
+    with open("/proc/self/mounts") as f:
+        mounts = f.read()
+    with open("/proc/self/cgroup") as f:
+        layout = detect_layout(mounts, f.read())
+    root = _own_v2_path().rstrip("/") + f"/agentd-test-v2-{uuid.uuid4().hex[:8]}"
+    drv = V2Driver(layout.unified_mount, root)
+    yield from _cleanup_after(drv, children)
+
+
+def _cleanup_after(drv, children):
     trees = [drv.unified, *drv.v1.values()] if hasattr(drv, "v1") else [drv.tree]
     root_dirs = [t.root_dir for t in trees]
     try:
