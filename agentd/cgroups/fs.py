@@ -11,7 +11,7 @@ import time
 
 from agentd.cgroups.driver import CgroupError
 
-_COMPONENT = re.compile(r"^[A-Za-z0-9._@:+-]+$")
+_COMPONENT = re.compile(r"[A-Za-z0-9._@:+-]+")
 
 
 def validate_rel(rel: str) -> str:
@@ -22,7 +22,7 @@ def validate_rel(rel: str) -> str:
         raise ValueError(f"cgroup path must be relative to the delegated root: {rel!r}")
     parts = [p for p in rel.split("/") if p != ""]
     for p in parts:
-        if p in (".", "..") or not _COMPONENT.match(p):
+        if p in (".", "..") or not _COMPONENT.fullmatch(p):
             raise ValueError(
                 f"cgroup path component {p!r} in {rel!r} is not allowed "
                 "(only letters, digits and . _ @ : + -; no '.' or '..')"
