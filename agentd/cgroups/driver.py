@@ -35,6 +35,7 @@ class CgroupStats:
     memory_events: dict[str, int] = field(default_factory=dict)  # v2 memory.events; v1: oom/oom_kill/max from failcnt/oom_control
     cpu_usage_us: int = 0
     pids_current: int = 0
+    pids_max_events: int = 0  # forks refused at pids.max (pids.events "max")
     memory_pressure: PressureStats = field(default_factory=PressureStats)
     frozen: bool = False
     populated: bool = False

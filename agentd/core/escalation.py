@@ -31,11 +31,13 @@ class Sample:
     under_oom: bool = False  # v1: paused at the limit
     psi_full_total_us: int = 0  # cumulative memory full stall time
     populated: bool = True
+    pids_max_events: int = 0  # forks refused at pids.max (cumulative)
+    pids_current: int = 0
 
 
 @dataclass(frozen=True)
 class Action:
-    kind: str  # "journal", "set_memory_limit", "freeze", "thaw", "kill"
+    kind: str  # "journal", "set_memory_limit", "freeze", "hold" (v1: the kernel holds it), "thaw", "kill"
     reason: str = ""
     value: int | None = None
     level: str = "info"
@@ -54,6 +56,8 @@ class LadderState:
     last_now: float | None = None
     high_seen: int = 0
     oom_seen: int = 0
+    pids_seen: int = 0
+    limit: str = ""  # the limit that decided the outcome: memory_high, memory_max, timeout_s, pids_max
     outcome: str | None = None  # ok | throttled | frozen | killed | failed
     reason: str = ""
 
@@ -80,7 +84,7 @@ def step(state: LadderState, s: Sample, limits: ResourceLimits, esc: Escalation,
 
     # The kernel already killed inside the tool call (memory.max on v2).
     if s.oom_kill_events > state.oom_seen:
-        state = replace(state, oom_seen=s.oom_kill_events, stage="killed", outcome="killed",
+        state = replace(state, oom_seen=s.oom_kill_events, stage="killed", outcome="killed", limit="memory_max",
                         reason=f"the kernel OOM-killed the tool call at its memory_max {format_size(limits.memory_max)} (peak {format_size(s.memory_peak)})")
         actions.append(_journal("toolcall.killed", state.reason, "warn", limit="memory_max", **figures))
         actions.append(Action("kill", reason=state.reason))
@@ -89,7 +93,7 @@ def step(state: LadderState, s: Sample, limits: ResourceLimits, esc: Escalation,
     timeout = limits.timeout_s
     if timeout is not None and s.now - state.started > timeout:
         reason = f"ran past its timeout of {timeout:g} s; every process of the tool call was ended"
-        state = replace(state, stage="killed", outcome="killed", reason=reason)
+        state = replace(state, stage="killed", outcome="killed", reason=reason, limit="timeout_s")
         return state, [_journal("toolcall.killed", reason, "warn", limit="timeout_s", elapsed_s=round(s.now - state.started, 2), **figures), Action("kill", reason=reason)]
 
     if state.stage == "frozen":
@@ -100,32 +104,43 @@ def step(state: LadderState, s: Sample, limits: ResourceLimits, esc: Escalation,
             state = replace(state, stage="running", frozen_at=None, over_since=None)
             return state, [_journal("toolcall.thawed", "the tool call's limit was raised; thawed it", **figures), Action("thaw")]
         if s.now - (state.frozen_at or s.now) >= esc.freeze_s:
-            reason = (f"frozen for {esc.freeze_s:g} s at {format_size(s.memory_current)} of its "
+            reason = (f"held for {esc.freeze_s:g} s at {format_size(s.memory_current)} of its "
                       f"{format_size(s.memory_limit)} limit with no relief; killed the tool call (the agent keeps running)")
-            state = replace(state, stage="killed", outcome="killed", reason=reason)
-            return state, [_journal("toolcall.killed", reason, "warn", limit="memory_max", **figures), Action("kill", reason=reason)]
+            state = replace(state, stage="killed", outcome="killed", reason=reason, limit=state.limit or "memory_max")
+            return state, [_journal("toolcall.killed", reason, "warn", limit=state.limit, **figures), Action("kill", reason=reason)]
         return state, []
+
+    if s.pids_max_events > state.pids_seen:
+        if state.pids_seen == 0:
+            reason = f"the kernel refused forks at its pids_max {limits.pids_max} (fork-storm guard); the tool call goes on with what it has"
+            actions.append(_journal("toolcall.throttled", reason, "warn", limit="pids_max", pids_current=s.pids_current,
+                                    refused=s.pids_max_events, **figures))
+            state = replace(state, throttled=True, reason=reason, limit="pids_max")
+        state = replace(state, pids_seen=s.pids_max_events)
 
     if s.high_events > state.high_seen:
         if not state.throttled:
             actions.append(_journal("toolcall.throttled",
                                     f"memory reached its memory_high {format_size(limits.memory_high)}; the kernel is throttling the burst",
                                     limit="memory_high", **figures))
-        state = replace(state, high_seen=s.high_events, throttled=True)
+        state = replace(state, high_seen=s.high_events, throttled=True, limit=state.limit or "memory_high",
+                        reason=state.reason or f"completed; its burst was throttled at memory_high {format_size(limits.memory_high)}")
 
     if v1 and s.under_oom:
         top = limits.memory_max or s.memory_limit or 0
         if s.memory_limit is not None and s.memory_limit < top and not state.granted:
-            state = replace(state, throttled=True, granted=True)
+            state = replace(state, throttled=True, granted=True, limit="memory_high",
+                            reason=f"completed; paused at memory_high {format_size(s.memory_limit)} and granted up to memory_max {format_size(top)}")
             actions.append(_journal("toolcall.throttled",
                                     f"paused at its memory_high {format_size(s.memory_limit)}; granted headroom up to its memory_max {format_size(top)}",
                                     limit="memory_high", granted=top, **figures))
             actions.append(Action("set_memory_limit", value=top))
             return state, actions
-        reason = f"paused at its memory_max {format_size(s.memory_limit)}; froze the tool call and will kill it in {esc.freeze_s:g} s unless its limit is raised"
-        state = replace(state, stage="frozen", frozen_at=s.now, throttled=True, outcome="frozen", reason=reason)
+        reason = (f"held by the kernel at its memory_max {format_size(s.memory_limit)}; "
+                  f"it will be killed in {esc.freeze_s:g} s unless its limit is raised")
+        state = replace(state, stage="frozen", frozen_at=s.now, throttled=True, outcome="frozen", reason=reason, limit="memory_max")
         actions.append(_journal("toolcall.frozen", reason, "warn", limit="memory_max", **figures))
-        actions.append(Action("freeze"))
+        actions.append(Action("hold"))
         return state, actions
 
     if psi_pct >= esc.psi_full_pct:
@@ -134,7 +149,7 @@ def step(state: LadderState, s: Sample, limits: ResourceLimits, esc: Escalation,
         if s.now - over_since >= esc.sustain_s:
             reason = (f"memory stalled {psi_pct:.0f}% of the time (PSI full) for {s.now - over_since:.1f} s; "
                       f"froze the tool call and will kill it in {esc.freeze_s:g} s unless its limit is raised")
-            state = replace(state, stage="frozen", frozen_at=s.now, outcome="frozen", reason=reason)
+            state = replace(state, stage="frozen", frozen_at=s.now, outcome="frozen", reason=reason, limit="memory_high")
             actions.append(_journal("toolcall.frozen", reason, "warn", limit="memory_high", **figures))
             actions.append(Action("freeze"))
     elif state.over_since is not None:

@@ -1,0 +1,158 @@
+"""The daemon's command set behind the API (agentd.api.contract.Controller): thin methods
+over the Manager and the PolicySet that validate input and raise ApiError with stable codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from agentd.api.contract import ApiError
+from agentd.core.toolcall_rules import IntentInvalid, parse_intent
+from agentd.policy.loader import PolicyInvalid
+from agentd.policy.schema import valid_name
+
+if TYPE_CHECKING:
+    from agentd.core.daemon import Daemon
+
+
+def _wall(tc: dict) -> float:
+    end = tc.get("ended") or time.time()
+    return round(end - tc["started"], 3)
+
+
+class DaemonController:
+    def __init__(self, daemon: "Daemon"):
+        self.d = daemon
+
+    @property
+    def m(self):
+        return self.d.manager
+
+    # ------------------------------------------------------------------ reads
+    def status(self) -> dict:
+        return self.d.status()
+
+    def agents(self) -> list[dict]:
+        live = {a.name: a for a in self.m.agents.values()}
+        out = []
+        for rec in self.d.store.agents():
+            agent = live.get(rec["name"])
+            rec["toolcalls_live"] = sum(1 for t in self.m.toolcalls.values() if t.agent == rec["name"])
+            rec["runtime_pids"] = sorted(agent.runtime_pids) if agent else []
+            out.append(rec)
+        return out[-500:]
+
+    def tool_calls(self, agent: str | None = None, live_only: bool = False) -> list[dict]:
+        rows = self.d.store.toolcalls(agent=agent, live_only=live_only)
+        for row in rows:
+            live = self.m.toolcalls.get(row["id"])
+            if live is not None:
+                row["peak_bytes"], row["cpu_s"], row["state"] = live.peak_bytes, round(live.cpu_s, 3), live.state
+            row["wall_s"] = _wall(row)
+        return rows
+
+    def tool_call(self, ident: str) -> dict:
+        rows = [t for t in self.tool_calls() if t["id"] == ident] or ([self.d.store.toolcall(ident)] if self.d.store.toolcall(ident) else [])
+        if not rows:
+            raise ApiError(404, "unknown_toolcall", f"no tool call {ident!r}", "id")
+        row = rows[0]
+        row.setdefault("wall_s", _wall(row))
+        return row
+
+    def explain(self, ident: str) -> dict:
+        tc = self.tool_call(ident)
+        events = self.d.store.events(tool_call=ident, limit=200)
+        return {"tool_call": tc, "decisions": events}
+
+    def metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {f"agentd_{k}_total": float(v) for k, v in self.m.counters.items()}
+        out["agentd_agents_live"] = float(sum(1 for a in self.m.agents.values() if a.state == "live"))
+        out["agentd_toolcalls_live"] = float(len(self.m.toolcalls))
+        out["agentd_tracker_events_lost_total"] = float(self.d.tracker.lost_events()) if self.d.tracker else 0.0
+        out["agentd_journal_dropped_total"] = float(self.d.journal.dropped)
+        return out
+
+    # ------------------------------------------------------------------ who is who
+    def agent_of_pid(self, pid: int) -> str | None:
+        return self.m.agent_of_pid(pid)
+
+    def agent_owner_uid(self, agent: str) -> int | None:
+        a = self.m.agents.get(agent)
+        if a is not None:
+            return a.uid
+        rows = [r for r in self.d.store.agents() if r["name"] == agent]
+        return rows[0]["uid"] if rows else None
+
+    # ------------------------------------------------------------------ agents and intents
+    def register_agent(self, pid: int, uid: int, name: str | None, policy: str | None) -> dict:
+        if name is not None and not valid_name(name):
+            raise ApiError(400, "invalid_name", f"agent name {name!r}: expected 1-64 characters of A-Z a-z 0-9 . _ -", "name")
+        if policy is not None and policy not in self.d.policies.policies:
+            raise ApiError(404, "unknown_policy", f"no policy named {policy!r}; see `agentctl policy list`", "policy")
+        if self.m.agent_of_pid(pid) is not None:
+            raise ApiError(409, "already_managed", f"process {pid} already belongs to agent {self.m.agent_of_pid(pid)}", "pid")
+        try:
+            agent = self.m.register_agent(pid, uid, name, policy)
+        except FileExistsError as exc:
+            raise ApiError(409, "agent_exists", str(exc), "name") from None
+        except ProcessLookupError as exc:
+            raise ApiError(409, "process_gone", str(exc), "pid") from None
+        except ValueError as exc:
+            raise ApiError(400, "invalid_name", str(exc), "name") from None
+        rec = agent.record()
+        rec["results_dir"] = str(self.d.results_dir / agent.name)
+        return rec
+
+    def declare_intent(self, agent: str, pid: int, intent: dict) -> dict:
+        if agent not in self.m.agents or self.m.agents[agent].state != "live":
+            raise ApiError(404, "unknown_agent", f"no live agent {agent!r}", "agent")
+        try:
+            parsed = parse_intent(intent)
+        except IntentInvalid as exc:
+            self.m.counters["intents_rejected"] += 1
+            raise ApiError(400, "invalid_intent", str(exc), exc.field or None) from None
+        return self.m.declare_intent(agent, parsed)
+
+    def cancel_tool_call(self, ident: str, reason: str) -> dict:
+        if ident not in self.m.toolcalls:
+            raise ApiError(404, "unknown_toolcall", f"no live tool call {ident!r}", "id")
+        tc = self.m.cancel(ident, reason or "cancelled by request")
+        return {"id": tc.id, "state": "killing"}
+
+    # ------------------------------------------------------------------ policies
+    def policy_validate(self, text: str, filename: str) -> list[dict]:
+        return [p.to_json() for p in self.d.policies.validate(text, filename)]
+
+    def policy_apply(self, text: str, filename: str) -> dict:
+        try:
+            policy = self.d.policies.apply(text, filename)
+        except PolicyInvalid as exc:
+            raise ApiError(400, "policy_invalid", f"{filename} is not a valid policy; nothing changed", "text",
+                           [p.to_json() for p in exc.problems]) from None
+        self.d.journal.emit("policy.applied", f"policy {policy.name} applied from {filename}; live agents use it from their next tool call",
+                            policy=policy.name)
+        return {"name": policy.name, "applied": True}
+
+    def policy_get(self, name: str) -> dict:
+        policy = self.d.policies.policies.get(name)
+        if policy is None:
+            raise ApiError(404, "unknown_policy", f"no policy named {name!r}", "name")
+        return {"name": policy.name, "source": policy.source, "text": policy.text}
+
+    def policy_list(self) -> list[dict]:
+        return [{"name": p.name, "source": p.source} for p in self.d.policies.policies.values()]
+
+    def policy_diff(self, text: str, filename: str) -> dict:
+        try:
+            return {"diff": self.d.policies.diff(text, filename)}
+        except PolicyInvalid as exc:
+            raise ApiError(400, "policy_invalid", f"{filename} is not a valid policy", "text", [p.to_json() for p in exc.problems]) from None
+
+    # ------------------------------------------------------------------ events
+    def subscribe(self, agent: str | None = None, min_level: str = "info") -> asyncio.Queue:
+        return self.d.journal.subscribe(agent, min_level)
+
+    def unsubscribe(self, queue: asyncio.Queue) -> None:
+        self.d.journal.unsubscribe(queue)

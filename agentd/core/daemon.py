@@ -1,0 +1,260 @@
+"""The daemon: builds the parts, owns the event loop, and ties kernel events, the tick, the
+API and signals together. Everything that decides lives elsewhere; this is wiring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from agentd import __version__
+from agentd.cgroups.detect import move_self_to_daemon_cgroup, open_driver
+from agentd.core.controller import DaemonController
+from agentd.core.journal import Journal
+from agentd.core.manager import Manager, _is_stopped, readopt
+from agentd.core.policies import PolicySet
+from agentd.core.store import Store
+from agentd.paths import DEFAULT_POLICY, DEFAULT_POLICY_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR
+from agentd.policy.loader import PolicyInvalid
+from agentd.tracking.backend import BackendUnavailable, TrackerBackend
+
+log = logging.getLogger("agentd")
+
+TICK_S = 0.2
+
+
+@dataclass
+class DaemonConfig:
+    socket_path: Path = DEFAULT_SOCKET
+    state_dir: Path = DEFAULT_STATE_DIR
+    policy_dir: Path | None = DEFAULT_POLICY_DIR
+    default_policy: Path = DEFAULT_POLICY
+    cgroup_root: str | None = None  # absolute cgroup path; None = own cgroup + /<cgroup_leaf>
+    cgroup_leaf: str = "agentd"
+    tracker: str = "auto"  # auto | bpf | cn_proc
+    move_self: bool = True  # move the daemon into <root>/daemon (v2 no-internal-process rule)
+    api: bool = True
+    admin_group: str | None = None
+    socket_group: str | None = None
+    metrics_listen: str | None = None
+    require_root_owned_policies: bool = True
+    gpu: bool = True
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig):
+        self.config = config
+        self.started = time.time()
+        self.degraded: list[str] = []
+        self.lines: dict[str, str] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.tracker: TrackerBackend | None = None
+        self.api = None
+        self.gpu = None
+        self._tick_task: asyncio.Task | None = None
+        self.readopt_counts: dict = {}
+        self.readopt_ms = 0.0
+
+        self.driver = open_driver(config.cgroup_root, leaf_name=config.cgroup_leaf)
+        features = self.driver.features()
+        missing = "; ".join(f"{k}: {v}" for k, v in features.missing.items())
+        self.lines["cgroups"] = f"cgroups: {features.kind} driver" + (f" (missing {missing})" if missing else "")
+        if missing:
+            self.degraded.append(self.lines["cgroups"])
+        if config.move_self:
+            move_self_to_daemon_cgroup(self.driver)
+        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        self.results_dir = config.state_dir / "results"
+        self.store = Store(config.state_dir / "agentd.db")
+        self.journal = Journal(self.store)
+        self.policies = PolicySet(config.policy_dir, config.default_policy, require_root_owned=config.require_root_owned_policies)
+        self.manager = Manager(self.driver, self.store, self.journal, self.policies.get, results_dir=self.results_dir)
+        self.controller = DaemonController(self)
+
+    # ------------------------------------------------------------------ start / stop
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        t0 = time.monotonic()
+        self.readopt_counts = readopt(self.manager)
+        self.readopt_ms = (time.monotonic() - t0) * 1000
+        if any(self.readopt_counts.values()):
+            self.journal.emit("daemon.readopted", f"re-adopted {self.readopt_counts['agents']} agents and "
+                              f"{self.readopt_counts['toolcalls']} tool calls in {self.readopt_ms:.0f} ms", **self.readopt_counts,
+                              readopt_ms=round(self.readopt_ms, 2))
+        self._start_tracker()
+        self._probe_gpu()
+        if self.config.api:
+            from agentd.api.server import start_api
+
+            self.api = await start_api(self.controller, self.config.socket_path, admin_group=self.config.admin_group,
+                                       sock_group=self.config.socket_group, metrics_listen=self.config.metrics_listen)
+        for sig, handler in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop), (signal.SIGHUP, self.reload)):
+            try:
+                self.loop.add_signal_handler(sig, handler)
+            except (RuntimeError, ValueError):
+                pass  # not the main thread (tests)
+        self._tick_task = asyncio.create_task(self._ticker())
+        for line in self.lines.values():
+            log.info("%s", line)
+        self.journal.emit("daemon.started", f"agentd {__version__} started: " + "; ".join(self.lines.values()),
+                          readopt_ms=round(self.readopt_ms, 2))
+        self._notify("READY=1", f"STATUS={self._status_line()}")
+
+    def _start_tracker(self) -> None:
+        from agentd.tracking.select import open_backend
+
+        try:
+            self.tracker, line = open_backend(self.config.tracker)
+        except BackendUnavailable as exc:
+            self.lines["tracker"] = f"tracker: none ({exc}); only agents launched through agentctl run are placed"
+            self.degraded.append(self.lines["tracker"])
+            return
+        self.lines["tracker"] = line
+        if not self.tracker.can_gate:
+            self.degraded.append(line)
+        self.manager.tracker = self.tracker
+        loop = self.loop
+        self.tracker.start(lambda ev: loop.call_soon_threadsafe(self._on_event, ev))
+        self.manager._update_gate()
+
+    def _probe_gpu(self) -> None:
+        if not self.config.gpu:
+            self.lines["gpu"] = "gpu: off (disabled in config)"
+            return
+        try:
+            from agentd.gpu.sampler import NvmlSampler
+
+            self.gpu = NvmlSampler()
+            ok, line = self.gpu.probe()
+        except Exception as exc:  # a GPU problem must never stop the daemon
+            ok, line = False, f"GPU features off: {exc}"
+        self.lines["gpu"] = f"gpu: {line}"
+        if not ok:
+            self.gpu = None
+            self.degraded.append(self.lines["gpu"])
+
+    def _on_event(self, ev) -> None:
+        try:
+            self.manager.on_event(ev)
+        except Exception:
+            log.exception("error while handling %s", ev)
+
+    async def _ticker(self) -> None:
+        last_watchdog = 0.0
+        while True:
+            try:
+                self.manager.tick()
+            except Exception:
+                log.exception("error in the tick")
+            now = time.monotonic()
+            if now - last_watchdog > 5:
+                self._notify("WATCHDOG=1", f"STATUS={self._status_line()}")
+                last_watchdog = now
+            await asyncio.sleep(TICK_S)
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopping.wait()
+
+    async def stop(self) -> None:
+        self._notify("STOPPING=1")
+        if self._tick_task:
+            self._tick_task.cancel()
+        if self.api is not None:
+            await self.api.stop()
+        if self.tracker is not None:
+            self.tracker.stop()
+        # A gated exec still waiting for placement must not stay stopped without us.
+        for agent in self.manager.agents.values():
+            for pid in self.driver.procs(f"{agent.cgroup}/runtime") if agent.state == "live" else []:
+                if _is_stopped(pid):
+                    try:
+                        os.kill(pid, signal.SIGCONT)
+                    except ProcessLookupError:
+                        pass
+        self.journal.emit("daemon.stopped", "agentd stopped; managed agents keep running and will be re-adopted at the next start")
+        self.store.close()
+
+    def reload(self) -> None:
+        try:
+            names = self.policies.reload()
+            self.journal.emit("policy.reloaded", f"policies reloaded: {', '.join(names)}", policies=names)
+        except PolicyInvalid as exc:
+            self.journal.emit("policy.rejected", f"policy reload refused, the previous policies stay in force: {exc}", level="error",
+                              problems=[p.to_json() for p in exc.problems])
+
+    # ------------------------------------------------------------------ cooperative launch
+    def launch_agent(self, argv: list[str], name: str, *, policy: str | None = None, env: dict | None = None,
+                     stdout=None, stderr=None) -> subprocess.Popen:
+        """Start an agent already inside its runtime cgroup (placed before exec: no race)."""
+        runtime = self.manager.prepare_agent_cgroup(name)
+        driver = self.driver
+
+        def place_self() -> None:
+            driver.move(os.getpid(), runtime)
+
+        child_env = dict(os.environ if env is None else env)
+        child_env["AGENTD_RESULTS_DIR"] = str(self.results_dir / name)
+        child_env["AGENTD_SOCKET"] = str(self.config.socket_path)
+        proc = subprocess.Popen(argv, env=child_env, preexec_fn=place_self, stdout=stdout, stderr=stderr)
+        self.manager.register_agent(proc.pid, os.getuid(), name, policy)
+        return proc
+
+    # ------------------------------------------------------------------ status
+    def _status_line(self) -> str:
+        live = sum(1 for a in self.manager.agents.values() if a.state == "live")
+        return f"{live} agents, {len(self.manager.toolcalls)} tool calls live"
+
+    def status(self) -> dict:
+        f = self.driver.features()
+        gated = self.manager.placement_us
+        ordered = sorted(gated)
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started, 1),
+            "lines": self.lines,
+            "degraded": self.degraded,
+            "cgroups": {"driver": f.kind, "features": {k: v for k, v in f.__dict__.items() if isinstance(v, bool)},
+                        "missing": f.missing},
+            "tracker": {"backend": self.tracker.name if self.tracker else None,
+                        "exec_gate": bool(self.tracker and self.tracker.can_gate),
+                        "lost_events": self.tracker.lost_events() if self.tracker else 0,
+                        "placement_p50_us": round(ordered[len(ordered) // 2], 1) if ordered else None,
+                        "placement_p99_us": round(ordered[int(len(ordered) * 0.99)], 1) if ordered else None},
+            "gpu": {"available": self.gpu is not None, "line": self.lines.get("gpu", "")},
+            "policies": sorted(self.policies.policies),
+            "agents_live": sum(1 for a in self.manager.agents.values() if a.state == "live"),
+            "toolcalls_live": len(self.manager.toolcalls),
+            "counters": dict(self.manager.counters),
+            "readopt": {**self.readopt_counts, "ms": round(self.readopt_ms, 2)},
+            "socket": str(self.config.socket_path),
+        }
+
+    def _notify(self, *lines: str) -> None:
+        try:
+            from agentd.sdnotify import notify
+        except ImportError:
+            return
+        try:
+            notify(*lines)
+        except Exception:
+            pass
+
+
+async def run_daemon(config: DaemonConfig) -> None:
+    daemon = Daemon(config)
+    await daemon.start()
+    try:
+        await daemon.wait_stopped()
+    finally:
+        await daemon.stop()

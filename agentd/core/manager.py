@@ -1,0 +1,627 @@
+"""Agents and their tool calls: the state the daemon owns, driven by tracker events and a
+tick, carried out through the cgroup driver, recorded in the store and the journal.
+
+Runs only on the event loop's thread. The decisions themselves live in pure modules
+(toolcall_rules, escalation); this module gathers their inputs and applies their outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import psutil
+
+from agentd.cgroups.driver import CgroupDriver, CgroupError, Limits
+from agentd.core import escalation
+from agentd.core.escalation import LadderState, Sample
+from agentd.core.journal import Journal
+from agentd.core.store import Store
+from agentd.core.toolcall_rules import (
+    Intent,
+    IntentInvalid,
+    Resolved,
+    find_tool_rule,
+    parse_intent_env,
+    resolve_limits,
+    rule_matches,
+    tool_name,
+)
+from agentd.events import ProcEvent, ProcEventKind
+from agentd.policy.schema import Policy, ResourceLimits, valid_name
+from agentd.policy.spec import format_size
+from agentd.tracking.backend import TrackerBackend
+
+PENDING_INTENT_TTL_S = 30.0  # an intent declared over the API applies to the next tool call within this time
+FINISHED_AGENT_KEEP = 200
+
+
+@dataclass
+class ProcInfo:
+    pid: int
+    ppid: int
+    comm: str
+    exe: str | None
+    argv: list[str]
+    uid: int
+    start: int  # /proc/<pid>/stat start time in clock ticks: tells a reused pid from ours
+
+
+def read_proc(pid: int) -> ProcInfo | None:
+    """What /proc says about pid; None when it is gone (normal, not an error)."""
+    try:
+        p = psutil.Process(pid)
+        with p.oneshot():
+            try:
+                exe = p.exe() or None
+            except (psutil.AccessDenied, psutil.ZombieProcess, OSError):
+                exe = None
+            argv = [str(a)[:4096] for a in p.cmdline()[:256]]
+            return ProcInfo(pid, p.ppid(), p.name()[:16], exe, argv, p.uids().real, int(p.create_time() * 100))
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied, ProcessLookupError):
+        return None
+
+
+def read_environ(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f.read(256 * 1024)
+    except OSError:
+        return b""
+
+
+@dataclass
+class Agent:
+    name: str
+    uid: int
+    main_pid: int
+    main_start: int
+    policy: str
+    cgroup: str  # agents/<name>
+    next_seq: int = 1
+    state: str = "live"
+    created: float = field(default_factory=time.time)
+    ended: float | None = None
+    runtime_id: int = 0  # v2 cgroup id of agents/<name>/runtime (the exec gate's key)
+    runtime_pids: set[int] = field(default_factory=set)  # cn_proc mode: who lives in runtime
+    pending_intents: list[tuple[float, Intent]] = field(default_factory=list)
+
+    def record(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in ("runtime_id", "runtime_pids", "pending_intents")}
+
+
+@dataclass
+class ToolCall:
+    id: str
+    agent: str
+    seq: int
+    name: str
+    cgroup: str
+    pid: int
+    argv: list[str]
+    started: float
+    resolved: Resolved
+    intent: Intent | None
+    ladder: LadderState
+    state: str = "running"  # running | frozen | done
+    ended: float | None = None
+    outcome: str | None = None
+    reason: str | None = None
+    peak_bytes: int = 0
+    cpu_s: float = 0.0
+    exit_code: int | None = None
+    leader_exited: bool = False
+    placed_us: float = 0.0  # exec -> in cgroup and continued (gated path)
+
+    def record(self) -> dict:
+        return {
+            "id": self.id, "agent": self.agent, "seq": self.seq, "name": self.name, "cgroup": self.cgroup,
+            "pid": self.pid, "argv": self.argv, "started": self.started, "ended": self.ended, "state": self.state,
+            "outcome": self.outcome, "reason": self.reason, "rule": self.resolved.rule,
+            "limits": self.resolved.limits.to_json(), "clips": [c.to_json() for c in self.resolved.clips],
+            "intent": self.intent.to_json() if self.intent else None, "peak_bytes": self.peak_bytes,
+            "cpu_s": round(self.cpu_s, 3), "exit_code": self.exit_code, "ladder": asdict(self.ladder),
+        }
+
+
+def tool_limits_for_driver(limits: ResourceLimits, kind: str) -> Limits:
+    """Policy limits -> driver knobs. On hybrid (v1 memory) there is no memory.high: the
+    hard limit starts at memory_high with oom_kill_disable so the kernel pauses the tool call
+    there and the ladder decides (grant up to memory_max, then freeze, then kill)."""
+    quota = int(limits.cpu_max * 100_000) if limits.cpu_max else None
+    if kind == "hybrid":
+        return Limits(memory_max=limits.memory_high or limits.memory_max, swap_max=limits.swap_max,
+                      cpu_weight=limits.cpu_weight, cpu_max_quota_us=quota, pids_max=limits.pids_max,
+                      oom_pause=limits.memory_high is not None or limits.memory_max is not None)
+    return Limits(memory_high=limits.memory_high, memory_max=limits.memory_max, swap_max=limits.swap_max,
+                  cpu_weight=limits.cpu_weight, cpu_max_quota_us=quota, pids_max=limits.pids_max)
+
+
+class Manager:
+    def __init__(self, driver: CgroupDriver, store: Store, journal: Journal, policy_for: Callable[[str], Policy],
+                 tracker: TrackerBackend | None = None, results_dir: Path | None = None,
+                 clock: Callable[[], float] = time.time):
+        self.driver = driver
+        self.v1 = driver.kind == "hybrid"
+        self.store = store
+        self.journal = journal
+        self.policy_for = policy_for
+        self.tracker = tracker
+        self.results_dir = results_dir
+        self.clock = clock
+        self.agents: dict[str, Agent] = {}
+        self.toolcalls: dict[str, ToolCall] = {}  # live only
+        self.by_runtime_id: dict[int, str] = {}
+        self.counters = {"toolcalls_started": 0, "toolcalls_finished": 0, "toolcalls_killed": 0, "toolcalls_frozen": 0,
+                         "toolcalls_throttled": 0, "moved_back": 0, "placement_errors": 0, "intents_rejected": 0,
+                         "agents_registered": 0, "events_handled": 0}
+        self.placement_us: list[float] = []  # recent gated placement latencies
+
+    # ------------------------------------------------------------------ agents
+    def register_agent(self, pid: int, uid: int, name: str | None, policy: str | None) -> Agent:
+        info = read_proc(pid)
+        if info is None:
+            raise ProcessLookupError(f"process {pid} is gone")
+        name = name or re.sub(r"[^A-Za-z0-9._-]", "_", f"{info.comm}-{pid}").lstrip(".")
+        if not valid_name(name):
+            raise ValueError(f"agent name {name!r}: expected 1-64 characters of A-Z a-z 0-9 . _ -")
+        if name in self.agents and self.agents[name].state == "live":
+            raise FileExistsError(f"an agent named {name!r} is already running")
+        policy_obj = self.policy_for(policy or "default")
+        cgroup = f"agents/{name}"
+        self.driver.create(f"{cgroup}/runtime")
+        self.driver.create(f"{cgroup}/tools")
+        agent_limits = policy_obj.agent
+        if self.v1:
+            agent_limits_d = Limits(memory_max=agent_limits.memory_max, pids_max=agent_limits.pids_max)
+        else:
+            agent_limits_d = tool_limits_for_driver(agent_limits, self.driver.kind)
+        self.driver.apply_limits(cgroup, agent_limits_d)
+        agent = Agent(name, uid, pid, info.start, policy_obj.name, cgroup, created=self.clock())
+        agent.runtime_id = self.driver.cgroup_id(f"{cgroup}/runtime")
+        self.agents[name] = agent
+        self.by_runtime_id[agent.runtime_id] = name
+        if not self.driver.move(pid, f"{cgroup}/runtime"):
+            raise ProcessLookupError(f"process {pid} exited before it could be placed")
+        agent.runtime_pids.add(pid)
+        self._update_gate()
+        self.store.put_agent(agent.record())
+        self.counters["agents_registered"] += 1
+        self.journal.emit("agent.registered", f"agent {name} (pid {pid}, uid {uid}) is managed under {cgroup} with policy {policy_obj.name}",
+                          agent=name, pid=pid, uid=uid, policy=policy_obj.name, agent_limits=agent_limits.to_json())
+        return agent
+
+    def prepare_agent_cgroup(self, name: str) -> str:
+        """For a cooperative launch: the runtime cgroup the child joins before exec."""
+        rel = f"agents/{name}/runtime"
+        self.driver.create(rel)
+        return rel
+
+    def _update_gate(self) -> None:
+        if self.tracker is not None and self.tracker.can_gate:
+            self.tracker.set_gated_cgroups({a.runtime_id for a in self.agents.values() if a.state == "live"})
+
+    def agent_of_pid(self, pid: int) -> str | None:
+        """The live agent whose runtime or tool calls hold pid (from the kernel's view)."""
+        path = self._v2_cgroup_of(pid)
+        if path is None:
+            return None
+        m = re.search(r"/agents/([^/]+)/", path + "/")
+        if m and m.group(1) in self.agents and self.agents[m.group(1)].state == "live":
+            return m.group(1)
+        return None
+
+    @staticmethod
+    def _v2_cgroup_of(pid: int) -> str | None:
+        try:
+            with open(f"/proc/{pid}/cgroup") as f:
+                for line in f:
+                    if line.startswith("0::"):
+                        return line[3:].strip()
+        except OSError:
+            return None
+        return None
+
+    def declare_intent(self, agent_name: str, intent: Intent) -> dict:
+        agent = self.agents[agent_name]
+        now = self.clock()
+        agent.pending_intents = [(t, i) for t, i in agent.pending_intents if now - t < PENDING_INTENT_TTL_S][-15:]
+        agent.pending_intents.append((now, intent))
+        policy = self.policy_for(agent.policy)
+        resolved = resolve_limits(policy, None, intent)
+        for clip in resolved.clips:
+            self.journal.emit("intent.clipped", f"intent {clip.field}={clip.requested:g} is above the policy ceiling; granted {clip.granted:g}",
+                              level="warn", agent=agent_name, **clip.to_json())
+        return {"agent": agent_name, "intent": intent.to_json(), "granted": resolved.limits.to_json(),
+                "clips": [c.to_json() for c in resolved.clips], "applies_to": "the next tool call started within 30 s"}
+
+    # ------------------------------------------------------------------ tracker events
+    def on_event(self, ev: ProcEvent) -> None:
+        self.counters["events_handled"] += 1
+        if ev.kind == ProcEventKind.EXEC:
+            self._on_exec(ev)
+        elif ev.kind == ProcEventKind.FORK:
+            for agent in self.agents.values():
+                if ev.ppid in agent.runtime_pids:
+                    agent.runtime_pids.add(ev.pid)
+        elif ev.kind == ProcEventKind.EXIT:
+            self._on_exit(ev)
+        elif ev.kind == ProcEventKind.CGROUP_ATTACH:
+            self._on_attach(ev)
+        elif ev.kind == ProcEventKind.OOM_VICTIM:
+            tc = self._toolcall_of_pid(ev.pid)
+            self.journal.emit("kernel.oom_victim", f"the kernel's OOM killer chose pid {ev.pid} ({ev.comm})"
+                              + (f" inside tool call {tc.id}" if tc else ""), level="warn",
+                              agent=tc.agent if tc else None, tool_call=tc.id if tc else None, pid=ev.pid)
+
+    def _agent_for_exec(self, ev: ProcEvent) -> Agent | None:
+        if ev.cgroup_id:
+            name = self.by_runtime_id.get(ev.cgroup_id)
+            return self.agents.get(name) if name else None
+        for agent in self.agents.values():
+            if agent.state == "live" and ev.pid in agent.runtime_pids:
+                return agent
+        return None
+
+    def _on_exec(self, ev: ProcEvent) -> None:
+        agent = self._agent_for_exec(ev)
+        if agent is None or agent.state != "live" or ev.pid == agent.main_pid:
+            if ev.gated:
+                self._release(ev.pid)
+            return
+        t0 = time.monotonic()
+        try:
+            self.start_tool_call(agent, ev.pid, gated=ev.gated, t0=t0)
+        except Exception as exc:  # never leave a gated process stopped
+            self.counters["placement_errors"] += 1
+            self.journal.emit("toolcall.error", f"could not place pid {ev.pid} in a tool-call cgroup: {exc}", level="error",
+                              agent=agent.name, pid=ev.pid)
+            if ev.gated:
+                self._release(ev.pid)
+
+    def _release(self, pid: int) -> None:
+        if self.tracker is not None and self.tracker.release(pid):
+            return
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+    def start_tool_call(self, agent: Agent, pid: int, *, gated: bool, t0: float | None = None) -> ToolCall | None:
+        info = read_proc(pid)
+        if info is None:
+            return None  # exited already: nothing to place
+        intent, intent_error = None, None
+        try:
+            intent = parse_intent_env(read_environ(pid))
+        except IntentInvalid as exc:
+            intent_error = str(exc)
+        now = self.clock()
+        if intent is None:
+            fresh = [(t, i) for t, i in agent.pending_intents if now - t < PENDING_INTENT_TTL_S]
+            if fresh:
+                intent = fresh[0][1]
+                agent.pending_intents.remove(fresh[0])
+        name = (intent.tool if intent and intent.tool else None) or tool_name(info.argv, info.exe, info.comm)
+        policy = self.policy_for(agent.policy)
+        rule = find_tool_rule(policy, name=name, comm=info.comm, exe=info.exe, argv=info.argv, uid=info.uid)
+        resolved = resolve_limits(policy, rule, intent)
+        seq = agent.next_seq
+        agent.next_seq += 1
+        rel = f"{agent.cgroup}/tools/{seq:04d}-{name}"
+        self.driver.create(rel)
+        self.driver.apply_limits(rel, tool_limits_for_driver(resolved.limits, self.driver.kind))
+        moved = self.driver.move(pid, rel)
+        if gated:
+            self._release(pid)
+        placed_us = (time.monotonic() - t0) * 1e6 if t0 is not None else 0.0
+        if gated:
+            self.placement_us = (self.placement_us + [placed_us])[-10_000:]
+        agent.runtime_pids.discard(pid)
+        tc = ToolCall(f"{agent.name}/{seq:04d}-{name}", agent.name, seq, name, rel, pid, info.argv, now, resolved, intent,
+                      LadderState(started=now), placed_us=placed_us)
+        self.store.put_agent(agent.record())
+        if not moved:
+            tc.state, tc.ended, tc.outcome, tc.reason = "done", now, "ok", "exited before it could be placed"
+            self._finish_record(tc)
+            return tc
+        self.toolcalls[tc.id] = tc
+        self.store.put_toolcall(tc.record())
+        self.counters["toolcalls_started"] += 1
+        lim = resolved.limits
+        self.journal.emit("toolcall.start",
+                          f"tool call {tc.id} started: {' '.join(info.argv)[:120]} (memory high {format_size(lim.memory_high)}, "
+                          f"max {format_size(lim.memory_max)}, pids {lim.pids_max}, timeout {lim.timeout_s:g} s; rule {resolved.rule})",
+                          agent=agent.name, tool_call=tc.id, pid=pid, argv=info.argv[:32], limits=lim.to_json(),
+                          rule=resolved.rule, gated=gated, placed_us=round(placed_us, 1),
+                          clips=[c.to_json() for c in resolved.clips])
+        for clip in resolved.clips:
+            self.journal.emit("intent.clipped", f"intent {clip.field}={clip.requested:g} is above the policy ceiling; granted {clip.granted:g}",
+                              level="warn", agent=agent.name, tool_call=tc.id, **clip.to_json())
+        if intent_error:
+            self.counters["intents_rejected"] += 1
+            self.journal.emit("intent.rejected", f"ignored the tool call's AGENTD_INTENT: {intent_error}", level="warn",
+                              agent=agent.name, tool_call=tc.id)
+        return tc
+
+    def _on_exit(self, ev: ProcEvent) -> None:
+        for agent in self.agents.values():
+            agent.runtime_pids.discard(ev.pid)
+        for tc in self.toolcalls.values():
+            if tc.pid == ev.pid:
+                tc.leader_exited = True
+                if ev.exit_code_known:
+                    status = ev.exit_code
+                    tc.exit_code = (status >> 8) & 0xFF if status & 0x7F == 0 else -(status & 0x7F)
+        for agent in list(self.agents.values()):
+            if agent.main_pid == ev.pid and agent.state == "live":
+                self.end_agent(agent, "its main process exited")
+
+    def _on_attach(self, ev: ProcEvent) -> None:
+        tc = self._toolcall_of_pid_by_tree(ev.pid)
+        if tc is None or tc.state == "done":
+            return
+        current = self._v2_cgroup_of(ev.pid)
+        if current is None or current.rstrip("/").endswith("/" + tc.cgroup):
+            return
+        if self.driver.move(ev.pid, tc.cgroup):
+            self.counters["moved_back"] += 1
+            self.journal.emit("toolcall.moved_back", f"pid {ev.pid} left its tool-call cgroup for {current}; put it back in {tc.cgroup}",
+                              level="warn", agent=tc.agent, tool_call=tc.id, pid=ev.pid, escaped_to=current)
+
+    def _toolcall_of_pid(self, pid: int) -> ToolCall | None:
+        path = self._v2_cgroup_of(pid) or ""
+        for tc in self.toolcalls.values():
+            if path.rstrip("/").endswith("/" + tc.cgroup):
+                return tc
+        return None
+
+    def _toolcall_of_pid_by_tree(self, pid: int) -> ToolCall | None:
+        """The tool call that pid belongs to by ancestry (it may have moved itself out)."""
+        seen = 0
+        while pid > 1 and seen < 64:
+            for tc in self.toolcalls.values():
+                if tc.pid == pid:
+                    return tc
+            info = read_proc(pid)
+            if info is None:
+                return None
+            pid, seen = info.ppid, seen + 1
+        return None
+
+    # ------------------------------------------------------------------ the tick
+    def tick(self) -> None:
+        now = self.clock()
+        for tc in list(self.toolcalls.values()):
+            self._tick_toolcall(tc, now)
+        for agent in list(self.agents.values()):
+            if agent.state == "live" and not _alive(agent.main_pid, agent.main_start):
+                self.end_agent(agent, "its main process is gone")
+
+    def _tick_toolcall(self, tc: ToolCall, now: float) -> None:
+        try:
+            st = self.driver.stats(tc.cgroup)
+        except (CgroupError, OSError):
+            self._finish(tc, now)
+            return
+        tc.peak_bytes = max(tc.peak_bytes, st.memory_peak, st.memory_current)
+        tc.cpu_s = max(tc.cpu_s, st.cpu_usage_us / 1e6)
+        if not st.populated:
+            self._finish(tc, now)
+            return
+        sample = Sample(now=now, memory_current=st.memory_current, memory_peak=tc.peak_bytes, memory_limit=st.memory_limit,
+                        pids_max_events=st.pids_max_events, pids_current=st.pids_current,
+                        high_events=st.memory_events.get("high", 0), oom_kill_events=st.memory_events.get("oom_kill", 0),
+                        under_oom=bool(st.memory_events.get("under_oom", 0)),
+                        psi_full_total_us=st.memory_pressure.full_total_us, populated=st.populated)
+        policy = self.policy_for(self.agents[tc.agent].policy)
+        before = tc.ladder
+        tc.ladder, actions = escalation.step(tc.ladder, sample, tc.resolved.limits, policy.toolcalls.escalation, v1=self.v1)
+        for action in actions:
+            self._apply(tc, action)
+        if tc.ladder.stage != before.stage or tc.ladder.throttled != before.throttled:
+            tc.state = "frozen" if tc.ladder.stage == "frozen" else tc.state
+            self.store.put_toolcall(tc.record())
+
+    def _apply(self, tc: ToolCall, action: escalation.Action) -> None:
+        if action.kind == "journal":
+            data = dict(action.data)
+            message = data.pop("message")
+            self.journal.emit(action.reason, message, level=action.level, agent=tc.agent, tool_call=tc.id, **data)
+            counter = {"toolcall.throttled": "toolcalls_throttled", "toolcall.frozen": "toolcalls_frozen",
+                       "toolcall.killed": "toolcalls_killed"}.get(action.reason)
+            if counter:
+                self.counters[counter] += 1
+        elif action.kind == "set_memory_limit":
+            swap = tc.resolved.limits.swap_max
+            self.driver.apply_limits(tc.cgroup, Limits(memory_max=action.value, swap_max=swap if swap is not None else 0, oom_pause=True))
+        elif action.kind == "hold":
+            tc.state = "frozen"  # v1: the kernel already holds it at its limit (under_oom); the freezer cannot take it
+        elif action.kind == "freeze":
+            self.driver.freeze(tc.cgroup)
+            tc.state = "frozen"
+        elif action.kind == "thaw":
+            self.driver.thaw(tc.cgroup)
+            tc.state = "running"
+        elif action.kind == "kill":
+            self.driver.kill(tc.cgroup)
+
+    def cancel(self, ident: str, reason: str) -> ToolCall:
+        tc = self.toolcalls[ident]
+        tc.ladder = LadderState(**{**asdict(tc.ladder), "stage": "killed", "outcome": "killed", "reason": f"cancelled: {reason}"})
+        self.journal.emit("toolcall.killed", f"cancelled: {reason}; ending every process of the tool call", level="warn",
+                          agent=tc.agent, tool_call=tc.id)
+        self.counters["toolcalls_killed"] += 1
+        self.driver.kill(tc.cgroup)
+        return tc
+
+    def _finish(self, tc: ToolCall, now: float) -> None:
+        tc.ladder = escalation.finish(tc.ladder, tc.exit_code)
+        tc.state, tc.ended, tc.outcome, tc.reason = "done", now, tc.ladder.outcome, tc.ladder.reason
+        try:
+            self.driver.kill(tc.cgroup)  # stragglers of a finished tool call would be orphans
+            self.driver.remove(tc.cgroup)
+        except (CgroupError, OSError) as exc:
+            self.journal.emit("cgroup.error", f"could not remove {tc.cgroup}: {exc}", level="warn", tool_call=tc.id)
+        self.toolcalls.pop(tc.id, None)
+        self._finish_record(tc)
+        self.counters["toolcalls_finished"] += 1
+        level = "warn" if tc.outcome in ("killed", "frozen") else "info"
+        self.journal.emit("toolcall.end", f"tool call {tc.id} ended: {tc.outcome} ({tc.reason}); peak {format_size(tc.peak_bytes)}, "
+                          f"cpu {tc.cpu_s:.2f} s, wall {tc.ended - tc.started:.2f} s", level=level, agent=tc.agent, tool_call=tc.id,
+                          outcome=tc.outcome, peak_bytes=tc.peak_bytes, cpu_s=round(tc.cpu_s, 3), wall_s=round(tc.ended - tc.started, 3),
+                          exit_code=tc.exit_code, retry_with=self.retry_hint(tc))
+
+    def retry_hint(self, tc: ToolCall) -> dict | None:
+        """What the agent may ask for on a retry, within the policy's ceiling."""
+        if tc.outcome not in ("killed", "frozen"):
+            return None
+        if tc.ladder.limit == "timeout_s":
+            took = (tc.ended or self.clock()) - tc.started
+            return {"intent": {"duration_s": round(took * 2, 1), "tool": tc.name},
+                    "advice": f"it was still running after {took:.0f} s: declare duration_s={took * 2:.0f} or run it in the background"}
+        ceiling = self.policy_for(self.agents[tc.agent].policy).toolcalls.ceiling if tc.agent in self.agents else ResourceLimits()
+        want = int(tc.peak_bytes * 1.5)
+        top = ceiling.memory_high or ceiling.memory_max
+        if top and want > top:
+            return {"advice": "the tool call needs more memory than the policy allows; run a smaller workload"}
+        return {"intent": {"memory": want, "tool": tc.name}, "advice": f"declare memory={format_size(want)} before retrying"}
+
+    def _finish_record(self, tc: ToolCall) -> None:
+        self.store.put_toolcall(tc.record())
+        self._write_result(tc)
+
+    def _write_result(self, tc: ToolCall) -> None:
+        """The structured result for agents that cannot read the event stream:
+        <results_dir>/<agent>/<pid>.json, readable by the agent's uid."""
+        if self.results_dir is None:
+            return
+        agent = self.agents.get(tc.agent)
+        folder = self.results_dir / tc.agent
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o750)
+            if agent is not None:
+                os.chown(folder, agent.uid, -1)
+            result = {"tool_call": tc.id, "pid": tc.pid, "outcome": tc.outcome, "reason": tc.reason, "peak_bytes": tc.peak_bytes,
+                      "limits": tc.resolved.limits.to_json(), "exit_code": tc.exit_code, "retry_with": self.retry_hint(tc)}
+            tmp = folder / f".{tc.pid}.json.tmp"
+            tmp.write_text(json.dumps(result))
+            os.replace(tmp, folder / f"{tc.pid}.json")
+        except OSError as exc:
+            self.journal.emit("result.error", f"could not write the result file for {tc.id}: {exc}", level="warn", tool_call=tc.id)
+
+    def end_agent(self, agent: Agent, why: str) -> None:
+        for tc in [t for t in self.toolcalls.values() if t.agent == agent.name]:
+            if _populated(self.driver, tc.cgroup):
+                self.journal.emit("toolcall.orphans", f"agent {agent.name} ended ({why}) while tool call {tc.id} still ran; ended it",
+                                  level="warn", agent=agent.name, tool_call=tc.id)
+                self.driver.kill(tc.cgroup)
+            self._finish(tc, self.clock())
+        agent.state, agent.ended = "done", self.clock()
+        try:
+            self.driver.kill(f"{agent.cgroup}/runtime")
+            for child in self.driver.children(f"{agent.cgroup}/tools"):
+                self.driver.kill(f"{agent.cgroup}/tools/{child}")
+            self.driver.remove(agent.cgroup)
+        except (CgroupError, OSError) as exc:
+            self.journal.emit("cgroup.error", f"could not remove {agent.cgroup}: {exc}", level="warn", agent=agent.name)
+        self.by_runtime_id.pop(agent.runtime_id, None)
+        self._update_gate()
+        self.store.put_agent(agent.record())
+        self.journal.emit("agent.ended", f"agent {agent.name} ended: {why}", agent=agent.name)
+        done = [a for a in self.agents.values() if a.state == "done"]
+        for old in done[:-FINISHED_AGENT_KEEP]:
+            self.agents.pop(old.name, None)
+
+
+def _alive(pid: int, start: int) -> bool:
+    info = read_proc(pid)
+    return info is not None and abs(info.start - start) <= 1
+
+
+def _populated(driver: CgroupDriver, rel: str) -> bool:
+    try:
+        return driver.stats(rel).populated
+    except (CgroupError, OSError):
+        return False
+
+
+def _is_stopped(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except (OSError, IndexError):
+        return False
+
+
+def readopt(manager: Manager) -> dict:
+    """After a restart (or a crash): take back every agent and tool call the store knows,
+    check them against the kernel, and leave nothing stopped, frozen or orphaned."""
+    from agentd.core.toolcall_rules import Clip, Intent as _Intent
+
+    counts = {"agents": 0, "toolcalls": 0, "finished_while_down": 0, "orphan_cgroups": 0, "released": 0, "agents_ended": 0}
+    driver = manager.driver
+    for rec in manager.store.agents(live_only=True):
+        agent = Agent(**{k: rec[k] for k in ("name", "uid", "main_pid", "main_start", "policy", "cgroup", "next_seq", "state", "created", "ended")})
+        runtime = f"{agent.cgroup}/runtime"
+        if not driver.exists(runtime):
+            driver.create(runtime)
+            driver.create(f"{agent.cgroup}/tools")
+        agent.runtime_id = driver.cgroup_id(runtime)
+        agent.runtime_pids = set(driver.procs(runtime))
+        manager.agents[agent.name] = agent
+        manager.by_runtime_id[agent.runtime_id] = agent.name
+        counts["agents"] += 1
+    for rec in manager.store.toolcalls(live_only=True, limit=100_000):
+        clips = tuple(Clip(**c) for c in rec["clips"] or ())
+        resolved = Resolved(ResourceLimits(**rec["limits"]), rec["rule"] or "defaults", clips)
+        ladder = LadderState(**rec["ladder"]) if rec.get("ladder") else LadderState(started=rec["started"])
+        tc = ToolCall(rec["id"], rec["agent"], rec["seq"], rec["name"], rec["cgroup"], rec["pid"], rec["argv"], rec["started"],
+                      resolved, _Intent(**rec["intent"]) if rec["intent"] else None, ladder, state=rec["state"],
+                      peak_bytes=rec["peak_bytes"], cpu_s=rec["cpu_s"])
+        if rec["agent"] not in manager.agents or not driver.exists(tc.cgroup) or not _populated(driver, tc.cgroup):
+            counts["finished_while_down"] += 1
+            tc.reason = "finished while agentd was down"
+            manager.toolcalls[tc.id] = tc
+            manager._finish(tc, manager.clock())
+            continue
+        manager.toolcalls[tc.id] = tc
+        counts["toolcalls"] += 1
+    for agent in list(manager.agents.values()):
+        known = {tc.cgroup for tc in manager.toolcalls.values() if tc.agent == agent.name}
+        tools = f"{agent.cgroup}/tools"
+        for child in driver.children(tools) if driver.exists(tools) else []:
+            rel = f"{tools}/{child}"
+            if rel in known:
+                continue
+            counts["orphan_cgroups"] += 1
+            pids = driver.procs(rel)
+            if not pids:
+                driver.remove(rel)
+                continue
+            # Created just before the crash, record not yet written: adopt it as it is.
+            seq_text, _, name = child.partition("-")
+            now = manager.clock()
+            policy = manager.policy_for(agent.policy)
+            tc = ToolCall(f"{agent.name}/{child}", agent.name, int(seq_text) if seq_text.isdigit() else 0, name or child, rel,
+                          pids[0], [], now, resolve_limits(policy, None, None), None, LadderState(started=now))
+            driver.thaw(rel)
+            manager.toolcalls[tc.id] = tc
+            manager.store.put_toolcall(tc.record())
+            agent.next_seq = max(agent.next_seq, tc.seq + 1)
+        # A gated exec the old daemon stopped but never placed.
+        for pid in list(agent.runtime_pids):
+            if pid != agent.main_pid and _is_stopped(pid):
+                counts["released"] += 1
+                manager.start_tool_call(agent, pid, gated=True)
+        if not _alive(agent.main_pid, agent.main_start):
+            counts["agents_ended"] += 1
+            manager.end_agent(agent, "its main process exited while agentd was down")
+    manager._update_gate()
+    return counts

@@ -1,0 +1,138 @@
+"""`agentd demo`: the daemon with its embedded default policy on the bundled demo agent.
+
+A live view of agents, tool calls and enforcement decisions, then a summary table (or one
+JSON object with --json). Everything the demo creates lives in a temporary state folder
+and under <own cgroup>/agentd-demo, and is removed at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from agentd.paths import DEFAULT_POLICY, EXAMPLES_DIR
+from agentd.policy.spec import format_size
+
+AGENT_NAME = "demo"
+_MARKS = {"toolcall.start": "▶", "toolcall.throttled": "≈", "toolcall.frozen": "❄", "toolcall.killed": "✖",
+          "toolcall.end": "■", "agent.registered": "●", "agent.ended": "○", "toolcall.moved_back": "↩"}
+
+
+def _live_printer(out, t0: float):
+    def show(event: dict) -> None:
+        kind = event["kind"]
+        if kind.startswith("daemon."):
+            return
+        mark = _MARKS.get(kind, "·")
+        who = event.get("tool_call") or event.get("agent") or ""
+        print(f"{event['ts'] - t0:7.2f}s {mark} {kind:<19} {who:<28} {event['message']}", file=out, flush=True)
+    return show
+
+
+def _pump(stream, out) -> None:
+    for line in stream:
+        print(f"         │ {line.rstrip()}", file=out, flush=True)
+
+
+def summary_rows(records: list[dict]) -> list[dict]:
+    rows = []
+    for r in records:
+        wall = (r.get("ended") or time.time()) - r["started"]
+        rows.append({"name": r["name"], "command": " ".join(r["argv"])[:60], "cgroup": r["cgroup"], "peak_bytes": r["peak_bytes"],
+                     "cpu_s": r["cpu_s"], "wall_s": round(wall, 3), "outcome": r["outcome"] or r["state"], "reason": r["reason"] or "",
+                     "limits": r["limits"]})
+    return rows
+
+
+def print_table(rows: list[dict], out) -> None:
+    headers = ("tool call", "command", "peak", "cpu s", "wall s", "outcome", "why")
+    table = [(r["cgroup"].split("/tools/")[-1], r["command"][:34], format_size(r["peak_bytes"]), f"{r['cpu_s']:.2f}",
+              f"{r['wall_s']:.2f}", r["outcome"], r["reason"][:90]) for r in rows]
+    widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    print("\n" + line, file=out)
+    print("  ".join("-" * w for w in widths), file=out)
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)), file=out)
+
+
+async def _run(as_json: bool, tracker: str, trace: str | None, speed: float, out) -> int:
+    from agentd.core.daemon import Daemon, DaemonConfig
+
+    import logging
+
+    quiet = logging.getLogger("agentd")
+    quiet.propagate = False  # the live view shows every event; keep tracebacks only
+    quiet.addHandler(logging.StreamHandler(sys.stderr))
+    quiet.handlers[-1].setLevel(logging.ERROR)
+    state = Path(tempfile.mkdtemp(prefix="agentd-demo-"))
+    config = DaemonConfig(socket_path=state / "agentd.sock", state_dir=state, policy_dir=None, default_policy=DEFAULT_POLICY,
+                          tracker=tracker, move_self=False, require_root_owned_policies=False, cgroup_leaf="agentd-demo")
+    daemon = Daemon(config)
+    t0 = time.time()
+    if not as_json:
+        daemon.journal.listeners.append(_live_printer(out, t0))
+        print("agentd demo: the daemon with its default policy (policies/default.yaml) and a scripted coding agent", file=out)
+    await daemon.start()
+    if not as_json:
+        for line in daemon.lines.values():
+            print(f"  {line}", file=out)
+    agent_exit = -1
+    try:
+        env = dict(os.environ)
+        if trace:
+            env["DEMO_TRACE"] = trace
+        env["DEMO_SPEED"] = str(speed)
+        proc = daemon.launch_agent([sys.executable, str(EXAMPLES_DIR / "demo_agent.py")], AGENT_NAME, env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        pump = threading.Thread(target=_pump, args=(io.TextIOWrapper(proc.stdout, encoding="utf-8", errors="replace"), _Null() if as_json else out), daemon=True)
+        pump.start()
+        while proc.poll() is None:
+            await asyncio.sleep(0.1)
+        agent_exit = proc.returncode
+        pump.join(timeout=2)
+        deadline = time.monotonic() + 10
+        while daemon.manager.toolcalls and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.3)  # the agent's exit reaches the tick
+    finally:
+        records = daemon.store.toolcalls(agent=AGENT_NAME)
+        status = daemon.status()
+        for agent in list(daemon.manager.agents.values()):
+            if agent.state == "live":
+                daemon.manager.end_agent(agent, "the demo is over")
+        await daemon.stop()
+        try:
+            daemon.driver.remove("")
+        except OSError:
+            pass
+        shutil.rmtree(state, ignore_errors=True)
+    rows = summary_rows(records)
+    if as_json:
+        print(json.dumps({"agent_exit": agent_exit, "tool_calls": rows, "tracker": status["tracker"], "cgroups": status["cgroups"]["driver"],
+                          "lines": status["lines"]}, indent=None), file=out)
+    else:
+        print_table(rows, out)
+        print(f"\nagent exit status {agent_exit}; {len(rows)} tool calls, each in its own cgroup under agents/{AGENT_NAME}/tools/", file=out)
+    return 0 if agent_exit == 0 else 1
+
+
+class _Null:
+    def write(self, _):
+        return 0
+
+    def flush(self):
+        pass
+
+
+def run_demo(*, as_json: bool = False, tracker: str = "auto", trace: str | None = None, speed: float = 20.0, out=None) -> int:
+    return asyncio.run(_run(as_json, tracker, trace, speed, out or sys.stdout))

@@ -1,0 +1,71 @@
+"""`agentd`: run the daemon (`agentd run`) or the bundled demo (`agentd demo`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from agentd import __version__
+from agentd.paths import DEFAULT_POLICY, DEFAULT_POLICY_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        raise click.ClickException("agentd must run as root: it loads BPF programs and writes cgroups")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__)
+def main() -> None:
+    """agentd: one cgroup per AI agent and per tool call, enforced from YAML policies."""
+
+
+@main.command()
+@click.option("--socket", "socket_path", type=click.Path(path_type=Path), default=DEFAULT_SOCKET, show_default=True)
+@click.option("--state-dir", type=click.Path(path_type=Path), default=DEFAULT_STATE_DIR, show_default=True)
+@click.option("--policy-dir", type=click.Path(path_type=Path), default=DEFAULT_POLICY_DIR, show_default=True)
+@click.option("--default-policy", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=DEFAULT_POLICY, show_default=True)
+@click.option("--cgroup-root", default=None, help="absolute cgroup path agentd owns (default: own cgroup + /agentd, or the service cgroup under systemd)")
+@click.option("--tracker", type=click.Choice(["auto", "bpf", "cn_proc"]), default="auto", show_default=True)
+@click.option("--admin-group", default=None, help="group whose members may change policy and act on any agent")
+@click.option("--socket-group", default=None, help="group owning the API socket (mode 0660)")
+@click.option("--metrics-listen", default=None, help="HOST:PORT for a Prometheus listener (off by default)")
+@click.option("--no-move-self", is_flag=True, help="stay in the current cgroup instead of <root>/daemon")
+@click.option("-v", "--verbose", is_flag=True)
+def run(socket_path, state_dir, policy_dir, default_policy, cgroup_root, tracker, admin_group, socket_group,
+        metrics_listen, no_move_self, verbose) -> None:
+    """Run the daemon in the foreground (systemd: Type=notify)."""
+    from agentd.core.daemon import DaemonConfig, run_daemon
+
+    _need_root()
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="agentd: %(message)s", stream=sys.stderr)
+    config = DaemonConfig(socket_path=socket_path, state_dir=state_dir, policy_dir=policy_dir, default_policy=default_policy,
+                          cgroup_root=cgroup_root, tracker=tracker, admin_group=admin_group, socket_group=socket_group,
+                          metrics_listen=metrics_listen, move_self=not no_move_self)
+    try:
+        asyncio.run(run_daemon(config))
+    except Exception as exc:  # one clear line, not a traceback, for the operator
+        logging.getLogger("agentd").debug("fatal", exc_info=True)
+        raise click.ClickException(f"agentd could not run: {exc}") from exc
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of the live view")
+@click.option("--tracker", type=click.Choice(["auto", "bpf", "cn_proc"]), default="auto", show_default=True)
+@click.option("--trace", default=None, help="task name of a recorded run in the bundled traces to pace the turns")
+@click.option("--speed", type=float, default=20.0, show_default=True, help="time compression of the recorded run")
+def demo(as_json, tracker, trace, speed) -> None:
+    """Run the daemon with its default policy on the bundled demo agent."""
+    from agentd.demo import run_demo
+
+    _need_root()
+    sys.exit(run_demo(as_json=as_json, tracker=tracker, trace=trace, speed=speed))
+
+
+if __name__ == "__main__":
+    main()
