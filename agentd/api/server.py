@@ -49,6 +49,8 @@ DEFAULT_SOCKET = "/run/agentd/agentd.sock"
 SOCKET_MODE = 0o660
 NDJSON = "application/x-ndjson"
 _PEERCRED = struct.Struct("3i")
+# aiohttp >= 3.13 prefers typed request keys; older versions take a string.
+CALLER: Any = web.RequestKey("caller", Caller) if hasattr(web, "RequestKey") else "caller"
 
 
 # --- wire helpers --------------------------------------------------------------------------
@@ -289,20 +291,22 @@ class ApiServer:
     async def start(self) -> None:
         sock = bind_unix_socket(self.socket_path, SOCKET_MODE, self.sock_gid)
         self._sock_ino = os.stat(self.socket_path).st_ino
-        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
+                               shutdown_timeout=2.0)
         await runner.setup()
         self._runners.append(runner)
-        await web.SockSite(runner, sock, shutdown_timeout=2.0, backlog=512).start()
+        await web.SockSite(runner, sock, backlog=512).start()
         log.info("agentd API listening on %s (mode %o%s).", self.socket_path, SOCKET_MODE,
                  f", group {self.sock_gid}" if self.sock_gid is not None else "")
         if self.metrics_listen:
             host, port = parse_listen(self.metrics_listen)
             mapp = web.Application()
             mapp.router.add_get("/metrics", self._metrics_response)
-            mrunner = web.AppRunner(mapp, access_log=None, handle_signals=False)
+            mrunner = web.AppRunner(mapp, access_log=None, handle_signals=False,
+                                    shutdown_timeout=2.0)
             await mrunner.setup()
             self._runners.append(mrunner)
-            await web.TCPSite(mrunner, host, port, shutdown_timeout=2.0).start()
+            await web.TCPSite(mrunner, host, port).start()
             log.info("agentd metrics listening on http://%s:%d/metrics.", host, port)
 
     async def stop(self) -> None:
@@ -333,7 +337,7 @@ class ApiServer:
                 raise ApiError(429, "rate_limited",
                                f"too many requests from uid {peer.uid}; retry in {wait:.2f} s",
                                details={"retry_after_s": round(wait, 3)})
-            request["caller"] = self.caller_of(peer)
+            request[CALLER] = self.caller_of(peer)
             resp = await handler(request)
         except ApiError as e:
             resp = self._error(e)
@@ -362,7 +366,7 @@ class ApiServer:
         return Caller(peer=peer, admin=auth.is_admin(peer, self.admin_gid, groups), agent=agent)
 
     def require(self, request: web.Request, action: Action, agent: str | None = None) -> Caller:
-        caller: Caller = request["caller"]
+        caller: Caller = request[CALLER]
         owner = self.controller.agent_owner_uid(agent) if agent is not None else None
         d = auth.decide(action, caller, agent, owner,
                         self.admin_group if isinstance(self.admin_group, str) else None)
@@ -401,7 +405,7 @@ class ApiServer:
     async def h_agents(self, request: web.Request) -> web.Response:
         check_query(dict(request.query), set())
         self.require(request, Action.AGENT_LIST)
-        visible = self._visible(request["caller"])
+        visible = self._visible(request[CALLER])
         return json_response({"agents": [a for a in self.controller.agents()
                                          if visible(a.get("name"))]})
 
@@ -436,7 +440,7 @@ class ApiServer:
             self.require(request, Action.AGENT_READ, agent)
         else:
             self.require(request, Action.TOOLCALL_LIST)
-        visible = self._visible(request["caller"])
+        visible = self._visible(request[CALLER])
         calls = [c for c in self.controller.tool_calls(agent, live) if visible(c.get("agent"))]
         return json_response({"tool_calls": calls})
 
@@ -458,7 +462,7 @@ class ApiServer:
     async def h_cancel(self, request: web.Request) -> web.Response:
         body = await self._body(request, CANCEL_BODY)
         ident, _ = self._tool_call(request, Action.TOOLCALL_CANCEL)
-        caller: Caller = request["caller"]
+        caller: Caller = request[CALLER]
         reason = body.get("reason") or f"cancelled through the API by uid {caller.peer.uid}"
         log.info("Cancelling tool call %s for %s: %s.", ident, caller.describe(), reason)
         return json_response(self.controller.cancel_tool_call(ident, reason))
@@ -466,7 +470,7 @@ class ApiServer:
     async def h_intent(self, request: web.Request) -> web.Response:
         check_query(dict(request.query), set())
         body = await self._body(request, None)
-        caller: Caller = request["caller"]
+        caller: Caller = request[CALLER]
         self.require(request, Action.INTENT, caller.agent)
         claimed = body.pop("agent", None)
         if claimed is not None and claimed != caller.agent:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 import time
+from typing import Any
 
 from agentd.api.contract import ApiError
 
@@ -209,3 +211,67 @@ def fake_with_sample_data() -> FakeController:
                  agent="a1", tool_call="a1.1", level="warn", memory_high=1 << 30)
     return fake
 
+
+
+class ServerThread:
+    """The real API server on a real Unix socket, run by its own event loop in a thread.
+
+        with ServerThread(fake, path) as srv:
+            ApiClient(path).status()
+            srv.call(fake.publish, "x", "y")   # run on the server's loop
+    """
+
+    def __init__(self, controller: Any = None, socket_path: str | None = None, **options: Any):
+        self.controller = controller if controller is not None else fake_with_sample_data()
+        self.socket_path = socket_path
+        self.options = options
+        self.loop = asyncio.new_event_loop()
+        self.server: Any = None
+        self._thread = threading.Thread(target=self._run, name="api-server", daemon=True)
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        from agentd.api.server import start_api
+
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.server = self.loop.run_until_complete(
+                start_api(self.controller, self.socket_path, **self.options))
+        except BaseException as e:  # reported to the starting thread
+            self._error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        self.loop.run_forever()
+
+    def start(self) -> "ServerThread":
+        self._thread.start()
+        self._ready.wait(10)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run fn(*args) on the server's loop (a coroutine function is awaited)."""
+        async def run() -> Any:
+            result = fn(*args, **kwargs)
+            if asyncio.iscoroutine(result):
+                result = await result
+            return result
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(30)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.call(self.server.stop)
+            self.server = None
+        if self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+
+    def __enter__(self) -> "ServerThread":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

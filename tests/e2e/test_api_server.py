@@ -1,0 +1,559 @@
+"""The real aiohttp server on a real Unix socket, with real peer credentials.
+
+The Controller behind it is the in-memory fake (agentd.api.testing): these tests are about
+the control plane (authorization, validation, bounds, streams), not the daemon's state.
+Requests from other uids and from "managed agent" pids come from forked children.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import stat
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from agentd.api.client import ApiClient, ApiClientError, _UnixConnection
+from agentd.api.limits import ApiLimits
+from agentd.api.testing import ServerThread, fake_with_sample_data
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="peer-credential tests fork "
+                                "children that switch to uid 65534, which needs root")
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def sockdir():
+    d = tempfile.mkdtemp(prefix="agentd-api-")
+    os.chmod(d, 0o755)  # reachable by the uid-65534 children
+    yield d
+    shutil.rmtree(d)
+
+
+def serve(sockdir, limits=None, **kw):
+    fake = kw.pop("controller", None) or fake_with_sample_data()
+    return ServerThread(fake, os.path.join(sockdir, "run", "agentd.sock"),
+                        sock_group="nogroup", limits=limits or ApiLimits(), **kw)
+
+
+@pytest.fixture
+def srv(sockdir):
+    with serve(sockdir) as s:
+        yield s
+
+
+def raw(path, method, url, body=b"", headers=None):
+    """One request with an exact body; returns (status, parsed JSON or text, headers)."""
+    conn = _UnixConnection(path, 10)
+    try:
+        conn.request(method, url, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        data = resp.read()
+    finally:
+        conn.close()
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        parsed = data.decode()
+    return resp.status, parsed, dict(resp.getheaders())
+
+
+def in_child(fn, uid=None, before=None):
+    """Run fn() in a forked child (as `uid` if given); return what it returned (JSON).
+
+    `before(pid)` runs in the parent after the fork and before the child starts, e.g. to
+    tell the fake controller that the child's pid is inside an agent.
+    """
+    go_r, go_w = os.pipe()
+    res_r, res_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: no pytest, no exceptions escaping
+        code = 0
+        try:
+            os.close(go_w)
+            os.close(res_r)
+            os.read(go_r, 1)
+            if uid is not None:
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
+            out = json.dumps(fn()).encode()
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
+            out = json.dumps({"child_error": repr(e)}).encode()
+            code = 1
+        with os.fdopen(res_w, "wb") as f:
+            f.write(out)
+        os._exit(code)
+    os.close(go_r)
+    os.close(res_w)
+    try:
+        if before is not None:
+            before(pid)
+    finally:
+        os.write(go_w, b"g")
+        os.close(go_w)
+    with os.fdopen(res_r, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    result = json.loads(data)
+    assert not (isinstance(result, dict) and "child_error" in result), result
+    return result
+
+
+def outcome(call):
+    """(status, code) of a client call: 200 for success."""
+    try:
+        call()
+        return [200, "ok"]
+    except ApiClientError as e:
+        return [e.status, e.code]
+
+
+def _mutations(s):
+    return s.call(lambda: list(s.controller.calls))
+
+
+# --- socket ---------------------------------------------------------------------------------
+
+
+def test_socket_has_mode_0660_and_the_configured_group(srv):
+    st = os.stat(srv.socket_path)
+    assert stat.S_ISSOCK(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o660
+    assert st.st_gid == NOBODY  # nogroup
+    assert stat.S_IMODE(os.stat(os.path.dirname(srv.socket_path)).st_mode) == 0o755
+
+
+def test_a_second_server_on_the_same_socket_is_refused_and_a_stale_one_replaced(sockdir):
+    with serve(sockdir) as s:
+        with pytest.raises(RuntimeError, match="already serves"):
+            serve(sockdir).start()
+        assert ApiClient(s.socket_path).status()["version"] == "fake"
+    stale = socket.socket(socket.AF_UNIX)
+    path = os.path.join(sockdir, "run", "agentd.sock")
+    stale.bind(path)  # a socket file nobody listens on, as after a crash
+    stale.close()
+    with serve(sockdir) as s:
+        assert ApiClient(s.socket_path).status()["version"] == "fake"
+    assert not os.path.exists(path)  # removed on stop
+
+
+# --- who may do what ------------------------------------------------------------------------
+
+
+def test_root_may_read_everything_and_apply_policies(srv):
+    c = ApiClient(srv.socket_path)
+    assert c.status()["backends"]["tracker"] == "fake"
+    assert {a["name"] for a in c.agents()} == {"a1", "a2"}
+    assert c.tool_calls(live=True)[0]["id"] == "a1.1"
+    assert c.explain("a1.1")["decisions"][0]["numbers"]["memory_max"] == 1 << 30
+    assert c.policy_apply("tools: {}\n", "gpu.yaml")["name"] == "gpu"
+    assert "agentd_agents 2.0" in c.metrics()
+    assert ("policy_apply", ("gpu.yaml",)) in _mutations(srv)
+
+
+def test_a_non_root_user_gets_403_for_policy_apply_and_changes_nothing(srv):
+    path = srv.socket_path
+
+    def as_nobody():
+        c = ApiClient(path)
+        return {
+            "apply": outcome(lambda: c.policy_apply("tools: {}\n", "evil.yaml")),
+            "status": outcome(c.status),
+            "read_a1": outcome(lambda: c.agent("a1")),
+            "cancel_a2": outcome(lambda: c.cancel("a2.2")),
+            "metrics": outcome(c.metrics),
+            "agents": [a["name"] for a in c.agents()],
+            "validate": c.policy_validate("x: 1\n", "x.yaml")["valid"],
+        }
+
+    got = in_child(as_nobody, uid=NOBODY)
+    assert got["apply"] == [403, "forbidden"]
+    assert got["status"] == [403, "forbidden"]
+    assert got["read_a1"] == [403, "forbidden"]
+    assert got["cancel_a2"] == [403, "forbidden"]  # a2 belongs to uid 1000
+    assert got["metrics"] == [403, "forbidden"]
+    assert got["agents"] == []  # sees no one else's agents
+    assert got["validate"] is True  # checking a policy changes nothing: anyone may
+    assert _mutations(srv) == []
+    assert "evil" not in srv.call(lambda: set(srv.controller.policies))
+
+
+def test_the_403_says_why(srv):
+    path = srv.socket_path
+
+    def as_nobody():
+        try:
+            ApiClient(path).policy_apply("tools: {}\n", "x.yaml")
+        except ApiClientError as e:
+            return e.message
+        return "allowed"
+
+    message = in_child(as_nobody, uid=NOBODY)
+    assert "reserved to root" in message and f"uid {NOBODY}" in message
+
+
+def test_any_user_may_register_an_agent_it_then_owns_with_its_own_pid(srv):
+    path = srv.socket_path
+
+    def as_nobody():
+        c = ApiClient(path)
+        agent = c.register_agent(name="mine")
+        return {"agent": agent, "pid": os.getpid(), "read_own": c.agent("mine")["name"],
+                "listed": [a["name"] for a in c.agents()]}
+
+    got = in_child(as_nobody, uid=NOBODY)
+    assert got["agent"]["uid"] == NOBODY
+    assert got["agent"]["pid"] == got["pid"]  # the peer's pid, not anything from the body
+    assert ("register_agent", (got["pid"], NOBODY, "mine", None)) in _mutations(srv)
+    assert got["listed"] == ["mine"]
+
+
+def test_a_managed_agent_may_declare_intent_but_not_read_another_agent(srv):
+    path = srv.socket_path
+
+    def as_agent():
+        c = ApiClient(path)
+        return {
+            "intent": c.declare_intent({"tool": "pytest", "memory": 8 << 30}),
+            "read_a2": outcome(lambda: c.agent("a2")),
+            "read_a1": outcome(lambda: c.agent("a1")),
+            "claims_a2": outcome(lambda: c.declare_intent({"agent": "a2", "cpu": 1})),
+            "foreign_pid": outcome(lambda: c.declare_intent({"pids": [1]})),
+            "apply": outcome(lambda: c.policy_apply("tools: {}\n", "x.yaml")),
+            "register": outcome(lambda: c.register_agent(name="nested")),
+            "events_a2": outcome(lambda: c.recent_events(agent="a2")),
+            "agents": [a["name"] for a in c.agents()],
+            "pid": os.getpid(),
+        }
+
+    got = in_child(as_agent, before=lambda pid: srv.call(srv.controller.pid_agent.__setitem__,
+                                                         pid, "a1"))
+    assert got["intent"]["agent"] == "a1"
+    assert got["intent"]["clipped"][0]["field"] == "memory"
+    assert got["read_a2"] == [403, "forbidden"]
+    assert got["read_a1"] == [200, "ok"]
+    assert got["claims_a2"] == [403, "forbidden"]
+    assert got["foreign_pid"] == [403, "forbidden"]
+    assert got["apply"] == [403, "forbidden"]  # even though the child is root
+    assert got["register"] == [403, "forbidden"]
+    assert got["events_a2"] == [403, "forbidden"]
+    assert got["agents"] == ["a1"]
+    assert _mutations(srv) == [("declare_intent",
+                                ("a1", got["pid"], {"tool": "pytest", "memory": 8 << 30}))]
+
+
+def test_an_admin_outside_any_agent_cannot_declare_an_intent(srv):
+    with pytest.raises(ApiClientError) as e:
+        ApiClient(srv.socket_path).declare_intent({"memory": 1 << 30})
+    assert e.value.status == 403 and "agentctl run" in e.value.message
+
+
+# --- bad input: a clear error, nothing changed ------------------------------------------------
+
+
+@pytest.mark.parametrize("body, code, field", [
+    (b"{not json", "invalid_json", None),
+    (b"\xff\xfe", "invalid_json", None),
+    (b"[1, 2]", "invalid_body", None),
+    (b'{"filename": "p.yaml"}', "missing_field", "text"),
+    (b'{"filename": 7, "text": "x"}', "invalid_type", "filename"),
+    (b'{"filename": "p.yaml", "text": ["x"]}', "invalid_type", "text"),
+    (b'{"filename": "p.yaml", "text": "x", "force": true}', "unknown_field", "force"),
+    (b'{"filename": "../../etc/cron.d/x", "text": "x"}', "invalid_name", "filename"),
+    (b'{"filename": "..", "text": "x"}', "invalid_name", "filename"),
+])
+def test_bad_policy_bodies_get_400_with_the_field(srv, body, code, field):
+    status, data, _ = raw(srv.socket_path, "POST", "/v1/policies/apply", body,
+                          {"Content-Type": "application/json"})
+    assert status == 400
+    assert data["error"]["code"] == code
+    assert data["error"].get("field") == field
+    assert data["error"]["message"]
+    assert _mutations(srv) == []
+
+
+def test_wrong_types_in_agent_registration_and_cancel(srv):
+    s = srv.socket_path
+    assert raw(s, "POST", "/v1/agents", b'{"name": 5}')[1]["error"]["field"] == "name"
+    assert raw(s, "POST", "/v1/agents", b'{"name": true}')[1]["error"]["code"] == "invalid_type"
+    assert raw(s, "POST", "/v1/agents", b'{"nmae": "x"}')[1]["error"] == {
+        "code": "unknown_field", "message": "unknown field 'nmae' (allowed: name, policy)",
+        "field": "nmae"}
+    assert raw(s, "POST", "/v1/toolcalls/a1.1/cancel", b'{"reason": 1}')[0] == 400
+    assert raw(s, "GET", "/v1/toolcalls?live=maybe")[1]["error"]["field"] == "live"
+    assert raw(s, "GET", "/v1/events?level=loud")[1]["error"]["code"] == "invalid_level"
+    assert raw(s, "GET", "/v1/agents?x=1")[1]["error"]["code"] == "unknown_parameter"
+    assert _mutations(srv) == []
+
+
+@pytest.mark.parametrize("url", [
+    "/v1/agents/..%2Fx", "/v1/agents/..", "/v1/policies/..%2F..%2Fetc%2Fpasswd",
+    "/v1/toolcalls/..%2Fa1.1", "/v1/toolcalls?agent=../x", "/v1/events?agent=..%2Fa1",
+])
+def test_path_traversal_in_names_is_refused(srv, url):
+    status, data, _ = raw(srv.socket_path, "GET", url)
+    assert status == 400, data
+    assert data["error"]["code"] == "invalid_name"
+
+
+def test_unencoded_dot_dot_never_reaches_a_handler(srv):
+    status, data, _ = raw(srv.socket_path, "GET", "/v1/agents/../status")
+    assert status in (400, 404) and "error" in data
+
+
+def test_register_with_a_traversal_name_is_refused(srv):
+    status, data, _ = raw(srv.socket_path, "POST", "/v1/agents", b'{"name": "../../x"}')
+    assert (status, data["error"]["code"], data["error"]["field"]) == (400, "invalid_name", "name")
+    assert _mutations(srv) == []
+
+
+def test_a_huge_body_gets_413_and_changes_nothing(srv):
+    body = json.dumps({"filename": "big.yaml", "text": "x" * (300 * 1024)}).encode()
+    status, data, _ = raw(srv.socket_path, "POST", "/v1/policies/apply", body)
+    assert status == 413 and data["error"]["code"] == "body_too_large"
+    assert _mutations(srv) == []
+    assert ApiClient(srv.socket_path).status()["version"] == "fake"
+
+
+def test_a_huge_chunked_body_without_length_gets_413(srv):
+    chunk = b"x" * 65536
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(srv.socket_path)
+        sock.sendall(b"POST /v1/policies/apply HTTP/1.1\r\nHost: x\r\n"
+                     b"Transfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n")
+        try:
+            for _ in range(8):  # 512 KiB
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            sock.sendall(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may answer and close before the rest is sent
+        reply = sock.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert b"body_too_large" in reply
+    assert _mutations(srv) == []
+
+
+def test_unknown_routes_and_methods_are_json_errors(srv):
+    assert raw(srv.socket_path, "GET", "/v2/nothing")[1]["error"]["code"] == "not_found"
+    status, data, _ = raw(srv.socket_path, "DELETE", "/v1/status")
+    assert status == 405 and data["error"]["code"] == "method_not_allowed"
+
+
+def test_a_controller_crash_is_a_500_and_the_server_stays_up(sockdir):
+    fake = fake_with_sample_data()
+    fake.explain = lambda ident: 1 / 0
+    with serve(sockdir, controller=fake) as s:
+        status, data, _ = raw(s.socket_path, "GET", "/v1/toolcalls/a1.1/explain")
+        assert status == 500 and data["error"]["code"] == "internal_error"
+        assert ApiClient(s.socket_path).status()["version"] == "fake"
+
+
+# --- bounds -------------------------------------------------------------------------------
+
+
+def test_rate_limit_answers_429_per_uid(sockdir):
+    with serve(sockdir, ApiLimits(rate_per_s=1, rate_burst=5)) as s:
+        codes = [raw(s.socket_path, "GET", "/v1/agents") for _ in range(12)]
+        statuses = [c[0] for c in codes]
+        assert statuses[:5] == [200] * 5
+        assert statuses[5:].count(429) >= 6
+        limited = next(c for c in codes if c[0] == 429)
+        assert limited[1]["error"]["code"] == "rate_limited"
+        assert int(limited[2]["Retry-After"]) >= 1
+        # another uid has its own bucket
+        path = s.socket_path
+        other = in_child(lambda: raw(path, "GET", "/v1/agents")[0], uid=NOBODY)
+        assert other == 200
+
+
+def test_two_hundred_clients_at_once_each_get_an_answer(srv):
+    barrier = threading.Barrier(200)
+
+    def one(i):
+        c = ApiClient(srv.socket_path, timeout=30)
+        barrier.wait()
+        if i % 2:
+            return c.status()["version"]
+        return len(c.tool_calls())
+
+    with ThreadPoolExecutor(200) as pool:
+        results = list(pool.map(one, range(200)))
+    assert results.count("fake") == 100 and results.count(2) == 100
+    assert ApiClient(srv.socket_path).status()["api"]["requests"]["200"] >= 200
+
+
+def test_open_streams_are_bounded_with_503(sockdir):
+    with serve(sockdir, ApiLimits(max_streams=2)) as s:
+        c = ApiClient(s.socket_path)
+        streams = [c.follow_events() for _ in range(2)]
+        for st in streams:  # start them: the request is sent on the first next()
+            threading.Thread(target=lambda st=st: next(st, None), daemon=True).start()
+        deadline = time.time() + 5
+        while len(s.server.followers) < 2 and time.time() < deadline:
+            time.sleep(0.02)
+        with pytest.raises(ApiClientError) as e:
+            next(c.follow_events())
+        assert e.value.status == 503 and e.value.code == "too_many_streams"
+        assert c.status()["api"]["streams_refused"] == 1
+
+
+# --- streams ------------------------------------------------------------------------------
+
+
+def _open_stream(path, query="follow=1"):
+    sock = socket.socket(socket.AF_UNIX)
+    sock.settimeout(10)
+    sock.connect(path)
+    sock.sendall(f"GET /v1/events?{query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return sock
+
+
+def _wait(pred, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return pred()
+
+
+def test_events_follow_filters_by_level_and_agent(srv):
+    c = ApiClient(srv.socket_path)
+    got = []
+    stream = c.follow_events(agent="a1", level="warn")
+
+    def reader():
+        for ev in stream:
+            got.append(ev)
+            if len(got) == 2:
+                return
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    assert _wait(lambda: len(srv.controller.subscribers) == 1)
+    srv.call(srv.controller.publish, "toolcall.start", "info, hidden", agent="a1")
+    srv.call(srv.controller.publish, "toolcall.throttled", "warn a2, hidden", agent="a2",
+             level="warn")
+    srv.call(srv.controller.publish, "toolcall.throttled", "shown 1", agent="a1", level="warn")
+    srv.call(srv.controller.publish, "toolcall.killed", "shown 2", agent="a1", level="error")
+    t.join(10)
+    assert [e["message"] for e in got] == ["shown 1", "shown 2"]
+    recent = c.recent_events(level="warn")
+    assert {e["level"] for e in recent} <= {"warn", "error"} and recent
+
+
+def test_a_client_disconnecting_mid_stream_is_cleaned_up(srv):
+    sock = _open_stream(srv.socket_path)
+    assert _wait(lambda: len(srv.server.followers) == 1)
+    srv.call(srv.controller.publish, "toolcall.start", "one", agent="a1")
+    assert b"one" in sock.recv(4096)
+    sock.close()  # vanishes mid-stream
+    for i in range(50):
+        srv.call(srv.controller.publish, "toolcall.start", f"after {i}", agent="a1")
+    assert _wait(lambda: not srv.server.followers)
+    assert srv.controller.subscribers == []  # unsubscribed
+    assert ApiClient(srv.socket_path).status()["api"]["streams_open"] == 0
+
+
+def test_a_slow_follower_loses_the_oldest_events_and_is_told_how_many(sockdir):
+    with serve(sockdir, ApiLimits(stream_queue=16, write_timeout_s=30)) as s:
+        sock = _open_stream(s.socket_path)
+        assert _wait(lambda: len(s.server.followers) == 1)
+        total = 20000
+        payload = "p" * 200
+
+        async def flood():
+            import asyncio
+            for i in range(total):
+                s.controller.publish("toolcall.start", payload, agent="a1", n=i)
+                if i % 1000 == 999:
+                    await asyncio.sleep(0)  # let the pump run, as the real journal does
+
+        s.call(flood)
+        received, dropped, buf = [], 0, b""
+        sock.settimeout(2)
+        while True:
+            try:
+                data = sock.recv(1 << 20)
+            except socket.timeout:
+                break
+            if not data:
+                break
+            buf += data
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                if line.startswith(b"{"):
+                    ev = json.loads(line)
+                    received.append(ev["data"]["n"])
+                    dropped += ev.get("dropped", 0)
+            if received and received[-1] == total - 1:
+                break
+        sock.close()
+    assert dropped > 0, "a reader that did not keep up must be told it lost events"
+    assert received == sorted(received)  # order kept
+    assert len(received) + dropped == total  # every event delivered or counted
+
+
+def test_a_client_that_stops_reading_is_dropped_after_the_write_timeout(sockdir):
+    with serve(sockdir, ApiLimits(stream_queue=100000, write_timeout_s=0.5)) as s:
+        sock = _open_stream(s.socket_path)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        assert _wait(lambda: len(s.server.followers) == 1)
+        big = "x" * 4000
+
+        async def flood():
+            import asyncio
+            for i in range(3000):  # ~12 MB: more than the socket buffers hold
+                s.controller.publish("toolcall.start", big, agent="a1", n=i)
+                if i % 100 == 99:
+                    await asyncio.sleep(0)
+
+        s.call(flood)
+        assert _wait(lambda: not s.server.followers, timeout=15)
+        assert s.server.stats.stream_write_timeouts == 1
+        assert ApiClient(s.socket_path).status()["version"] == "fake"  # the loop never stalled
+        sock.close()
+
+
+# --- metrics ------------------------------------------------------------------------------
+
+
+def test_metrics_combine_controller_and_api_counters(srv):
+    text = ApiClient(srv.socket_path).metrics()
+    assert "# TYPE agentd_agents gauge" in text
+    assert "agentd_events_total 1.0" in text
+    assert 'agentd_tool_calls{state="live"} 1.0' in text
+    assert "agentd_api_streams_open 0.0" in text
+
+
+def test_metrics_tcp_listener_is_off_by_default_and_serves_only_metrics(sockdir):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with serve(sockdir, metrics_listen=f"127.0.0.1:{port}"):
+        import http.client
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/metrics")
+        resp = conn.getresponse()
+        assert resp.status == 200 and b"agentd_agents" in resp.read()
+        conn.request("GET", "/v1/status")
+        resp = conn.getresponse()
+        assert resp.status == 404
+        resp.read()
+        conn.close()
+    with serve(sockdir) as s:
+        assert s.server.metrics_listen is None
+        assert len(s.server._runners) == 1
