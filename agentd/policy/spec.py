@@ -220,7 +220,7 @@ class Mapping(Spec):
             return None
         for check in self.extra:
             for key, message in check(values):
-                self._problem(problems, file, node, f"{path}.{key}" if path else key, message)
+                self._problem(problems, file, node, ".".join(k for k in (path, key) if k), message)
         if len(problems) > before:
             return None
         return self.build(values) if self.build else values
