@@ -161,10 +161,10 @@ def status(state: State) -> None:
         click.echo(render.mapping(data))
 
 
-AGENT_COLUMNS = ("name", "uid", "pid", "policy", "state", "memory", "memory_current",
-                 "memory_peak", "cpu", "tool_calls")
-CALL_COLUMNS = ("id", "agent", "tool", "state", "memory_max", "memory_current", "memory_peak",
-                "cpu_max", "pids", "started")
+AGENT_COLUMNS = ("name", "uid", "main_pid", "pid", "policy", "state", "toolcalls_live",
+                 "tool_calls", "created")
+CALL_COLUMNS = ("id", "agent", "name", "tool", "state", "pid", "rule", "limits", "memory_max",
+                "peak_bytes", "memory_peak", "cpu_s", "wall_s", "started")
 
 
 def _columns(rows: list[dict], preferred: tuple[str, ...]) -> list[str]:
@@ -299,13 +299,13 @@ def run(state: State, policy: str | None, name: str | None, command: tuple[str, 
 @click.option("--memory", "-m", type=SIZE, help="Memory it will need: 512M, 2G or bytes.")
 @click.option("--cpu", "-c", type=click.FloatRange(min=0, min_open=True), help="CPUs it will use.")
 @click.option("--duration", "-d", "duration_s", type=DURATION, help="Expected run time: 90, 5m.")
-@click.option("--priority", "-p", help="Priority of the tool call (e.g. low, normal, high).")
-@click.option("--pid", "pids", type=click.IntRange(min=1), multiple=True,
-              help="Processes the intent covers (must be in this agent's tree); repeatable.")
+@click.option("--priority", "-p", type=click.Choice(["low", "normal", "high"]),
+              help="Priority of the tool call.")
+@click.option("--pids", type=click.IntRange(min=1), help="The most processes it may start.")
 @json_option
 @pass_state
 def intent(state: State, tool: str | None, memory: int | None, cpu: float | None,
-           duration_s: float | None, priority: str | None, pids: tuple[int, ...]) -> None:
+           duration_s: float | None, priority: str | None, pids: int | None) -> None:
     """Declare what this agent's next tool call needs; prints what was granted and clipped.
 
     Run it from inside the agent (a process under `agentctl run`): the agent is taken from
@@ -313,20 +313,20 @@ def intent(state: State, tool: str | None, memory: int | None, cpu: float | None
     """
     body: dict[str, Any] = {}
     for key, value in (("tool", tool), ("memory", memory), ("cpu", cpu),
-                       ("duration_s", duration_s), ("pids", list(pids) or None)):
+                       ("duration_s", duration_s), ("priority", priority), ("pids", pids)):
         if value is not None:
             body[key] = value
-    if priority is not None:
-        body["priority"] = int(priority) if priority.lstrip("-").isdigit() else priority
     if not body:
         raise click.UsageError("give at least one of --tool, --memory, --cpu, --duration, "
-                               "--priority, --pid")
+                               "--priority, --pids")
     result = state.client.declare_intent(body)
     if state.json:
         emit_json(result)
         return
     granted = result.get("granted") if isinstance(result, dict) else None
-    clipped = result.get("clipped") if isinstance(result, dict) else None
+    clipped = None
+    if isinstance(result, dict):
+        clipped = result.get("clips", result.get("clipped"))
     if granted is None and clipped is None:
         click.echo(render.mapping(result))
         return
@@ -337,12 +337,14 @@ def intent(state: State, tool: str | None, memory: int | None, cpu: float | None
                    for k, v in clipped.items()]
     for c in clipped or []:
         key = str(c.get("field", "?"))
-        asked = render.cell(key, c.get("asked"))
+        asked = render.cell(key, c.get("requested", c.get("asked")))
         got = render.cell(key, c.get("granted"))
         reason = f": {c['reason']}" if c.get("reason") else ""
         click.echo(f"clipped: {key} asked {asked}, granted {got}{reason}")
     if not clipped:
         click.echo("clipped: nothing")
+    if isinstance(result, dict) and result.get("applies_to"):
+        click.echo(f"applies to {result['applies_to']}")
 
 
 # --- tool calls ------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ def cell(key: str, value: Any) -> str:
     if isinstance(value, (int, float)) and any(h in key for h in SIZE_HINTS) and value >= 1024:
         return format_size(value)
     if isinstance(value, float):
-        if key in ("ts", "started", "ended", "since") and value > 1e9:
+        if key in ("ts", "started", "ended", "since", "created") and value > 1e9:
             return time.strftime("%H:%M:%S", time.localtime(value))
         return f"{value:.3g}"
     if isinstance(value, (list, tuple)):

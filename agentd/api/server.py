@@ -477,16 +477,6 @@ class ApiServer:
             raise ApiError(403, "forbidden",
                            f"{caller.describe()} may not declare intents for agent {claimed!r}; "
                            "the agent is taken from the caller's pid", "agent")
-        pids = body.get("pids")
-        if pids is not None:
-            if not isinstance(pids, list) or not all(
-                    isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in pids):
-                raise ApiError(400, "invalid_type", "field 'pids' must be a list of pids", "pids")
-            for p in pids:
-                if self.controller.agent_of_pid(p) != caller.agent:
-                    raise ApiError(403, "forbidden",
-                                   f"pid {p} is not in agent '{caller.agent}''s process tree",
-                                   "pids")
         return json_response(self.controller.declare_intent(caller.agent, caller.peer.pid, body))
 
     async def h_events(self, request: web.Request) -> web.StreamResponse:

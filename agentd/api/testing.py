@@ -17,7 +17,7 @@ from agentd.api.contract import ApiError
 
 LEVELS = ("debug", "info", "warn", "error")
 INTENT_FIELDS = {"tool": str, "memory": int, "cpu": (int, float), "duration_s": (int, float),
-                 "priority": (str, int), "pids": list}
+                 "priority": str, "pids": int}  # pids: the most processes the tool call may have
 MEMORY_CAP = 4 << 30  # the fake's policy: at most 4G per tool call
 CPU_CAP = 4.0
 
@@ -136,17 +136,15 @@ class FakeController:
             if isinstance(value, bool) or not isinstance(value, INTENT_FIELDS[key]):
                 raise ApiError(400, "invalid_type", f"intent field {key!r} has the wrong type", key)
         self.calls.append(("declare_intent", (agent, pid, dict(intent))))
-        granted, clipped = {}, []
-        for key, cap in (("memory", MEMORY_CAP), ("cpu", CPU_CAP)):
+        granted, clips = {}, []
+        for key, limit, cap in (("memory", "memory_max", MEMORY_CAP), ("cpu", "cpu_max", CPU_CAP)):
             if key in intent:
-                granted[key] = min(intent[key], cap)
+                granted[limit] = min(intent[key], cap)
                 if intent[key] > cap:
-                    clipped.append({"field": key, "asked": intent[key], "granted": cap,
-                                    "reason": f"the policy allows at most {cap} per tool call"})
-        for key in ("tool", "duration_s", "priority"):
-            if key in intent:
-                granted[key] = intent[key]
-        return {"agent": agent, "granted": granted, "clipped": clipped}
+                    clips.append({"field": key, "requested": intent[key], "granted": cap})
+        if "pids" in intent:
+            granted["pids_max"] = intent["pids"]
+        return {"agent": agent, "intent": dict(intent), "granted": granted, "clips": clips}
 
     def cancel_tool_call(self, ident: str, reason: str) -> dict:
         call = self.tool_call(ident)

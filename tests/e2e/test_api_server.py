@@ -226,7 +226,6 @@ def test_a_managed_agent_may_declare_intent_but_not_read_another_agent(srv):
             "read_a2": outcome(lambda: c.agent("a2")),
             "read_a1": outcome(lambda: c.agent("a1")),
             "claims_a2": outcome(lambda: c.declare_intent({"agent": "a2", "cpu": 1})),
-            "foreign_pid": outcome(lambda: c.declare_intent({"pids": [1]})),
             "apply": outcome(lambda: c.policy_apply("tools: {}\n", "x.yaml")),
             "register": outcome(lambda: c.register_agent(name="nested")),
             "events_a2": outcome(lambda: c.recent_events(agent="a2")),
@@ -237,11 +236,10 @@ def test_a_managed_agent_may_declare_intent_but_not_read_another_agent(srv):
     got = in_child(as_agent, before=lambda pid: srv.call(srv.controller.pid_agent.__setitem__,
                                                          pid, "a1"))
     assert got["intent"]["agent"] == "a1"
-    assert got["intent"]["clipped"][0]["field"] == "memory"
+    assert got["intent"]["clips"][0]["field"] == "memory"
     assert got["read_a2"] == [403, "forbidden"]
     assert got["read_a1"] == [200, "ok"]
     assert got["claims_a2"] == [403, "forbidden"]
-    assert got["foreign_pid"] == [403, "forbidden"]
     assert got["apply"] == [403, "forbidden"]  # even though the child is root
     assert got["register"] == [403, "forbidden"]
     assert got["events_a2"] == [403, "forbidden"]
