@@ -1,3 +1,3 @@
 from cli.agentctl import main
 
-main()
+main(prog_name="agentctl")

@@ -611,4 +611,4 @@ __all__ = ["main"]
 
 
 if __name__ == "__main__":
-    main()
+    main(prog_name="agentctl")

@@ -1,0 +1,344 @@
+"""agentctl: offline commands with click's CliRunner, online ones against the real API server
+on a real socket (behind the in-memory fake controller), and `run` as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import types
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from agentd.api.testing import ServerThread, fake_with_sample_data
+from cli.agentctl import main, render_unit
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def invoke(*args, **kw):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False, **kw)
+
+
+@pytest.fixture
+def srv():
+    d = tempfile.mkdtemp(prefix="agentctl-")
+    os.chmod(d, 0o755)
+    with ServerThread(fake_with_sample_data(), os.path.join(d, "agentd.sock")) as s:
+        yield s
+    shutil.rmtree(d)
+
+
+def cli(srv, *args):
+    return invoke("--socket", srv.socket_path, *args)
+
+
+# --- offline ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def stub_loader(monkeypatch):
+    """A loader whose verdict the test picks: it tests the CLI's mapping, not the schema."""
+    from agentd.policy.problems import Problem
+
+    def validate_file(path):
+        text = Path(path).read_text()
+        if "bad" in text:
+            return [Problem(str(path), 3, "tools[0].memory.max", "expected a size such as 512M, "
+                            "got 'lots'")]
+        return []
+
+    mod = types.ModuleType("agentd.policy.loader")
+    mod.validate_file = validate_file
+    monkeypatch.setitem(sys.modules, "agentd.policy.loader", mod)
+
+
+def test_policy_validate_exit_codes_and_problem_lines(tmp_path, stub_loader):
+    good = tmp_path / "good.yaml"
+    good.write_text("ok: 1\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("bad: 1\n")
+    r = invoke("policy", "validate", str(good))
+    assert r.exit_code == 0 and r.output == f"{good}: valid\n"
+    r = invoke("policy", "validate", str(good), str(bad))
+    assert r.exit_code == 1
+    assert f"{bad}:3: tools[0].memory.max: expected a size such as 512M, got 'lots'" in r.output
+    r = invoke("--json", "policy", "validate", str(bad))
+    doc = json.loads(r.output)
+    assert r.exit_code == 1 and doc["valid"] is False
+    assert doc["files"][0]["problems"][0]["line"] == 3
+
+
+def test_policy_validate_works_without_a_daemon(tmp_path, stub_loader):
+    good = tmp_path / "good.yaml"
+    good.write_text("ok: 1\n")
+    r = invoke("--socket", str(tmp_path / "none.sock"), "policy", "validate", "-q", str(good))
+    assert r.exit_code == 0 and r.output == ""
+
+
+def test_policy_validate_with_the_real_loader(tmp_path):
+    loader = pytest.importorskip("agentd.policy.loader")
+    default = REPO / "policies" / "default.yaml"
+    if not default.exists():
+        pytest.skip("policies/default.yaml is not there yet")
+    assert invoke("policy", "validate", str(default)).exit_code == 0
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("tool_calls:\n  no_such_key: 1\n")
+    problems = loader.validate_file(broken)
+    r = invoke("policy", "validate", str(broken))
+    assert r.exit_code == 1 and problems
+    assert str(problems[0]) in r.output
+
+
+@pytest.mark.parametrize("args", [
+    ["policy", "validate"],  # no file
+    ["policy", "validate", "/no/such/file.yaml"],
+    ["no-such-command"],
+    ["intent"],  # nothing declared
+    ["intent", "--memory", "lots"],
+    ["intent", "--priority", "urgent"],
+    ["events", "--level", "loud"],
+    ["run"],  # no command
+    ["top", "--interval", "0"],
+])
+def test_usage_errors_exit_2(args, tmp_path):
+    r = invoke("--socket", str(tmp_path / "none.sock"), *args)
+    assert r.exit_code == 2, r.output
+
+
+def test_daemon_not_running_is_said_clearly_with_exit_1(tmp_path):
+    path = tmp_path / "agentd.sock"
+    for args in (["status"], ["events"], ["top", "--once"], ["policy", "list"]):
+        r = invoke("--socket", str(path), *args)
+        assert r.exit_code == 1
+        assert (f"agentd is not running (no socket at {path}): start it with "
+                "`systemctl start agentd`") in r.output
+    r = invoke("--socket", str(path), "--json", "status")
+    assert r.exit_code == 1 and json.loads(r.output)["error"]["code"] == "daemon_not_running"
+
+
+def test_socket_from_the_environment(tmp_path):
+    r = invoke("status", env={"AGENTD_SOCKET": str(tmp_path / "env.sock")})
+    assert r.exit_code == 1 and str(tmp_path / "env.sock") in r.output
+
+
+def test_schema_prints_the_policy_json_schema():
+    pytest.importorskip("agentd.policy.schema")
+    r = invoke("schema")
+    assert r.exit_code == 0
+    doc = json.loads(r.output)
+    assert isinstance(doc, dict) and ("properties" in doc or "$schema" in doc)
+
+
+def test_completion_script_uses_click_completion():
+    r = invoke("completion", "bash")
+    assert r.exit_code == 0 and "_AGENTCTL_COMPLETE=bash_complete" in r.output
+    assert "_AGENTCTL_COMPLETE=bash_source agentctl" in invoke("--help").output
+
+
+def test_completion_completes_commands():
+    env = {"_AGENTCTL_COMPLETE": "bash_complete", "COMP_WORDS": "agentctl pol", "COMP_CWORD": "1"}
+    r = subprocess.run([sys.executable, "-m", "cli.agentctl"], env={**os.environ, **env},
+                       capture_output=True, text=True, cwd=REPO)
+    assert "plain,policy" in r.stdout
+
+
+def test_install_service_rewrites_exec_start_and_says_how_to_start(tmp_path):
+    r = invoke("install-service", "--unit-dir", str(tmp_path), "--exec", "/usr/local/bin/agentd")
+    assert r.exit_code == 0, r.output
+    unit = (tmp_path / "agentd.service").read_text()
+    assert "ExecStart=/usr/local/bin/agentd run\n" in unit
+    assert unit.count("ExecStart=") == 1
+    assert oct((tmp_path / "agentd.service").stat().st_mode & 0o777) == "0o644"
+    if not Path("/run/systemd/system").is_dir():
+        assert "systemctl daemon-reload && systemctl enable --now agentd" in r.output
+    r = invoke("--json", "install-service", "--unit-dir", str(tmp_path), "--exec", "/x/agentd")
+    assert json.loads(r.output)["exec"] == "/x/agentd"
+
+
+def test_render_unit_touches_only_exec_start():
+    src = "[Service]\nExecStart=/old/agentd run\nExecReload=/bin/kill -HUP $MAINPID\n"
+    assert render_unit(src, "/new/agentd") == (
+        "[Service]\nExecStart=/new/agentd run\nExecReload=/bin/kill -HUP $MAINPID\n")
+
+
+# --- online ----------------------------------------------------------------------------------
+
+
+def test_status_json_is_one_document(srv):
+    r = cli(srv, "status", "--json")
+    assert r.exit_code == 0
+    doc = json.loads(r.output)
+    assert doc["backends"]["tracker"] == "fake" and doc["api"]["socket"] == srv.socket_path
+    assert json.loads(cli(srv, "--json", "status").output)["version"] == "fake"
+
+
+def test_status_human(srv):
+    r = cli(srv, "status")
+    assert r.exit_code == 0 and "backends:\n  tracker: fake" in r.output
+
+
+def test_events_human_and_ndjson(srv):
+    srv.call(srv.controller.publish, "toolcall.killed", "Tool call a1.1 killed at 4G.",
+             agent="a1", tool_call="a1.1", level="error", memory_max=4 << 30)
+    r = cli(srv, "events")
+    assert r.exit_code == 0
+    lines = r.output.splitlines()
+    assert len(lines) == 2
+    assert "ERROR" in lines[1] and "a1/a1.1" in lines[1] and "Tool call a1.1 killed at 4G." in lines[1]
+    assert "memory_max=4G" in lines[1]
+    r = cli(srv, "events", "--json", "--level", "error")
+    docs = [json.loads(line) for line in r.output.splitlines()]
+    assert [d["kind"] for d in docs] == ["toolcall.killed"]
+
+
+def test_events_follow_prints_as_events_arrive(srv):
+    # a separate process, since following blocks; stopped once it printed what we want
+    env = {**os.environ, "AGENTD_SOCKET": srv.socket_path, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "cli.agentctl", "events", "-f", "--json",
+                             "--level", "warn"], stdout=subprocess.PIPE, text=True, cwd=REPO,
+                            env=env)
+    try:
+        import time
+        deadline = time.time() + 10
+        while not srv.controller.subscribers and time.time() < deadline:
+            time.sleep(0.02)
+        srv.call(srv.controller.publish, "toolcall.start", "quiet", agent="a1")
+        srv.call(srv.controller.publish, "toolcall.throttled", "loud", agent="a1", level="warn")
+        line = proc.stdout.readline()
+        assert json.loads(line)["message"] == "loud"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_top_once_and_json(srv):
+    r = cli(srv, "top", "--once")
+    assert r.exit_code == 0
+    assert "AGENTS" in r.output and "LIVE TOOL CALLS" in r.output and "a1.1" in r.output
+    assert "\x1b[" not in r.output  # --once never redraws
+    doc = json.loads(cli(srv, "--json", "top", "--once").output)
+    assert [a["name"] for a in doc["agents"]] == ["a1", "a2"]
+
+
+def test_explain_cancel_and_policies(srv, tmp_path):
+    r = cli(srv, "explain", "a1.1")
+    assert r.exit_code == 0 and "1 decision(s):" in r.output and "memory_max=1G" in r.output
+    r = cli(srv, "cancel", "a1.1", "--reason", "stuck")
+    assert r.exit_code == 0 and "cancelled" in r.output
+    assert ("cancel_tool_call", ("a1.1", "stuck")) in srv.controller.calls
+    assert "default" in cli(srv, "policy", "list").output
+    f = tmp_path / "gpu.yaml"
+    f.write_text("tools: {}\n")
+    assert "+tools: {}" in cli(srv, "policy", "diff", str(f)).output
+    assert cli(srv, "policy", "apply", str(f)).exit_code == 0
+    assert cli(srv, "policy", "get", "gpu").output == "tools: {}\n"
+    f.write_text("invalid: yes\n")
+    r = cli(srv, "policy", "apply", str(f))
+    assert r.exit_code == 1 and "gpu.yaml:1: <document>: the fake refuses it" in r.output
+
+
+def test_unknown_tool_call_is_exit_1_with_the_message(srv):
+    r = cli(srv, "explain", "nope")
+    assert r.exit_code == 1 and "there is no tool call 'nope'" in r.output
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to uid 65534")
+def test_permission_denied_is_said_clearly(srv):
+    os.chmod(srv.socket_path, 0o666)
+    f = Path(srv.socket_path).parent / "p.yaml"  # in the 0755 socket dir: nobody can read it
+    f.write_text("tools: {}\n")
+    os.chmod(f, 0o644)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            res = CliRunner().invoke(main, ["--socket", srv.socket_path, "policy", "apply", str(f)])
+            out = json.dumps([res.exit_code, res.output])
+        except BaseException as e:  # noqa: BLE001
+            out = json.dumps([-1, repr(e)])
+        os.write(w, out.encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as fh:
+        code, output = json.loads(fh.read())
+    os.waitpid(pid, 0)
+    assert code == 1
+    assert output.startswith("agentctl: permission denied: policy.apply is reserved to root")
+
+
+def _agentctl(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "cli.agentctl", *args], capture_output=True,
+                          text=True, cwd=REPO, timeout=60, **kw)
+
+
+def test_run_registers_its_own_pid_then_becomes_the_command(srv):
+    r = _agentctl("--socket", srv.socket_path, "run", "--name", "coder", "--",
+                  "sh", "-c", 'echo "$$ $AGENTD_AGENT"')
+    assert r.returncode == 0, r.stderr
+    pid, agent = r.stdout.split()
+    assert agent == "coder"
+    assert ("register_agent", (int(pid), os.getuid(), "coder", None)) in srv.controller.calls
+    assert "running sh as agent coder" in r.stderr
+
+
+def test_run_passes_the_command_exit_status_and_flags_through(srv):
+    r = _agentctl("--socket", srv.socket_path, "run", "--", "sh", "-c", "exit 7", "--not-ours")
+    assert r.returncode == 7
+
+
+def test_run_without_daemon_says_so_and_exits_1(tmp_path):
+    r = _agentctl("--socket", str(tmp_path / "none.sock"), "run", "--", "true")
+    assert r.returncode == 1 and "agentd is not running" in r.stderr
+
+
+def test_run_of_a_missing_command_is_127(srv):
+    r = _agentctl("--socket", srv.socket_path, "run", "--", "/no/such/program")
+    assert r.returncode == 127 and "command not found" in r.stderr
+
+
+def test_intent_from_inside_an_agent_prints_granted_and_clipped(srv):
+    inner = [sys.executable, "-m", "cli.agentctl", "intent", "--tool", "pytest",
+             "--memory", "8G", "--cpu", "2", "--duration", "2m", "--pids", "64"]
+    r = _agentctl("--socket", srv.socket_path, "run", "--name", "ag", "--", *inner)
+    assert r.returncode == 0, r.stderr
+    assert "granted: memory_max 4G, cpu_max 2, pids_max 64" in r.stdout
+    assert "clipped: memory asked 8G, granted 4G" in r.stdout
+    intent = [c for c in srv.controller.calls if c[0] == "declare_intent"][0][1]
+    assert intent[0] == "ag"
+    assert intent[2] == {"tool": "pytest", "memory": 8 << 30, "cpu": 2.0, "duration_s": 120.0,
+                         "pids": 64}
+
+
+def test_intent_outside_an_agent_is_refused_with_the_reason(srv):
+    r = cli(srv, "intent", "--memory", "1G")
+    assert r.exit_code == 1
+    assert "permission denied" in r.output and "agentctl run" in r.output
+
+
+def test_gpu_commands_are_added_when_their_module_exists():
+    names = set(main.commands)
+    try:
+        from cli.gpu_commands import estimate, gpu  # noqa: F401
+    except ImportError:
+        assert not {"estimate", "gpu"} & names
+    else:
+        assert {"estimate", "gpu"} <= names
+
+
+def test_help_lists_every_command():
+    out = invoke("--help").output
+    for name in ("status", "top", "events", "run", "intent", "policy", "explain", "cancel",
+                 "install-service", "schema", "completion"):
+        assert f"  {name}" in out
+    assert textwrap.dedent("Exit codes: 0 ok, 1 failure, 2 usage.") in out
