@@ -207,7 +207,37 @@ class HybridDriver(CgroupDriver):
     # control --------------------------------------------------------------------------
 
     def freeze(self, rel: str) -> None:
-        self.unified.freeze(rel)
+        """Freeze rel's subtree. A process paused at its v1 memory limit (under_oom) sleeps in
+        the kernel where the freezer cannot reach it: the freeze then stays requested, this
+        raises, and the process freezes as soon as the limit is raised (or it is killed)."""
+        try:
+            self.unified.freeze(rel)
+        except CgroupError as e:
+            if e.errno != errno.ETIMEDOUT:
+                raise
+            paused = self._under_oom(rel)
+            if not paused:
+                raise
+            raise CgroupError(
+                errno.EBUSY,
+                f"cannot freeze {self.unified.dir(rel)} yet: {', '.join(paused)} is paused at its memory "
+                "limit (under_oom); the freeze stays requested and takes hold once the limit is raised, "
+                "or kill it",
+            ) from e
+
+    def _under_oom(self, rel: str) -> list[str]:
+        mem = self.v1.get("memory")
+        if mem is None:
+            return []
+        out = []
+        for dirpath, _, _ in os.walk(mem.dir(rel)):
+            try:
+                oom = parse_flat_keyed(fs.read(os.path.join(dirpath, "memory.oom_control")))
+            except CgroupError:
+                continue
+            if oom.get("under_oom"):
+                out.append(os.path.relpath(dirpath, mem.root_dir))
+        return out
 
     def thaw(self, rel: str) -> None:
         self.unified.thaw(rel)

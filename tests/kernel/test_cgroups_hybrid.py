@@ -111,6 +111,24 @@ def test_move_puts_pid_in_every_hierarchy_and_vanished_pid_is_false(driver, chil
     assert drv.move(p.pid, "agents/a1/runtime") is False  # reaped: ESRCH is not an error
 
 
+def test_moving_processes_that_exit_and_are_reaped_mid_move_never_raises(driver):
+    """Short-lived processes reaped by another thread while we move them: every move is
+    True or False (ESRCH), never an error, and nothing is left in the cgroup."""
+    import threading
+
+    drv = _hybrid_or_skip(driver)
+    drv.create("agents/a1/tools/0001-short")
+    results = []
+    for _ in range(40):
+        p = subprocess.Popen(["true"])
+        t = threading.Thread(target=p.wait)
+        t.start()
+        results.append(drv.move(p.pid, "agents/a1/tools/0001-short"))
+        t.join()
+    assert all(r in (True, False) for r in results)
+    assert wait_for(lambda: not drv.stats("agents/a1/tools/0001-short").populated, 2.0)
+
+
 def test_remove_with_processes_inside_raises_a_sentence(driver, children):
     drv = _hybrid_or_skip(driver)
     drv.create("agents/a1/runtime")
@@ -176,6 +194,34 @@ def test_memory_oom_pause_then_kill_ends_it(driver, children):
         assert p.wait(timeout=5) == -signal.SIGKILL
         s = drv.stats(rel)
         assert not s.populated and s.pids_current == 0
+    finally:
+        os.close(efd)
+
+
+def test_freeze_of_an_oom_paused_tool_takes_hold_after_a_grant(driver, children):
+    """The freezer cannot reach a task paused in the kernel's memcg OOM wait: freeze() says
+    so, stays requested, and the task freezes as soon as the daemon raises the limit."""
+    drv = _hybrid_or_skip(driver)
+    rel = "agents/a1/tools/0002-freeze"
+    drv.create(rel)
+    drv.apply_limits(rel, Limits(memory_max=32 * MiB, oom_pause=True))
+    efd = drv.open_oom_watch(rel)
+    try:
+        p = children.python(ALLOC.format(n=64))
+        assert drv.move(p.pid, rel)
+        children.go(p)
+        assert select.select([efd], [], [], 15)[0] == [efd]
+        with pytest.raises(CgroupError) as ei:
+            drv.freeze("agents/a1")
+        assert ei.value.errno == errno.EBUSY and "under_oom" in str(ei.value) and rel in str(ei.value)
+        assert not drv.stats(rel).frozen
+        drv.apply_limits(rel, Limits(memory_max=256 * MiB, oom_pause=True))
+        assert wait_for(lambda: drv.stats(rel).frozen, 3.0)
+        assert drv.stats(rel).memory_events["under_oom"] == 0
+        time.sleep(0.3)
+        assert p.poll() is None and not select.select([p.stdout], [], [], 0)[0], "frozen: must not finish"
+        drv.thaw("agents/a1")
+        assert p.stdout.readline().startswith("done 64")
     finally:
         os.close(efd)
 
