@@ -29,6 +29,8 @@ Pure Python; an estimate takes a few microseconds.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from agentd.gpu.spec import DTYPE_BYTES, Estimate, ModelSpec, WorkloadSpec
 
 CUBLAS_WORKSPACE_BYTES = 32 * 2**20
@@ -128,14 +130,29 @@ def korthikanti_bytes_per_layer(s: int, b: int, h: int, a: int, t: int = 1, sequ
     return s * b * h * (10 + 24 / t + quad / t)
 
 
-def _layer_backward_temporaries(model: ModelSpec, wl: WorkloadSpec) -> int:
-    """Gradient tensors alive while one layer runs its backward (beyond its saved activations)."""
+def _layer_backward_peak(model: ModelSpec, wl: WorkloadSpec, grad_bytes: float = 0.0) -> int:
+    """Bytes one layer holds at the worst moment of its own backward: its saved activations
+    (recomputed first under full recomputation), the gradient tensors of that moment and
+    the parameter gradients made so far (`grad_bytes` per parameter; 0 when persistent).
+    The MLP half runs first, with the whole layer still saved and only the MLP's weight
+    gradients made; by the attention half the MLP's tensors are gone."""
     s, b, t = wl.seq, wl.batch, wl.tp
     e = DTYPE_BYTES[wl.dtype]
     sb, h, f, a = s * b, model.hidden_size, model.ffn, model.num_heads
-    mlp = sb * f * e * (3 if model.gated_mlp else 2) // t
-    attn = (2 * a * s * s * b * e // t) if wl.attention == "eager" else (3 * sb * a * model.hd * e // t)
-    return 2 * sb * h * e + max(mlp, attn)
+    full = layer_activations(model, replace(wl, recompute="none" if wl.recompute == "full" else wl.recompute))
+    n_mlp = (3 if model.gated_mlp else 2) * h * f
+    g_mlp = int(n_mlp / t * grad_bytes)
+    g_layer = int(model.layer_parameters() / t * grad_bytes)
+    mlp_saved = sb * e * f * (4 if model.gated_mlp else 2) // t
+    # the down projection's input is released when its backward ran; the activation's
+    # backward then holds one (GELU) or two (gate and up of SwiGLU) new f-wide gradients
+    mlp_tmp = sb * f * e * (2 if model.gated_mlp else 1) // t
+    if wl.attention == "eager" and wl.recompute != "selective":
+        attn_tmp = 2 * a * s * s * b * e // t
+    else:  # flash (or selective recomputation) recomputes the scores block by block
+        attn_tmp = 3 * sb * a * model.hd * e // t + (2 * a * s * s * b * e // t if wl.attention == "eager" else 0)
+    dy = 2 * sb * h * e
+    return max(full["total"] + mlp_tmp + g_mlp, full["total"] - mlp_saved + attn_tmp + g_layer) + dy
 
 
 def _prefill_temporaries(model: ModelSpec, wl: WorkloadSpec) -> int:
@@ -206,8 +223,11 @@ def estimate(model: ModelSpec, workload: WorkloadSpec) -> Estimate:
         g_layer = 0 if persistent else int(model.layer_parameters() / t * gb / (wl.dp if wl.zero_stage >= 2 else 1))
         g_head = 0 if persistent else int(V * h / t * gb / (wl.dp if wl.zero_stage >= 2 else 1))
         g_all = 0 if persistent else G
-        t_layer = _layer_backward_temporaries(model, wl)
-        recomputed = layer.get("recomputed", 0)
+        # gradients made only by the embedding's own backward, after every layer's
+        g_emb_only = 0 if persistent else int(((0 if model.tie_word_embeddings else V * h)
+                                              + model.learned_positions * h) / t * gb
+                                             / (wl.dp if wl.zero_stage >= 2 else 1))
+        layer_peak = _layer_backward_peak(model, wl, 0.0 if persistent else gb / (wl.dp if wl.zero_stage >= 2 else 1))
         t_opt = 0
         if wl.optimizer in ("adam", "adamw"):
             o_elem = 4 if wl.mixed_precision else e
@@ -221,9 +241,9 @@ def estimate(model: ModelSpec, workload: WorkloadSpec) -> Estimate:
             # every activation and the kept log-softmax output are still alive
             "backward start (loss gradients)": (A_layers + outside, 2 * logits, 0),
             "backward of the LM head": (A_layers + outside, sb * h * e + g_head, 0),
-            "backward of the top layer": (A_layers + inputs + m * sb * h, t_layer + recomputed + g_layer, g_head),
-            "backward of the first layer": (layer["total"] + inputs, t_layer + recomputed + g_layer,
-                                            max(g_all - g_head - g_layer - (0 if model.tie_word_embeddings else g_head), 0)),
+            "backward of the top layer": (A_layers - layer["total"] + inputs + m * sb * h, layer_peak, g_head),
+            "backward of the first layer": (inputs, layer_peak,
+                                            max(g_all - g_head - g_layer - g_emb_only, 0)),
             # a tied embedding's second gradient is summed out of place into the first
             "backward of the embedding": (inputs, sb * h * e + (2 * g_head if model.tie_word_embeddings else 0), g_all),
             "optimizer step": (0, t_opt, g_all),
@@ -237,7 +257,7 @@ def estimate(model: ModelSpec, workload: WorkloadSpec) -> Estimate:
         parts.update(gradients=grads_live + grads_new, optimizer_states=O, activations=act, temporaries=tmp)
         details.update(activation_bytes_per_layer=layer["total"], activation_terms_per_layer=layer,
                        activations_outside_layers=outside, logits_bytes=logits,
-                       layer_backward_temporaries=t_layer, optimizer_temporaries=t_opt,
+                       layer_backward_peak=layer_peak, optimizer_temporaries=t_opt,
                        grad_buffers=wl.grad_buffers)
         if not persistent:
             notes.append("gradients are freed by zero_grad(set_to_none=True) and only exist from the backward on")
