@@ -9,7 +9,7 @@
 //   AGENTD_RINGBUF_PAGES   ring buffer size in pages (power of two)
 //   AGENTD_EVENT_SIZE      sizeof(struct event) on the Python side (ctypes), asserted below
 //   AGENTD_GATE            1: exec gate on (gated_cgroups is consulted at every exec)
-//   AGENTD_EXIT_CODE       1: exit_group(2) / fatal-signal tracepoints record the exit code
+//   AGENTD_EXIT_CODE       1: also the code of voluntary exits (a syscall tracepoint)
 //   AGENTD_WATCH_SUBTREE   1: fork/exec/exit only for tasks under the cgroup in watch_root[0]
 //   AGENTD_V2_ROOT         hierarchy id of the v2 (default) hierarchy for cgroup_attach_task
 
@@ -56,10 +56,8 @@ BPF_RINGBUF_OUTPUT(events, AGENTD_RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(stats, u64, STAT_SLOTS);
 BPF_HASH(gated_cgroups, u64, u8, 4096);
 BPF_TABLE("lru_hash", u32, u64, clone_flags, 16384);
-#if AGENTD_EXIT_CODE
 BPF_TABLE("lru_hash", u32, u32, exit_codes, 16384);
 BPF_TABLE("lru_hash", u32, u32, fatal_sent, 16384);
-#endif
 #if AGENTD_WATCH_SUBTREE
 BPF_CGROUP_ARRAY(watch_root, 1);
 #endif
@@ -177,19 +175,22 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     return 0;
 }
 
+// sched_process_exit has no exit code, and this kernel has no kprobes and refuses fentry:
+// the code is remembered per process where it is decided, then read at the exit.
+//
+// Signal deaths (always on; signal tracepoints cost nothing to other processes).
+// Voluntary exits only with AGENTD_EXIT_CODE: exit_group(2) is a syscall, and enabling any
+// syscall tracepoint sends EVERY task's syscalls through the traced path (measured here:
+// getppid 166 -> 206 ns host-wide), a price the daemon should choose to pay.
 #if AGENTD_EXIT_CODE
-// No kprobes and no fentry on this kernel, and sched_process_exit has no exit code: the
-// code is remembered per process where it is decided. exit_group(2) sets it (the last
-// caller wins); a fatal signal with its default action sets it only if nothing did before
-// (siblings of an exit_group caller are killed with SIGKILL, which must not override).
-// Cost: a syscall tracepoint puts every task's syscalls on the traced path while loaded.
 TRACEPOINT_PROBE(syscalls, sys_enter_exit_group)
 {
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     u32 c = ((u32)args->error_code & 0xff) << 8;
-    exit_codes.update(&tgid, &c);
+    exit_codes.update(&tgid, &c);  // the last exit_group caller's code is the process's
     return 0;
 }
+#endif
 
 // Signals whose default action terminates the process (signal(7)).
 #define AGENTD_FATAL_DEFAULT ((1u << 1) | (1u << 2) | (1u << 3) | (1u << 4) | (1u << 5) | \
@@ -219,29 +220,36 @@ TRACEPOINT_PROBE(signal, signal_generate)
 TRACEPOINT_PROBE(signal, signal_deliver)
 {
     int sig = args->sig;
-    if (args->sa_handler != 0 || !fatal_by_default(sig))  // 0 = SIG_DFL
+    if (!fatal_by_default(sig))
         return 0;
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32, tid = id;
+    if (args->sa_handler != 0) {  // handled (not SIG_DFL): this one decides nothing
+        u32 *sent = fatal_sent.lookup(&tgid);
+        if (sent && *sent == (u32)sig)
+            fatal_sent.delete(&tgid);
+        return 0;
+    }
     u32 c = sig;
     if (sig == AGENTD_SIGKILL) {
+        // SIGKILL is also how exit_group(2) stops a process's other threads; that one is
+        // never generated. Only a generated fatal signal names the cause.
         u32 *sent = fatal_sent.lookup(&tgid);
         if (!sent)
             sent = fatal_sent.lookup(&tid);
-        if (sent)
-            c = *sent;
+        if (!sent)
+            return 0;
+        c = *sent;
     }
     exit_codes.insert(&tgid, &c);  // BPF_NOEXIST: an exit_group code or earlier signal wins
     return 0;
 }
-#endif
 
 TRACEPOINT_PROBE(sched, sched_process_exit)
 {
     // One event per process: when its last thread exits.
     if (!args->group_dead)
         return 0;
-#if AGENTD_EXIT_CODE
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     u32 *code = exit_codes.lookup(&tgid);
     u32 c = code ? *code : 0;
@@ -249,19 +257,16 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     if (code)
         exit_codes.delete(&tgid);
     fatal_sent.delete(&tgid);
-#endif
     if (!watched())
         return 0;
     struct event *e = reserve(AGENTD_EXIT);
     if (!e)
         return 0;
     e->pid = e->tgid;
-#if AGENTD_EXIT_CODE
     if (have_code) {
         e->exit_code = c;
         e->flags |= AGENTD_F_EXIT_CODE;
     }
-#endif
     bpf_probe_read_kernel_str(e->comm, sizeof(e->comm), args->comm);
     submit(e);
     return 0;

@@ -160,10 +160,11 @@ class BpfBackend(TrackerBackend):
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        try:
-            bpf.ring_buffer_consume()
-        except Exception:
-            log.exception("final ring buffer drain failed")
+        if self._sink is not None:  # started: hear about stops already in the ring buffer
+            try:
+                bpf.ring_buffer_consume()
+            except Exception:
+                log.exception("final ring buffer drain failed")
         with self._lock:
             owed = list(self._owed)
             self._owed.clear()
@@ -171,6 +172,7 @@ class BpfBackend(TrackerBackend):
         self._final_stats = self.kernel_stats()  # counters stay readable after stop
         bpf.cleanup()
         self._bpf = None
+        self._sink = None
 
     # -- gate -------------------------------------------------------------------------
 

@@ -68,7 +68,9 @@ class TrackerOptions:
 
     ringbuf_pages: int = 256  # 1 MiB with 4 KiB pages; ~3,500 events of 296 bytes
     gate: bool = True
-    exit_code: bool = True  # fentry on do_exit (BTF); off if the kernel refuses fentry
+    # Voluntary exit codes need a syscall tracepoint (exit_group), which slows every
+    # syscall on the host while loaded; signal deaths are known without it.
+    exit_code: bool = False
     watch_subtree: bool = False  # fork/exec/exit only under one cgroup (set after load)
 
     def check(self) -> None:

@@ -177,19 +177,32 @@ class Recorder:
                 self.cond.wait(left)
 
 
+def started(options=None, **kw):
+    backend, rec = BpfBackend(options, **kw), Recorder()
+    backend.start(rec)
+    return backend, rec
+
+
 @pytest.fixture
 def tracker():
-    backend = BpfBackend(gate_timeout_s=30.0)
-    rec = Recorder()
-    backend.start(rec)
+    backend, rec = started(gate_timeout_s=30.0)
     try:
         yield backend, rec
     finally:
         backend.stop()
 
 
-def test_fork_exec_exit_of_a_known_child(tracker, cgroups, children):
-    backend, rec = tracker
+@pytest.fixture
+def tracker_with_exit_codes():
+    backend, rec = started(TrackerOptions(exit_code=True))
+    try:
+        yield backend, rec
+    finally:
+        backend.stop()
+
+
+def test_fork_exec_exit_of_a_known_child(tracker_with_exit_codes, cgroups, children):
+    backend, rec = tracker_with_exit_codes
     work = cgroups.make("work")
     p = children.spawn(["/bin/sh", "-c", "/bin/true; exit 7"], cgroup=work)
     assert p.wait(timeout=5) == 7
@@ -209,14 +222,58 @@ def test_fork_exec_exit_of_a_known_child(tracker, cgroups, children):
     assert fork.ts_ns < exe.ts_ns < grandchild.ts_ns < end.ts_ns
 
 
-def test_exit_code_of_a_killed_process(tracker, children):
-    _, rec = tracker
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_exit_code_of_a_killed_process(tracker, children, sig):
+    _, rec = tracker  # signal deaths are known without the exit_code option
     p = children.spawn(["/bin/sleep", "30"])
     rec.wait(lambda e: e.kind is K.EXEC and e.pid == p.pid)
-    p.send_signal(signal.SIGTERM)
+    p.send_signal(sig)
     p.wait(timeout=5)
     end = rec.wait(lambda e: e.kind is K.EXIT and e.pid == p.pid)
-    assert end.exit_code_known and end.exit_code == signal.SIGTERM
+    assert end.exit_code_known and end.exit_code == sig
+
+
+# exit_group(2) stops the other threads with a SIGKILL that nobody sent: not a kill.
+THREADED_EXIT = (
+    "import os, threading, time\n"
+    "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+    "time.sleep(0.1)\n"
+    "os._exit(4)\n"
+)
+
+
+def test_voluntary_exit_of_a_threaded_process_is_not_a_kill(tracker, children):
+    _, rec = tracker
+    p = children.spawn([sys.executable, "-c", THREADED_EXIT])
+    assert p.wait(timeout=10) == 4
+    end = rec.wait(lambda e: e.kind is K.EXIT and e.pid == p.pid)
+    assert not end.exit_code_known  # voluntary codes need TrackerOptions(exit_code=True)
+
+
+def test_voluntary_exit_code_with_the_option(tracker_with_exit_codes, children):
+    _, rec = tracker_with_exit_codes
+    p = children.spawn([sys.executable, "-c", THREADED_EXIT])
+    assert p.wait(timeout=10) == 4
+    end = rec.wait(lambda e: e.kind is K.EXIT and e.pid == p.pid)
+    assert end.exit_code_known and os.waitstatus_to_exitcode(end.exit_code) == 4
+
+
+def test_handled_sigterm_then_normal_exit_is_not_a_kill(tracker, children):
+    _, rec = tracker
+    code = (
+        "import os, signal, threading, time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: None)\n"
+        "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(0.5)\n"
+        "os._exit(2)\n"
+    )
+    p = children.spawn([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=10) == 2
+    end = rec.wait(lambda e: e.kind is K.EXIT and e.pid == p.pid)
+    assert not end.exit_code_known  # not "killed by SIGTERM": the handler took it
 
 
 def test_threads_are_not_reported_as_forks(tracker):
@@ -310,6 +367,26 @@ def test_cgroup_attach_when_a_process_moves_itself(tracker, cgroups, children):
     ev = rec.wait(lambda e: e.kind is K.CGROUP_ATTACH and e.pid == q.pid)
     assert ev.cgroup_id == Cgroups.cid(home) and not ev.self_move
     assert ev.tgid == os.getpid()
+
+
+def test_watch_subtree_reports_only_tasks_under_the_root(cgroups, children):
+    watched, outside = cgroups.make("delegated"), cgroups.make("elsewhere")
+    backend, rec = started(TrackerOptions(watch_subtree=True))
+    try:
+        backend.set_watch_root(str(watched))
+        inner = children.spawn(["/bin/sh", "-c", "/bin/true"], cgroup=watched)
+        outer = children.spawn(["/bin/sh", "-c", "/bin/true"], cgroup=outside)
+        assert inner.wait(timeout=5) == 0 and outer.wait(timeout=5) == 0
+        rec.wait(lambda e: e.kind is K.EXIT and e.pid == inner.pid)
+        sub = rec.wait(lambda e: e.kind is K.FORK and e.ppid == inner.pid)  # born under the root
+        assert sub.cgroup_id == Cgroups.cid(watched)
+        time.sleep(0.2)
+        assert not rec.find(lambda e: e.kind in (K.EXEC, K.EXIT) and e.pid == outer.pid)
+        assert not rec.find(lambda e: e.kind is K.FORK and e.ppid == outer.pid)
+        # Attach events are never filtered: a move from outside into the root must be seen.
+        rec.wait(lambda e: e.kind is K.CGROUP_ATTACH and e.pid == outer.pid)
+    finally:
+        backend.stop()
 
 
 def test_lost_events_are_counted_when_nobody_reads():

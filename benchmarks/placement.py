@@ -1,0 +1,466 @@
+"""Exec → in-cgroup placement: cooperative vs BPF-gated vs ungated, side by side.
+
+    python -m benchmarks.placement [--quick]
+
+A C spawner (built here with gcc) sits in an "agent" v2 cgroup and starts a tiny static
+probe at a fixed rate. The probe's first instructions read /proc/self/cgroup and write it to
+a per-exec file, so each file tells which cgroup the new image ran in. Paths:
+
+- cooperative: the child writes its own pid to the tool cgroup's cgroup.procs, then execs
+  (the AgentCgroup wrapper's way); also clone3(CLONE_INTO_CGROUP), born in the cgroup.
+- gated: the real BpfBackend stops the exec (SIGSTOP from the sched_process_exec program);
+  its consumer thread moves the pid and sends SIGCONT.
+- ungated: the same tracker without the gate; the exec event triggers the move.
+
+Latency: gated/ungated = exec tracepoint time → the move's write to cgroup.procs returned
+(same CLOCK_MONOTONIC); cooperative = what placement costs the child before its exec
+(fork return → write returned; the exec itself is never outside). The mover works in the
+tracker's consumer thread (the daemon adds a hop to its event loop on top).
+Writes benchmarks/results/placement.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+from agentd.events import ProcEventKind
+from agentd.tracking import procfs
+
+RESULTS = Path(__file__).resolve().parent / "results" / "placement.json"
+
+PROBE_C = r"""
+/* First instructions: open, read and write /proc/self/cgroup; no libc, no loader. */
+static long sc3(long n, long a, long b, long c) {
+    long r;
+    __asm__ volatile("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b), "d"(c) : "rcx", "r11", "memory");
+    return r;
+}
+void _start(void) {
+    char buf[4096];
+    long fd = sc3(2, (long)"/proc/self/cgroup", 0, 0);
+    long n = fd >= 0 ? sc3(0, fd, (long)buf, sizeof buf) : 0;
+    if (n > 0) sc3(1, 1, (long)buf, n);
+    sc3(231, 0, 0, 0);
+    for (;;) {}
+}
+"""
+
+SPAWNER_C = r"""
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef CLONE_INTO_CGROUP
+#define CLONE_INTO_CGROUP 0x200000000ULL
+#endif
+struct clone_args_v2 { uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size, cgroup; };
+
+static uint64_t now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec * 1000000000ull + t.tv_nsec; }
+
+static void run_child(const char *outdir, long i, const char *probe) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/%ld", outdir, i);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) _exit(120);
+    dup2(fd, 1);
+    char *argv[] = {(char *)probe, NULL};
+    char *envp[] = {NULL};
+    execve(probe, argv, envp);
+    _exit(121);
+}
+
+int main(int argc, char **argv) {
+    /* spawner MODE RATE N OUTDIR PROBE TARGET_DIR     MODE: plain | coop | clone3 | syscalls */
+    if (argc < 7) { fprintf(stderr, "usage\n"); return 2; }
+    const char *mode = argv[1];
+    double rate = atof(argv[2]);
+    long n = atol(argv[3]);
+    const char *outdir = argv[4], *probe = argv[5], *target = argv[6];
+    if (!strcmp(mode, "syscalls")) {
+        uint64_t t0 = now();
+        for (long i = 0; i < n; i++) syscall(SYS_getppid);
+        printf("ns_per_syscall %.1f\n", (double)(now() - t0) / n);
+        return 0;
+    }
+    signal(SIGCHLD, SIG_IGN);  /* children are reaped by the kernel */
+    uint64_t *times = mmap(NULL, n * 3 * sizeof(uint64_t), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    char procs[512];
+    snprintf(procs, sizeof procs, "%s/cgroup.procs", target);
+    int cgfd = open(target, O_RDONLY | O_DIRECTORY);
+    printf("ready\n"); fflush(stdout);
+    char line[16];
+    if (!fgets(line, sizeof line, stdin)) return 3;
+    uint64_t start = now(), last = start;
+    for (long i = 0; i < n; i++) {
+        if (rate > 0) {
+            uint64_t due = start + (uint64_t)(i * 1e9 / rate);
+            struct timespec ts = {due / 1000000000ull, due % 1000000000ull};
+            clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
+        }
+        times[3 * i] = now();
+        pid_t pid;
+        if (!strcmp(mode, "clone3")) {
+            struct clone_args_v2 a; memset(&a, 0, sizeof a);
+            a.flags = CLONE_INTO_CGROUP; a.exit_signal = SIGCHLD; a.cgroup = cgfd;
+            pid = syscall(SYS_clone3, &a, sizeof a);
+            if (pid == 0) { times[3 * i + 1] = times[3 * i + 2] = now(); run_child(outdir, i, probe); }
+        } else {
+            pid = fork();
+            if (pid == 0) {
+                times[3 * i + 1] = now();
+                if (!strcmp(mode, "coop")) {
+                    int fd = open(procs, O_WRONLY);
+                    if (fd < 0 || write(fd, "0", 1) != 1) _exit(122);
+                    close(fd);
+                }
+                times[3 * i + 2] = now();
+                run_child(outdir, i, probe);
+            }
+        }
+        if (pid < 0) { perror("fork"); return 4; }
+        last = now();
+    }
+    double secs = (last - start) / 1e9;
+    printf("achieved %.1f\n", secs > 0 ? (n - 1) / secs : 0.0);
+    usleep(200000);  /* the last children record their times */
+    for (long i = 0; i < n; i++)
+        printf("t %ld %llu %llu %llu\n", i, (unsigned long long)times[3 * i], (unsigned long long)times[3 * i + 1], (unsigned long long)times[3 * i + 2]);
+    return 0;
+}
+"""
+
+
+def build(workdir: Path) -> tuple[str, str]:
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None or platform.machine() != "x86_64":
+        sys.exit("placement benchmark: needs gcc on x86_64 to build its static probe and spawner")
+    (workdir / "probe.c").write_text(PROBE_C)
+    (workdir / "spawner.c").write_text(SPAWNER_C)
+    probe, spawner = workdir / "probe", workdir / "spawner"
+    subprocess.run([cc, "-O2", "-static", "-nostdlib", "-fno-stack-protector", "-o", probe, workdir / "probe.c"], check=True)
+    subprocess.run([cc, "-O2", "-o", spawner, workdir / "spawner.c"], check=True)
+    return str(probe), str(spawner)
+
+
+def own_v2_dir() -> Path:
+    rel = procfs.read_cgroup_v2(os.getpid()) or "/"
+    return Path(procfs.v2_mount()) / rel.lstrip("/")
+
+
+def rmcg(d: Path) -> None:
+    if not d.exists():
+        return
+    for _ in range(100):
+        try:
+            (d / "cgroup.kill").write_text("1")
+        except OSError:
+            pass
+        try:
+            d.rmdir()
+            return
+        except OSError:
+            time.sleep(0.05)
+
+
+def pct(values, q):
+    if not values:
+        return 0.0
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
+
+
+class Mover:
+    """The daemon's part: on an exec in the agent cgroup, move the pid (and continue it)."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.lock = threading.Lock()
+        self.fd = None
+        self.reset(None, None, set())
+
+    def reset(self, agent_id, target_dir, exclude):
+        with self.lock:
+            self.close()
+            self.agent_id = agent_id
+            self.exclude = exclude
+            self.fd = os.open(target_dir / "cgroup.procs", os.O_WRONLY) if target_dir else None
+            self.latency_ns: list[int] = []
+            self.stopped_ns: list[int] = []
+            self.gone = 0
+            self.execs = 0
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __call__(self, ev):
+        with self.lock:
+            self._on_event(ev)
+
+    def _on_event(self, ev):
+        if ev.kind is not ProcEventKind.EXEC or ev.cgroup_id != self.agent_id or self.fd is None:
+            return
+        if ev.pid in self.exclude:
+            return
+        self.execs += 1
+        try:
+            os.write(self.fd, str(ev.pid).encode())
+            placed = time.monotonic_ns()
+            self.latency_ns.append(placed - ev.ts_ns)
+        except ProcessLookupError:
+            self.gone += 1  # exited before it could be moved: it ran entirely outside
+        except OSError as exc:
+            if exc.errno == 3:
+                self.gone += 1
+            else:
+                raise
+        if ev.gated:
+            self.backend.release(ev.pid)
+            self.stopped_ns.append(time.monotonic_ns() - ev.ts_ns)
+
+
+def run_one(path, rate, n, spawner, probe, base, backend, mover):
+    tag = uuid.uuid4().hex[:6]
+    agent, target = base / f"agent-{tag}", base / f"tool-{tag}"
+    agent.mkdir()
+    target.mkdir()
+    outdir = Path(tempfile.mkdtemp(prefix="placement-"))
+    mode = {"cooperative": "coop", "clone3": "clone3"}.get(path, "plain")
+    sp = None
+    try:
+        def join():
+            with open(agent / "cgroup.procs", "w") as f:
+                f.write("0")
+
+        sp = subprocess.Popen(
+            [spawner, mode, str(rate), str(n), str(outdir), probe, str(target)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, preexec_fn=join,
+        )
+        assert sp.stdout.readline().strip() == "ready"
+        agent_id = os.stat(agent).st_ino
+        lost0 = backend.lost_events()
+        if path in ("gated", "ungated"):
+            mover.reset(agent_id, target, {sp.pid})
+        else:
+            mover.reset(None, None, set())
+        backend.set_gated_cgroups({agent_id} if path == "gated" else set())
+        t0 = time.monotonic()
+        sp.stdin.write("go\n")
+        sp.stdin.flush()
+        out, _ = sp.communicate(timeout=120)
+        achieved = 0.0
+        child_times = []
+        for line in out.splitlines():
+            parts = line.split()
+            if parts[0] == "achieved":
+                achieved = float(parts[1])
+            elif parts[0] == "t":
+                child_times.append((int(parts[2]), int(parts[3]), int(parts[4])))
+        # Every probe wrote its file (or exited); wait for the stragglers and the mover.
+        target_rel = "/" + str(target.relative_to(procfs.v2_mount()))
+        seen: dict[int, str | None] = {}
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            for i in range(n):
+                if i not in seen:
+                    try:
+                        text = (outdir / str(i)).read_text()
+                    except OSError:
+                        continue
+                    if text:
+                        seen[i] = procfs.parse_cgroup_v2(text)
+            if len(seen) == n:
+                break
+            time.sleep(0.05)
+        backend.set_gated_cgroups(set())
+        for pid in backend.owed_pids():
+            backend.release(pid)
+        elapsed = time.monotonic() - t0
+        escaped = sum(1 for v in seen.values() if v != target_rel)
+        missing = n - len(seen)
+        if path in ("gated", "ungated"):
+            lat = [x / 1000 for x in mover.latency_ns]
+        else:
+            lat = [(placed - born) / 1000 for _fork, born, placed in child_times if placed and born]
+        res = {
+            "path": path, "rate": rate, "n": n, "achieved_per_s": round(achieved, 1),
+            "escaped": escaped, "missing": missing,
+            "escaped_pct": round(100.0 * (escaped + missing) / n, 2),
+            "p50_us": round(pct(lat, 50), 1), "p99_us": round(pct(lat, 99), 1), "max_us": round(max(lat) if lat else 0.0, 1),
+            "moved": len(mover.latency_ns), "gone_before_move": mover.gone,
+            "stopped_p50_us": round(pct([x / 1000 for x in mover.stopped_ns], 50), 1),
+            "lost": backend.lost_events() - lost0, "elapsed_s": round(elapsed, 2),
+        }
+        mover.reset(None, None, set())
+        return res
+    finally:
+        mover.close()
+        backend.set_gated_cgroups(set())
+        if sp is not None and sp.poll() is None:
+            sp.kill()
+            sp.wait()
+        rmcg(agent)
+        rmcg(target)
+        shutil.rmtree(outdir, ignore_errors=True)
+
+
+def syscall_cost(spawner, probe, backend_factory, n=2_000_000):
+    """ns per getppid() with no tracker, with the tracker, and with its exit-code hooks
+    (a syscall tracepoint sends every task's syscalls through the traced path)."""
+    def measure():
+        best = None
+        for _ in range(3):
+            out = subprocess.run([spawner, "syscalls", "0", str(n), "/tmp", probe, "/tmp"], capture_output=True, text=True, check=True).stdout
+            v = float(out.split()[1])
+            best = v if best is None else min(best, v)
+        return best
+
+    res = {"none": measure()}
+    for label, exit_code in (("tracker_no_exit_code", False), ("tracker_exit_code", True)):
+        b = backend_factory(exit_code)
+        b.load()
+        try:
+            res[label] = measure()
+        finally:
+            b.stop()
+    return res
+
+
+def bpf_stats_on() -> str | None:
+    p = Path("/proc/sys/kernel/bpf_stats_enabled")
+    try:
+        old = p.read_text().strip()
+        p.write_text("1")
+        return old
+    except OSError:
+        return None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer execs per run (well under a minute)")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        sys.exit("placement benchmark: run as root (BPF, cgroups)")
+    from agentd.tracking.bpf_backend import BpfBackend
+    from agentd.tracking.bpf_source import TrackerOptions
+
+    rates = [100, 1000]
+    n_at = {100: 200, 1000: 1000} if args.quick else {100: 1000, 1000: 5000}
+    max_n = 1000 if args.quick else 5000
+    paths = ["cooperative", "clone3", "gated", "ungated"]
+
+    work = Path(tempfile.mkdtemp(prefix="placement-build-"))
+    base = own_v2_dir() / f"agentd-placement-{os.getpid()}"
+    old_stats = bpf_stats_on()
+    backend = BpfBackend(gate_timeout_s=5.0)
+    mover = Mover(backend)
+    results = []
+    try:
+        probe, spawner = build(work)
+        base.mkdir()
+        backend.start(mover)
+        stats0 = backend.kernel_stats()
+        prog0 = backend.program_run_stats()
+        t_start = time.monotonic()
+        for rate in rates:
+            for path in paths:
+                results.append(run_one(path, rate, n_at[rate], spawner, probe, base, backend, mover))
+        # The highest rate: gated and ungated with no pacing at all.
+        for path in ("gated", "ungated"):
+            results.append(run_one(path, 0, max_n, spawner, probe, base, backend, mover))
+        wall = time.monotonic() - t_start
+        stats1 = backend.kernel_stats()
+        prog1 = backend.program_run_stats()
+        backend.stop()
+        sys_cost = syscall_cost(spawner, probe, lambda ec: BpfBackend(TrackerOptions(exit_code=ec)))
+    finally:
+        backend.stop()
+        rmcg(base)
+        shutil.rmtree(work, ignore_errors=True)
+        if old_stats is not None:
+            Path("/proc/sys/kernel/bpf_stats_enabled").write_text(old_stats)
+
+    by = {(r["path"], r["rate"]): r for r in results}
+    metrics: dict[str, float] = {}
+    for (path, rate), r in by.items():
+        sfx = f"{path}_{rate if rate else 'max'}"
+        for k in ("escaped_pct", "p50_us", "p99_us", "max_us", "achieved_per_s"):
+            metrics[f"{k}_{sfx}"] = r[k]
+    for path in paths:
+        r = by[(path, 1000)]
+        metrics[f"escaped_pct_{path}"] = r["escaped_pct"]
+        for k in ("p50_us", "p99_us", "max_us"):
+            metrics[f"{k}_{path}"] = r[k]
+    sustained = [r["achieved_per_s"] for r in results if r["path"] == "gated" and r["escaped_pct"] == 0 and r["lost"] == 0]
+    metrics["execs_per_s"] = max(sustained) if sustained else 0.0
+    metrics["events_lost"] = stats1["lost"] - stats0["lost"]
+    metrics["gate_skipped"] = stats1["gate_skipped"] - stats0["gate_skipped"]
+    emitted = stats1["emitted"] - stats0["emitted"]
+    metrics["events_emitted"] = emitted
+    metrics["events_per_s"] = round(emitted / wall, 1) if wall else 0.0
+    run_cnt = sum(v["run_cnt"] - prog0.get(k, {}).get("run_cnt", 0) for k, v in prog1.items())
+    run_ns = sum(v["run_time_ns"] - prog0.get(k, {}).get("run_time_ns", 0) for k, v in prog1.items())
+    metrics["bpf_runs"] = run_cnt
+    metrics["bpf_ns_per_run"] = round(run_ns / run_cnt, 1) if run_cnt else 0.0
+    for k, v in prog1.items():
+        d_cnt = v["run_cnt"] - prog0.get(k, {}).get("run_cnt", 0)
+        if d_cnt:
+            short = k.replace("tracepoint__", "")
+            metrics[f"bpf_ns_per_run_{short}"] = round((v["run_time_ns"] - prog0.get(k, {}).get("run_time_ns", 0)) / d_cnt, 1)
+    for k, v in sys_cost.items():
+        metrics[f"getppid_ns_{k}"] = round(v, 1)
+
+    doc = {
+        "metrics": metrics,
+        "params": {
+            "quick": args.quick, "rates": rates, "execs_per_run": n_at, "max_rate_execs": max_n,
+            "probe": "static x86_64 binary, reads /proc/self/cgroup with its first instructions",
+            "mover": "BpfBackend consumer thread writes the pid to the tool cgroup's cgroup.procs (v2), then SIGCONT if gated",
+            "latency": "gated/ungated: exec tracepoint -> move returned; cooperative: child's fork return -> own write returned",
+            "bpf_stats_enabled": old_stats is not None,
+            "cpus": os.cpu_count(),
+        },
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, kernel {platform.release()}",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "runs": results,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(doc, indent=2) + "\n")
+
+    print(f"{'path':<12}{'rate/s':>8}{'got/s':>9}{'n':>6}{'escaped%':>10}{'p50 µs':>9}{'p99 µs':>9}{'max µs':>9}{'gone':>6}{'lost':>6}")
+    for r in results:
+        rate = r["rate"] or "max"
+        print(f"{r['path']:<12}{rate:>8}{r['achieved_per_s']:>9}{r['n']:>6}{r['escaped_pct']:>10}{r['p50_us']:>9}{r['p99_us']:>9}{r['max_us']:>9}{r['gone_before_move']:>6}{r['lost']:>6}")
+    print(f"events emitted {emitted} ({metrics['events_per_s']}/s), lost {metrics['events_lost']}, "
+          f"BPF {metrics['bpf_ns_per_run']} ns per program run over {run_cnt} runs")
+    print("getppid() ns: " + ", ".join(f"{k} {v:.1f}" for k, v in sys_cost.items()))
+    print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
