@@ -37,6 +37,26 @@ def validate_abs_cgroup(path: str) -> str:
     return "/" + validate_rel(path.lstrip("/")) if path.strip("/") else "/"
 
 
+class Hierarchy:
+    """One mounted hierarchy (v2 or a v1 controller) under agentd's root cgroup in it."""
+
+    def __init__(self, mount: str, root: str):
+        self.mount = mount.rstrip("/") or "/"
+        self.root = validate_abs_cgroup(root)
+        self.root_dir = os.path.normpath(self.mount + self.root)
+
+    def dir(self, rel: str) -> str:
+        rel = validate_rel(rel)
+        return os.path.join(self.root_dir, rel) if rel else self.root_dir
+
+    def file(self, rel: str, name: str) -> str:
+        return os.path.join(self.dir(rel), name)
+
+    def mkdirs(self, rel: str) -> list[str]:
+        """Create the root (if missing) and rel below it; returns the directories created."""
+        return mkdirs(self.mount, self.root) + mkdirs(self.root_dir, validate_rel(rel))
+
+
 def read(path: str) -> str:
     try:
         with open(path) as f:

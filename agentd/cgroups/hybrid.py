@@ -11,32 +11,22 @@ import errno
 import os
 
 from agentd.cgroups import fs
-from agentd.cgroups.driver import CgroupDriver, CgroupError, CgroupStats, DriverFeatures, Limits
+from agentd.cgroups.driver import CgroupError, CgroupStats, DriverFeatures, Limits
 from agentd.cgroups.parse import format_v2_cpu_max, parse_flat_keyed, parse_size, weight_to_shares
-from agentd.cgroups.unified import UnifiedTree
+from agentd.cgroups.unified import UnifiedBackedDriver, UnifiedTree
 
 V1_CONTROLLERS = ("memory", "cpu", "cpuset", "pids")
 
 
-class V1Tree:
+class V1Tree(fs.Hierarchy):
     """One v1 hierarchy (one mount) under its own delegated root."""
 
     def __init__(self, controller: str, mount: str, root: str):
+        super().__init__(mount, root)
         self.controller = controller
-        self.mount = mount.rstrip("/")
-        self.root = fs.validate_abs_cgroup(root)
-        self.root_dir = os.path.normpath(self.mount + self.root)
-
-    def dir(self, rel: str) -> str:
-        rel = fs.validate_rel(rel)
-        return os.path.join(self.root_dir, rel) if rel else self.root_dir
-
-    def file(self, rel: str, name: str) -> str:
-        return os.path.join(self.dir(rel), name)
 
     def mkdirs(self, rel: str) -> list[str]:
-        created = fs.mkdirs(self.mount, self.root)
-        created += fs.mkdirs(self.root_dir, fs.validate_rel(rel))
+        created = super().mkdirs(rel)
         if self.controller == "cpuset":
             # A v1 cpuset starts with empty cpus/mems and refuses tasks until both are set.
             for path in created:
@@ -47,12 +37,12 @@ class V1Tree:
         return created
 
 
-class HybridDriver(CgroupDriver):
+class HybridDriver(UnifiedBackedDriver):
     kind = "hybrid"
 
     def __init__(self, unified_mount: str, unified_root: str, v1: dict[str, tuple[str, str]], create_root: bool = True):
         """v1 maps a controller name to (mount point, absolute root cgroup path in that hierarchy)."""
-        self.unified = UnifiedTree(unified_mount, unified_root)
+        self.tree = UnifiedTree(unified_mount, unified_root)
         self.v1: dict[str, V1Tree] = {}
         seen_dirs: set[str] = set()
         for controller in V1_CONTROLLERS:
@@ -68,7 +58,7 @@ class HybridDriver(CgroupDriver):
             self.create("")
 
     def _trees(self) -> list:
-        return [*self.v1.values(), self.unified]
+        return [*self.v1.values(), self.tree]
 
     def features(self) -> DriverFeatures:
         f = DriverFeatures(kind=self.kind)
@@ -81,17 +71,7 @@ class HybridDriver(CgroupDriver):
         for c in V1_CONTROLLERS:
             if c not in self.v1:
                 f.missing[c] = f"the v1 {c} controller is not mounted, so its limits are not enforced"
-        f.psi_triggers = os.path.exists(self.unified.file("", "memory.pressure"))
-        if f.psi_triggers:
-            f.psi_window_multiple_us = self.unified.psi_window_multiple_us()
-        if not f.psi_triggers:
-            f.missing["psi_triggers"] = "no memory.pressure in the v2 hierarchy (kernel without PSI or psi=0)"
-        f.cgroup_kill = self.unified.has_kill()
-        if not f.cgroup_kill:
-            f.missing["cgroup_kill"] = "no cgroup.kill (kernel < 5.14): kill freezes, signals every pid, thaws"
-        f.freeze = os.path.exists(self.unified.file("", "cgroup.freeze"))
-        if not f.freeze:
-            f.missing["freeze"] = "no cgroup.freeze in the v2 hierarchy (kernel < 5.2)"
+        self._unified_features(f)
         f.swap = bool(mem and os.path.exists(mem.file("", "memory.memsw.limit_in_bytes")) and fs.has_swap())
         if not f.swap:
             f.missing["swap"] = "no swap device or no memsw accounting, so swap_max does nothing"
@@ -107,15 +87,9 @@ class HybridDriver(CgroupDriver):
     def remove(self, rel: str) -> None:
         rel = fs.validate_rel(rel)
         # v2 first: it reports which processes still hold the cgroup, before any v1 dir is gone.
-        self.unified.remove(rel)
+        self.tree.remove(rel)
         for tree in self.v1.values():
             fs.rmdir_tree(tree.dir(rel))
-
-    def exists(self, rel: str) -> bool:
-        return self.unified.exists(rel)
-
-    def children(self, rel: str) -> list[str]:
-        return self.unified.children(rel)
 
     def move(self, pid: int, rel: str) -> bool:
         rel = fs.validate_rel(rel)
@@ -123,10 +97,7 @@ class HybridDriver(CgroupDriver):
         for tree in self.v1.values():
             if not fs.write_pid(tree.file(rel, "cgroup.procs"), pid):
                 return False
-        return self.unified.move(pid, rel)
-
-    def procs(self, rel: str) -> list[int]:
-        return self.unified.procs(rel)
+        return self.tree.move(pid, rel)
 
     # limits ---------------------------------------------------------------------------
 
@@ -211,7 +182,7 @@ class HybridDriver(CgroupDriver):
         the kernel where the freezer cannot reach it: the freeze then stays requested, this
         raises, and the process freezes as soon as the limit is raised (or it is killed)."""
         try:
-            self.unified.freeze(rel)
+            super().freeze(rel)
         except CgroupError as e:
             if e.errno != errno.ETIMEDOUT:
                 raise
@@ -220,7 +191,7 @@ class HybridDriver(CgroupDriver):
                 raise
             raise CgroupError(
                 errno.EBUSY,
-                f"cannot freeze {self.unified.dir(rel)} yet: {', '.join(paused)} is paused at its memory "
+                f"cannot freeze {self.tree.dir(rel)} yet: {', '.join(paused)} is paused at its memory "
                 "limit (under_oom); the freeze stays requested and takes hold once the limit is raised, "
                 "or kill it",
             ) from e
@@ -238,12 +209,6 @@ class HybridDriver(CgroupDriver):
             if oom.get("under_oom"):
                 out.append(os.path.relpath(dirpath, mem.root_dir))
         return out
-
-    def thaw(self, rel: str) -> None:
-        self.unified.thaw(rel)
-
-    def kill(self, rel: str) -> None:
-        self.unified.kill(rel)
 
     # observation ----------------------------------------------------------------------
 
@@ -265,18 +230,8 @@ class HybridDriver(CgroupDriver):
         pids = self.v1.get("pids")
         if pids is not None:
             s.pids_current = fs.read_int(pids.file(rel, "pids.current"))
-        s.cpu_usage_us = self.unified.cpu_usage_us(rel)
-        s.memory_pressure = self.unified.pressure(rel, "memory")
-        ev = self.unified.events(rel)
-        s.frozen = bool(ev.get("frozen", 0))
-        s.populated = bool(ev.get("populated", 0))
-        return s
-
-    def cgroup_id(self, rel: str) -> int:
-        return self.unified.cgroup_id(rel)
-
-    def path_of_id(self, cgroup_id: int) -> str | None:
-        return self.unified.path_of_id(cgroup_id)
+            s.pids_max_events = parse_flat_keyed(fs.read(pids.file(rel, "pids.events"))).get("max", 0)
+        return self._unified_stats(rel, s)
 
     def open_oom_watch(self, rel: str) -> int:
         """An eventfd (read it: POLLIN) that the kernel signals when rel hits its memory limit
@@ -296,6 +251,4 @@ class HybridDriver(CgroupDriver):
             raise
         return efd
 
-    def open_psi_trigger(self, rel: str, resource: str, kind: str, stall_us: int, window_us: int) -> int:
-        return self.unified.open_psi_trigger(rel, resource, kind, stall_us, window_us)
 

@@ -11,7 +11,7 @@ import os
 import signal
 
 from agentd.cgroups import fs
-from agentd.cgroups.driver import CgroupError, PressureStats
+from agentd.cgroups.driver import CgroupDriver, CgroupError, CgroupStats, DriverFeatures, PressureStats
 from agentd.cgroups.parse import parse_flat_keyed, parse_psi
 from agentd.cgroups.psi import open_trigger
 
@@ -21,27 +21,12 @@ FREEZE_WAIT_S = 2.0
 KILL_WAIT_S = 5.0
 
 
-class UnifiedTree:
+class UnifiedTree(fs.Hierarchy):
     def __init__(self, mount: str, root: str):
-        self.mount = mount.rstrip("/") or "/"
-        self.root = fs.validate_abs_cgroup(root)
-        self.root_dir = os.path.normpath(self.mount + self.root)
+        super().__init__(mount, root)
         self._id_cache: dict[int, str] = {}
 
-    def dir(self, rel: str) -> str:
-        rel = fs.validate_rel(rel)
-        return os.path.join(self.root_dir, rel) if rel else self.root_dir
-
-    def file(self, rel: str, name: str) -> str:
-        return os.path.join(self.dir(rel), name)
-
     # grouping -------------------------------------------------------------------------
-
-    def mkdirs(self, rel: str) -> list[str]:
-        """Create the root (if missing) and rel below it; returns created directories."""
-        created = fs.mkdirs(self.mount, self.root)
-        created += fs.mkdirs(self.root_dir, fs.validate_rel(rel))
-        return created
 
     def exists(self, rel: str) -> bool:
         return os.path.isdir(self.dir(rel))
@@ -193,3 +178,57 @@ class UnifiedTree:
             pass
         return None
 
+
+
+class UnifiedBackedDriver(CgroupDriver):
+    """What both drivers do the same way, in the v2 hierarchy held in self.tree."""
+
+    tree: UnifiedTree
+
+    def _unified_features(self, f: DriverFeatures) -> None:
+        f.psi_triggers = os.path.exists(self.tree.file("", "memory.pressure"))
+        if f.psi_triggers:
+            f.psi_window_multiple_us = self.tree.psi_window_multiple_us()
+        else:
+            f.missing["psi_triggers"] = "no memory.pressure in the v2 hierarchy (kernel without PSI or psi=0)"
+        f.cgroup_kill = self.tree.has_kill()
+        if not f.cgroup_kill:
+            f.missing["cgroup_kill"] = "no cgroup.kill (kernel < 5.14): kill freezes, signals every pid, thaws"
+        f.freeze = os.path.exists(self.tree.file("", "cgroup.freeze"))
+        if not f.freeze:
+            f.missing["freeze"] = "no cgroup.freeze in the v2 hierarchy (kernel < 5.2)"
+
+    def _unified_stats(self, rel: str, s: CgroupStats) -> CgroupStats:
+        s.cpu_usage_us = self.tree.cpu_usage_us(rel)
+        s.memory_pressure = self.tree.pressure(rel, "memory")
+        ev = self.tree.events(rel)
+        s.frozen = bool(ev.get("frozen", 0))
+        s.populated = bool(ev.get("populated", 0))
+        return s
+
+    def exists(self, rel: str) -> bool:
+        return self.tree.exists(rel)
+
+    def children(self, rel: str) -> list[str]:
+        return self.tree.children(rel)
+
+    def procs(self, rel: str) -> list[int]:
+        return self.tree.procs(rel)
+
+    def freeze(self, rel: str) -> None:
+        self.tree.freeze(rel)
+
+    def thaw(self, rel: str) -> None:
+        self.tree.thaw(rel)
+
+    def kill(self, rel: str) -> None:
+        self.tree.kill(rel)
+
+    def cgroup_id(self, rel: str) -> int:
+        return self.tree.cgroup_id(rel)
+
+    def path_of_id(self, cgroup_id: int) -> str | None:
+        return self.tree.path_of_id(cgroup_id)
+
+    def open_psi_trigger(self, rel: str, resource: str, kind: str, stall_us: int, window_us: int) -> int:
+        return self.tree.open_psi_trigger(rel, resource, kind, stall_us, window_us)

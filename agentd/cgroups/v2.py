@@ -14,14 +14,14 @@ import os
 import select
 
 from agentd.cgroups import fs
-from agentd.cgroups.driver import CgroupDriver, CgroupError, CgroupStats, DriverFeatures, Limits
+from agentd.cgroups.driver import CgroupError, CgroupStats, DriverFeatures, Limits
 from agentd.cgroups.parse import format_v2_cpu_max, format_v2_max, parse_flat_keyed, parse_size
-from agentd.cgroups.unified import UnifiedTree
+from agentd.cgroups.unified import UnifiedBackedDriver, UnifiedTree
 
 WANTED_CONTROLLERS = ("memory", "cpu", "pids", "cpuset", "io")
 
 
-class V2Driver(CgroupDriver):
+class V2Driver(UnifiedBackedDriver):
     kind = "v2"
 
     def __init__(self, mount: str = "/sys/fs/cgroup", root: str = "/agentd", create_root: bool = True):
@@ -81,17 +81,7 @@ class V2Driver(CgroupDriver):
                 f.missing[c] = f"the {c} controller is not available in {self.tree.root_dir}/cgroup.controllers"
         f.memory_high = "memory" in avail
         f.missing["oom_pause"] = "cgroup v2 has no oom_kill_disable; memory.high throttles instead"
-        f.psi_triggers = os.path.exists(self.tree.file("", "memory.pressure"))
-        if f.psi_triggers:
-            f.psi_window_multiple_us = self.tree.psi_window_multiple_us()
-        if not f.psi_triggers:
-            f.missing["psi_triggers"] = "no memory.pressure (kernel without PSI or booted with psi=0)"
-        f.cgroup_kill = self.tree.has_kill()
-        if not f.cgroup_kill:
-            f.missing["cgroup_kill"] = "no cgroup.kill (kernel < 5.14): kill freezes, signals every pid, thaws"
-        f.freeze = os.path.exists(self.tree.file("", "cgroup.freeze"))
-        if not f.freeze:
-            f.missing["freeze"] = "no cgroup.freeze (kernel < 5.2)"
+        self._unified_features(f)
         f.swap = "memory" in avail and fs.has_swap()
         if not f.swap:
             f.missing["swap"] = "no swap device or no memory controller, so swap_max does nothing"
@@ -106,17 +96,8 @@ class V2Driver(CgroupDriver):
     def remove(self, rel: str) -> None:
         self.tree.remove(rel)
 
-    def exists(self, rel: str) -> bool:
-        return self.tree.exists(rel)
-
-    def children(self, rel: str) -> list[str]:
-        return self.tree.children(rel)
-
     def move(self, pid: int, rel: str) -> bool:
         return self.tree.move(pid, rel)
-
-    def procs(self, rel: str) -> list[int]:
-        return self.tree.procs(rel)
 
     # limits ---------------------------------------------------------------------------
 
@@ -156,15 +137,6 @@ class V2Driver(CgroupDriver):
 
     # control --------------------------------------------------------------------------
 
-    def freeze(self, rel: str) -> None:
-        self.tree.freeze(rel)
-
-    def thaw(self, rel: str) -> None:
-        self.tree.thaw(rel)
-
-    def kill(self, rel: str) -> None:
-        self.tree.kill(rel)
-
     # observation ----------------------------------------------------------------------
 
     def stats(self, rel: str) -> CgroupStats:
@@ -190,18 +162,9 @@ class V2Driver(CgroupDriver):
             s.memory_events = parse_flat_keyed(text)
         if (text := opt("pids.current")) is not None:
             s.pids_current = int(text)
-        s.cpu_usage_us = self.tree.cpu_usage_us(rel)
-        s.memory_pressure = self.tree.pressure(rel, "memory")
-        ev = self.tree.events(rel)
-        s.frozen = bool(ev.get("frozen", 0))
-        s.populated = bool(ev.get("populated", 0))
-        return s
-
-    def cgroup_id(self, rel: str) -> int:
-        return self.tree.cgroup_id(rel)
-
-    def path_of_id(self, cgroup_id: int) -> str | None:
-        return self.tree.path_of_id(cgroup_id)
+        if (text := opt("pids.events")) is not None:
+            s.pids_max_events = parse_flat_keyed(text).get("max", 0)
+        return self._unified_stats(rel, s)
 
     def open_oom_watch(self, rel: str) -> int:
         """memory.events opened read-only: kernfs signals POLLPRI (and POLLERR) each time a
@@ -221,6 +184,4 @@ class V2Driver(CgroupDriver):
         """Re-read memory.events (kernfs re-arms the POLLPRI notification on read); returns oom_kill."""
         return parse_flat_keyed(os.pread(fd, 4096, 0).decode()).get("oom_kill", 0)
 
-    def open_psi_trigger(self, rel: str, resource: str, kind: str, stall_us: int, window_us: int) -> int:
-        return self.tree.open_psi_trigger(rel, resource, kind, stall_us, window_us)
 

@@ -132,7 +132,7 @@ def unified_v2_driver(children):
 
 
 def _cleanup_after(drv, children):
-    trees = [drv.unified, *drv.v1.values()] if hasattr(drv, "v1") else [drv.tree]
+    trees = [drv.tree, *drv.v1.values()] if hasattr(drv, "v1") else [drv.tree]
     root_dirs = [t.root_dir for t in trees]
     try:
         yield drv

@@ -67,7 +67,7 @@ def test_open_driver_roots_under_own_cgroup_in_every_hierarchy(driver):
     for c, tree in drv.v1.items():
         assert os.path.isdir(tree.root_dir)
         assert tree.root_dir.startswith(os.path.normpath(tree.mount + own[c]) + "/"), (c, tree.root_dir)
-    assert drv.unified.root_dir.startswith(os.path.normpath(drv.unified.mount + own[""]).rstrip("/") + "/")
+    assert drv.tree.root_dir.startswith(os.path.normpath(drv.tree.mount + own[""]).rstrip("/") + "/")
     assert set(drv.v1) == {"memory", "cpu", "cpuset", "pids"}
     f = drv.features()
     assert f.kind == "hybrid" and f.oom_pause and f.cgroup_kill and f.freeze and f.psi_triggers
@@ -79,14 +79,14 @@ def test_create_in_every_hierarchy_copies_cpuset_and_remove_cleans(driver):
     rel = "agents/a1/tools/0001-pytest"
     drv.create(rel)
     drv.create(rel)  # idempotent
-    for tree in [drv.unified, *drv.v1.values()]:
+    for tree in [drv.tree, *drv.v1.values()]:
         assert os.path.isdir(tree.dir(rel)), tree.dir(rel)
     cs = drv.v1["cpuset"]
     assert _read(cs.file(rel, "cpuset.cpus")) == _read(cs.file("", "cpuset.cpus")) != ""
     assert _read(cs.file(rel, "cpuset.mems")) == _read(cs.file("", "cpuset.mems")) != ""
     assert drv.exists(rel) and drv.children("agents/a1") == ["tools"]
     drv.remove("agents")
-    for tree in [drv.unified, *drv.v1.values()]:
+    for tree in [drv.tree, *drv.v1.values()]:
         assert not os.path.exists(tree.dir("agents")), tree.dir("agents")
     drv.remove("agents")  # missing is fine
 
@@ -103,7 +103,7 @@ def test_move_puts_pid_in_every_hierarchy_and_vanished_pid_is_false(driver, chil
             if c in drv.v1:
                 assert os.path.normpath(drv.v1[c].mount + path) == drv.v1[c].dir("agents/a1/runtime"), line
             if c == "":
-                assert os.path.normpath(drv.unified.mount + path) == drv.unified.dir("agents/a1/runtime")
+                assert os.path.normpath(drv.tree.mount + path) == drv.tree.dir("agents/a1/runtime")
     assert drv.procs("agents/a1/runtime") == [p.pid]
     assert drv.stats("agents/a1/runtime").pids_current == 1
     p.kill()
@@ -298,7 +298,7 @@ def test_freeze_stops_cpu_use_and_thaw_resumes(driver, children):
     time.sleep(0.2)
     drv.freeze("agents/a1")  # a parent: freezing is recursive
     assert drv.stats("agents/a1").frozen and drv.stats(rel).frozen
-    assert _read(drv.unified.file(rel, "cgroup.events")).find("frozen 1") >= 0
+    assert _read(drv.tree.file(rel, "cgroup.events")).find("frozen 1") >= 0
     t0 = proc_cpu_ticks(p.pid)
     time.sleep(0.5)
     assert proc_cpu_ticks(p.pid) - t0 <= 1, "a frozen process must not run"
@@ -324,7 +324,7 @@ time.sleep(300)
 
 
 def _tree_started(drv, rel, n):
-    pids = fs.subtree_pids(drv.unified.dir(rel))
+    pids = fs.subtree_pids(drv.tree.dir(rel))
     return pids if len(pids) >= n else None
 
 
@@ -357,7 +357,7 @@ def test_kill_fallback_freeze_signal_thaw_ends_a_tree(driver, children):
     children.go(p)
     pids = wait_for(lambda: _tree_started(drv, rel, 5))
     assert pids and len(pids) >= 5
-    drv.unified.kill(rel, use_kill_file=False)
+    drv.tree.kill(rel, use_kill_file=False)
     for pid in pids:
         assert proc_state(pid) in (None, "Z"), (pid, proc_state(pid))
     s = drv.stats(rel)
@@ -425,7 +425,7 @@ def test_psi_trigger_fires_under_cpu_contention(driver, children):
             children.go(b)
         events = poller.poll(window // 1000 + 5000)
         assert events and events[0][1] & select.POLLPRI, events
-        cpu_psi = drv.unified.pressure(rel, "cpu")
+        cpu_psi = drv.tree.pressure(rel, "cpu")
         assert cpu_psi.some_total_us > 50_000
     finally:
         os.close(fd)
@@ -465,17 +465,17 @@ def test_cgroup_id_is_the_v2_inode_and_the_kernfs_id(driver, children):
     drv.create("agents/a1/runtime")
     drv.create("agents/a2/runtime")
     cid = drv.cgroup_id("agents/a1/runtime")
-    assert cid == os.stat(drv.unified.dir("agents/a1/runtime")).st_ino
-    assert cid == _kernfs_handle_id(drv.unified.dir("agents/a1/runtime"))
+    assert cid == os.stat(drv.tree.dir("agents/a1/runtime")).st_ino
+    assert cid == _kernfs_handle_id(drv.tree.dir("agents/a1/runtime"))
     assert cid != drv.cgroup_id("agents/a2/runtime")
     # A process's /proc/<pid>/cgroup v2 path leads to the same id.
     p = children.cmd(["sleep", "60"])
     assert drv.move(p.pid, "agents/a1/runtime")
     v2path = [l for l in _read(f"/proc/{p.pid}/cgroup").splitlines() if l.startswith("0::")][0][3:]
-    assert os.stat(drv.unified.mount + v2path).st_ino == cid
+    assert os.stat(drv.tree.mount + v2path).st_ino == cid
     # Reverse lookup, including a fresh driver with a cold cache.
     assert drv.path_of_id(cid) == "agents/a1/runtime"
-    cold = HybridDriver(drv.unified.mount, drv.unified.root, {}, create_root=False)
+    cold = HybridDriver(drv.tree.mount, drv.tree.root, {}, create_root=False)
     assert cold.path_of_id(drv.cgroup_id("agents/a2/runtime")) == "agents/a2/runtime"
     assert cold.path_of_id(os.stat("/sys/fs/cgroup/unified").st_ino) is None
 
@@ -500,7 +500,7 @@ print(open("/proc/self/cgroup").read(), flush=True)
 
 def test_move_self_to_daemon_cgroup(driver, children):
     drv = _hybrid_or_skip(driver)
-    leaf = os.path.basename(drv.unified.root_dir)
+    leaf = os.path.basename(drv.tree.root_dir)
     out = subprocess.run(
         [sys.executable, "-c", SELF_MOVE, leaf], capture_output=True, text=True, timeout=30, check=True
     ).stdout
