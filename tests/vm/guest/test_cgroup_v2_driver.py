@@ -205,7 +205,7 @@ def test_pids_max_stops_a_fork_storm(v2):
     assert p.poll() is None
     s = drv.stats(rel)
     assert s.pids_current == 5
-    assert fs.read(drv.tree.file(rel, "pids.events")).split()[1] != "0"
+    assert s.pids_max_events >= 1  # pids.events "max": forks refused
 
 
 TREE = "sleep 300 & sleep 300 & (sleep 300 &) ; sh -c 'sleep 300 & wait' & wait"
