@@ -5,7 +5,12 @@ Stopped processes are never left behind by this backend: each gated exec is reme
 `release(pid)`; after `gate_timeout_s` it is continued anyway (fail open, counted), and
 `stop()` continues every one still owed. A daemon killed with SIGKILL unloads the program
 (no new stops) but cannot continue the few in flight: at start-up the daemon should call
-`continue_stopped(pids)` for processes found in state T in its gated cgroups.
+`continue_stopped_in(cgroup_dirs)` for its gated cgroups.
+
+Who else sees the stop: a parent waiting with WUNTRACED. Plain `sh -c`/`bash -c`, Python's
+subprocess and pipelines do not notice; a job-control shell (interactive, or `set -m`) does:
+it prints "Stopped", reports status 147 for the command and leaves it to run in the
+background once continued. Do not gate a cgroup whose agent drives a job-control shell.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Callable
 
 from agentd.events import ProcEvent, ProcEventKind
 from agentd.tracking import bpf_source as src
+from agentd.tracking import procfs
 from agentd.tracking.backend import BackendUnavailable, EventSink, TrackerBackend
 
 log = logging.getLogger(__name__)
@@ -308,6 +314,23 @@ def _sigcont(pid: int) -> bool:
         return True
     except ProcessLookupError:
         return False
+
+
+def continue_stopped_in(cgroup_dirs) -> list[int]:
+    """SIGCONT every process in state T (stopped) directly in these v2 cgroup directories:
+    what a restarted daemon does for execs its dead predecessor had gated."""
+    done = []
+    for d in cgroup_dirs:
+        try:
+            with open(os.path.join(d, "cgroup.procs")) as f:
+                pids = [int(x) for x in f.read().split()]
+        except OSError:
+            continue
+        for pid in pids:
+            st = procfs.read_stat(pid)
+            if st is not None and st.state == "T" and _sigcont(pid):
+                done.append(pid)
+    return done
 
 
 def continue_stopped(pids) -> int:

@@ -153,9 +153,12 @@ def children():
 class Recorder:
     def __init__(self):
         self.events = []
+        self.hooks = []  # run in the consumer thread, as the daemon's placement would
         self.cond = threading.Condition()
 
     def __call__(self, ev):
+        for hook in self.hooks:
+            hook(ev)
         with self.cond:
             self.events.append(ev)
             self.cond.notify_all()
@@ -310,6 +313,41 @@ def test_gate_stops_the_exec_until_the_daemon_places_it(tracker, cgroups, childr
     assert p.wait(timeout=5) == 0
     assert procfs.parse_cgroup_v2(out.read_text()) == Cgroups.rel(tool)
     assert backend.owed_pids() == []
+
+
+def test_a_gated_tool_under_a_plain_shell_runs_and_reports_its_status(tracker, cgroups, children):
+    """The agent's bash (no job control) must not notice the stop of its child."""
+    backend, rec = tracker
+    agent, tool = cgroups.make("agent"), cgroups.make("tool")
+    placed = []
+
+    def place(ev):
+        if ev.kind is K.EXEC and ev.gated:
+            (tool / "cgroup.procs").write_text(str(ev.pid))
+            placed.append(ev.pid)
+            backend.release(ev.pid)
+
+    rec.hooks.append(place)
+    sh = children.spawn(["/bin/bash", "-c", "read go; /bin/sh -c 'exit 3'; echo rc=$?"], cgroup=agent,
+                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    rec.wait(lambda e: e.kind is K.EXEC and e.pid == sh.pid)  # bash itself started ungated
+    backend.set_gated_cgroups({Cgroups.cid(agent)})
+    out, _ = sh.communicate("go\n", timeout=10)
+    assert out.strip() == "rc=3"
+    assert len(placed) == 1
+    ev = rec.wait(lambda e: e.kind is K.EXEC and e.pid == placed[0])
+    assert ev.gated and ev.comm == "sh"
+
+
+def test_a_restarted_daemon_continues_what_was_left_stopped(cgroups, children):
+    from agentd.tracking.bpf_backend import continue_stopped_in
+
+    gate = cgroups.make("agent")
+    p = children.spawn(["/bin/sleep", "30"], cgroup=gate)
+    os.kill(p.pid, signal.SIGSTOP)
+    assert wait_for(lambda: procfs.read_stat(p.pid).state == "T")
+    assert continue_stopped_in([str(gate)]) == [p.pid]
+    assert wait_for(lambda: procfs.read_stat(p.pid).state == "S")
 
 
 def test_ungated_cgroup_is_not_stopped(tracker, cgroups, children, tmp_path):
