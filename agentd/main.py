@@ -31,13 +31,14 @@ def main() -> None:
 @click.option("--policy-dir", type=click.Path(path_type=Path), default=DEFAULT_POLICY_DIR, show_default=True)
 @click.option("--default-policy", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=DEFAULT_POLICY, show_default=True)
 @click.option("--cgroup-root", default=None, help="absolute cgroup path agentd owns (default: own cgroup + /agentd, or the service cgroup under systemd)")
+@click.option("--cgroup-leaf", default="agentd", show_default=True, help="name of agentd's cgroup under the own cgroup, when --cgroup-root is not given")
 @click.option("--tracker", type=click.Choice(["auto", "bpf", "cn_proc"]), default="auto", show_default=True)
 @click.option("--admin-group", default=None, help="group whose members may change policy and act on any agent")
 @click.option("--socket-group", default=None, help="group owning the API socket (mode 0660)")
 @click.option("--metrics-listen", default=None, help="HOST:PORT for a Prometheus listener (off by default)")
 @click.option("--no-move-self", is_flag=True, help="stay in the current cgroup instead of <root>/daemon")
 @click.option("-v", "--verbose", is_flag=True)
-def run(socket_path, state_dir, policy_dir, default_policy, cgroup_root, tracker, admin_group, socket_group,
+def run(socket_path, state_dir, policy_dir, default_policy, cgroup_root, cgroup_leaf, tracker, admin_group, socket_group,
         metrics_listen, no_move_self, verbose) -> None:
     """Run the daemon in the foreground (systemd: Type=notify)."""
     from agentd.core.daemon import DaemonConfig, run_daemon
@@ -45,7 +46,7 @@ def run(socket_path, state_dir, policy_dir, default_policy, cgroup_root, tracker
     _need_root()
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="agentd: %(message)s", stream=sys.stderr)
     config = DaemonConfig(socket_path=socket_path, state_dir=state_dir, policy_dir=policy_dir, default_policy=default_policy,
-                          cgroup_root=cgroup_root, tracker=tracker, admin_group=admin_group, socket_group=socket_group,
+                          cgroup_root=cgroup_root, cgroup_leaf=cgroup_leaf, tracker=tracker, admin_group=admin_group, socket_group=socket_group,
                           metrics_listen=metrics_listen, move_self=not no_move_self)
     try:
         asyncio.run(run_daemon(config))

@@ -35,6 +35,7 @@ from agentd.api.validation import (
     Field,
     check_body,
     check_name,
+    check_toolcall_id,
     check_query,
     level_at_least,
     parse_json_body,
@@ -446,7 +447,7 @@ class ApiServer:
 
     def _tool_call(self, request: web.Request, action: Action) -> tuple[str, dict]:
         check_query(dict(request.query), set())
-        ident = check_name(request.match_info["id"], "id")
+        ident = check_toolcall_id(request.match_info["id"], "id")
         call = self.controller.tool_call(ident)
         self.require(request, action, call.get("agent"))
         return ident, call

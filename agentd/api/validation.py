@@ -30,6 +30,16 @@ def check_name(value: Any, field: str) -> str:
     return value
 
 
+def check_toolcall_id(value: Any, field: str = "id") -> str:
+    """A tool-call id: <agent>/<seq>-<tool>, each part a valid name."""
+    if isinstance(value, str) and value.count("/") == 1:
+        agent, rest = value.split("/")
+        check_name(agent, field)
+        check_name(rest, field)
+        return value
+    return check_name(value, field)
+
+
 @dataclass(frozen=True)
 class Field:
     types: tuple[type, ...]

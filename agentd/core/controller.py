@@ -151,6 +151,13 @@ class DaemonController:
             raise ApiError(400, "policy_invalid", f"{filename} is not a valid policy", "text", [p.to_json() for p in exc.problems]) from None
 
     # ------------------------------------------------------------------ events
+    def recent_events(self, agent: str | None, level: str, limit: int) -> list[dict]:
+        from agentd.core.journal import LEVELS
+
+        floor = LEVELS.get(level or "info", 20)
+        rows = self.d.store.events(agent=agent, limit=max(limit * 4, limit))
+        return [e for e in rows if LEVELS.get(e["level"], 20) >= floor][-limit:]
+
     def subscribe(self, agent: str | None = None, min_level: str = "info") -> asyncio.Queue:
         return self.d.journal.subscribe(agent, min_level)
 

@@ -404,7 +404,7 @@ class Manager:
             if agent.state == "live" and not _alive(agent.main_pid, agent.main_start):
                 self.end_agent(agent, "its main process is gone")
 
-    def _tick_toolcall(self, tc: ToolCall, now: float) -> None:
+    def _tick_toolcall(self, tc: ToolCall, now: float, final: bool = False) -> None:
         try:
             st = self.driver.stats(tc.cgroup)
         except (CgroupError, OSError):
@@ -412,9 +412,6 @@ class Manager:
             return
         tc.peak_bytes = max(tc.peak_bytes, st.memory_peak, st.memory_current)
         tc.cpu_s = max(tc.cpu_s, st.cpu_usage_us / 1e6)
-        if not st.populated:
-            self._finish(tc, now)
-            return
         sample = Sample(now=now, memory_current=st.memory_current, memory_peak=tc.peak_bytes, memory_limit=st.memory_limit,
                         pids_max_events=st.pids_max_events, pids_current=st.pids_current,
                         high_events=st.memory_events.get("high", 0), oom_kill_events=st.memory_events.get("oom_kill", 0),
@@ -425,6 +422,9 @@ class Manager:
         tc.ladder, actions = escalation.step(tc.ladder, sample, tc.resolved.limits, policy.toolcalls.escalation, v1=self.v1)
         for action in actions:
             self._apply(tc, action)
+        if final or not st.populated:  # the last sample still counted its events; now settle it
+            self._finish(tc, now)
+            return
         if tc.ladder.stage != before.stage or tc.ladder.throttled != before.throttled:
             tc.state = "frozen" if tc.ladder.stage == "frozen" else tc.state
             self.store.put_toolcall(tc.record())
@@ -522,7 +522,7 @@ class Manager:
                 self.journal.emit("toolcall.orphans", f"agent {agent.name} ended ({why}) while tool call {tc.id} still ran; ended it",
                                   level="warn", agent=agent.name, tool_call=tc.id)
                 self.driver.kill(tc.cgroup)
-            self._finish(tc, self.clock())
+            self._tick_toolcall(tc, self.clock(), final=True)
         agent.state, agent.ended = "done", self.clock()
         try:
             self.driver.kill(f"{agent.cgroup}/runtime")
