@@ -180,21 +180,26 @@ class HybridDriver(UnifiedBackedDriver):
     def freeze(self, rel: str) -> None:
         """Freeze rel's subtree. A process paused at its v1 memory limit (under_oom) sleeps in
         the kernel where the freezer cannot reach it: the freeze then stays requested, this
-        raises, and the process freezes as soon as the limit is raised (or it is killed)."""
+        raises at once, and the process freezes as soon as the limit is raised (or it is killed)."""
+        paused = self._under_oom(rel)
+        if paused:
+            fs.write(self.tree.file(rel, "cgroup.freeze"), "1")
+            raise self._paused_error(rel, paused)
         try:
             super().freeze(rel)
         except CgroupError as e:
-            if e.errno != errno.ETIMEDOUT:
-                raise
-            paused = self._under_oom(rel)
+            paused = self._under_oom(rel) if e.errno == errno.ETIMEDOUT else []
             if not paused:
                 raise
-            raise CgroupError(
-                errno.EBUSY,
-                f"cannot freeze {self.tree.dir(rel)} yet: {', '.join(paused)} is paused at its memory "
-                "limit (under_oom); the freeze stays requested and takes hold once the limit is raised, "
-                "or kill it",
-            ) from e
+            raise self._paused_error(rel, paused) from e
+
+    def _paused_error(self, rel: str, paused: list[str]) -> CgroupError:
+        return CgroupError(
+            errno.EBUSY,
+            f"cannot freeze {self.tree.dir(rel)} yet: {', '.join(paused)} is paused at its memory "
+            "limit (under_oom); the freeze stays requested and takes hold once the limit is raised, "
+            "or kill it",
+        )
 
     def _under_oom(self, rel: str) -> list[str]:
         mem = self.v1.get("memory")

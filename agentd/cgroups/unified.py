@@ -17,7 +17,7 @@ from agentd.cgroups.psi import open_trigger
 
 PSI_RESOURCES = ("memory", "cpu", "io")
 PSI_KINDS = ("some", "full")
-FREEZE_WAIT_S = 2.0
+FREEZE_WAIT_S = 3.0  # a task in a memory.high penalty sleep (up to 2 s) freezes only after it
 KILL_WAIT_S = 5.0
 
 
