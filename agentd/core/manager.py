@@ -16,8 +16,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import psutil
-
 from agentd.cgroups.driver import CgroupDriver, CgroupError, Limits
 from agentd.core import escalation
 from agentd.core.escalation import LadderState, Sample
@@ -36,6 +34,7 @@ from agentd.core.toolcall_rules import (
 from agentd.events import ProcEvent, ProcEventKind
 from agentd.policy.schema import Policy, ResourceLimits, valid_name
 from agentd.policy.spec import format_size
+from agentd.tracking import procfs
 from agentd.tracking.backend import TrackerBackend
 
 PENDING_INTENT_TTL_S = 30.0  # an intent declared over the API applies to the next tool call within this time
@@ -55,17 +54,13 @@ class ProcInfo:
 
 def read_proc(pid: int) -> ProcInfo | None:
     """What /proc says about pid; None when it is gone (normal, not an error)."""
-    try:
-        p = psutil.Process(pid)
-        with p.oneshot():
-            try:
-                exe = p.exe() or None
-            except (psutil.AccessDenied, psutil.ZombieProcess, OSError):
-                exe = None
-            argv = [str(a)[:4096] for a in p.cmdline()[:256]]
-            return ProcInfo(pid, p.ppid(), p.name()[:16], exe, argv, p.uids().real, int(p.create_time() * 100))
-    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied, ProcessLookupError):
+    stat = procfs.read_stat(pid)
+    status = procfs.read_status(pid) if stat else None
+    argv = procfs.read_cmdline(pid) if status else None
+    if stat is None or status is None or argv is None:
         return None
+    return ProcInfo(pid, stat.ppid, stat.comm[:16], procfs.read_exe(pid), [a[:4096] for a in argv[:256]], status.uid_real,
+                    stat.start_ticks)
 
 
 def read_environ(pid: int) -> bytes:
@@ -542,7 +537,7 @@ class Manager:
 
 def _alive(pid: int, start: int) -> bool:
     info = read_proc(pid)
-    return info is not None and abs(info.start - start) <= 1
+    return info is not None and info.start == start
 
 
 def _populated(driver: CgroupDriver, rel: str) -> bool:

@@ -1,5 +1,7 @@
-"""Crash-safe state: agents, tool-call records and the event journal in SQLite (WAL,
-synchronous=FULL), so a SIGKILLed daemon restarts with every record it had acknowledged.
+"""Crash-safe state: agents, tool-call records and the event journal in SQLite. In WAL mode
+every committed transaction is in the OS before the call returns, so a SIGKILLed daemon
+restarts with every record it wrote (synchronous=NORMAL: only a power loss can take the
+last transactions, and the kernel's cgroups, which re-adoption reads, would be gone too).
 
 Records are rotated: only the newest MAX_EVENTS events and MAX_DONE_TOOLCALLS finished
 tool calls are kept, so the file (and the daemon's memory) stays flat over time.
@@ -84,7 +86,7 @@ class Store:
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._inserts = 0
 

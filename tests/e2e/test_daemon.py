@@ -121,10 +121,11 @@ def test_a_process_that_leaves_its_cgroup_is_put_back(daemon):
     rc, lines, err = run_agent(daemon, "esc", [PY, REPORT, "escape", escape_to])
     assert rc == 0, err
     report = json.loads(lines[0]["out"][0])
-    assert "/tools/" not in report["moved"]["v2"]  # it really left
-    assert report["after"]["v2"].endswith("/agents/esc/tools/0001-python-report.py")  # and was put back
+    assert report["after"]["v2"].endswith("/agents/esc/tools/0001-python-report.py")  # back where it belongs
     events = parse_lines(daemon.agentctl("events", "--agent", "esc", "--json").stdout)
-    assert any(e["kind"] == "toolcall.moved_back" for e in events)
+    moved = [e for e in events if e["kind"] == "toolcall.moved_back"]
+    # The kernel's attach event said where it went (it may be back before its next read).
+    assert moved and "/tools/" not in moved[0]["data"]["escaped_to"]
 
 
 @pytest.mark.parametrize("daemon", ["cn_proc"], indirect=True)
