@@ -81,6 +81,17 @@ class GuestResult:
     host_maxrss_kb: int = 0  # peak resident memory of qemu (largest process of the run)
     setup_log: str = ""
 
+    def summary(self) -> str:
+        """One measurement line."""
+        boot = f"{self.boot_s:.1f}s" if self.boot_s is not None else "?"
+        cmd = f"{self.command_s:.1f}s" if self.command_s is not None else "?"
+        return (f"vm: kernel {self.kernel}, boot {boot}, guest command {cmd} (guest clock), "
+                f"wall {self.wall_s:.1f}s, qemu peak RSS {self.host_maxrss_kb // 1024} MiB, "
+                f"rc {self.rc}, files {self.files_dir}")
+
+
+RUNS: list[GuestResult] = []  # every completed boot of this process, for reports
+
 
 def _venv_bin() -> Path:
     """Where vng lives: the venv that runs us, else the repository's .venv."""
@@ -198,6 +209,7 @@ def boot_and_run(
     env: dict[str, str] | None = None,
     cwd: str | os.PathLike | None = None,
     files_dir: str | os.PathLike | None = None,
+    qemu_opts: list[str] | None = None,
 ) -> GuestResult:
     """Boot the VM once, run `command` as root in it (cwd: the repository), power off.
 
@@ -244,6 +256,8 @@ def boot_and_run(
     ]
     if numa:
         args += numa_layout(memory_mb, cpus)
+    if qemu_opts:
+        args.append("--qemu-opts=" + " ".join(qemu_opts))
     args += ["--exec", f"sh {shlex.quote(str(GUEST_RUNNER))} {shlex.quote(str(rw))}"]
     (rw / "vng-command").write_text(shlex.join(args) + "\n")
 
@@ -309,11 +323,13 @@ def boot_and_run(
         command_s = float(_read(rw / "finished")) - float(_read(rw / "started"))
     except ValueError:
         pass
-    return GuestResult(
+    result = GuestResult(
         rc=rc, stdout=_read(rw / "stdout"), stderr=_read(rw / "stderr"), files_dir=rw,
         kernel=kver, boot_s=boot_s, command_s=command_s, wall_s=wall,
         host_maxrss_kb=maxrss, setup_log=_read(rw / "setup.log"),
     )
+    RUNS.append(result)
+    return result
 
 
 if __name__ == "__main__":
@@ -333,7 +349,5 @@ if __name__ == "__main__":
         sys.exit(125)
     sys.stdout.write(r.stdout)
     sys.stderr.write(r.stderr)
-    print(f"vm: rc={r.rc} kernel={r.kernel} boot={r.boot_s and round(r.boot_s, 1)}s "
-          f"command={r.command_s and round(r.command_s, 1)}s wall={r.wall_s:.1f}s "
-          f"qemu_maxrss={r.host_maxrss_kb // 1024}MiB files={r.files_dir}", file=sys.stderr)
+    print(r.summary(), file=sys.stderr)
     sys.exit(r.rc)
