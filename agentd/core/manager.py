@@ -37,6 +37,13 @@ from agentd.policy.spec import format_size
 from agentd.tracking import procfs
 from agentd.tracking.backend import TrackerBackend
 
+# The kernel's OOM killer must take a tool call before an agent's runtime (its LLM loop):
+# runtimes get RUNTIME_OOM_SCORE_ADJ (killable only as a last resort; lowering needs
+# CAP_SYS_RESOURCE), and each tool call's leader (inherited by its children) a raised score
+# by priority, low-priority work first. Raising needs no capability, so the order holds
+# even where the runtime cannot be lowered.
+RUNTIME_OOM_SCORE_ADJ = -900
+TOOLCALL_OOM_SCORE_ADJ = {"high": 100, "normal": 400, "low": 800}
 PENDING_INTENT_TTL_S = 30.0  # an intent declared over the API applies to the next tool call within this time
 FINISHED_AGENT_KEEP = 200
 
@@ -61,6 +68,19 @@ def read_proc(pid: int) -> ProcInfo | None:
         return None
     return ProcInfo(pid, stat.ppid, stat.comm[:16], procfs.read_exe(pid), [a[:4096] for a in argv[:256]], status.uid_real,
                     stat.start_ticks)
+
+
+def set_oom_score_adj(pid: int, value: int) -> bool | None:
+    """True when written, False when the pid is gone, None when the kernel refused (EACCES:
+    lowering a score needs CAP_SYS_RESOURCE)."""
+    try:
+        with open(f"/proc/{pid}/oom_score_adj", "w") as f:
+            f.write(str(value))
+        return True
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+    except PermissionError:
+        return None
 
 
 def read_environ(pid: int) -> bytes:
@@ -157,6 +177,7 @@ class Manager:
                          "toolcalls_throttled": 0, "moved_back": 0, "placement_errors": 0, "intents_rejected": 0,
                          "agents_registered": 0, "events_handled": 0}
         self.placement_us: list[float] = []  # recent gated placement latencies
+        self.runtime_shield_refused = False
 
     # ------------------------------------------------------------------ agents
     def register_agent(self, pid: int, uid: int, name: str | None, policy: str | None) -> Agent:
@@ -185,10 +206,15 @@ class Manager:
         if not self.driver.move(pid, f"{cgroup}/runtime"):
             raise ProcessLookupError(f"process {pid} exited before it could be placed")
         agent.runtime_pids.add(pid)
+        if set_oom_score_adj(pid, RUNTIME_OOM_SCORE_ADJ) is None and not self.runtime_shield_refused:
+            self.runtime_shield_refused = True
+            self.journal.emit("oom.shield_unavailable", "cannot lower agent runtimes' oom_score_adj (no CAP_SYS_RESOURCE); "
+                              "tool calls are raised instead so the OOM killer still takes them first", level="warn")
         self._update_gate()
         self.store.put_agent(agent.record())
         self.counters["agents_registered"] += 1
-        self.journal.emit("agent.registered", f"agent {name} (pid {pid}, uid {uid}) is managed under {cgroup} with policy {policy_obj.name}",
+        self.journal.emit("agent.registered", f"agent {name} (pid {pid}, uid {uid}) is managed under {cgroup} with policy {policy_obj.name}; "
+                          "the OOM killer takes its tool calls before its runtime",
                           agent=name, pid=pid, uid=uid, policy=policy_obj.name, agent_limits=agent_limits.to_json())
         return agent
 
@@ -313,6 +339,8 @@ class Manager:
         self.driver.create(rel)
         self.driver.apply_limits(rel, tool_limits_for_driver(resolved.limits, self.driver.kind))
         moved = self.driver.move(pid, rel)
+        priority = (intent.priority if intent and intent.priority else None) or policy.priority
+        set_oom_score_adj(pid, TOOLCALL_OOM_SCORE_ADJ.get(priority, 300))
         if gated:
             self._release(pid)
         placed_us = (time.monotonic() - t0) * 1e6 if t0 is not None else 0.0

@@ -76,6 +76,7 @@ def parse_text(text: str, filename: str) -> tuple[Policy | None, list[Problem]]:
     policy = Policy(
         name=values["name"],
         version=values["version"],
+        priority=values.get("priority") or "normal",
         agents=tuple(values.get("agents") or ()),
         agent=values.get("agent") or ResourceLimits(),
         toolcalls=values.get("toolcalls") or ToolCallPolicy(),

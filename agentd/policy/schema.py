@@ -5,6 +5,7 @@ A policy file (YAML):
 
     version: 1
     name: default
+    priority: normal        # low | normal | high (whose tool calls go first under host memory pressure)
     agents:                 # agents matched by rule (besides those launched by `agentctl run`)
       - name: claude-code
         match: {comm: "^claude$", uid: 1000}
@@ -97,6 +98,7 @@ class ToolCallPolicy:
 class Policy:
     name: str
     version: int = 1
+    priority: str = "normal"  # low | normal | high: whose tool calls the kernel's OOM killer takes first
     agents: tuple[AgentRule, ...] = ()
     agent: ResourceLimits = ResourceLimits()
     toolcalls: ToolCallPolicy = ToolCallPolicy()
@@ -186,6 +188,8 @@ POLICY_SPEC = Mapping(
     {
         "version": Scalar("int", minimum=1, maximum=1),
         "name": Scalar("str", max_len=64),
+        "priority": Scalar("enum", choices=("low", "normal", "high"),
+                           description="agents under this policy: low-priority tool calls are the kernel OOM killer's first choice"),
         "agents": ListOf(_AGENT_RULE, max_items=500),
         "agent": _limits_spec("bounds for an agent as a whole"),
         "toolcalls": _TOOLCALLS,

@@ -36,7 +36,7 @@ def daemon(request):
 
 
 def run_agent(d: DaemonProcess, name: str, *steps, timeout: float = 90) -> tuple[int, list[dict], str]:
-    proc = d.spawn_agent(name, "scripted.py", *[json.dumps(s) for s in steps])
+    proc = d.spawn_agent(name, AGENTS / "scripted.py", *[json.dumps(s) for s in steps])
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, parse_lines(out), err
 
@@ -140,7 +140,7 @@ def test_cn_proc_fallback_places_tool_calls(daemon):
 
 def test_sigkill_mid_run_then_restart_loses_nothing(daemon):
     steps = [[PY, REPORT, "where"], ["sleep", "1"], ["sleep", "1"], [PY, REPORT, "burst", "400"], ["sleep", "2"], ["sleep", "0.5"]]
-    proc = daemon.spawn_agent("crash", "scripted.py", *[json.dumps(s) for s in steps])
+    proc = daemon.spawn_agent("crash", AGENTS / "scripted.py", *[json.dumps(s) for s in steps])
     deadline = time.monotonic() + 20
     seen: list[dict] = []
     while time.monotonic() < deadline:
