@@ -57,6 +57,8 @@ def trace_peak(build_model: Callable, make_batch: Callable, mode: str = "train",
     with FakeTensorMode(allow_non_fake_inputs=False):
         model = build_model()
         inputs, targets = make_batch()
+        # the batch exists before the tracker starts, so it is added by hand
+        input_bytes = sum(t.untyped_storage().nbytes() for t in (inputs, targets) if torch.is_tensor(t))
         tracker = MemTracker()
         if mode == "train":
             model.train()
@@ -91,15 +93,12 @@ def trace_peak(build_model: Callable, make_batch: Callable, mode: str = "train",
             else:
                 name = getattr(k, "value", str(k))
                 by_kind[name] = by_kind.get(name, 0) + int(v)
-    return {"peak_bytes": peak, "by_kind": by_kind, "seconds": time.perf_counter() - t0}
+    by_kind["Inputs"] = input_bytes
+    return {"peak_bytes": peak + input_bytes, "by_kind": by_kind, "seconds": time.perf_counter() - t0}
 
 
 def estimate(model: ModelSpec, workload: WorkloadSpec) -> Estimate:
     """Trace agentd's reference decoder built from `model` for `workload` (single device)."""
-    torch = _torch()
-    from agentd.gpu import analytical
-    from agentd.gpu.torch_models import TinyDecoder, make_optimizer
-
     wl = workload.resolved(model)
     if not model.has_architecture:
         raise ValueError("the cpu_side estimator needs an architecture (give a config, not only --params)")
@@ -107,9 +106,13 @@ def estimate(model: ModelSpec, workload: WorkloadSpec) -> Estimate:
         raise ValueError("the cpu_side estimator traces one device without parallelism (tp=dp=1, no ZeRO)")
     if wl.recompute == "selective":
         raise ValueError("the reference decoder implements recompute none or full, not selective")
-    dt = {4: torch.float32, 2: torch.bfloat16}[DTYPE_BYTES[wl.dtype]]
     if wl.mixed_precision:
         raise ValueError("the cpu_side estimator traces one dtype; mixed precision is not supported")
+    torch = _torch()
+    from agentd.gpu import analytical
+    from agentd.gpu.torch_models import TinyDecoder, make_optimizer
+
+    dt = {4: torch.float32, 2: torch.bfloat16}[DTYPE_BYTES[wl.dtype]]
 
     def build():  # made in the target dtype: Module.to() cannot swap fake parameters
         old = torch.get_default_dtype()
@@ -133,9 +136,9 @@ def estimate(model: ModelSpec, workload: WorkloadSpec) -> Estimate:
     parts["weights"] = kinds.get("Parameter", 0) + kinds.get("Buffer", 0)
     parts["gradients"] = kinds.get("Gradient", 0)
     parts["optimizer_states"] = kinds.get("Optstate", 0)
-    parts["activations"] = kinds.get("Activation", 0)
+    parts["activations"] = kinds.get("Activation", 0) + kinds.get("Inputs", 0)
     parts["kv_cache"] = kinds.get("kv_cache", 0)
-    parts["temporaries"] = kinds.get("Temp", 0) + kinds.get("Other", 0) + kinds.get("Inputs", 0)
+    parts["temporaries"] = kinds.get("Temp", 0) + kinds.get("Other", 0)
     ref = analytical.estimate(model, wl)
     parts["overhead"] = ref.parts["overhead"]
     total = int(sum(parts.values()))
@@ -161,6 +164,7 @@ def _trace_prefill(build, batch) -> dict:
     with FakeTensorMode():
         model = build().eval()
         ids, _ = batch()
+        input_bytes = ids.untyped_storage().nbytes()
         tracker = MemTracker()
         tracker.track_external(model)
         with tracker, torch.no_grad():
@@ -186,4 +190,5 @@ def _trace_prefill(build, batch) -> dict:
     if take < kv:
         by_kind["Temp"] = max(by_kind.get("Temp", 0) - (kv - take), 0)
         by_kind["kv_cache"] = kv
-    return {"peak_bytes": peak, "by_kind": by_kind, "seconds": time.perf_counter() - t0}
+    by_kind["Inputs"] = input_bytes
+    return {"peak_bytes": peak + input_bytes, "by_kind": by_kind, "seconds": time.perf_counter() - t0}

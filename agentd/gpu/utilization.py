@@ -84,17 +84,22 @@ class UtilEstimate:
 
 
 def step_flops(model: ModelSpec, wl: WorkloadSpec) -> float:
+    """Matmul FLOPs of one step: 2 per multiply-add in the forward, twice that in the
+    backward; full recomputation repeats the layers' forward (not the LM head's).
+    Matches Narayanan et al. (SC'21) 96·B·s·l·h²·(1 + s/6h + V/16lh) under recomputation."""
     wl = wl.resolved(model)
-    n = model.parameter_count()
     tokens = wl.batch * wl.seq
-    attn = 0.0
     if model.has_architecture:
+        head = model.vocab_size * model.hidden_size
+        layers = model.num_layers * model.layer_parameters()
         attn = 4.0 * model.num_layers * wl.batch * wl.seq * wl.seq * model.num_heads * model.hd  # QK^T and PV
-    fwd = 2.0 * n * tokens + attn
+    else:
+        head, layers, attn = 0, model.parameter_count(), 0.0
+    fwd_layers = 2.0 * layers * tokens + attn
+    fwd_head = 2.0 * head * tokens
     if wl.mode == "infer":
-        return fwd / wl.tp
-    mult = 4.0 if wl.recompute == "full" else 3.0
-    return mult * fwd / wl.tp
+        return (fwd_layers + fwd_head) / wl.tp
+    return ((4.0 if wl.recompute == "full" else 3.0) * fwd_layers + 3.0 * fwd_head) / wl.tp
 
 
 def step_bytes(model: ModelSpec, wl: WorkloadSpec) -> float:

@@ -102,6 +102,7 @@ def _windows(trace: dict) -> tuple[dict[str, tuple[float, float]], list[tuple[fl
 
 
 def measure(spec: ModelSpec, wl: WorkloadSpec) -> dict:
+    wl = wl.resolved(spec)
     torch.manual_seed(0)
     dt = TORCH_DTYPES[wl.dtype]
     gc.collect()
