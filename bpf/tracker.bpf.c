@@ -12,6 +12,7 @@
 //   AGENTD_EXIT_CODE       1: also the code of voluntary exits (a syscall tracepoint)
 //   AGENTD_WATCH_SUBTREE   1: fork/exec/exit only for tasks under the cgroup in watch_root[0]
 //   AGENTD_V2_ROOT         hierarchy id of the v2 (default) hierarchy for cgroup_attach_task
+//   AGENTD_WAKE_EVERY      wake the consumer every Nth ordinary event per CPU (1: every one)
 
 #define AGENTD_FORK 1
 #define AGENTD_EXEC 2
@@ -55,6 +56,7 @@ _Static_assert(sizeof(struct event) == AGENTD_EVENT_SIZE, "event layout differs 
 BPF_RINGBUF_OUTPUT(events, AGENTD_RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(stats, u64, STAT_SLOTS);
 BPF_HASH(gated_cgroups, u64, u8, 4096);
+BPF_PERCPU_ARRAY(since_wake, u32, 1);
 BPF_TABLE("lru_hash", u32, u64, clone_flags, 16384);
 BPF_TABLE("lru_hash", u32, u32, exit_codes, 16384);
 BPF_TABLE("lru_hash", u32, u32, fatal_sent, 16384);
@@ -100,9 +102,29 @@ static __always_inline struct event *reserve(u32 kind)
     return e;
 }
 
-static __always_inline void submit(struct event *e)
+// Waking the consumer is an irq_work (a self-IPI): measured here at 3-12 us of the traced
+// task's time per event in this VM, ten times the rest of the program. A gated exec wakes it
+// at once (someone is stopped); ordinary events wake it every AGENTD_WAKE_EVERY-th time on a
+// CPU and otherwise wait for the consumer's poll timeout.
+static __always_inline void submit(struct event *e, int urgent)
 {
     stat_inc(STAT_EMITTED);
+    if (urgent) {
+        events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+        return;
+    }
+#if AGENTD_WAKE_EVERY > 1
+    int zero = 0;
+    u32 *n = since_wake.lookup(&zero);
+    if (n) {
+        *n += 1;
+        if (*n < AGENTD_WAKE_EVERY) {
+            events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+            return;
+        }
+        *n = 0;
+    }
+#endif
     events.ringbuf_submit(e, 0);
 }
 
@@ -136,7 +158,7 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
     e->pid = args->child_pid;
     e->ppid = e->tgid;
     TP_DATA_LOC_READ_STR(e->comm, child_comm, sizeof(e->comm));
-    submit(e);
+    submit(e, 0);
     return 0;
 }
 
@@ -171,7 +193,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     e->pid = args->pid;
     e->ppid = args->old_pid;
     TP_DATA_LOC_READ_STR(e->path, filename, sizeof(e->path));
-    submit(e);
+    submit(e, e->flags & AGENTD_F_GATED);
     return 0;
 }
 
@@ -268,7 +290,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
         e->flags |= AGENTD_F_EXIT_CODE;
     }
     bpf_probe_read_kernel_str(e->comm, sizeof(e->comm), args->comm);
-    submit(e);
+    submit(e, 0);
     return 0;
 }
 
@@ -279,7 +301,7 @@ TRACEPOINT_PROBE(oom, mark_victim)
         return 0;
     e->pid = args->pid;
     TP_DATA_LOC_READ_STR(e->comm, comm, sizeof(e->comm));
-    submit(e);
+    submit(e, 0);
     return 0;
 }
 
@@ -297,6 +319,6 @@ TRACEPOINT_PROBE(cgroup, cgroup_attach_task)
         e->flags |= AGENTD_F_SELF_MOVE;
     TP_DATA_LOC_READ_STR(e->comm, comm, sizeof(e->comm));
     TP_DATA_LOC_READ_STR(e->path, dst_path, sizeof(e->path));
-    submit(e);
+    submit(e, 0);
     return 0;
 }

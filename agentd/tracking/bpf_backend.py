@@ -32,7 +32,7 @@ from agentd.tracking.backend import BackendUnavailable, EventSink, TrackerBacken
 
 log = logging.getLogger(__name__)
 
-POLL_TIMEOUT_MS = 100
+POLL_TIMEOUT_MS = 50  # also the longest an ordinary event waits (see TrackerOptions.wake_every)
 
 
 def _first_error_line(text: str) -> str:
@@ -208,6 +208,14 @@ class BpfBackend(TrackerBackend):
             self._owed.pop(pid, None)
         return _sigcont(pid)
 
+    def consumer_cpu_s(self) -> float:
+        """CPU seconds the consumer thread has used (decoding events and running the sink)."""
+        t = self._thread
+        if t is None or t.native_id is None:
+            return 0.0
+        st = procfs.read_task_cpu_ticks(os.getpid(), t.native_id)
+        return st / procfs.clock_ticks() if st is not None else 0.0
+
     def owed_pids(self) -> list[int]:
         with self._lock:
             return list(self._owed)
@@ -267,6 +275,8 @@ class BpfBackend(TrackerBackend):
         while not self._stop.is_set():
             try:
                 self._bpf.ring_buffer_poll(POLL_TIMEOUT_MS)
+                # poll() reads only after a wakeup; events submitted without one wait here.
+                self._bpf.ring_buffer_consume()
             except Exception:
                 log.exception("ring buffer poll failed; the tracker goes on")
                 time.sleep(POLL_TIMEOUT_MS / 1000)

@@ -72,11 +72,17 @@ class TrackerOptions:
     # syscall on the host while loaded; signal deaths are known without it.
     exit_code: bool = False
     watch_subtree: bool = False  # fork/exec/exit only under one cgroup (set after load)
+    # Wake the consumer every Nth ordinary event per CPU; the rest wait for its poll
+    # timeout. Gated execs always wake it. 1 = wake for every event (lowest latency).
+    wake_every: int = 32
 
     def check(self) -> None:
         p = self.ringbuf_pages
         if not isinstance(p, int) or isinstance(p, bool) or p < 1 or p > 1 << 16 or p & (p - 1):
             raise ValueError(f"ringbuf_pages must be a power of two in 1..65536, not {p!r}")
+        w = self.wake_every
+        if not isinstance(w, int) or isinstance(w, bool) or not 1 <= w <= 4096:
+            raise ValueError(f"wake_every must be an int in 1..4096, not {w!r}")
         for name in ("gate", "exit_code", "watch_subtree"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, not {getattr(self, name)!r}")
@@ -104,6 +110,7 @@ def render_tracker_source(opts: TrackerOptions, template: str) -> str:
         "AGENTD_EXIT_CODE": int(opts.exit_code),
         "AGENTD_WATCH_SUBTREE": int(opts.watch_subtree),
         "AGENTD_V2_ROOT": V2_HIERARCHY_ID,
+        "AGENTD_WAKE_EVERY": opts.wake_every,
     }
     head = "".join(f"#define {k} {int(v)}\n" for k, v in defines.items())
     return head + template

@@ -144,6 +144,18 @@ def cgroup_id_of(v2_path: str, mount: str | None = None) -> int | None:
         return None
 
 
+def read_task_cpu_ticks(pid: int, tid: int, root: str = PROC) -> int | None:
+    """utime + stime of one thread, in clock ticks."""
+    text = _read(tid, "stat", f"{root}/{pid}/task")
+    if not text:
+        return None
+    rest = text[text.rfind(")") + 1 :].split()
+    try:
+        return int(rest[11]) + int(rest[12])  # fields 14 and 15
+    except (IndexError, ValueError):
+        return None
+
+
 def list_pids(root: str = PROC) -> list[int]:
     return sorted(int(n) for n in os.listdir(root) if n.isdigit())
 

@@ -49,6 +49,7 @@ def test_render_defines_checked_values():
     text = src.render_tracker_source(src.TrackerOptions(ringbuf_pages=64, gate=False), "BODY")
     assert "#define AGENTD_RINGBUF_PAGES 64\n" in text
     assert "#define AGENTD_GATE 0\n" in text
+    assert "#define AGENTD_WAKE_EVERY 32\n" in text
     assert f"#define AGENTD_EVENT_SIZE {ctypes.sizeof(src.RawEvent)}\n" in text
     assert text.endswith("BODY")
 
@@ -56,6 +57,7 @@ def test_render_defines_checked_values():
 @pytest.mark.parametrize("opts", [
     src.TrackerOptions(ringbuf_pages=3), src.TrackerOptions(ringbuf_pages=0),
     src.TrackerOptions(ringbuf_pages="8; evil"), src.TrackerOptions(gate=1),
+    src.TrackerOptions(wake_every=0), src.TrackerOptions(wake_every=True), src.TrackerOptions(wake_every="32"),
 ])
 def test_render_refuses_unchecked_values(opts):
     with pytest.raises(ValueError):
