@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import os
 import select
 import signal
@@ -529,3 +530,22 @@ def test_move_self_to_daemon_cgroup(driver, children):
         if ctrls == "" or ctrls in drv.v1:
             assert path.endswith(f"/{leaf}/daemon"), line
     assert drv.children("") == ["daemon"]
+
+
+SERVICE_ROOT = """
+import json
+from agentd.cgroups.detect import open_driver
+drv = open_driver(create_root=False)
+print(json.dumps([drv.tree.root_dir] + [t.root_dir for t in drv.v1.values()]), flush=True)
+"""
+
+
+def test_a_delegated_systemd_service_uses_its_own_cgroup_as_the_root(driver, children):
+    """INVOCATION_ID set and the own v2 cgroup named *.service: no "agentd" below it."""
+    drv = _hybrid_or_skip(driver)
+    drv.create("svc.service")
+    p = children.python(SERVICE_ROOT, env={**os.environ, "INVOCATION_ID": "0123456789abcdef"})
+    assert drv.move(p.pid, "svc.service")
+    children.go(p)
+    roots = json.loads(p.stdout.readline())
+    assert roots == [drv.tree.dir("svc.service")] + [t.dir("svc.service") for t in drv.v1.values()]
