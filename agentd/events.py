@@ -29,6 +29,18 @@ class ProcEvent:
     exec'd path as the kernel saw it; `cgroup_path` is the destination of a CGROUP_ATTACH (v2
     path relative to the v2 mount) and `cgroup_id` its id there; `self_move` marks an attach
     the moved process did itself.
+
+    Per kind (bpf backend; cn_proc gives FORK/EXEC/EXIT only, cgroup_id 0, comm read from
+    /proc and "" when the process had already gone):
+      FORK           pid = child, ppid = tgid = parent's tgid, comm, cgroup_id = the parent's
+                     (the child's at birth). Threads are never reported.
+      EXEC           pid (the tgid), old_pid, comm (new image), filename, cgroup_id, gated.
+      EXIT           pid = tgid, once per process (last thread), comm; exit_code when
+                     exit_code_known: signal deaths always, voluntary exits only with the bpf
+                     option exit_code=True (cn_proc: always).
+      OOM_VICTIM     pid = victim, comm; tgid/cgroup_id are those of the task that hit OOM.
+      CGROUP_ATTACH  pid = moved task (per thread), cgroup_id/cgroup_path = destination (v2
+                     only), tgid = the writer, self_move when the writer is the moved task.
     """
 
     kind: ProcEventKind

@@ -7,10 +7,10 @@ from agentd.tracking.backend import BackendUnavailable, TrackerBackend
 PREFERENCES = ("auto", "bpf", "cn_proc")
 
 
-def _bpf() -> TrackerBackend:
+def _bpf(options=None) -> TrackerBackend:
     from agentd.tracking.bpf_backend import BpfBackend
 
-    return BpfBackend()
+    return BpfBackend(options)
 
 
 def _cn_proc() -> TrackerBackend:
@@ -19,11 +19,16 @@ def _cn_proc() -> TrackerBackend:
     return CnProcBackend()
 
 
-def open_backend(prefer: str = "auto", *, bpf_factory=_bpf, cnproc_factory=_cn_proc) -> tuple[TrackerBackend, str]:
+def open_backend(
+    prefer: str = "auto", *, bpf_options=None, bpf_factory=None, cnproc_factory=_cn_proc
+) -> tuple[TrackerBackend, str]:
     """A loaded (not yet started) backend and the one line that says which and why.
 
     "bpf" and "cn_proc" insist on that backend (BackendUnavailable if it cannot run);
-    "auto" tries BPF first and falls back to cn_proc, naming the reason."""
+    "auto" tries BPF first and falls back to cn_proc, naming the reason. bpf_options is a
+    bpf_source.TrackerOptions (gate, exit_code, watch_subtree, wake_every, ring size)."""
+    if bpf_factory is None:
+        bpf_factory = lambda: _bpf(bpf_options)  # noqa: E731
     if prefer not in PREFERENCES:
         raise ValueError(f"tracker backend must be one of {', '.join(PREFERENCES)}, not {prefer!r}")
     bpf_reason = ""

@@ -116,3 +116,25 @@ def test_ancestors_survive_a_cycle():
     tree = ProcTree()
     tree.seed([ProcInfo(pid=2, ppid=3), ProcInfo(pid=3, ppid=2)])
     assert tree.ancestors(2) == [3]
+
+
+def test_seed_from_a_fixture_proc_root(tmp_path):
+    from agentd.tracking.proctree import ProcfsReader
+
+    cg = tmp_path / "cgroup" / "agents" / "a1"
+    cg.mkdir(parents=True)
+    for pid, ppid, comm in ((1, 0, "init"), (50, 1, "my agent"), (51, 50, "sh")):
+        d = tmp_path / "proc" / str(pid)
+        d.mkdir(parents=True)
+        (d / "stat").write_text(f"{pid} ({comm}) S {ppid} 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {pid * 10} 0 0\n")
+        (d / "status").write_text(f"Name:\t{comm}\nTgid:\t{pid}\nUid:\t1000\t1000\t1000\t1000\n")
+        (d / "cmdline").write_bytes(comm.encode() + b"\0")
+        (d / "cgroup").write_text("0::/agents/a1\n" if pid != 1 else "0::/\n")
+    tree = ProcTree()
+    n = tree.seed_from_proc(ProcfsReader(str(tmp_path / "proc"), cgroup_mount=str(tmp_path / "cgroup")))
+    assert n == 3
+    assert tree.ancestors(51) == [50, 1]
+    info = tree.get(50)
+    assert (info.comm, info.argv, info.uid, info.start_ticks) == ("my agent", ["my agent"], 1000, 500)
+    assert info.cgroup_id == cg.stat().st_ino
+    assert tree.get(1).cgroup_id == (tmp_path / "cgroup").stat().st_ino
