@@ -102,9 +102,12 @@ def main(argv=None) -> int:
 
     ana_errs, ana_by_mode = [], {"train": [], "infer": []}
     worst = (0.0, "")
+    inside = 0
     for r in rows:
         m, w = model_spec_from_dict(r["model"]), workload_spec_from_dict(r["workload"])
-        e = _err(analytical.estimate(m, w).total_bytes, r["measured"]["peak_bytes"])
+        est = analytical.estimate(m, w)
+        inside += est.low_bytes <= r["measured"]["peak_bytes"] <= est.high_bytes
+        e = _err(est.total_bytes, r["measured"]["peak_bytes"])
         ana_errs.append(e)
         ana_by_mode[w.mode].append(e)
         if abs(e) > abs(worst[0]):
@@ -117,8 +120,12 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     lm = LearnedModel.fit(train)
     fit_ms = (time.perf_counter() - t0) * 1000
-    lrn = _summary([_err(lm.estimate(model_spec_from_dict(r["model"]), workload_spec_from_dict(r["workload"])).total_bytes,
-                         r["measured"]["peak_bytes"]) for r in held])
+    lrn_errs, lrn_inside = [], 0
+    for r in held:
+        est = lm.estimate(model_spec_from_dict(r["model"]), workload_spec_from_dict(r["workload"]))
+        lrn_errs.append(_err(est.total_bytes, r["measured"]["peak_bytes"]))
+        lrn_inside += est.low_bytes <= r["measured"]["peak_bytes"] <= est.high_bytes
+    lrn = _summary(lrn_errs)
     far = lm.estimate(ModelSpec.from_hf_config(LLAMA2_7B), WorkloadSpec(mode="train", batch=1, seq=4096, device="cpu"))
 
     cpu = {"mape": float("nan"), "max": float("nan"), "n": 0}
@@ -156,6 +163,8 @@ def main(argv=None) -> int:
         "mape_pct_analytical_train_mode": round(_summary(ana_by_mode["train"])["mape"], 3),
         "mape_pct_analytical_infer_mode": round(_summary(ana_by_mode["infer"])["mape"], 3),
         "mape_pct_analytical_heldout": round(ana_held["mape"], 3),
+        "range_coverage_pct_analytical": round(100.0 * inside / len(rows), 2),
+        "range_coverage_pct_learned": round(100.0 * lrn_inside / max(len(held), 1), 2),
         "mape_pct_learned": round(lrn["mape"], 3), "max_err_pct_learned": round(lrn["max"], 3),
         "mape_pct_cpu_side": round(cpu["mape"], 3), "max_err_pct_cpu_side": round(cpu["max"], 3),
         "samples": len(rows), "samples_heldout": len(held), "samples_cpu_side": cpu["n"],
@@ -198,6 +207,8 @@ def main(argv=None) -> int:
         print(f"cpu_side is {metrics['latency_ratio_cpu_side_to_analytical']}x slower than analytical")
     print(f"analytical on held-out rows: MAPE {ana_held['mape']:.2f} %; train-mode {metrics['mape_pct_analytical_train_mode']:.2f} %, "
           f"infer-mode {metrics['mape_pct_analytical_infer_mode']:.2f} %; worst {worst[0]:+.1f} % ({worst[1]})")
+    print(f"measured peaks inside the stated range: analytical {metrics['range_coverage_pct_analytical']} %, "
+          f"learned {metrics['range_coverage_pct_learned']} % (held out)")
     print(f"re-measured {len(fresh)} rows now: max drift {metrics['remeasured_max_drift_pct']} %")
     print(f"sampler: {samp['us_per_gpu_sample_fake']:.1f} µs per GPU per sample (fake NVML), "
           f"{samp['us_proc_identity']:.1f} µs per process /proc lookup; this host: {samp['real_probe']}")

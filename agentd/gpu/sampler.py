@@ -531,3 +531,41 @@ class FakeNvmlBackend:
 
     def nvmlEventSetFree(self, es):
         return None
+
+
+class SamplerThread:
+    """Calls sampler.sample() every `interval_s` in a daemon thread and hands each snapshot
+    to `sink` (which should only pass it to the event loop, e.g. loop.call_soon_threadsafe).
+    When NVML is unavailable it hands over one unavailable snapshot and stops: the daemon
+    runs on without GPU features and has said why."""
+
+    def __init__(self, sampler: NvmlSampler, sink: Callable[[GpuSnapshot], None], interval_s: float | None = None):
+        import threading
+
+        self.sampler, self.sink = sampler, sink
+        self.interval_s = interval_s if interval_s is not None else sampler.interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="agentd-nvml", daemon=True)
+        self.samples = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self.sampler.close()
+
+    def _run(self) -> None:
+        ok, _ = self.sampler.probe()
+        while not self._stop.is_set():
+            snap = self.sampler.sample()
+            self.samples += 1
+            try:
+                self.sink(snap)
+            except Exception:  # noqa: BLE001 - a failing sink must not kill the poller
+                pass
+            if not ok:
+                return
+            self._stop.wait(self.interval_s)

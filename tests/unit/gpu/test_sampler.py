@@ -128,3 +128,32 @@ def test_snapshot_json_round_trips():
     d = json.loads(snap.dumps())
     assert d["backend"] == "simulated" and d["gpus"][0]["processes"][0]["host_pid"] == os.getpid()
     assert d["degraded"] is False
+
+
+def test_sampler_thread_polls_until_stopped_and_stops_at_once_without_a_driver():
+    import threading
+    from agentd.gpu.sampler import SamplerThread
+
+    got, three = [], threading.Event()
+
+    def sink(snap):
+        got.append(snap)
+        if len(got) >= 3:
+            three.set()
+
+    t = SamplerThread(NvmlSampler(backend=FakeNvmlBackend(gpus=1)), sink, interval_s=0.01)
+    t.start()
+    assert three.wait(5)
+    t.stop()
+    n = len(got)
+    assert all(s.available for s in got)
+    import time
+    time.sleep(0.05)
+    assert len(got) == n  # stopped
+
+    none: list = []
+    off = SamplerThread(NvmlSampler(backend=FakeNvmlBackend(fail={"init": pynvml.NVMLError(
+        pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)})), none.append, interval_s=0.01)
+    off.start()
+    off._thread.join(5)
+    assert len(none) == 1 and not none[0].available and none[0].status.startswith("no NVIDIA driver")
