@@ -36,18 +36,26 @@ def main() -> None:
 @click.option("--admin-group", default=None, help="group whose members may change policy and act on any agent")
 @click.option("--socket-group", default=None, help="group owning the API socket (mode 0660)")
 @click.option("--metrics-listen", default=None, help="HOST:PORT for a Prometheus listener (off by default)")
+@click.option("--host-memory-max", default=None, help="memory all agents together may use, e.g. 12G (off by default)")
 @click.option("--no-move-self", is_flag=True, help="stay in the current cgroup instead of <root>/daemon")
 @click.option("-v", "--verbose", is_flag=True)
 def run(socket_path, state_dir, policy_dir, default_policy, cgroup_root, cgroup_leaf, tracker, admin_group, socket_group,
-        metrics_listen, no_move_self, verbose) -> None:
+        metrics_listen, host_memory_max, no_move_self, verbose) -> None:
     """Run the daemon in the foreground (systemd: Type=notify)."""
     from agentd.core.daemon import DaemonConfig, run_daemon
 
     _need_root()
+    from agentd.policy.spec import parse_size
+
+    try:
+        budget = parse_size(host_memory_max) if host_memory_max else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--host-memory-max") from None
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="agentd: %(message)s", stream=sys.stderr)
     config = DaemonConfig(socket_path=socket_path, state_dir=state_dir, policy_dir=policy_dir, default_policy=default_policy,
                           cgroup_root=cgroup_root, cgroup_leaf=cgroup_leaf, tracker=tracker, admin_group=admin_group, socket_group=socket_group,
-                          metrics_listen=metrics_listen, move_self=not no_move_self)
+                          metrics_listen=metrics_listen, move_self=not no_move_self,
+                          host_memory_max=budget)
     try:
         asyncio.run(run_daemon(config))
     except Exception as exc:  # one clear line, not a traceback, for the operator

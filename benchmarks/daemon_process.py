@@ -31,7 +31,8 @@ toolcalls:
 
 
 class DaemonProcess:
-    def __init__(self, tracker: str = "auto", policy: str = TEST_POLICY, policies: dict[str, str] | None = None):
+    def __init__(self, tracker: str = "auto", policy: str = TEST_POLICY, policies: dict[str, str] | None = None,
+                 extra_args: tuple[str, ...] = ()):
         self.dir = Path(tempfile.mkdtemp(prefix="agentd-e2e-"))
         os.chmod(self.dir, 0o755)
         self.leaf = f"agentd-test-{uuid.uuid4().hex[:8]}"
@@ -44,6 +45,7 @@ class DaemonProcess:
         for name, text in (policies or {}).items():
             (self.policy_dir / f"{name}.yaml").write_text(text)
         self.tracker = tracker
+        self.extra_args = list(extra_args)
         self.proc: subprocess.Popen | None = None
         self.log = self.dir / "daemon.log"
         self.client = ApiClient(str(self.socket), timeout=10)
@@ -53,7 +55,7 @@ class DaemonProcess:
             self.socket.unlink()
         argv = [str(BIN / "agentd"), "run", "--socket", str(self.socket), "--state-dir", str(self.state),
                 "--policy-dir", str(self.policy_dir), "--default-policy", str(self.default_policy),
-                "--cgroup-leaf", self.leaf, "--tracker", self.tracker]
+                "--cgroup-leaf", self.leaf, "--tracker", self.tracker, *self.extra_args]
         self.proc = subprocess.Popen(argv, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

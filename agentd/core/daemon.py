@@ -45,6 +45,7 @@ class DaemonConfig:
     metrics_listen: str | None = None
     require_root_owned_policies: bool = True
     gpu: bool = True
+    host_memory_max: int | None = None  # bytes all agents together may use (agents/)
 
 
 class Daemon:
@@ -76,6 +77,7 @@ class Daemon:
         self.policies = PolicySet(config.policy_dir, config.default_policy, require_root_owned=config.require_root_owned_policies)
         self.manager = Manager(self.driver, self.store, self.journal, self.policies.get, results_dir=self.results_dir)
         self.controller = DaemonController(self)
+        self.manager.set_host_budget(config.host_memory_max)
 
     # ------------------------------------------------------------------ start / stop
     async def start(self) -> None:

@@ -133,6 +133,7 @@ class ToolCall:
     exit_code: int | None = None
     leader_exited: bool = False
     placed_us: float = 0.0  # exec -> in cgroup and continued (gated path)
+    priority: str = "normal"
 
     def record(self) -> dict:
         return {
@@ -178,6 +179,8 @@ class Manager:
                          "agents_registered": 0, "events_handled": 0}
         self.placement_us: list[float] = []  # recent gated placement latencies
         self.runtime_shield_refused = False
+        self.host_budget: int | None = None
+        self._budget_paused_since: float | None = None
 
     # ------------------------------------------------------------------ agents
     def register_agent(self, pid: int, uid: int, name: str | None, policy: str | None) -> Agent:
@@ -348,7 +351,7 @@ class Manager:
             self.placement_us = (self.placement_us + [placed_us])[-10_000:]
         agent.runtime_pids.discard(pid)
         tc = ToolCall(f"{agent.name}/{seq:04d}-{name}", agent.name, seq, name, rel, pid, info.argv, now, resolved, intent,
-                      LadderState(started=now), placed_us=placed_us)
+                      LadderState(started=now), placed_us=placed_us, priority=priority)
         self.store.put_agent(agent.record())
         if not moved:
             tc.state, tc.ended, tc.outcome, tc.reason = "done", now, "ok", "exited before it could be placed"
@@ -418,9 +421,65 @@ class Manager:
             pid, seen = info.ppid, seen + 1
         return None
 
+    # ------------------------------------------------------------------ host memory budget
+    def set_host_budget(self, budget: int | None) -> None:
+        """All agents together (agents/) may use `budget` bytes. On v1 the kernel pauses
+        every allocation at the budget (oom_kill_disable) and agentd picks what to end:
+        a tool call, lowest priority and largest first, never a runtime while a tool call
+        is left. On v2 the kernel's OOM killer acts, ordered by oom_score_adj."""
+        self.host_budget = budget
+        self.driver.create("agents")
+        if budget is not None:
+            self.driver.apply_limits("agents", Limits(memory_max=budget, swap_max=0 if self.v1 else None, oom_pause=self.v1))
+
+    def _tick_budget(self, now: float) -> None:
+        try:
+            st = self.driver.stats("agents")
+        except (CgroupError, OSError):
+            return
+        if not st.memory_events.get("under_oom"):
+            self._budget_paused_since = None
+            return
+        if self._budget_paused_since is None:
+            self._budget_paused_since = now
+            return  # give freeing processes one tick to make room by themselves
+        rank = {"low": 0, "normal": 1, "high": 2}
+        candidates = [tc for tc in self.toolcalls.values() if tc.state != "done"]
+        figures = {"budget": self.host_budget, "memory_current": st.memory_current}
+        if candidates:
+            for tc in candidates:
+                try:
+                    tc.peak_bytes = max(tc.peak_bytes, self.driver.stats(tc.cgroup).memory_current)
+                except (CgroupError, OSError):
+                    pass
+            victim = min(candidates, key=lambda t: (rank.get(t.priority, 1), -t.peak_bytes))
+            reason = (f"all agents together reached the host budget {format_size(self.host_budget)} and were paused; "
+                      f"ended {victim.priority}-priority tool call {victim.id} ({format_size(victim.peak_bytes)}) so the agents can go on")
+            victim.ladder = LadderState(**{**asdict(victim.ladder), "stage": "killed", "outcome": "killed", "reason": reason,
+                                           "limit": "host_budget"})
+            self.journal.emit("toolcall.killed", reason, level="warn", agent=victim.agent, tool_call=victim.id, limit="host_budget",
+                              priority=victim.priority, **figures)
+            self.counters["toolcalls_killed"] += 1
+            self.driver.kill(victim.cgroup)
+            self._budget_paused_since = None
+            return
+        if now - self._budget_paused_since < 2.0:
+            return
+        live = [a for a in self.agents.values() if a.state == "live"]
+        if not live:
+            return
+        victim_agent = min(live, key=lambda a: (rank.get(self.policy_for(a.policy).priority, 1), -a.created))
+        self.journal.emit("agent.killed", f"the agents' runtimes alone exceed the host budget {format_size(self.host_budget)} and no tool "
+                          f"call is left to end; ended the newest lowest-priority agent {victim_agent.name}", level="error",
+                          agent=victim_agent.name, limit="host_budget", **figures)
+        self.driver.kill(f"{victim_agent.cgroup}/runtime")
+        self._budget_paused_since = None
+
     # ------------------------------------------------------------------ the tick
     def tick(self) -> None:
         now = self.clock()
+        if self.host_budget is not None and self.v1:
+            self._tick_budget(now)
         for tc in list(self.toolcalls.values()):
             self._tick_toolcall(tc, now)
         for agent in list(self.agents.values()):
