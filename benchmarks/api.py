@@ -1,0 +1,307 @@
+"""The control plane under load: request latency and event-stream throughput.
+
+    python -m benchmarks.api [--quick] [--socket PATH]
+
+- status and intent latency (p50/p99) and throughput under 50 concurrent clients, over
+  kept-alive connections and with a new connection per request (how agentctl and
+  declare_intent call); beside them one client alone, for the ratio;
+- the highest journal event rate one `events --follow` reader sustains without a single
+  event dropped (the server drops the oldest and says so when a reader falls behind).
+
+By default the server runs in a child process with the in-memory fake controller
+(agentd.api.testing), so the numbers are the API's own cost. With --socket it measures a
+running daemon instead (latency only: it cannot make a real daemon emit events, and
+intents then need this process to be inside an agent: run it under `agentctl run`).
+Writes benchmarks/results/api.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import aiohttp
+
+from agentd.api.limits import ApiLimits
+
+RESULTS = Path(__file__).resolve().parent / "results" / "api.json"
+CLIENTS = 50
+
+
+# --- the server process ----------------------------------------------------------------------
+
+
+def _serve(path: str, limits: ApiLimits, conn) -> None:
+    """Child process: the real server + fake controller; obeys commands from `conn`."""
+    from agentd.api.server import start_api
+    from agentd.api.testing import fake_with_sample_data
+
+    async def main() -> None:
+        fake = fake_with_sample_data()
+        fake.add_agent("bench", uid=0)
+        server = await start_api(fake, path, limits=limits)
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+
+        async def emit(rate: float, seconds: float) -> dict:
+            tick = 0.005
+            per_tick = rate * tick
+            sent, owed, start = 0, 0.0, time.monotonic()
+            while (now := time.monotonic()) - start < seconds:
+                owed = rate * (now - start) - sent
+                for _ in range(int(owed)):
+                    fake.publish("toolcall.throttled", "Tool call bench.1 throttled at "
+                                 "memory.high.", agent="bench", tool_call="bench.1",
+                                 level="warn", n=sent, memory_high=1 << 30)
+                    sent += 1
+                await asyncio.sleep(tick if owed < per_tick * 4 else 0)
+            return {"sent": sent, "seconds": time.monotonic() - start}
+
+        def commands() -> None:
+            while True:
+                cmd, *args = conn.recv()
+                if cmd == "stop":
+                    loop.call_soon_threadsafe(done.set)
+                    return
+                if cmd == "agent_pid":
+                    fut = asyncio.run_coroutine_threadsafe(_set(fake, *args), loop)
+                elif cmd == "emit":
+                    fut = asyncio.run_coroutine_threadsafe(emit(*args), loop)
+                elif cmd == "stats":
+                    fut = asyncio.run_coroutine_threadsafe(_stats(server), loop)
+                conn.send(fut.result())
+
+        threading.Thread(target=commands, daemon=True).start()
+        conn.send("ready")
+        await done.wait()
+        await server.stop()
+
+    asyncio.run(main())
+
+
+async def _set(fake, pid: int, inside: bool) -> None:
+    if inside:
+        fake.pid_agent[pid] = "bench"
+    else:
+        fake.pid_agent.pop(pid, None)
+
+
+async def _stats(server) -> dict:
+    return server.stats.to_json()
+
+
+# --- load ------------------------------------------------------------------------------------
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def _load(path: str, method: str, url: str, body: dict | None, clients: int,
+                per_client: int, keepalive: bool) -> dict:
+    connector = aiohttp.UnixConnector(path=path, limit=clients, force_close=not keepalive)
+    latencies: list[float] = []
+    errors = 0
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def worker() -> None:
+            nonlocal errors
+            for _ in range(per_client):
+                t0 = time.perf_counter()
+                async with session.request(method, "http://agentd" + url, json=body) as resp:
+                    await resp.read()
+                    if resp.status >= 400:
+                        errors += 1
+                latencies.append(time.perf_counter() - t0)
+
+        await worker()  # warm-up connection and code paths
+        latencies.clear()
+        errors = 0
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        wall = time.perf_counter() - start
+    return {"p50_ms": _pct(latencies, 0.50) * 1e3, "p99_ms": _pct(latencies, 0.99) * 1e3,
+            "rps": len(latencies) / wall, "errors": errors, "n": len(latencies)}
+
+
+def _follow(path: str, stop: threading.Event, counts: dict) -> None:
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(path)
+    sock.sendall(b"GET /v1/events?follow=1&agent=bench&level=warn HTTP/1.1\r\nHost: x\r\n\r\n")
+    sock.settimeout(0.2)
+    buf = b""
+    counts["ready"] = True
+    while not stop.is_set():
+        try:
+            data = sock.recv(1 << 20)
+        except socket.timeout:
+            continue
+        if not data:
+            break
+        buf += data
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            if line.startswith(b"{"):
+                counts["received"] += 1
+                if b'"dropped"' in line:
+                    counts["dropped"] += json.loads(line).get("dropped", 0)
+    sock.close()
+
+
+def _event_rates(path: str, conn, rates: list[int], seconds: float) -> list[dict]:
+    rows = []
+    for rate in rates:
+        counts = {"received": 0, "dropped": 0, "ready": False}
+        stop = threading.Event()
+        t = threading.Thread(target=_follow, args=(path, stop, counts), daemon=True)
+        t.start()
+        while not counts["ready"]:
+            time.sleep(0.01)
+        time.sleep(0.2)  # the server has subscribed
+        conn.send(("emit", rate, seconds))
+        sent = conn.recv()
+        deadline = time.time() + 10
+        while counts["received"] + counts["dropped"] < sent["sent"] and time.time() < deadline:
+            time.sleep(0.05)
+        stop.set()
+        t.join(5)
+        rows.append({"target": rate, "sent": sent["sent"],
+                     "sent_per_s": sent["sent"] / sent["seconds"],
+                     "received": counts["received"], "dropped": counts["dropped"],
+                     "lossless": counts["dropped"] == 0 and counts["received"] == sent["sent"]})
+        if counts["dropped"] and len(rows) >= 2 and rows[-2]["dropped"]:
+            break  # two lossy rates in a row: higher ones only lose more
+    return rows
+
+
+def _machine() -> str:
+    cpu = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.node()} {platform.system()} {platform.release()}, {cpu}, " \
+           f"{os.cpu_count()} CPUs, Python {platform.python_version()}, aiohttp {aiohttp.__version__}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="finish well under a minute")
+    ap.add_argument("--socket", help="measure a running daemon on this socket instead")
+    args = ap.parse_args()
+    per_client = 20 if args.quick else 100
+    seconds = 1.0 if args.quick else 3.0
+    rates = [1000, 5000, 10000, 20000, 40000, 80000] if args.quick else \
+        [1000, 2000, 5000, 10000, 20000, 40000, 60000, 80000, 120000]
+    limits = ApiLimits(rate_per_s=1e9, rate_burst=1e9)  # measure the server, not the limiter
+
+    tmp = None
+    proc = conn = None
+    if args.socket:
+        path = args.socket
+    else:
+        tmp = tempfile.mkdtemp(prefix="agentd-bench-")
+        path = os.path.join(tmp, "agentd.sock")
+        ctx = multiprocessing.get_context("fork")
+        conn, child = ctx.Pipe()
+        proc = ctx.Process(target=_serve, args=(path, limits, child), daemon=True)
+        proc.start()
+        assert conn.recv() == "ready"
+
+    intent = {"tool": "pytest", "memory": 2 << 30, "cpu": 2, "duration_s": 60}
+    results: dict[str, dict] = {}
+    try:
+        for name, method, url, body in (("status", "GET", "/v1/status", None),
+                                        ("intent", "POST", "/v1/intents", intent)):
+            if conn is not None:  # intents come from inside an agent, status from outside
+                conn.send(("agent_pid", os.getpid(), name == "intent"))
+                conn.recv()
+            results[f"{name}_1client"] = asyncio.run(
+                _load(path, method, url, body, 1, per_client * 5, True))
+            results[f"{name}_{CLIENTS}clients"] = asyncio.run(
+                _load(path, method, url, body, CLIENTS, per_client, True))
+            results[f"{name}_{CLIENTS}clients_newconn"] = asyncio.run(
+                _load(path, method, url, body, CLIENTS, per_client, False))
+        events = _event_rates(path, conn, rates, seconds) if conn is not None else []
+        server_stats = None
+        if conn is not None:
+            conn.send(("stats",))
+            server_stats = conn.recv()
+    finally:
+        if conn is not None:
+            conn.send(("stop",))
+            proc.join(10)
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    metrics: dict[str, float] = {}
+    for key, r in results.items():
+        for field in ("p50_ms", "p99_ms", "rps"):
+            metrics[f"{key}_{field}"] = round(r[field], 3)
+        metrics[f"{key}_errors"] = r["errors"]
+    for name in ("status", "intent"):
+        one = results[f"{name}_1client"]["p50_ms"]
+        metrics[f"{name}_{CLIENTS}clients_p50_over_1client"] = round(
+            results[f"{name}_{CLIENTS}clients"]["p50_ms"] / one, 2)
+    if events:
+        lossless = [e["sent_per_s"] for e in events if e["lossless"]]
+        metrics["events_per_s_lossless_max"] = round(max(lossless), 0) if lossless else 0.0
+        first_lossy = next((e for e in events if not e["lossless"]), None)
+        if first_lossy:
+            metrics["events_first_lossy_rate_per_s"] = round(first_lossy["sent_per_s"], 0)
+            metrics["events_first_lossy_dropped_fraction"] = round(
+                first_lossy["dropped"] / max(1, first_lossy["sent"]), 4)
+        metrics["events_accounted_fraction"] = round(
+            sum(e["received"] + e["dropped"] for e in events) / max(1, sum(e["sent"] for e in events)), 4)
+    params = {
+        "controller": "fake: agentd.api.testing.FakeController (in-memory), server in a child "
+                      "process; rerun with --socket against the real daemon"
+                      if not args.socket else f"a running daemon on {args.socket}",
+        "quick": args.quick, "clients": CLIENTS, "requests_per_client": per_client,
+        "client": "aiohttp UnixConnector in one asyncio process; the event follower is a raw "
+                  "socket that counts lines (parses only those with a dropped count)",
+        "event_seconds_per_rate": seconds, "event_rates_tried": [e["target"] for e in events],
+        "limits": {"stream_queue": limits.stream_queue, "write_timeout_s": limits.write_timeout_s,
+                   "rate_limit": "disabled for the benchmark"},
+        "events": events, "server_stats": server_stats,
+    }
+    out = {"metrics": metrics, "params": params, "machine": _machine(),
+           "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+
+    print(f"API benchmark ({params['controller'].split(':')[0]} controller), {_machine()}")
+    print(f"{'load':<32}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}{'errors':>8}")
+    for key, r in results.items():
+        print(f"{key:<32}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['rps']:>10.0f}{r['errors']:>8}")
+    for name in ("status", "intent"):
+        print(f"{name}: p50 with {CLIENTS} clients / 1 client = "
+              f"{metrics[f'{name}_{CLIENTS}clients_p50_over_1client']}x")
+    if events:
+        print(f"\n{'events/s target':<18}{'sent/s':>10}{'sent':>10}{'received':>10}{'dropped':>10}"
+              "  lossless")
+        for e in events:
+            print(f"{e['target']:<18}{e['sent_per_s']:>10.0f}{e['sent']:>10}{e['received']:>10}"
+                  f"{e['dropped']:>10}  {'yes' if e['lossless'] else 'no'}")
+        print(f"highest lossless rate for one follower: {metrics['events_per_s_lossless_max']:.0f} "
+              f"events/s (stream queue {limits.stream_queue})")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
