@@ -80,6 +80,7 @@ class GuestResult:
     wall_s: float = 0.0  # host seconds, boot to power-off
     host_maxrss_kb: int = 0  # peak resident memory of qemu (largest process of the run)
     setup_log: str = ""
+    files_removed: bool = False
 
     def summary(self) -> str:
         """One measurement line."""
@@ -87,7 +88,8 @@ class GuestResult:
         cmd = f"{self.command_s:.1f}s" if self.command_s is not None else "?"
         return (f"vm: kernel {self.kernel}, boot {boot}, guest command {cmd} (guest clock), "
                 f"wall {self.wall_s:.1f}s, qemu peak RSS {self.host_maxrss_kb // 1024} MiB, "
-                f"rc {self.rc}, files {self.files_dir}")
+                f"rc {self.rc}, files {self.files_dir}"
+                + (" (removed)" if self.files_removed else ""))
 
 
 RUNS: list[GuestResult] = []  # every completed boot of this process, for reports

@@ -6,7 +6,9 @@ The guest test ids are listed on the host (`pytest --collect-only tests/vm/guest
 AGENTD_VM_COLLECT=1) when this module is collected; the outcomes come back in the guest's
 JUnit XML. If the VM cannot boot, every test here FAILS with the reason.
 
-Environment: AGENTD_VM_TIMEOUT (seconds for boot + guest run, default 300).
+Environment: AGENTD_VM_TIMEOUT (seconds for boot + guest run, default 300);
+AGENTD_VM_KEEP=1 keeps the results folder (console.log, stdout, stderr, junit.xml) even
+when every guest test passed (it is always kept otherwise).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import dataclasses
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -126,14 +129,27 @@ def parse_junit(path: Path) -> dict:
                 case = Case("skipped", child.get("message", ""), child.text or "")
         if case.outcome == "failed":
             for child in tc:
-                if child.tag in ("system-out", "system-err") and (child.text or "").strip():
-                    case.text += f"\n--- guest {child.tag} ---\n{child.text.strip()[-3000:]}"
+                if child.tag in ("system-out", "system-err"):
+                    case.text += _captured(child.text or "")
         cases[key] = case
     return cases
 
 
+_SECTION = re.compile(r"^-+ (Captured [^-]*?) -+$", re.M)
+
+
+def _captured(text: str) -> str:
+    """The non-empty "Captured ..." sections of a junit system-out/err, last 3000 chars."""
+    parts = _SECTION.split(text)
+    out = ""
+    for title, body in zip(parts[1::2], parts[2::2]):
+        if body.strip():
+            out += f"\n--- guest {title.lower()} ---\n{body.strip()[-3000:]}"
+    return out
+
+
 @pytest.fixture(scope="session")
-def guest_run() -> GuestRun:
+def guest_run():
     rw = Path(tempfile.mkdtemp(prefix="agentd-vm-"))
     junit = rw / "junit.xml"
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs",
@@ -144,7 +160,8 @@ def guest_run() -> GuestRun:
                                           files_dir=rw, env=_plugin_env())
     except harness.VMError as e:
         run.error = e
-        return run
+        yield run
+        return
     if junit.exists():
         try:
             run.cases = parse_junit(junit)
@@ -152,7 +169,12 @@ def guest_run() -> GuestRun:
             run.junit_problem = f"unreadable {junit}: {e}"
     else:
         run.junit_problem = f"the guest pytest wrote no {junit} (exit status {run.result.rc})"
-    return run
+    yield run
+    # Keep the results folder (console log, guest output, junit.xml) only when something
+    # went wrong in the guest.
+    if run.result.rc == 0 and not os.environ.get("AGENTD_VM_KEEP"):
+        shutil.rmtree(rw, ignore_errors=True)
+        run.result.files_removed = True
 
 
 def _plugin_env() -> dict[str, str]:
