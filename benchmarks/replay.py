@@ -8,7 +8,7 @@ budget, and compare in the same run:
   agentd  the real daemon: one cgroup per tool call, the budget on agents/ with pause-and-
           decide (v1) and tool calls ordered before runtimes for the OOM killer
 
-    python -m benchmarks.replay [--quick] [--traces FILE] [--speed X] [--budgets MB,...]
+    python -m benchmarks.replay [--quick] [--traces FILE] [--speed X] [--settings MODEL:MB,...]
 
 Writes benchmarks/results/replay.json and prints a table. Default setting: the AgentCgroup
 study's 1,100 MB with a high agent replaying dask__dask-11628 and two low ones replaying
@@ -209,34 +209,35 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="one setting, faster replay (well under a minute)")
     ap.add_argument("--traces", type=Path, default=DEFAULT_TRACES)
     ap.add_argument("--speed", type=float, default=None, help="time compression (default 50, quick 100)")
-    ap.add_argument("--budgets", default=None, help="host budgets in MB, comma separated (default 1100; full: 900,1100,1400)")
-    ap.add_argument("--model", default="glm-4.7-flash", help="which recorded model's runs to replay")
+    ap.add_argument("--settings", default=None,
+                    help="MODEL:BUDGET_MB,... (default glm-4.7-flash:1100; full adds glm-4.7-flash:1400,haiku:600,haiku:800)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("replay: needs root (cgroups, the daemon)", file=sys.stderr)
         return 2
     runs = json.loads(args.traces.read_text())
     speed = args.speed or (100.0 if args.quick else 50.0)
-    budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else ([1100] if args.quick else [900, 1100, 1400])
-    high = pick_run(runs, HIGH_TASK, args.model)
-    low = pick_run(runs, LOW_TASK, args.model)
-    plans = [("high", "high", build_plan(high, speed)), ("low1", "low", build_plan(low, speed)),
-             ("low2", "low", build_plan(low, speed, delay=2.0 / speed * 50))]
-    timeout = max(p[2]["points"][-1][0] + p[2]["delay"] for p in plans) * 3 + 30
+    default = "glm-4.7-flash:1100" + ("" if args.quick else ",glm-4.7-flash:1400,haiku:600,haiku:800")
+    wanted = [(s.rsplit(":", 1)[0], int(s.rsplit(":", 1)[1])) for s in (args.settings or default).split(",")]
     settings = []
     with tempfile.TemporaryDirectory(prefix="agentd-replay-") as tmp:
         workdir = Path(tmp)
-        for budget_mb in budgets:
-            row = {"budget_mb": budget_mb}
+        for model, budget_mb in wanted:
+            high = pick_run(runs, HIGH_TASK, model)
+            low = pick_run(runs, LOW_TASK, model)
+            plans = [("high", "high", build_plan(high, speed)), ("low1", "low", build_plan(low, speed)),
+                     ("low2", "low", build_plan(low, speed, delay=100.0 / speed))]  # the second low starts 100 s later
+            timeout = max(p[2]["points"][-1][0] + p[2]["delay"] for p in plans) * 3 + 30
+            row = {"model": model, "budget_mb": budget_mb}
             for mode in ("none", "static", "agentd"):
                 before = vmstat_oom_kills()
-                print(f"replay: budget {budget_mb} MB, {mode} ...", file=sys.stderr, flush=True)
+                print(f"replay: {model} at {budget_mb} MB, {mode} ...", file=sys.stderr, flush=True)
                 per = run_agentd(plans, budget_mb * MIB, workdir, timeout) if mode == "agentd" else \
                     run_baseline(mode, plans, budget_mb * MIB, workdir, timeout)
                 row[mode] = summarize(per)
                 row[mode]["oom_kills"] = vmstat_oom_kills() - before
             settings.append(row)
-    main_row = next((r for r in settings if r["budget_mb"] == 1100), settings[0])
+    main_row = settings[0]
     metrics = {}
     for mode in ("none", "static", "agentd"):
         metrics[f"survival_pct_{mode}"] = main_row[mode]["survival_pct"]
@@ -245,18 +246,18 @@ def main(argv: list[str] | None = None) -> int:
         metrics[f"wall_s_high_{mode}"] = main_row[mode]["wall_s_high"]
         metrics[f"oom_kills_{mode}"] = main_row[mode]["oom_kills"]
     result = {"metrics": metrics,
-              "params": {"budget_mb": main_row["budget_mb"], "speed": speed, "model": args.model, "high": HIGH_TASK, "low": LOW_TASK,
+              "params": {"budget_mb": main_row["budget_mb"], "speed": speed, "model": main_row["model"], "high": HIGH_TASK, "low": LOW_TASK,
                          "traces": str(args.traces), "cgroups": open_driver(None, create_root=False).kind, "settings": settings},
               "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, kernel {platform.release()}",
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2))
-    print(f"\nreplay: {HIGH_TASK} (high) + 2 x {LOW_TASK} (low), {args.model}, {speed:g}x, cgroups {result['params']['cgroups']}")
-    print(f"{'budget':>7} {'mode':<7} {'survived':>9} {'tools ok':>9} {'p95 alloc ms (high)':>20} {'wall s (high)':>14} {'OOM kills':>10}")
+    print(f"\nreplay: {HIGH_TASK} (high) + 2 x {LOW_TASK} (low), {speed:g}x, cgroups {result['params']['cgroups']}")
+    print(f"{'model':<14} {'budget':>7} {'mode':<7} {'survived':>9} {'tools ok':>9} {'p95 alloc ms (high)':>20} {'wall s (high)':>14} {'OOM kills':>10}")
     for row in settings:
         for mode in ("none", "static", "agentd"):
             r = row[mode]
-            print(f"{row['budget_mb']:>5}MB {mode:<7} {r['survival_pct']:>8.0f}% {r['tool_calls_completed_pct']:>8.1f}% "
+            print(f"{row['model']:<14} {row['budget_mb']:>5}MB {mode:<7} {r['survival_pct']:>8.0f}% {r['tool_calls_completed_pct']:>8.1f}% "
                   f"{r['p95_alloc_ms_high']:>20.2f} {r['wall_s_high']:>14.2f} {r['oom_kills']:>10}")
     print(f"\nwrote {RESULTS}")
     return 0

@@ -131,9 +131,10 @@ class DaemonController:
         except PolicyInvalid as exc:
             raise ApiError(400, "policy_invalid", f"{filename} is not a valid policy; nothing changed", "text",
                            [p.to_json() for p in exc.problems]) from None
-        self.d.journal.emit("policy.applied", f"policy {policy.name} applied from {filename}; live agents use it from their next tool call",
-                            policy=policy.name)
-        return {"name": policy.name, "applied": True}
+        changed = self.m.reevaluate()
+        self.d.journal.emit("policy.applied", f"policy {policy.name} applied from {filename}; {changed} live tool calls got new limits",
+                            policy=policy.name, toolcalls_changed=changed)
+        return {"name": policy.name, "applied": True, "toolcalls_changed": changed}
 
     def policy_get(self, name: str) -> dict:
         policy = self.d.policies.policies.get(name)

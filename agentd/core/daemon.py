@@ -189,7 +189,9 @@ class Daemon:
     def reload(self) -> None:
         try:
             names = self.policies.reload()
-            self.journal.emit("policy.reloaded", f"policies reloaded: {', '.join(names)}", policies=names)
+            changed = self.manager.reevaluate()
+            self.journal.emit("policy.reloaded", f"policies reloaded: {', '.join(names)}; {changed} live tool calls got new limits",
+                              policies=names, toolcalls_changed=changed)
         except PolicyInvalid as exc:
             self.journal.emit("policy.rejected", f"policy reload refused, the previous policies stay in force: {exc}", level="error",
                               problems=[p.to_json() for p in exc.problems])

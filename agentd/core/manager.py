@@ -421,6 +421,37 @@ class Manager:
             pid, seen = info.ppid, seen + 1
         return None
 
+    # ------------------------------------------------------------------ policy changes
+    def reevaluate(self) -> int:
+        """A policy changed: give every live tool call the limits its policy now says, in
+        place (no process restarts). Returns how many changed."""
+        changed = 0
+        for tc in list(self.toolcalls.values()):
+            agent = self.agents.get(tc.agent)
+            if agent is None or tc.state == "done":
+                continue
+            policy = self.policy_for(agent.policy)
+            rule = find_tool_rule(policy, name=tc.name, comm="", exe=None, argv=tc.argv, uid=agent.uid)
+            resolved = resolve_limits(policy, rule, tc.intent)
+            if resolved.limits == tc.resolved.limits:
+                continue
+            knobs = tool_limits_for_driver(resolved.limits, self.driver.kind)
+            if self.v1 and tc.ladder.granted:
+                knobs.memory_max = resolved.limits.memory_max  # already past memory_high: keep the grant's meaning
+            try:
+                self.driver.apply_limits(tc.cgroup, knobs)
+            except (CgroupError, OSError) as exc:
+                self.journal.emit("policy.reevaluate_failed", f"could not give {tc.id} its new limits: {exc}", level="warn",
+                                  agent=tc.agent, tool_call=tc.id)
+                continue
+            old = tc.resolved.limits.to_json()
+            tc.resolved = resolved
+            self.store.put_toolcall(tc.record())
+            self.journal.emit("toolcall.limits_changed", f"policy {policy.name} changed: {tc.id} now runs with {resolved.limits.to_json()}",
+                              agent=tc.agent, tool_call=tc.id, old=old, new=resolved.limits.to_json())
+            changed += 1
+        return changed
+
     # ------------------------------------------------------------------ host memory budget
     def set_host_budget(self, budget: int | None) -> None:
         """All agents together (agents/) may use `budget` bytes. On v1 the kernel pauses
@@ -697,11 +728,18 @@ def readopt(manager: Manager) -> dict:
             manager.toolcalls[tc.id] = tc
             manager.store.put_toolcall(tc.record())
             agent.next_seq = max(agent.next_seq, tc.seq + 1)
-        # A gated exec the old daemon stopped but never placed.
-        for pid in list(agent.runtime_pids):
-            if pid != agent.main_pid and _is_stopped(pid):
+        # A gated exec the old daemon stopped but never placed, or a tool call the agent
+        # started while no daemon watched (another program than the runtime's own).
+        main_exe = procfs.read_exe(agent.main_pid)
+        for pid in sorted(agent.runtime_pids):
+            if pid == agent.main_pid:
+                continue
+            if _is_stopped(pid):
                 counts["released"] += 1
                 manager.start_tool_call(agent, pid, gated=True)
+            elif procfs.read_exe(pid) not in (None, main_exe):
+                counts["adopted_unplaced"] = counts.get("adopted_unplaced", 0) + 1
+                manager.start_tool_call(agent, pid, gated=False)
         if not _alive(agent.main_pid, agent.main_start):
             counts["agents_ended"] += 1
             manager.end_agent(agent, "its main process exited while agentd was down")

@@ -173,3 +173,32 @@ def _in_leaf(pid: int, leaf: str) -> bool:
         return f"/{leaf}/" in open(f"/proc/{pid}/cgroup").read()
     except OSError:
         return False
+
+
+def test_policy_apply_changes_live_tool_calls_in_place_and_bad_policy_changes_nothing(daemon, tmp_path):
+    proc = daemon.spawn_agent("pol", AGENTS / "scripted.py", json.dumps(["sleep", "4"]))
+    try:
+        deadline = time.monotonic() + 10
+        while not daemon.client.tool_calls(agent="pol", live=True) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        tc = daemon.client.tool_calls(agent="pol", live=True)[0]
+        pids_line = [l for l in open(f"/proc/{tc['pid']}/cgroup") if ":pids:" in l or l.startswith("0::")]
+        good = tmp_path / "default.yaml"
+        good.write_text(daemon.default_policy.read_text().replace("pids_max: 64", "pids_max: 33"))
+        r = daemon.agentctl("policy", "apply", str(good))
+        assert r.returncode == 0, r.stderr
+        pids_path = [l for l in pids_line if ":pids:" in l]
+        if pids_path:  # hybrid: the v1 pids controller
+            assert open(f"/sys/fs/cgroup/pids{pids_path[0].split(':', 2)[2].strip()}/pids.max").read().strip() == "33"
+        else:
+            rel = pids_line[0][3:].strip()
+            assert open(f"/sys/fs/cgroup{rel}/pids.max").read().strip() == "33"
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("version: 1\nname: default\ntoolcalls:\n  defaults: {pids_max: many}\n")
+        r = daemon.agentctl("policy", "apply", str(bad))
+        assert r.returncode == 1
+        assert "bad.yaml:4" in r.stdout + r.stderr and "pids_max" in r.stdout + r.stderr
+        in_force = json.loads(daemon.agentctl("policy", "get", "default", "--json").stdout)
+        assert "pids_max: 33" in in_force["text"]  # the good one stays
+    finally:
+        proc.communicate(timeout=30)
