@@ -51,7 +51,9 @@ def mapping(data: Any, indent: int = 0) -> str:
             if isinstance(value, dict) and value:
                 lines.append(f"{pad}{key}:")
                 lines.append(mapping(value, indent + 1))
-            elif isinstance(value, list) and value and any(isinstance(v, (dict, list)) for v in value):
+            elif isinstance(value, list) and value and (
+                    any(isinstance(v, (dict, list)) for v in value)
+                    or sum(len(str(v)) for v in value) > 60):
                 lines.append(f"{pad}{key}:")
                 for item in value:
                     sub = mapping(item, indent + 2).lstrip()
@@ -73,11 +75,14 @@ def event_line(ev: dict) -> str:
     when = time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}" \
         if isinstance(ts, (int, float)) else "--:--:--.---"
     who = ev.get("agent") or "agentd"
-    if ev.get("tool_call"):
-        who += f"/{ev['tool_call']}"
+    call = ev.get("tool_call")
+    if call:  # daemon ids already start with "<agent>/"
+        who = call if str(call).startswith(f"{who}/") else f"{who}/{call}"
     level = LEVEL_MARK.get(ev.get("level", ""), str(ev.get("level", "")).upper())
     data = ev.get("data") or {}
-    figures = " ".join(f"{k}={cell(k, v)}" for k, v in data.items()) if isinstance(data, dict) else ""
+    figures = " ".join(f"{k}={cell(k, v)}" for k, v in data.items()  # the numbers only
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)) \
+        if isinstance(data, dict) else ""
     line = f"{when} {level} {ev.get('kind', '?'):<20} {who:<16} {ev.get('message', '')}"
     if figures:
         line += f"  [{figures}]"

@@ -46,7 +46,7 @@ class FakeController:
         return agent
 
     def add_tool_call(self, agent: str, tool: str = "bash", live: bool = True) -> dict:
-        ident = f"{agent}.{next(self._tc)}"
+        ident = f"{agent}/{next(self._tc):04d}-{tool}"  # the daemon's form
         call = {"id": ident, "agent": agent, "tool": tool, "live": live,
                 "state": "running" if live else "exited", "memory_max": 1 << 30,
                 "memory_peak": 200 << 20, "cpu_max": 1.0, "started": time.time()}

@@ -152,8 +152,8 @@ def test_root_may_read_everything_and_apply_policies(srv):
     c = ApiClient(srv.socket_path)
     assert c.status()["backends"]["tracker"] == "fake"
     assert {a["name"] for a in c.agents()} == {"a1", "a2"}
-    assert c.tool_calls(live=True)[0]["id"] == "a1.1"
-    assert c.explain("a1.1")["decisions"][0]["numbers"]["memory_max"] == 1 << 30
+    assert c.tool_calls(live=True)[0]["id"] == "a1/0001-pytest"
+    assert c.explain("a1/0001-pytest")["decisions"][0]["numbers"]["memory_max"] == 1 << 30
     assert c.policy_apply("tools: {}\n", "gpu.yaml")["name"] == "gpu"
     assert "agentd_agents 2.0" in c.metrics()
     assert ("policy_apply", ("gpu.yaml",)) in _mutations(srv)
@@ -168,7 +168,7 @@ def test_a_non_root_user_gets_403_for_policy_apply_and_changes_nothing(srv):
             "apply": outcome(lambda: c.policy_apply("tools: {}\n", "evil.yaml")),
             "status": outcome(c.status),
             "read_a1": outcome(lambda: c.agent("a1")),
-            "cancel_a2": outcome(lambda: c.cancel("a2.2")),
+            "cancel_a2": outcome(lambda: c.cancel("a2/0002-bash")),
             "metrics": outcome(c.metrics),
             "agents": [a["name"] for a in c.agents()],
             "validate": c.policy_validate("x: 1\n", "x.yaml")["valid"],
@@ -285,7 +285,7 @@ def test_wrong_types_in_agent_registration_and_cancel(srv):
     assert raw(s, "POST", "/v1/agents", b'{"nmae": "x"}')[1]["error"] == {
         "code": "unknown_field", "message": "unknown field 'nmae' (allowed: name, policy)",
         "field": "nmae"}
-    assert raw(s, "POST", "/v1/toolcalls/a1.1/cancel", b'{"reason": 1}')[0] == 400
+    assert raw(s, "POST", "/v1/toolcalls/a1%2F0001-pytest/cancel", b'{"reason": 1}')[0] == 400
     assert raw(s, "GET", "/v1/toolcalls?live=maybe")[1]["error"]["field"] == "live"
     assert raw(s, "GET", "/v1/events?level=loud")[1]["error"]["code"] == "invalid_level"
     assert raw(s, "GET", "/v1/agents?x=1")[1]["error"]["code"] == "unknown_parameter"
@@ -294,7 +294,7 @@ def test_wrong_types_in_agent_registration_and_cancel(srv):
 
 @pytest.mark.parametrize("url", [
     "/v1/agents/..%2Fx", "/v1/agents/..", "/v1/policies/..%2F..%2Fetc%2Fpasswd",
-    "/v1/toolcalls/..%2Fa1.1", "/v1/toolcalls?agent=../x", "/v1/events?agent=..%2Fa1",
+    "/v1/toolcalls/..%2F0001-pytest", "/v1/toolcalls?agent=../x", "/v1/events?agent=..%2Fa1",
 ])
 def test_path_traversal_in_names_is_refused(srv, url):
     status, data, _ = raw(srv.socket_path, "GET", url)
@@ -350,7 +350,7 @@ def test_a_controller_crash_is_a_500_and_the_server_stays_up(sockdir):
     fake = fake_with_sample_data()
     fake.explain = lambda ident: 1 / 0
     with serve(sockdir, controller=fake) as s:
-        status, data, _ = raw(s.socket_path, "GET", "/v1/toolcalls/a1.1/explain")
+        status, data, _ = raw(s.socket_path, "GET", "/v1/toolcalls/a1%2F0001-pytest/explain")
         assert status == 500 and data["error"]["code"] == "internal_error"
         assert ApiClient(s.socket_path).status()["version"] == "fake"
 

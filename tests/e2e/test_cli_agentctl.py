@@ -185,13 +185,13 @@ def test_status_human(srv):
 
 
 def test_events_human_and_ndjson(srv):
-    srv.call(srv.controller.publish, "toolcall.killed", "Tool call a1.1 killed at 4G.",
-             agent="a1", tool_call="a1.1", level="error", memory_max=4 << 30)
+    srv.call(srv.controller.publish, "toolcall.killed", "Tool call a1/0001-pytest killed at 4G.",
+             agent="a1", tool_call="a1/0001-pytest", level="error", memory_max=4 << 30)
     r = cli(srv, "events")
     assert r.exit_code == 0
     lines = r.output.splitlines()
     assert len(lines) == 2
-    assert "ERROR" in lines[1] and "a1/a1.1" in lines[1] and "Tool call a1.1 killed at 4G." in lines[1]
+    assert "ERROR" in lines[1] and "a1/0001-pytest" in lines[1] and "a1/a1/" not in lines[1] and "Tool call a1/0001-pytest killed at 4G." in lines[1]
     assert "memory_max=4G" in lines[1]
     r = cli(srv, "events", "--json", "--level", "error")
     docs = [json.loads(line) for line in r.output.splitlines()]
@@ -221,18 +221,18 @@ def test_events_follow_prints_as_events_arrive(srv):
 def test_top_once_and_json(srv):
     r = cli(srv, "top", "--once")
     assert r.exit_code == 0
-    assert "AGENTS" in r.output and "LIVE TOOL CALLS" in r.output and "a1.1" in r.output
+    assert "AGENTS" in r.output and "LIVE TOOL CALLS" in r.output and "a1/0001-pytest" in r.output
     assert "\x1b[" not in r.output  # --once never redraws
     doc = json.loads(cli(srv, "--json", "top", "--once").output)
     assert [a["name"] for a in doc["agents"]] == ["a1", "a2"]
 
 
 def test_explain_cancel_and_policies(srv, tmp_path):
-    r = cli(srv, "explain", "a1.1")
+    r = cli(srv, "explain", "a1/0001-pytest")
     assert r.exit_code == 0 and "1 decision(s):" in r.output and "memory_max=1G" in r.output
-    r = cli(srv, "cancel", "a1.1", "--reason", "stuck")
+    r = cli(srv, "cancel", "a1/0001-pytest", "--reason", "stuck")
     assert r.exit_code == 0 and "cancelled" in r.output
-    assert ("cancel_tool_call", ("a1.1", "stuck")) in srv.controller.calls
+    assert ("cancel_tool_call", ("a1/0001-pytest", "stuck")) in srv.controller.calls
     assert "default" in cli(srv, "policy", "list").output
     f = tmp_path / "gpu.yaml"
     f.write_text("tools: {}\n")
