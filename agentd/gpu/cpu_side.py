@@ -39,6 +39,20 @@ def _torch():
     return torch
 
 
+def _peak_by_kind(snap: dict) -> tuple[int, dict[str, int]]:
+    """MemTracker's peak snapshot ({device: {kind: bytes, "Total": bytes}}) summed over devices."""
+    by_kind: dict[str, int] = {}
+    peak = 0
+    for _dev, kinds in snap.items():
+        for k, v in kinds.items():
+            if k == "Total":
+                peak += int(v)
+            else:
+                name = getattr(k, "value", str(k))
+                by_kind[name] = by_kind.get(name, 0) + int(v)
+    return peak, by_kind
+
+
 def trace_peak(build_model: Callable, make_batch: Callable, mode: str = "train",
                optimizer: Callable | None = None, loss_fn: Callable | None = None,
                steps: int = 2) -> dict:
@@ -84,15 +98,7 @@ def trace_peak(build_model: Callable, make_batch: Callable, mode: str = "train",
                 out = model(inputs)
                 del out
         snap = tracker.get_tracker_snapshot("peak")
-    by_kind: dict[str, int] = {}
-    peak = 0
-    for _dev, kinds in snap.items():
-        for k, v in kinds.items():
-            if k == "Total":
-                peak += int(v)
-            else:
-                name = getattr(k, "value", str(k))
-                by_kind[name] = by_kind.get(name, 0) + int(v)
+    peak, by_kind = _peak_by_kind(snap)
     by_kind["Inputs"] = input_bytes
     return {"peak_bytes": peak + input_bytes, "by_kind": by_kind, "seconds": time.perf_counter() - t0}
 
@@ -173,15 +179,7 @@ def _trace_prefill(build, batch) -> dict:
             kv = sum(k.untyped_storage().nbytes() + v.untyped_storage().nbytes() for k, v in cache)
             del out
         snap = tracker.get_tracker_snapshot("peak")
-    by_kind: dict[str, int] = {}
-    peak = 0
-    for _dev, kinds in snap.items():
-        for k, v in kinds.items():
-            if k == "Total":
-                peak += int(v)
-            else:
-                name = getattr(k, "value", str(k))
-                by_kind[name] = by_kind.get(name, 0) + int(v)
+    peak, by_kind = _peak_by_kind(snap)
     # the KV cache is counted among activations/temporaries by the tracker; show it apart
     act = by_kind.get("Activation", 0)
     take = min(kv, act)

@@ -97,18 +97,11 @@ def test_estimate_cpu_side_method_without_architecture_fails_with_exit_1():
     assert "estimate failed (cpu_side)" in r.output
 
 
-def _has_driver() -> bool:
-    try:
-        pynvml.nvmlInit()
-        pynvml.nvmlShutdown()
-        return True
-    except pynvml.NVMLError:
-        return False
 
 
-def test_gpu_without_a_driver_says_so_and_exits_1():
+def test_gpu_without_a_driver_says_so_and_exits_1(nvml_works):
     r = CliRunner().invoke(gpu, ["--once"])
-    if _has_driver():
+    if nvml_works:
         assert r.exit_code == 0 and "NVML" in r.output
     else:
         assert r.exit_code == 1

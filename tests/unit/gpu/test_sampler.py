@@ -12,21 +12,14 @@ from agentd.gpu.procinfo import read_cgroup, read_ns_pids
 from agentd.gpu.sampler import FakeNvmlBackend, GpuSnapshot, NvmlSampler, describe_init_error
 
 
-def _real_nvml_works() -> bool:
-    try:
-        pynvml.nvmlInit()
-        pynvml.nvmlShutdown()
-        return True
-    except pynvml.NVMLError:
-        return False
 
 
-def test_real_nvml_on_this_host():
+def test_real_nvml_on_this_host(nvml_works):
     s = NvmlSampler()
     ok, line = s.probe()
     snap = s.sample()
     assert isinstance(snap, GpuSnapshot)
-    if _real_nvml_works():  # a GPU host: live data
+    if nvml_works:  # a GPU host: live data
         assert ok and "GPU" in line and snap.available and snap.backend == "nvml"
         assert all(g.memory_total_bytes and g.memory_total_bytes > 0 for g in snap.gpus)
     else:
