@@ -575,6 +575,7 @@ def install_service(state: State, unit_dir: str, exec_path: str | None, dry_run:
 
 
 @main.command()
+@json_option
 @pass_state
 def schema(state: State) -> None:
     """Print the JSON Schema of policy files (for editors and CI)."""
@@ -582,17 +583,23 @@ def schema(state: State) -> None:
         from agentd.policy.schema import json_schema
     except ImportError as e:
         raise click.ClickException(f"the policy schema is unavailable here ({e})") from None
-    click.echo(json.dumps(json_schema(), indent=2))
+    click.echo(json.dumps(json_schema(), indent=None if state.json else 2))
 
 
 @main.command()
 @click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
-def completion(shell: str) -> None:
+@json_option
+@pass_state
+def completion(state: State, shell: str) -> None:
     """Print the shell completion script for SHELL (see the main help)."""
     from click.shell_completion import get_completion_class
 
     cls = get_completion_class(shell)
-    click.echo(cls(main, {}, "agentctl", "_AGENTCTL_COMPLETE").source())
+    source = cls(main, {}, "agentctl", "_AGENTCTL_COMPLETE").source()
+    if state.json:
+        emit_json({"shell": shell, "script": source})
+    else:
+        click.echo(source)
 
 
 # --- commands from other modules -------------------------------------------------------------

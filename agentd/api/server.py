@@ -292,8 +292,9 @@ class ApiServer:
     async def start(self) -> None:
         sock = bind_unix_socket(self.socket_path, SOCKET_MODE, self.sock_gid)
         self._sock_ino = os.stat(self.socket_path).st_ino
+        # keepalive_timeout: idle connections are closed, so they cannot pile up
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
-                               shutdown_timeout=2.0)
+                               shutdown_timeout=2.0, keepalive_timeout=15.0)
         await runner.setup()
         self._runners.append(runner)
         await web.SockSite(runner, sock, backlog=512).start()

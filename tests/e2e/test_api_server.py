@@ -207,13 +207,17 @@ def test_any_user_may_register_an_agent_it_then_owns_with_its_own_pid(srv):
         c = ApiClient(path)
         agent = c.register_agent(name="mine")
         return {"agent": agent, "pid": os.getpid(), "read_own": c.agent("mine")["name"],
-                "listed": [a["name"] for a in c.agents()]}
+                "listed": [a["name"] for a in c.agents()],
+                "events": [e["agent"] for e in c.recent_events(level="debug")],
+                "calls": [t["agent"] for t in c.tool_calls()]}
 
     got = in_child(as_nobody, uid=NOBODY)
     assert got["agent"]["uid"] == NOBODY
     assert got["agent"]["pid"] == got["pid"]  # the peer's pid, not anything from the body
     assert ("register_agent", (got["pid"], NOBODY, "mine", None)) in _mutations(srv)
     assert got["listed"] == ["mine"]
+    assert got["events"] == ["mine"]  # its registration, not a1's warning
+    assert got["calls"] == []  # a1's and a2's tool calls are hidden
 
 
 def test_a_managed_agent_may_declare_intent_but_not_read_another_agent(srv):
@@ -555,3 +559,19 @@ def test_metrics_tcp_listener_is_off_by_default_and_serves_only_metrics(sockdir)
     with serve(sockdir) as s:
         assert s.server.metrics_listen is None
         assert len(s.server._runners) == 1
+
+
+def test_stopping_the_server_ends_open_streams_promptly(sockdir):
+    s = serve(sockdir).start()
+    sock = _open_stream(s.socket_path)
+    assert _wait(lambda: len(s.server.followers) == 1)
+    t0 = time.monotonic()
+    s.stop()
+    assert time.monotonic() - t0 < 5
+    sock.settimeout(5)
+    tail = b""
+    while chunk := sock.recv(65536):
+        tail += chunk
+    assert tail.endswith(b"0\r\n\r\n") or tail == b""  # chunked end, or closed
+    sock.close()
+    assert not os.path.exists(s.socket_path)
