@@ -11,8 +11,10 @@
 RW=$1
 cut -d' ' -f1 /proc/uptime > "$RW/started"
 . "$RW/env.sh"
+stamp() { echo "[$(cut -d' ' -f1 /proc/uptime)] $*"; }
 
 {
+  stamp "guest reached guest_run.sh"
   echo "kernel: $(uname -r)"
   echo "cmdline: $(cat /proc/cmdline)"
   echo "controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
@@ -29,12 +31,13 @@ if [ -n "${AGENTD_VM_ZRAM_SIZE:-}" ]; then
   # run swapon/swapoff themselves (tests/vm/guest/conftest.py: the `zram_swap` fixture).
   if ! { modprobe zram num_devices=1 \
          && echo "$AGENTD_VM_ZRAM_SIZE" > /sys/block/zram0/disksize \
-         && mkswap /dev/zram0; } >> "$RW/setup.log" 2>&1; then
+         && mkswap /dev/zram0 && stamp "zram0 ready ($AGENTD_VM_ZRAM_SIZE)"; } >> "$RW/setup.log" 2>&1; then
     echo "zram set-up failed: $(tail -n 3 "$RW/setup.log" | tr '\n' ' ')" > "$RW/setup_error"
   fi
 fi
 
 if [ ! -e "$RW/setup_error" ]; then
+  stamp "command starts" >> "$RW/setup.log"
   cd "$AGENTD_VM_CWD" && sh "$RW/cmd.sh" > "$RW/stdout" 2> "$RW/stderr" < /dev/null
   rc=$?
   cut -d' ' -f1 /proc/uptime > "$RW/finished"
