@@ -209,20 +209,33 @@ def _render_top(snap: dict) -> str:
 def top(state: State, once: bool, interval: float, agent: str | None) -> None:
     """A live table of agents and their running tool calls, refreshed in place."""
     in_place = sys.stdout.isatty() and not once and not state.json
+    if in_place:
+        click.echo("\x1b[?25l", nl=False)  # hide the cursor while redrawing
     try:
         while True:
             snap = _snapshot(state.client, agent)
             if state.json:
                 emit_json(snap)
+            elif in_place:
+                click.echo(_redraw(_render_top(snap)), nl=False)
             else:
-                text = _render_top(snap)
-                click.echo(("\x1b[H\x1b[2J" + text) if in_place else text + ("" if once else "\n"))
+                click.echo(_render_top(snap) + ("" if once else "\n"))
             if once:
                 return
             sys.stdout.flush()
             time.sleep(interval)
     except KeyboardInterrupt:
         return
+    finally:
+        if in_place:
+            click.echo("\x1b[?25h", nl=False)
+
+
+def _redraw(text: str) -> str:
+    """Overwrite the screen from the top, clipped to the terminal, without flicker."""
+    cols, rows = shutil.get_terminal_size()
+    lines = [line[:cols] for line in text.splitlines()][: max(1, rows - 1)]
+    return "\x1b[H" + "".join(line + "\x1b[K\n" for line in lines) + "\x1b[J"
 
 
 # --- events ----------------------------------------------------------------------------------

@@ -342,3 +342,32 @@ def test_help_lists_every_command():
                  "install-service", "schema", "completion"):
         assert f"  {name}" in out
     assert textwrap.dedent("Exit codes: 0 ok, 1 failure, 2 usage.") in out
+
+
+def test_top_redraws_in_place_on_a_terminal_and_restores_the_cursor(srv):
+    import pty
+    import select
+    import signal
+    import time
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "cli.agentctl", "--socket", srv.socket_path,
+                             "top", "--interval", "0.2"], stdin=slave, stdout=slave,
+                            stderr=slave, cwd=REPO, close_fds=True)
+    os.close(slave)
+    out = b""
+    deadline = time.time() + 15
+    while out.count(b"\x1b[H") < 3 and time.time() < deadline:
+        if select.select([master], [], [], 0.5)[0]:
+            out += os.read(master, 65536)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(10) == 0  # Ctrl-C is the normal way out
+    try:
+        while select.select([master], [], [], 0.5)[0]:
+            out += os.read(master, 65536)
+    except OSError:
+        pass  # the pty closes with the process
+    os.close(master)
+    assert out.count(b"\x1b[H") >= 3  # redrawn, not scrolled
+    assert b"a1/0001-pytest" in out
+    assert out.startswith(b"\x1b[?25l") and out.rstrip().endswith(b"\x1b[?25h")
