@@ -371,3 +371,14 @@ def test_top_redraws_in_place_on_a_terminal_and_restores_the_cursor(srv):
     assert out.count(b"\x1b[H") >= 3  # redrawn, not scrolled
     assert b"a1/0001-pytest" in out
     assert out.startswith(b"\x1b[?25l") and out.rstrip().endswith(b"\x1b[?25h")
+
+
+def test_the_cli_imports_nothing_of_the_daemon_but_the_client():
+    code = ("import json, sys; sys.modules['cli.gpu_commands'] = None; import cli.agentctl as a; "
+            "print(json.dumps([sorted(m for m in sys.modules if m.startswith(('agentd', 'aiohttp',"
+            " 'prometheus_client', 'yaml'))), sorted(a.main.commands)]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0 and r.stderr == "", r.stderr  # a missing gpu module is silent
+    modules, commands = json.loads(r.stdout)
+    assert set(modules) <= {"agentd", "agentd.api", "agentd.api.client", "agentd.api.units"}
+    assert "gpu" not in commands and "status" in commands
