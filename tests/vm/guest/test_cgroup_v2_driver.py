@@ -275,3 +275,25 @@ def test_move_self_to_daemon_then_root_enables_controllers(v2):
     assert line.endswith(drv.tree.root + "/daemon"), (line, p.stderr.read() if p.poll() is not None else "")
     assert {"memory", "pids"} <= subtree_control(drv, "")
     assert os.path.exists(drv.tree.file("daemon", "memory.max"))
+
+
+def test_swap_max_lets_a_tool_spill_to_swap_or_not(v2, zram_swap):
+    drv = v2
+    assert drv.features().swap
+    drv.create("agents/a1/tools/0007-swap")
+    drv.create("agents/a1/tools/0008-noswap")
+    drv.apply_limits("agents/a1/tools/0007-swap", Limits(memory_max=24 * MiB, swap_max=64 * MiB))
+    drv.apply_limits("agents/a1/tools/0008-noswap", Limits(memory_max=24 * MiB, swap_max=0))
+    assert fs.read(drv.tree.file("agents/a1/tools/0007-swap", "memory.swap.max")).strip() == str(64 * MiB)
+    spill = alloc(drv, 40, hold=True)
+    assert drv.move(spill.pid, "agents/a1/tools/0007-swap")
+    go(spill)
+    lines = iter(spill.stdout.readline, "")  # "allocated N" ... "done"; "" at EOF
+    assert any(line.strip() == "done" for line in lines), "the spilling allocator died"
+    assert int(fs.read(drv.tree.file("agents/a1/tools/0007-swap", "memory.swap.current"))) > 8 * MiB
+    assert drv.stats("agents/a1/tools/0007-swap").memory_events.get("oom_kill", 0) == 0
+    capped = alloc(drv, 40)
+    assert drv.move(capped.pid, "agents/a1/tools/0008-noswap")
+    go(capped)
+    assert capped.wait(timeout=60) == -signal.SIGKILL
+    assert drv.stats("agents/a1/tools/0008-noswap").memory_events["oom_kill"] >= 1
