@@ -363,7 +363,7 @@ def test_a_controller_crash_is_a_500_and_the_server_stays_up(sockdir):
 
 
 def test_rate_limit_answers_429_per_uid(sockdir):
-    with serve(sockdir, ApiLimits(rate_per_s=1, rate_burst=5)) as s:
+    with serve(sockdir, ApiLimits(rate_per_s=0.1, rate_burst=5)) as s:
         codes = [raw(s.socket_path, "GET", "/v1/agents") for _ in range(12)]
         statuses = [c[0] for c in codes]
         assert statuses[:5] == [200] * 5
