@@ -363,6 +363,11 @@ def intent(state: State, tool: str | None, memory: int | None, cpu: float | None
 # --- tool calls ------------------------------------------------------------------------------
 
 
+EXPLAIN_KEYS = ("id", "agent", "name", "tool", "argv", "state", "outcome", "reason", "rule",
+                "limits", "clips", "intent", "peak_bytes", "memory_peak", "cpu_s", "wall_s",
+                "exit_code")
+
+
 @main.command()
 @click.argument("tool_call")
 @json_option
@@ -379,7 +384,8 @@ def explain(state: State, tool_call: str) -> None:
         return
     call = data.get("tool_call")
     if isinstance(call, dict):
-        click.echo(render.mapping(call))
+        brief = {k: call[k] for k in EXPLAIN_KEYS if k in call}
+        click.echo(render.mapping(brief or call))
         click.echo("")
     click.echo(f"{len(decisions)} decision(s):")
     for d in decisions:
@@ -392,8 +398,10 @@ def explain(state: State, tool_call: str) -> None:
                                          f"[{d['rule']}]" if d.get("rule") else "") if x)
         click.echo(f"  {head}: {d.get('reason') or d.get('message', '')}")
         numbers = d.get("numbers") or d.get("data")
-        if isinstance(numbers, dict) and numbers:
-            click.echo("      " + "  ".join(f"{k}={render.cell(k, v)}" for k, v in numbers.items()))
+        if isinstance(numbers, dict):
+            shown = {k: v for k, v in numbers.items() if v is not None and not isinstance(v, list)}
+            if shown:
+                click.echo("      " + "  ".join(f"{k}={render.cell(k, v)}" for k, v in shown.items()))
 
 
 @main.command()
