@@ -1,18 +1,25 @@
-// agentd process tracker: fork / exec / exit / OOM victim / cgroup attach, one ring buffer,
-// and the exec gate (SIGSTOP at exec for tasks in gated v2 cgroups).
+// agentd process tracker: fork / exec / exit / OOM victim / cgroup attach through a ring
+// buffer, and the exec gate (SIGSTOP at exec for tasks in gated v2 cgroups).
 //
 // Compiled by BCC against headers that do NOT match the running kernel, so this file reads
 // no kernel struct field: only tracepoint arguments (BCC builds them from the running
 // kernel's tracefs format files) and helpers.
 //
+// Two ring buffers: `events` for everything ordinary and `gate_events` for gated execs only,
+// so that a flood of forks and exits can never take the room a stopped process needs to be
+// heard (a gated exec whose record cannot be reserved is not stopped: fail open).
+// Records are a 56-byte head; EXEC and CGROUP_ATTACH add a path.
+//
 // agentd/tracking/bpf_source.py prepends these #defines, checked, before compiling:
-//   AGENTD_RINGBUF_PAGES   ring buffer size in pages (power of two)
-//   AGENTD_EVENT_SIZE      sizeof(struct event) on the Python side (ctypes), asserted below
-//   AGENTD_GATE            1: exec gate on (gated_cgroups is consulted at every exec)
-//   AGENTD_EXIT_CODE       1: also the code of voluntary exits (a syscall tracepoint)
-//   AGENTD_WATCH_SUBTREE   1: fork/exec/exit only for tasks under the cgroup in watch_root[0]
-//   AGENTD_V2_ROOT         hierarchy id of the v2 (default) hierarchy for cgroup_attach_task
-//   AGENTD_WAKE_EVERY      wake the consumer every Nth ordinary event per CPU (1: every one)
+//   AGENTD_RINGBUF_PAGES       `events` size in pages (power of two)
+//   AGENTD_GATE_RINGBUF_PAGES  `gate_events` size in pages (power of two)
+//   AGENTD_HEAD_SIZE           sizeof(struct event_head) on the Python side, asserted below
+//   AGENTD_EVENT_SIZE          sizeof(struct event) on the Python side, asserted below
+//   AGENTD_GATE                1: exec gate on (gated_cgroups is consulted at every exec)
+//   AGENTD_EXIT_CODE           1: also the code of voluntary exits (a syscall tracepoint)
+//   AGENTD_WATCH_SUBTREE       1: fork/exec/exit only for tasks under the cgroup in watch_root[0]
+//   AGENTD_V2_ROOT             hierarchy id of the v2 (default) hierarchy for cgroup_attach_task
+//   AGENTD_WAKE_EVERY          wake the consumer every Nth ordinary event per CPU (1: every one)
 
 #define AGENTD_FORK 1
 #define AGENTD_EXEC 2
@@ -23,21 +30,20 @@
 #define AGENTD_F_GATED 1u            // exec: SIGSTOP sent, user space owes a SIGCONT
 #define AGENTD_F_EXIT_CODE 2u        // exit: exit_code is valid
 #define AGENTD_F_SELF_MOVE 4u        // cgroup attach: the moved process wrote itself
-#define AGENTD_F_GATE_SKIPPED 8u     // (never in an event; stat index only)
 
 #define AGENTD_PATH_LEN 256
 #define AGENTD_SIGSTOP 19
 #define AGENTD_CLONE_THREAD 0x00010000ULL
 
 // Stat slots of the per-CPU `stats` array, read and summed by user space.
-#define STAT_LOST 0            // ring buffer full: event dropped
-#define STAT_GATE_SKIPPED 1    // gated exec NOT stopped because its event could not be reserved
+#define STAT_LOST 0            // `events` full: an ordinary event dropped
+#define STAT_GATE_SKIPPED 1    // gated exec NOT stopped: `gate_events` full (then sent as ordinary)
 #define STAT_EMITTED 2
 #define STAT_THREADS 3         // thread creations filtered out (CLONE_THREAD)
 #define STAT_SIGNAL_FAILED 4   // bpf_send_signal returned an error
 #define STAT_SLOTS 8
 
-struct event {
+struct event_head {
     u64 ts_ns;
     u64 cgroup_id;     // v2 cgroup id of current; CGROUP_ATTACH: the destination cgroup id
     u32 kind;
@@ -48,12 +54,18 @@ struct event {
     u32 exit_code;     // EXIT: wait status ((code & 0xff) << 8 | signal), valid with F_EXIT_CODE
     u32 flags;
     char comm[16];
+};
+
+struct event {
+    struct event_head h;
     char path[AGENTD_PATH_LEN];  // EXEC: filename; CGROUP_ATTACH: destination path (v2)
 };
 
+_Static_assert(sizeof(struct event_head) == AGENTD_HEAD_SIZE, "event head differs from Python");
 _Static_assert(sizeof(struct event) == AGENTD_EVENT_SIZE, "event layout differs from Python");
 
 BPF_RINGBUF_OUTPUT(events, AGENTD_RINGBUF_PAGES);
+BPF_RINGBUF_OUTPUT(gate_events, AGENTD_GATE_RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(stats, u64, STAT_SLOTS);
 BPF_HASH(gated_cgroups, u64, u8, 4096);
 BPF_PERCPU_ARRAY(since_wake, u32, 1);
@@ -81,24 +93,40 @@ static __always_inline int watched(void)
 #endif
 }
 
-static __always_inline struct event *reserve(u32 kind)
+static __always_inline void fill(struct event_head *h, u32 kind)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    h->ts_ns = bpf_ktime_get_ns();
+    h->cgroup_id = bpf_get_current_cgroup_id();
+    h->kind = kind;
+    h->pid = 0;
+    h->tgid = id >> 32;
+    h->ppid = 0;
+    h->exit_code = 0;
+    h->flags = 0;
+    bpf_get_current_comm(&h->comm, sizeof(h->comm));
+}
+
+static __always_inline struct event_head *reserve_head(u32 kind)
+{
+    struct event_head *h = events.ringbuf_reserve(sizeof(struct event_head));
+    if (!h) {
+        stat_inc(STAT_LOST);
+        return 0;
+    }
+    fill(h, kind);
+    return h;
+}
+
+static __always_inline struct event *reserve_full(u32 kind)
 {
     struct event *e = events.ringbuf_reserve(sizeof(struct event));
     if (!e) {
         stat_inc(STAT_LOST);
         return 0;
     }
-    u64 id = bpf_get_current_pid_tgid();
-    e->ts_ns = bpf_ktime_get_ns();
-    e->cgroup_id = bpf_get_current_cgroup_id();
-    e->kind = kind;
-    e->pid = 0;
-    e->tgid = id >> 32;
-    e->ppid = 0;
-    e->exit_code = 0;
-    e->flags = 0;
+    fill(&e->h, kind);
     e->path[0] = 0;
-    bpf_get_current_comm(&e->comm, sizeof(e->comm));
     return e;
 }
 
@@ -106,26 +134,22 @@ static __always_inline struct event *reserve(u32 kind)
 // task's time per event in this VM, ten times the rest of the program. A gated exec wakes it
 // at once (someone is stopped); ordinary events wake it every AGENTD_WAKE_EVERY-th time on a
 // CPU and otherwise wait for the consumer's poll timeout.
-static __always_inline void submit(struct event *e, int urgent)
+static __always_inline void submit(void *rec)
 {
     stat_inc(STAT_EMITTED);
-    if (urgent) {
-        events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
-        return;
-    }
 #if AGENTD_WAKE_EVERY > 1
     int zero = 0;
     u32 *n = since_wake.lookup(&zero);
     if (n) {
         *n += 1;
         if (*n < AGENTD_WAKE_EVERY) {
-            events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+            events.ringbuf_submit(rec, BPF_RB_NO_WAKEUP);
             return;
         }
         *n = 0;
     }
 #endif
-    events.ringbuf_submit(e, 0);
+    events.ringbuf_submit(rec, 0);
 }
 
 // Thread creations are not processes. task_newtask carries the clone flags of the new
@@ -152,48 +176,54 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
     }
     if (!watched())
         return 0;
-    struct event *e = reserve(AGENTD_FORK);
-    if (!e)
+    struct event_head *h = reserve_head(AGENTD_FORK);
+    if (!h)
         return 0;
-    e->pid = args->child_pid;
-    e->ppid = e->tgid;
-    TP_DATA_LOC_READ_STR(e->comm, child_comm, sizeof(e->comm));
-    submit(e, 0);
+    h->pid = args->child_pid;
+    h->ppid = h->tgid;
+    TP_DATA_LOC_READ_STR(h->comm, child_comm, sizeof(h->comm));
+    submit(h);
     return 0;
 }
 
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
+    struct event *e;
 #if AGENTD_GATE
     u64 cg = bpf_get_current_cgroup_id();
-    u8 *gate = gated_cgroups.lookup(&cg);
-#else
-    u8 *gate = 0;
-#endif
-    // A gated exec is always reported, watched subtree or not.
-    if (!gate && !watched())
-        return 0;
-    struct event *e = reserve(AGENTD_EXEC);
-#if AGENTD_GATE
-    if (gate) {
-        if (!e) {
-            // Fail open: a stop nobody hears about would never be continued.
-            stat_inc(STAT_GATE_SKIPPED);
+    if (gated_cgroups.lookup(&cg)) {
+        e = gate_events.ringbuf_reserve(sizeof(struct event));
+        if (e) {
+            fill(&e->h, AGENTD_EXEC);
+            e->h.pid = args->pid;
+            e->h.ppid = args->old_pid;
+            TP_DATA_LOC_READ_STR(e->path, filename, sizeof(e->path));
+            // Delivered on the way back to user space: the new image runs no instruction.
+            if (bpf_send_signal(AGENTD_SIGSTOP) == 0)
+                e->h.flags |= AGENTD_F_GATED;
+            else
+                stat_inc(STAT_SIGNAL_FAILED);
+            stat_inc(STAT_EMITTED);
+            gate_events.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
             return 0;
         }
-        // Delivered on the way back to user space: the new image runs no instruction.
-        if (bpf_send_signal(AGENTD_SIGSTOP) == 0)
-            e->flags |= AGENTD_F_GATED;
-        else
-            stat_inc(STAT_SIGNAL_FAILED);
+        // Fail open: a stop nobody hears about would never be continued. The exec is still
+        // reported, ungated, below (watched or not).
+        stat_inc(STAT_GATE_SKIPPED);
+    } else if (!watched()) {
+        return 0;
     }
+#else
+    if (!watched())
+        return 0;
 #endif
+    e = reserve_full(AGENTD_EXEC);
     if (!e)
         return 0;
-    e->pid = args->pid;
-    e->ppid = args->old_pid;
+    e->h.pid = args->pid;
+    e->h.ppid = args->old_pid;
     TP_DATA_LOC_READ_STR(e->path, filename, sizeof(e->path));
-    submit(e, e->flags & AGENTD_F_GATED);
+    submit(e);
     return 0;
 }
 
@@ -281,27 +311,27 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     fatal_sent.delete(&tgid);
     if (!watched())
         return 0;
-    struct event *e = reserve(AGENTD_EXIT);
-    if (!e)
+    struct event_head *h = reserve_head(AGENTD_EXIT);
+    if (!h)
         return 0;
-    e->pid = e->tgid;
+    h->pid = h->tgid;
     if (have_code) {
-        e->exit_code = c;
-        e->flags |= AGENTD_F_EXIT_CODE;
+        h->exit_code = c;
+        h->flags |= AGENTD_F_EXIT_CODE;
     }
-    bpf_probe_read_kernel_str(e->comm, sizeof(e->comm), args->comm);
-    submit(e, 0);
+    bpf_probe_read_kernel_str(h->comm, sizeof(h->comm), args->comm);
+    submit(h);
     return 0;
 }
 
 TRACEPOINT_PROBE(oom, mark_victim)
 {
-    struct event *e = reserve(AGENTD_OOM_VICTIM);
-    if (!e)
+    struct event_head *h = reserve_head(AGENTD_OOM_VICTIM);
+    if (!h)
         return 0;
-    e->pid = args->pid;
-    TP_DATA_LOC_READ_STR(e->comm, comm, sizeof(e->comm));
-    submit(e, 0);
+    h->pid = args->pid;
+    TP_DATA_LOC_READ_STR(h->comm, comm, sizeof(h->comm));
+    submit(h);
     return 0;
 }
 
@@ -310,15 +340,15 @@ TRACEPOINT_PROBE(cgroup, cgroup_attach_task)
     // v1 hierarchies fire too; only the v2 one carries the ids the gate and tree use.
     if (args->dst_root != AGENTD_V2_ROOT)
         return 0;
-    struct event *e = reserve(AGENTD_CGROUP_ATTACH);
+    struct event *e = reserve_full(AGENTD_CGROUP_ATTACH);
     if (!e)
         return 0;
-    e->pid = args->pid;
-    e->cgroup_id = args->dst_id;
-    if (args->pid == e->tgid || args->pid == (u32)bpf_get_current_pid_tgid())
-        e->flags |= AGENTD_F_SELF_MOVE;
-    TP_DATA_LOC_READ_STR(e->comm, comm, sizeof(e->comm));
+    e->h.pid = args->pid;
+    e->h.cgroup_id = args->dst_id;
+    if (args->pid == e->h.tgid || args->pid == (u32)bpf_get_current_pid_tgid())
+        e->h.flags |= AGENTD_F_SELF_MOVE;
+    TP_DATA_LOC_READ_STR(e->h.comm, comm, sizeof(e->h.comm));
     TP_DATA_LOC_READ_STR(e->path, dst_path, sizeof(e->path));
-    submit(e, 0);
+    submit(e);
     return 0;
 }

@@ -72,25 +72,39 @@ def _compile(text: str, cflags: list[str]):
     return bpf
 
 
-def event_from_raw(raw: src.RawEvent) -> ProcEvent | None:
+def event_from_raw(head: src.RawHead, path_bytes: bytes = b"") -> ProcEvent | None:
     """A validated ProcEvent, or None for a record that cannot be right (pid 0, unknown kind)."""
-    kind = src.KIND_BY_NUMBER.get(raw.kind)
-    if kind is None or raw.pid <= 0 or raw.pid > 1 << 22:
+    kind = src.KIND_BY_NUMBER.get(head.kind)
+    if kind is None or head.pid <= 0 or head.pid > 1 << 22:
         return None
-    comm = bytes(raw.comm).split(b"\0", 1)[0].decode(errors="replace")
-    path = bytes(raw.path).split(b"\0", 1)[0].decode(errors="replace")
-    flags = raw.flags
-    fields: dict = dict(kind=kind, pid=raw.pid, tgid=raw.tgid, comm=comm, cgroup_id=raw.cgroup_id, ts_ns=raw.ts_ns)
+    comm = bytes(head.comm).split(b"\0", 1)[0].decode(errors="replace")
+    path = bytes(path_bytes).split(b"\0", 1)[0].decode(errors="replace")
+    flags = head.flags
+    fields: dict = dict(kind=kind, pid=head.pid, tgid=head.tgid, comm=comm, cgroup_id=head.cgroup_id, ts_ns=head.ts_ns)
     if kind is ProcEventKind.FORK:
-        fields["ppid"] = raw.ppid
+        fields["ppid"] = head.ppid
     elif kind is ProcEventKind.EXEC:
-        fields.update(old_pid=raw.ppid, filename=path, gated=bool(flags & src.F_GATED))
+        fields.update(old_pid=head.ppid, filename=path, gated=bool(flags & src.F_GATED))
     elif kind is ProcEventKind.EXIT:
         if flags & src.F_EXIT_CODE:
-            fields.update(exit_code=raw.exit_code, exit_code_known=True)
+            fields.update(exit_code=head.exit_code, exit_code_known=True)
     elif kind is ProcEventKind.CGROUP_ATTACH:
         fields.update(cgroup_path=path, self_move=bool(flags & src.F_SELF_MOVE))
     return ProcEvent(**fields)
+
+
+_HEAD_SIZE = ctypes.sizeof(src.RawHead)
+_FULL_SIZE = ctypes.sizeof(src.RawEvent)
+
+
+def event_from_record(data, size: int) -> ProcEvent | None:
+    """Decode one ring-buffer record (a head, or a head and a path)."""
+    if size < _HEAD_SIZE:
+        return None
+    if size >= _FULL_SIZE:
+        rec = ctypes.cast(data, ctypes.POINTER(src.RawEvent)).contents
+        return event_from_raw(rec.h, rec.path)
+    return event_from_raw(ctypes.cast(data, ctypes.POINTER(src.RawHead)).contents)
 
 
 class BpfBackend(TrackerBackend):
@@ -147,6 +161,7 @@ class BpfBackend(TrackerBackend):
         self.load()
         self._sink = sink
         self._stop.clear()
+        self._bpf[b"gate_events"].open_ring_buffer(self._on_raw)
         self._bpf[b"events"].open_ring_buffer(self._on_raw)
         if self._gated:
             self._write_gated(self._gated, set())
@@ -166,11 +181,13 @@ class BpfBackend(TrackerBackend):
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        if self._sink is not None:  # started: hear about stops already in the ring buffer
-            try:
-                bpf.ring_buffer_consume()
-            except Exception:
-                log.exception("final ring buffer drain failed")
+        try:
+            if self._sink is None:  # loaded, never started: still hear about every stop
+                self._sink = lambda ev: None
+                bpf[b"gate_events"].open_ring_buffer(self._on_raw)
+            bpf.ring_buffer_consume()
+        except Exception:
+            log.exception("final ring buffer drain failed")
         with self._lock:
             owed = list(self._owed)
             self._owed.clear()
@@ -203,10 +220,11 @@ class BpfBackend(TrackerBackend):
                 pass
 
     def release(self, pid: int) -> bool:
-        """SIGCONT a gated pid once it is placed. False when it had already gone."""
+        """SIGCONT a gated pid once it is placed. False when it was not owed a SIGCONT (never
+        gated, already released or continued by the timeout) or has gone."""
         with self._lock:
-            self._owed.pop(pid, None)
-        return _sigcont(pid)
+            owed = self._owed.pop(pid, None) is not None
+        return owed and _sigcont(pid)
 
     def consumer_cpu_s(self) -> float:
         """CPU seconds the consumer thread has used (decoding events and running the sink)."""
@@ -283,11 +301,7 @@ class BpfBackend(TrackerBackend):
             self._continue_overdue()
 
     def _on_raw(self, _ctx, data, size) -> int:
-        if size < ctypes.sizeof(src.RawEvent):
-            self.invalid_events += 1
-            return 0
-        raw = ctypes.cast(data, ctypes.POINTER(src.RawEvent)).contents
-        ev = event_from_raw(raw)
+        ev = event_from_record(data, size)
         if ev is None:
             self.invalid_events += 1
             return 0
@@ -310,6 +324,9 @@ class BpfBackend(TrackerBackend):
             for pid in overdue:
                 del self._owed[pid]
         for pid in overdue:
+            st = procfs.read_stat(pid)
+            if st is None or st.state != "T":
+                continue  # gone, or already continued by someone else
             self.gate_timeouts += 1
             log.warning(
                 "pid %d was stopped at exec and not placed within %.1f s; continuing it where it is",

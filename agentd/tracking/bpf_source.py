@@ -1,8 +1,9 @@
 """The tracker's BPF program text and the event layout it shares with Python.
 
 `render_tracker_source(opts)` is pure: checked options in, C text out. The C template
-(bpf/tracker.bpf.c) asserts at compile time that its `struct event` has the size of the
-ctypes `RawEvent` below, so the two sides cannot drift apart silently.
+(bpf/tracker.bpf.c) asserts at compile time that its `struct event_head` and `struct event`
+have the sizes of the ctypes `RawHead` and `RawEvent` below, so the two sides cannot drift
+apart silently.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ STAT_NAMES = {
 V2_HIERARCHY_ID = 0  # the "0::" line of /proc/<pid>/cgroup
 
 
-class RawEvent(ctypes.Structure):
+class RawHead(ctypes.Structure):
+    """struct event_head: every record starts with it; FORK/EXIT/OOM_VICTIM are only this."""
+
     _fields_ = [
         ("ts_ns", ctypes.c_uint64),
         ("cgroup_id", ctypes.c_uint64),
@@ -58,15 +61,21 @@ class RawEvent(ctypes.Structure):
         ("exit_code", ctypes.c_uint32),
         ("flags", ctypes.c_uint32),
         ("comm", ctypes.c_char * COMM_LEN),
-        ("path", ctypes.c_char * PATH_LEN),
     ]
+
+
+class RawEvent(ctypes.Structure):
+    """struct event: the head and a path (EXEC filename, CGROUP_ATTACH destination)."""
+
+    _fields_ = [("h", RawHead), ("path", ctypes.c_char * PATH_LEN)]
 
 
 @dataclass(frozen=True)
 class TrackerOptions:
     """Everything that is fixed in the program before load."""
 
-    ringbuf_pages: int = 256  # 1 MiB with 4 KiB pages; ~3,500 events of 296 bytes
+    ringbuf_pages: int = 512  # 2 MiB: ~32,000 fork/exit records (64 B) or ~6,500 with a path
+    gate_ringbuf_pages: int = 64  # 256 KiB for gated execs only: ~800 stopped execs in flight
     gate: bool = True
     # Voluntary exit codes need a syscall tracepoint (exit_group), which slows every
     # syscall on the host while loaded; signal deaths are known without it.
@@ -77,9 +86,10 @@ class TrackerOptions:
     wake_every: int = 32
 
     def check(self) -> None:
-        p = self.ringbuf_pages
-        if not isinstance(p, int) or isinstance(p, bool) or p < 1 or p > 1 << 16 or p & (p - 1):
-            raise ValueError(f"ringbuf_pages must be a power of two in 1..65536, not {p!r}")
+        for name in ("ringbuf_pages", "gate_ringbuf_pages"):
+            p = getattr(self, name)
+            if not isinstance(p, int) or isinstance(p, bool) or p < 1 or p > 1 << 16 or p & (p - 1):
+                raise ValueError(f"{name} must be a power of two in 1..65536, not {p!r}")
         w = self.wake_every
         if not isinstance(w, int) or isinstance(w, bool) or not 1 <= w <= 4096:
             raise ValueError(f"wake_every must be an int in 1..4096, not {w!r}")
@@ -105,6 +115,8 @@ def render_tracker_source(opts: TrackerOptions, template: str) -> str:
     opts.check()
     defines = {
         "AGENTD_RINGBUF_PAGES": opts.ringbuf_pages,
+        "AGENTD_GATE_RINGBUF_PAGES": opts.gate_ringbuf_pages,
+        "AGENTD_HEAD_SIZE": ctypes.sizeof(RawHead),
         "AGENTD_EVENT_SIZE": ctypes.sizeof(RawEvent),
         "AGENTD_GATE": int(opts.gate),
         "AGENTD_EXIT_CODE": int(opts.exit_code),

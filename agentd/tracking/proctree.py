@@ -28,6 +28,7 @@ class ProcInfo:
     uid: int | None = None
     cgroup_id: int = 0  # 0 = unknown
     start_ticks: int = 0
+    exec_ns: int = 0  # kernel time of its last exec event (0: none seen)
     exited_at: float | None = None  # clock() when its exit event arrived
     exit_code: int | None = None
     oom_victim: bool = False
@@ -155,7 +156,13 @@ class ProcTree:
 
     def _fork(self, ev: ProcEvent) -> ProcInfo:
         parent = self._procs.get(ev.ppid)
-        if ev.pid in self._procs:  # pid reused, or a duplicate: the newest birth wins
+        known = self._procs.get(ev.pid)
+        if known is not None and known.exited_at is None and ev.ts_ns and ev.ts_ns <= known.exec_ns:
+            # Its exec was heard first (gated execs come through their own ring buffer):
+            # this is the same process's birth, late. Keep what the exec told us.
+            self._relink(known, ev.ppid)
+            return known
+        if known is not None:  # pid reused, or a duplicate: the newest birth wins
             self._remove(ev.pid)
         if parent is not None:
             child = replace(parent, pid=ev.pid, ppid=ev.ppid, argv=list(parent.argv), exited_at=None,
@@ -184,6 +191,7 @@ class ProcTree:
             info.exe = ev.filename
         if ev.cgroup_id:
             info.cgroup_id = ev.cgroup_id
+        info.exec_ns = max(info.exec_ns, ev.ts_ns)
         return info
 
     def expire(self, now: float | None = None) -> list[int]:
@@ -210,6 +218,15 @@ class ProcTree:
     def _add(self, info: ProcInfo) -> None:
         self._procs[info.pid] = info
         self._children.setdefault(info.ppid, set()).add(info.pid)
+
+    def _relink(self, info: ProcInfo, ppid: int) -> None:
+        siblings = self._children.get(info.ppid)
+        if siblings is not None:
+            siblings.discard(info.pid)
+            if not siblings:
+                del self._children[info.ppid]
+        info.ppid = ppid
+        self._children.setdefault(ppid, set()).add(info.pid)
 
     def _remove(self, pid: int) -> None:
         info = self._procs.pop(pid)

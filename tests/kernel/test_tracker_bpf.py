@@ -391,6 +391,26 @@ def test_stop_continues_every_gated_process(cgroups, children):
     assert p.wait(timeout=5) == 0
 
 
+def test_gate_fails_open_when_its_ring_is_full_and_stop_continues_the_rest(cgroups, children):
+    """Nobody reads: the 4 KiB gate ring holds a dozen gated execs; later ones must run
+    (not stopped, counted), and stop() must continue the ones it holds."""
+    backend = BpfBackend(TrackerOptions(gate_ringbuf_pages=1))
+    backend.load()
+    try:
+        gate = cgroups.make("agent")
+        backend.set_gated_cgroups({Cgroups.cid(gate)})
+        procs = [children.spawn(["/bin/sh", "-c", "exit 0"], cgroup=gate) for _ in range(30)]
+        assert wait_for(lambda: sum(p.poll() is not None for p in procs) >= 10)
+        time.sleep(0.3)
+        stopped = [p for p in procs if p.poll() is None]
+        assert stopped and all(procfs.read_stat(p.pid).state == "T" for p in stopped)
+        assert len(stopped) < len(procs)
+        assert backend.kernel_stats()["gate_skipped"] == len(procs) - len(stopped)
+    finally:
+        backend.stop()
+    assert all(p.wait(timeout=5) == 0 for p in procs)
+
+
 def test_cgroup_attach_when_a_process_moves_itself(tracker, cgroups, children):
     _, rec = tracker
     home, away = cgroups.make("tool"), cgroups.make("escape")

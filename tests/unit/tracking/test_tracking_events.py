@@ -8,41 +8,53 @@ import pytest
 from agentd.events import ProcEventKind as K
 from agentd.tracking import bpf_source as src
 from agentd.tracking.backend import BackendUnavailable, TrackerBackend
-from agentd.tracking.bpf_backend import _first_error_line, event_from_raw
+from agentd.tracking.bpf_backend import _first_error_line, event_from_record
 from agentd.tracking.cnproc_backend import (
     CN_MSG, NLMSGHDR, PROC_EV_HEAD, SeqTracker, control_message, parse_datagram,
 )
 from agentd.tracking.select import open_backend
 
 
-def raw(kind, pid, **kw):
+def raw(kind, pid, path=b"", **kw):
     r = src.RawEvent()
-    r.kind, r.pid = kind, pid
+    r.h.kind, r.h.pid = kind, pid
+    r.path = path
     for k, v in kw.items():
-        setattr(r, k, v)
+        setattr(r.h, k, v)
     return r
 
 
+def decode(r, full=True):
+    """Through the ring-buffer record decoder, as a full record or as a bare head."""
+    buf = ctypes.create_string_buffer(bytes(r) if full else bytes(r)[: ctypes.sizeof(src.RawHead)])
+    return event_from_record(buf, len(buf.raw))
+
+
 def test_event_from_raw_exec_gated():
-    ev = event_from_raw(raw(2, 42, tgid=42, ppid=41, flags=src.F_GATED, comm=b"sh", path=b"/bin/sh", cgroup_id=9))
+    ev = decode(raw(2, 42, tgid=42, ppid=41, flags=src.F_GATED, comm=b"sh", path=b"/bin/sh", cgroup_id=9))
     assert (ev.kind, ev.pid, ev.old_pid, ev.ppid, ev.gated, ev.filename, ev.cgroup_id, ev.comm) == (
         K.EXEC, 42, 41, 0, True, "/bin/sh", 9, "sh")
 
 
 def test_event_from_raw_exit_code_only_when_known():
-    assert event_from_raw(raw(3, 5, exit_code=256)).exit_code_known is False
-    ev = event_from_raw(raw(3, 5, exit_code=256, flags=src.F_EXIT_CODE))
+    assert decode(raw(3, 5, exit_code=256), full=False).exit_code_known is False
+    ev = decode(raw(3, 5, exit_code=256, flags=src.F_EXIT_CODE), full=False)
     assert (ev.exit_code, ev.exit_code_known) == (256, True)
 
 
 def test_event_from_raw_attach_and_bad_comm():
-    ev = event_from_raw(raw(5, 7, cgroup_id=33, flags=src.F_SELF_MOVE, path=b"/a/b", comm=b"x\xffy"))
+    ev = decode(raw(5, 7, cgroup_id=33, flags=src.F_SELF_MOVE, path=b"/a/b", comm=b"x\xffy"))
     assert (ev.kind, ev.cgroup_id, ev.cgroup_path, ev.self_move, ev.comm) == (K.CGROUP_ATTACH, 33, "/a/b", True, "x\ufffdy")
 
 
 @pytest.mark.parametrize("kind,pid", [(0, 5), (9, 5), (1, 0)])
 def test_event_from_raw_rejects(kind, pid):
-    assert event_from_raw(raw(kind, pid)) is None
+    assert decode(raw(kind, pid)) is None
+
+
+def test_short_record_is_rejected():
+    buf = ctypes.create_string_buffer(10)
+    assert event_from_record(buf, 10) is None
 
 
 def test_render_defines_checked_values():
@@ -51,26 +63,31 @@ def test_render_defines_checked_values():
     assert "#define AGENTD_GATE 0\n" in text
     assert "#define AGENTD_WAKE_EVERY 32\n" in text
     assert f"#define AGENTD_EVENT_SIZE {ctypes.sizeof(src.RawEvent)}\n" in text
+    assert f"#define AGENTD_HEAD_SIZE {ctypes.sizeof(src.RawHead)}\n" in text
     assert text.endswith("BODY")
 
 
 @pytest.mark.parametrize("opts", [
     src.TrackerOptions(ringbuf_pages=3), src.TrackerOptions(ringbuf_pages=0),
     src.TrackerOptions(ringbuf_pages="8; evil"), src.TrackerOptions(gate=1),
-    src.TrackerOptions(wake_every=0), src.TrackerOptions(wake_every=True), src.TrackerOptions(wake_every="32"),
+    src.TrackerOptions(gate_ringbuf_pages=48), src.TrackerOptions(wake_every=0), src.TrackerOptions(wake_every=True), src.TrackerOptions(wake_every="32"),
 ])
 def test_render_refuses_unchecked_values(opts):
     with pytest.raises(ValueError):
         src.render_tracker_source(opts, "")
 
 
-def test_template_struct_matches_ctypes_fields():
-    """The C struct and RawEvent list the same fields in the same order."""
-    text = src.load_template()
-    body = text[text.index("struct event {"):text.index("};", text.index("struct event {"))]
+def _c_fields(text, struct):
+    body = text[text.index(f"struct {struct} {{"):text.index("};", text.index(f"struct {struct} {{"))]
     code = [ln.split("//")[0] for ln in body.splitlines()[1:]]
-    names = [ln.split(";")[0].split()[-1].split("[")[0] for ln in code if ";" in ln]
-    assert names == [f[0] for f in src.RawEvent._fields_]
+    return [ln.split(";")[0].split()[-1].split("[")[0] for ln in code if ";" in ln]
+
+
+def test_template_structs_match_ctypes_fields():
+    """The C structs and RawHead/RawEvent list the same fields in the same order."""
+    text = src.load_template()
+    assert _c_fields(text, "event_head") == [f[0] for f in src.RawHead._fields_]
+    assert _c_fields(text, "event") == [f[0] for f in src.RawEvent._fields_]
 
 
 def test_first_error_line():

@@ -138,3 +138,16 @@ def test_seed_from_a_fixture_proc_root(tmp_path):
     assert (info.comm, info.argv, info.uid, info.start_ticks) == ("my agent", ["my agent"], 1000, 500)
     assert info.cgroup_id == cg.stat().st_ino
     assert tree.get(1).cgroup_id == (tmp_path / "cgroup").stat().st_ino
+
+
+def test_a_gated_exec_heard_before_its_fork_keeps_its_exec_details():
+    tree, reader, _ = make_tree()
+    reader.procs[11] = ProcInfo(pid=11, ppid=10, comm="pytest", argv=["pytest"], exe="/usr/bin/python3")
+    tree.apply(ProcEvent(K.EXEC, pid=11, comm="pytest", cgroup_id=500, ts_ns=2000, gated=True))
+    info = tree.apply(ProcEvent(K.FORK, pid=11, ppid=10, comm="agent", cgroup_id=500, ts_ns=1000))
+    assert (info.comm, info.argv, info.ppid) == ("pytest", ["pytest"], 10)
+    assert tree.children(10) == [11]
+    # A later birth of the same pid number is a new process.
+    tree.apply(ProcEvent(K.EXIT, pid=11, ts_ns=3000))
+    new = tree.apply(ProcEvent(K.FORK, pid=11, ppid=1, comm="other", ts_ns=4000))
+    assert (new.comm, new.ppid) == ("other", 1)
