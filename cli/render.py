@@ -8,6 +8,7 @@ from typing import Any, Iterable, Sequence
 from agentd.api.client import format_size
 
 SIZE_HINTS = ("memory", "bytes", "rss", "swap", "kv")
+MAYBE_SIZE = ("granted", "requested", "asked")  # sizes when as large as a MiB
 
 
 def cell(key: str, value: Any) -> str:
@@ -15,7 +16,9 @@ def cell(key: str, value: Any) -> str:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, (int, float)) and any(h in key for h in SIZE_HINTS) and value >= 1024:
+    if isinstance(value, (int, float)) and (
+            (any(h in key for h in SIZE_HINTS) and value >= 1024)
+            or (key in MAYBE_SIZE and value >= 1 << 20)):
         return format_size(value)
     if isinstance(value, float):
         if key in ("ts", "started", "ended", "since", "created") and value > 1e9:
