@@ -59,19 +59,47 @@ def cgroup(cgroup_root, request) -> Cgroup:
         cg.remove()
 
 
+def _swap_active(dev: str) -> bool:
+    real = os.path.realpath(dev)
+    for line in Path("/proc/swaps").read_text().splitlines()[1:]:
+        if line.split() and os.path.realpath(line.split()[0]) == real:
+            return True
+    return False
+
+
+_swap_left_on: list[str] = []
+
+
 @pytest.fixture
 def zram_swap() -> str:
-    """Switch on the zram swap device prepared at boot; switched off afterwards."""
+    """Switch on the zram swap device prepared at boot; switched off afterwards.
+
+    Request it BEFORE the fixtures that start processes (`def test(zram_swap, cgroup)`),
+    so that its swapoff runs after they are killed: swapoff must bring every swapped page
+    back, which fails (ENOMEM) while a process at its memory.max still holds them. If
+    swapoff fails anyway, the swap stays on (a later zram_swap reuses it) and is switched
+    off at the end of the session."""
     dev = os.environ.get("AGENTD_VM_ZRAM", "")
     if not IN_VM:
         pytest.skip("guest-only fixture")
     if not dev:
         pytest.skip("the VM was booted without zram (boot_and_run(zram=True))")
-    subprocess.run(["swapon", dev], check=True, capture_output=True, text=True)
+    if not _swap_active(dev):
+        r = subprocess.run(["swapon", dev], capture_output=True, text=True)
+        assert r.returncode == 0, f"swapon {dev}: {r.stderr.strip()}"
     try:
         yield dev
     finally:
-        subprocess.run(["swapoff", dev], check=False)
+        r = subprocess.run(["swapoff", dev], capture_output=True, text=True)
+        if r.returncode != 0 and dev not in _swap_left_on:
+            _swap_left_on.append(dev)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _swap_off_at_session_end():
+    yield
+    for dev in _swap_left_on:
+        subprocess.run(["swapoff", dev], capture_output=True)
 
 
 @pytest.fixture(scope="session")

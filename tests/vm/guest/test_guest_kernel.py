@@ -128,6 +128,7 @@ def _numa_anon(cgroup) -> dict[int, int]:
 
 
 def test_zram_swap_takes_pages_over_memory_high(zram_swap, cgroup):
+    # zram_swap first: its swapoff runs after the cgroup fixture killed the allocator.
     swaps = Path("/proc/swaps").read_text()
     assert zram_swap in swaps, swaps
     cgroup.write("memory.high", 16 * MiB)
