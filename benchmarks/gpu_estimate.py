@@ -99,6 +99,7 @@ def main(argv=None) -> int:
     meta = json.loads(Path(DATA).read_text().splitlines()[0]).get("_meta", {})
     train = [r for r in rows if r["split"] == "train"]
     held = [r for r in rows if r["split"] == "heldout"]
+    outside = [r for r in rows if r["split"] == "outside"]
 
     ana_errs, ana_by_mode = [], {"train": [], "infer": []}
     worst = (0.0, "")
@@ -126,6 +127,12 @@ def main(argv=None) -> int:
         lrn_errs.append(_err(est.total_bytes, r["measured"]["peak_bytes"]))
         lrn_inside += est.low_bytes <= r["measured"]["peak_bytes"] <= est.high_bytes
     lrn = _summary(lrn_errs)
+    out_ana, out_fell = [], 0
+    for r in outside:
+        m, w = model_spec_from_dict(r["model"]), workload_spec_from_dict(r["workload"])
+        out_ana.append(_err(analytical.estimate(m, w).total_bytes, r["measured"]["peak_bytes"]))
+        out_fell += lm.estimate(m, w).fell_back
+    out_sum = _summary(out_ana)
     far = lm.estimate(ModelSpec.from_hf_config(LLAMA2_7B), WorkloadSpec(mode="train", batch=1, seq=4096, device="cpu"))
 
     cpu = {"mape": float("nan"), "max": float("nan"), "n": 0}
@@ -163,6 +170,8 @@ def main(argv=None) -> int:
         "mape_pct_analytical_train_mode": round(_summary(ana_by_mode["train"])["mape"], 3),
         "mape_pct_analytical_infer_mode": round(_summary(ana_by_mode["infer"])["mape"], 3),
         "mape_pct_analytical_heldout": round(ana_held["mape"], 3),
+        "mape_pct_analytical_outside": round(out_sum["mape"], 3), "samples_outside": len(outside),
+        "learned_fallback_pct_outside": round(100.0 * out_fell / max(len(outside), 1), 1),
         "range_coverage_pct_analytical": round(100.0 * inside / len(rows), 2),
         "range_coverage_pct_learned": round(100.0 * lrn_inside / max(len(held), 1), 2),
         "mape_pct_learned": round(lrn["mape"], 3), "max_err_pct_learned": round(lrn["max"], 3),
@@ -207,6 +216,8 @@ def main(argv=None) -> int:
         print(f"cpu_side is {metrics['latency_ratio_cpu_side_to_analytical']}x slower than analytical")
     print(f"analytical on held-out rows: MAPE {ana_held['mape']:.2f} %; train-mode {metrics['mape_pct_analytical_train_mode']:.2f} %, "
           f"infer-mode {metrics['mape_pct_analytical_infer_mode']:.2f} %; worst {worst[0]:+.1f} % ({worst[1]})")
+    print(f"{len(outside)} larger models beyond the grid (hidden 384-512, vocab to 32000, seq to 1024): analytical MAPE "
+          f"{out_sum['mape']:.2f} % (max {out_sum['max']:.2f} %), learned fell back on {out_fell}/{len(outside)}")
     print(f"measured peaks inside the stated range: analytical {metrics['range_coverage_pct_analytical']} %, "
           f"learned {metrics['range_coverage_pct_learned']} % (held out)")
     print(f"re-measured {len(fresh)} rows now: max drift {metrics['remeasured_max_drift_pct']} %")

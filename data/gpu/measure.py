@@ -80,6 +80,33 @@ def grid(n: int, seed: int = 5) -> list[tuple[ModelSpec, WorkloadSpec]]:
     return out
 
 
+def outside_grid(n: int, seed: int = 7) -> list[tuple[ModelSpec, WorkloadSpec]]:
+    """Larger models than the grid (hidden 384-512, vocabularies up to Llama's 32000,
+    sequences to 1024): the learned estimator must say these are outside its range, and
+    they show whether the analytical model holds beyond the sizes it was checked on."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        h = rng.choice([384, 512])
+        heads = rng.choice([4, 8])
+        gated = i % 2 == 0
+        spec = ModelSpec(num_layers=rng.choice([4, 8]), hidden_size=h, num_heads=heads,
+                         num_kv_heads=rng.choice([heads, heads // 4]), vocab_size=rng.choice([16384, 32000]),
+                         intermediate_size=(8 * h // 3 + 7) // 8 * 8 if gated else 4 * h,
+                         tie_word_embeddings=not gated, gated_mlp=gated, norm="rmsnorm" if gated else "layernorm",
+                         bias=not gated, learned_positions=0 if gated else 1024, dtype="fp32")
+        if i % 4 == 3:
+            wl = WorkloadSpec(mode="infer", batch=rng.choice([4, 8]), seq=1024, dtype="fp32",
+                              attention=rng.choice(["eager", "flash"]), device="cpu")
+        else:
+            wl = WorkloadSpec(mode="train", batch=rng.choice([1, 2]), seq=rng.choice([512, 1024]), dtype="fp32",
+                              optimizer=rng.choice(["adam", "adamw"]), optimizer_impl="foreach",
+                              recompute=rng.choice(["none", "full"]), attention=rng.choice(["eager", "flash"]),
+                              grad_buffers="freed", device="cpu")
+        out.append((spec, wl))
+    return out
+
+
 def config_id(spec: ModelSpec, wl: WorkloadSpec) -> str:
     return hashlib.sha1(json.dumps([asdict(spec), asdict(wl)], sort_keys=True).encode()).hexdigest()[:10]
 
@@ -147,20 +174,29 @@ def measure(spec: ModelSpec, wl: WorkloadSpec) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=160, help="configurations in the grid")
+    ap.add_argument("--n", type=int, default=240, help="configurations in the grid")
+    ap.add_argument("--outside", type=int, default=8, help="larger configurations beyond the grid (split 'outside')")
+    ap.add_argument("--keep-grid", action="store_true",
+                    help="reuse the grid rows already in --out and measure only the outside rows")
     ap.add_argument("--limit", type=int, default=0, help="measure only the first N (a quick look)")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--heldout", type=float, default=0.25, help="fraction held out of the learned estimator's training")
     args = ap.parse_args(argv)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    configs = grid(args.n)
+    kept = []
+    if args.keep_grid:
+        kept = [r for r in (json.loads(x) for x in open(args.out)) if "_meta" not in r and r["split"] != "outside"]
+        configs = []
+    else:
+        configs = [(s, w, None) for s, w in grid(args.n)]
+    configs += [(s, w, "outside") for s, w in outside_grid(args.outside)]
     if args.limit:
         configs = configs[: args.limit]
-    rows = []
-    for i, (spec, wl) in enumerate(configs):
+    rows = list(kept)
+    for i, (spec, wl, forced) in enumerate(configs):
         cid = config_id(spec, wl)
         m = measure(spec, wl)
-        split = "heldout" if int(cid, 16) % 1000 < args.heldout * 1000 else "train"
+        split = forced or ("heldout" if int(cid, 16) % 1000 < args.heldout * 1000 else "train")
         rows.append({"id": cid, "split": split, "model": asdict(spec), "workload": asdict(wl), "measured": m,
                      "parameters": spec.parameter_count()})
         print(f"{i + 1:4d}/{len(configs)} {cid} {wl.mode:5s} L{spec.num_layers} h{spec.hidden_size} "
