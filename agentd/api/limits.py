@@ -13,6 +13,7 @@ class ApiLimits:
     rate_per_s: float = 100.0  # sustained requests per second per peer uid (429 beyond)
     rate_burst: float = 400.0  # requests a uid may send at once
     max_streams: int = 64  # open event streams, all callers together (503 beyond)
+    max_connections_per_uid: int = 256  # open connections of one uid (answered 503 and closed)
     stream_queue: int = 2048  # events buffered per follower before the oldest are dropped
     write_timeout_s: float = 5.0  # a client that reads nothing for this long is dropped
     max_tracked_uids: int = 4096  # token buckets kept; the least recently used go first

@@ -109,6 +109,7 @@ class ApiStats:
     rate_limited: int = 0
     streams_open: int = 0
     streams_refused: int = 0
+    connections_refused: int = 0
     stream_events_sent: int = 0
     stream_events_dropped: int = 0
     stream_write_timeouts: int = 0
@@ -120,6 +121,7 @@ class ApiStats:
             "rate_limited": self.rate_limited,
             "streams_open": self.streams_open,
             "streams_refused": self.streams_refused,
+            "connections_refused": self.connections_refused,
             "stream_events_sent": self.stream_events_sent,
             "stream_events_dropped": self.stream_events_dropped,
             "stream_write_timeouts": self.stream_write_timeouts,
@@ -161,6 +163,7 @@ class _Collector:
         values["agentd_api_rate_limited_total"] = s.rate_limited
         values["agentd_api_streams_open"] = s.streams_open
         values["agentd_api_streams_refused_total"] = s.streams_refused
+        values["agentd_api_connections_refused_total"] = s.connections_refused
         values["agentd_api_stream_events_sent_total"] = s.stream_events_sent
         values["agentd_api_stream_events_dropped_total"] = s.stream_events_dropped
         values["agentd_api_stream_write_timeouts_total"] = s.stream_write_timeouts
@@ -263,6 +266,7 @@ class ApiServer:
         self.registry.register(_Collector(controller, self.stats))
         self._runners: list[web.AppRunner] = []
         self._sock_ino: int | None = None
+        self._connections: collections.Counter = collections.Counter()  # open ones per uid
         self.app = self._make_app()
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -297,6 +301,7 @@ class ApiServer:
                                shutdown_timeout=2.0, keepalive_timeout=15.0)
         await runner.setup()
         self._runners.append(runner)
+        self._bound_connections(runner.server)
         await web.SockSite(runner, sock, backlog=512).start()
         log.info("agentd API listening on %s (mode %o%s).", self.socket_path, SOCKET_MODE,
                  f", group {self.sock_gid}" if self.sock_gid is not None else "")
@@ -323,6 +328,57 @@ class ApiServer:
         except FileNotFoundError:
             pass
         log.info("agentd API on %s stopped.", self.socket_path)
+
+    def _bound_connections(self, server: Any) -> None:
+        """Cap the open connections of each uid: one user cannot take every descriptor.
+
+        aiohttp calls server.connection_made/connection_lost for each connection; they are
+        wrapped here. Over the cap the connection gets a 503 JSON error and is closed.
+        """
+        made = getattr(server, "connection_made", None)
+        lost = getattr(server, "connection_lost", None)
+        if made is None or lost is None:
+            log.warning("aiohttp has no connection hooks here; connections are not capped per uid")
+            return
+        counts: collections.Counter = collections.Counter()
+        owner: dict[Any, int] = {}
+        limit = self.limits.max_connections_per_uid
+
+        def connection_made(handler: Any, transport: asyncio.Transport) -> None:
+            made(handler, transport)
+            sock = transport.get_extra_info("socket")
+            try:
+                uid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                       _PEERCRED.size))[1]
+            except (OSError, AttributeError):
+                return
+            if counts[uid] >= limit:
+                self.stats.connections_refused += 1
+                err = ApiError(503, "too_many_connections",
+                               f"uid {uid} already has {counts[uid]} connections open to agentd "
+                               "(the limit); close some and retry")
+                body = dumps(err.to_json()).encode()
+                transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: "
+                                b"application/json\r\nConnection: close\r\nContent-Length: "
+                                + str(len(body)).encode() + b"\r\n\r\n" + body)
+                # closed once aiohttp has started the connection's handler task, which
+                # then ends as for any client that hangs up
+                asyncio.get_running_loop().call_soon(transport.close)
+                return
+            counts[uid] += 1
+            owner[handler] = uid
+
+        def connection_lost(handler: Any, exc: BaseException | None = None) -> None:
+            lost(handler, exc)
+            uid = owner.pop(handler, None)
+            if uid is not None:
+                counts[uid] -= 1
+                if counts[uid] <= 0:
+                    del counts[uid]
+
+        server.connection_made = connection_made
+        server.connection_lost = connection_lost
+        self._connections = counts
 
     # --- per request -------------------------------------------------------------------
 

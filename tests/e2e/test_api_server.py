@@ -575,3 +575,26 @@ def test_stopping_the_server_ends_open_streams_promptly(sockdir):
     assert tail.endswith(b"0\r\n\r\n") or tail == b""  # chunked end, or closed
     sock.close()
     assert not os.path.exists(s.socket_path)
+
+
+def test_open_connections_are_capped_per_uid(sockdir):
+    with serve(sockdir, ApiLimits(max_connections_per_uid=5)) as s:
+        held = []
+        for _ in range(5):
+            c = socket.socket(socket.AF_UNIX)
+            c.connect(s.socket_path)
+            held.append(c)
+        assert _wait(lambda: s.server._connections.get(0) == 5)
+        extra = socket.socket(socket.AF_UNIX)
+        extra.settimeout(5)
+        extra.connect(s.socket_path)
+        reply = extra.recv(4096)
+        extra.close()
+        assert reply.startswith(b"HTTP/1.1 503") and b"too_many_connections" in reply
+        # another uid is not affected
+        path = s.socket_path
+        assert in_child(lambda: raw(path, "GET", "/v1/agents")[0], uid=NOBODY) == 200
+        for c in held:  # closing frees the slots
+            c.close()
+        assert _wait(lambda: not s.server._connections.get(0))
+        assert ApiClient(s.socket_path).status()["api"]["connections_refused"] == 1
