@@ -179,6 +179,7 @@ class Manager:
                          "agents_registered": 0, "events_handled": 0}
         self.placement_us: list[float] = []  # recent gated placement latencies
         self.runtime_shield_refused = False
+        self._result_dirs: set[str] = set()
         self.host_budget: int | None = None
         self._budget_paused_since: float | None = None
 
@@ -352,18 +353,24 @@ class Manager:
         agent.runtime_pids.discard(pid)
         tc = ToolCall(f"{agent.name}/{seq:04d}-{name}", agent.name, seq, name, rel, pid, info.argv, now, resolved, intent,
                       LadderState(started=now), placed_us=placed_us, priority=priority)
-        self.store.put_agent(agent.record())
         if not moved:
             tc.state, tc.ended, tc.outcome, tc.reason = "done", now, "ok", "exited before it could be placed"
             self._finish_record(tc)
             return tc
         self.toolcalls[tc.id] = tc
-        self.store.put_toolcall(tc.record())
         self.counters["toolcalls_started"] += 1
+        with self.store.transaction():
+            self.store.put_toolcall(tc.record())
+            self._emit_start(tc, agent, info, pid, gated, placed_us, intent_error)
+        return tc
+
+    def _emit_start(self, tc: ToolCall, agent: Agent, info: ProcInfo, pid: int, gated: bool, placed_us: float,
+                    intent_error: str | None) -> None:
+        resolved = tc.resolved
         lim = resolved.limits
         self.journal.emit("toolcall.start",
                           f"tool call {tc.id} started: {' '.join(info.argv)[:120]} (memory high {format_size(lim.memory_high)}, "
-                          f"max {format_size(lim.memory_max)}, pids {lim.pids_max}, timeout {lim.timeout_s:g} s; rule {resolved.rule})",
+                          f"max {format_size(lim.memory_max)}, pids {lim.pids_max}, timeout {lim.timeout_s if lim.timeout_s is not None else 'none'} s; rule {resolved.rule})",
                           agent=agent.name, tool_call=tc.id, pid=pid, argv=info.argv[:32], limits=lim.to_json(),
                           rule=resolved.rule, gated=gated, placed_us=round(placed_us, 1),
                           clips=[c.to_json() for c in resolved.clips])
@@ -374,7 +381,6 @@ class Manager:
             self.counters["intents_rejected"] += 1
             self.journal.emit("intent.rejected", f"ignored the tool call's AGENTD_INTENT: {intent_error}", level="warn",
                               agent=agent.name, tool_call=tc.id)
-        return tc
 
     def _on_exit(self, ev: ProcEvent) -> None:
         for agent in self.agents.values():
@@ -536,7 +542,7 @@ class Manager:
         for action in actions:
             self._apply(tc, action)
         if final or not st.populated:  # the last sample still counted its events; now settle it
-            self._finish(tc, now)
+            self._finish(tc, now, populated=st.populated)
             return
         if tc.ladder.stage != before.stage or tc.ladder.throttled != before.throttled:
             tc.state = "frozen" if tc.ladder.stage == "frozen" else tc.state
@@ -574,17 +580,22 @@ class Manager:
         self.driver.kill(tc.cgroup)
         return tc
 
-    def _finish(self, tc: ToolCall, now: float) -> None:
+    def _finish(self, tc: ToolCall, now: float, populated: bool = True) -> None:
         tc.ladder = escalation.finish(tc.ladder, tc.exit_code)
         tc.state, tc.ended, tc.outcome, tc.reason = "done", now, tc.ladder.outcome, tc.ladder.reason
         try:
-            self.driver.kill(tc.cgroup)  # stragglers of a finished tool call would be orphans
+            if populated:
+                self.driver.kill(tc.cgroup)  # stragglers of a finished tool call would be orphans
             self.driver.remove(tc.cgroup)
         except (CgroupError, OSError) as exc:
             self.journal.emit("cgroup.error", f"could not remove {tc.cgroup}: {exc}", level="warn", tool_call=tc.id)
         self.toolcalls.pop(tc.id, None)
-        self._finish_record(tc)
         self.counters["toolcalls_finished"] += 1
+        with self.store.transaction():
+            self._finish_record(tc)
+            self._emit_end(tc)
+
+    def _emit_end(self, tc: ToolCall) -> None:
         level = "warn" if tc.outcome in ("killed", "frozen") else "info"
         self.journal.emit("toolcall.end", f"tool call {tc.id} ended: {tc.outcome} ({tc.reason}); peak {format_size(tc.peak_bytes)}, "
                           f"cpu {tc.cpu_s:.2f} s, wall {tc.ended - tc.started:.2f} s", level=level, agent=tc.agent, tool_call=tc.id,
@@ -618,9 +629,11 @@ class Manager:
         agent = self.agents.get(tc.agent)
         folder = self.results_dir / tc.agent
         try:
-            folder.mkdir(parents=True, exist_ok=True, mode=0o750)
-            if agent is not None:
-                os.chown(folder, agent.uid, -1)
+            if tc.agent not in self._result_dirs:
+                folder.mkdir(parents=True, exist_ok=True, mode=0o750)
+                if agent is not None:
+                    os.chown(folder, agent.uid, -1)
+                self._result_dirs.add(tc.agent)
             result = {"tool_call": tc.id, "pid": tc.pid, "outcome": tc.outcome, "reason": tc.reason, "peak_bytes": tc.peak_bytes,
                       "limits": tc.resolved.limits.to_json(), "exit_code": tc.exit_code, "retry_with": self.retry_hint(tc)}
             tmp = folder / f".{tc.pid}.json.tmp"
@@ -688,6 +701,7 @@ def readopt(manager: Manager) -> dict:
             driver.create(f"{agent.cgroup}/tools")
         agent.runtime_id = driver.cgroup_id(runtime)
         agent.runtime_pids = set(driver.procs(runtime))
+        agent.next_seq = max(agent.next_seq, manager.store.max_seq(agent.name) + 1)  # next_seq is not written per tool call
         manager.agents[agent.name] = agent
         manager.by_runtime_id[agent.runtime_id] = agent.name
         counts["agents"] += 1

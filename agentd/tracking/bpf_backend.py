@@ -117,6 +117,7 @@ class BpfBackend(TrackerBackend):
         *,
         debug: bool = False,
         gate_timeout_s: float = 2.0,
+        consumer_nice: int | None = None,
         template: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -125,6 +126,9 @@ class BpfBackend(TrackerBackend):
         self.can_gate = self.options.gate
         self.debug = debug
         self.gate_timeout_s = gate_timeout_s
+        # Stopped execs wait for this thread: on a busy host it should not queue behind
+        # the very processes it places (e.g. -10; None leaves the daemon's own priority).
+        self.consumer_nice = consumer_nice
         self._template = template
         self._clock = clock
         self._bpf = None
@@ -290,6 +294,11 @@ class BpfBackend(TrackerBackend):
     # -- consumer thread --------------------------------------------------------------
 
     def _poll_loop(self) -> None:
+        if self.consumer_nice is not None:
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.consumer_nice)
+            except OSError as exc:
+                log.warning("could not set the tracker thread's nice to %d: %s", self.consumer_nice, exc.strerror)
         while not self._stop.is_set():
             try:
                 self._bpf.ring_buffer_poll(POLL_TIMEOUT_MS)

@@ -176,7 +176,7 @@ def _in_leaf(pid: int, leaf: str) -> bool:
 
 
 def test_policy_apply_changes_live_tool_calls_in_place_and_bad_policy_changes_nothing(daemon, tmp_path):
-    proc = daemon.spawn_agent("pol", AGENTS / "scripted.py", json.dumps(["sleep", "4"]))
+    proc = daemon.spawn_agent("pol", AGENTS / "scripted.py", json.dumps(["sleep", "8"]))
     try:
         deadline = time.monotonic() + 10
         while not daemon.client.tool_calls(agent="pol", live=True) and time.monotonic() < deadline:
