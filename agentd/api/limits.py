@@ -16,6 +16,7 @@ class ApiLimits:
     max_connections_per_uid: int = 256  # open connections of one uid (answered 503 and closed)
     stream_queue: int = 2048  # events buffered per follower before the oldest are dropped
     write_timeout_s: float = 5.0  # a client that reads nothing for this long is dropped
+    idle_timeout_s: float = 15.0  # a connection idle (or stuck mid-request) this long is closed
     max_tracked_uids: int = 4096  # token buckets kept; the least recently used go first
 
 

@@ -296,9 +296,10 @@ class ApiServer:
     async def start(self) -> None:
         sock = bind_unix_socket(self.socket_path, SOCKET_MODE, self.sock_gid)
         self._sock_ino = os.stat(self.socket_path).st_ino
-        # keepalive_timeout: idle connections are closed, so they cannot pile up
+        # keepalive_timeout also closes connections that never finish a request
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
-                               shutdown_timeout=2.0, keepalive_timeout=15.0)
+                               shutdown_timeout=2.0,
+                               keepalive_timeout=self.limits.idle_timeout_s)
         await runner.setup()
         self._runners.append(runner)
         self._bound_connections(runner.server)

@@ -598,3 +598,16 @@ def test_open_connections_are_capped_per_uid(sockdir):
             c.close()
         assert _wait(lambda: not s.server._connections.get(0))
         assert ApiClient(s.socket_path).status()["api"]["connections_refused"] == 1
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /v1/status HTTP/1.1\r\nHost: x\r\n"])
+def test_idle_and_half_sent_requests_are_closed_after_the_idle_timeout(sockdir, sent):
+    with serve(sockdir, ApiLimits(idle_timeout_s=0.5)) as s:
+        with socket.socket(socket.AF_UNIX) as c:
+            c.settimeout(10)
+            c.connect(s.socket_path)
+            c.sendall(sent)
+            t0 = time.monotonic()
+            assert c.recv(100) == b""  # closed by the server, no answer to half a request
+            assert time.monotonic() - t0 < 5
+        assert _wait(lambda: not s.server._connections)
