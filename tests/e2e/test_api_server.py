@@ -611,3 +611,17 @@ def test_idle_and_half_sent_requests_are_closed_after_the_idle_timeout(sockdir, 
             assert c.recv(100) == b""  # closed by the server, no answer to half a request
             assert time.monotonic() - t0 < 5
         assert _wait(lambda: not s.server._connections)
+
+
+@pytest.mark.parametrize("garbage", [b"HELLO\r\n\r\n", b"GET /v1/status HTTP/9.9\r\n\r\n",
+                                     b"GET /v1/" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n",
+                                     b"\x00\xff\x16\x03\x01 tls?\r\n\r\n"])
+def test_malformed_http_gets_400_and_the_server_stays_up(srv, garbage):
+    with socket.socket(socket.AF_UNIX) as c:
+        c.settimeout(10)
+        c.connect(srv.socket_path)
+        c.sendall(garbage)
+        reply = c.recv(4096)
+    assert reply.startswith(b"HTTP/1.") and b" 400 " in reply.split(b"\r\n")[0]
+    assert ApiClient(srv.socket_path).status()["version"] == "fake"
+    assert _mutations(srv) == []
