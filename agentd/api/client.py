@@ -143,7 +143,7 @@ class ApiClient:
             raise error_from_response(resp.status, raw)
         ctype = resp.getheader("Content-Type", "")
         if "json" in ctype and "ndjson" not in ctype:
-            return json.loads(raw) if raw else None
+            return _loads(raw) if raw else None
         return raw.decode("utf-8", "replace")
 
     # --- routes ------------------------------------------------------------------------
@@ -181,7 +181,7 @@ class ApiClient:
     def recent_events(self, agent: str | None = None, level: str | None = None,
                       limit: int | None = None) -> list[dict]:
         text = self.request("GET", "/v1/events" + _query(agent=agent, level=level, limit=limit))
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return [_loads(line) for line in text.splitlines() if line.strip()]
 
     def follow_events(self, agent: str | None = None, level: str | None = None,
                       limit: int | None = None) -> Iterator[dict]:
@@ -197,7 +197,7 @@ class ApiClient:
                 if not line:
                     return
                 if line.strip():
-                    yield json.loads(line)
+                    yield _loads(line)
         finally:
             conn.close()
 
@@ -218,6 +218,15 @@ class ApiClient:
 
     def metrics(self) -> str:
         return self.request("GET", "/metrics")
+
+
+def _loads(raw: bytes | str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        text = raw[:200] if isinstance(raw, str) else raw[:200].decode("utf-8", "replace")
+        raise ApiClientError(0, "bad_response", f"agentd sent something that is not JSON: "
+                             f"{text!r}") from None
 
 
 def _q(segment: str) -> str:

@@ -104,3 +104,27 @@ def test_declare_intent_is_a_no_op_without_the_daemon_unless_strict(tmp_path):
     assert declare_intent(tool="pytest", memory="1G", socket_path=path) is None
     with pytest.raises(DaemonNotRunning):
         declare_intent(tool="pytest", socket_path=path, strict=True)
+
+
+def test_a_server_that_answers_garbage_is_a_bad_response(tmp_path):
+    import threading
+
+    path = str(tmp_path / "garbage.sock")
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(1)
+
+    def answer():
+        conn, _ = srv.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 5\r\nConnection: close\r\n\r\n{oops")
+        conn.close()
+
+    t = threading.Thread(target=answer)
+    t.start()
+    with pytest.raises(ApiClientError) as e:
+        ApiClient(path).status()
+    t.join()
+    srv.close()
+    assert e.value.code == "bad_response" and "{oops" in e.value.message
