@@ -159,6 +159,7 @@ class NvmlSampler:
         self._last_seen: dict[int, int] = {}
         self._event_set = None
         self._info: dict[str, str] = {}
+        self._uuid_index: dict[str, int] = {}
 
     # --- start-up -------------------------------------------------------------------
     def probe(self) -> tuple[bool, str]:
@@ -186,6 +187,8 @@ class NvmlSampler:
             cuda = f"{int(cuda) // 1000}.{int(cuda) % 1000 // 10}"
         self._info["cuda"] = str(cuda or "")
         if self.want_health:
+            self._uuid_index = {self._opt(lambda h=h: self.nvml.nvmlDeviceGetUUID(h)): i
+                                for i, h in enumerate(self._handles)}
             self._register_xid_events()
         label = "simulated " if self.backend_name == "simulated" else ""
         if n == 0:
@@ -351,9 +354,10 @@ class NvmlSampler:
                 ev = nv.nvmlEventSetWait_v2(self._event_set, 0)
             except Exception:  # noqa: BLE001 - Timeout: nothing pending
                 break
+            # ctypes handles compare by identity, so events are matched to GPUs by UUID
             try:
-                idx = self._handles.index(ev.device)
-            except ValueError:
+                idx = self._uuid_index.get(self._str(nv.nvmlDeviceGetUUID(ev.device)), -1)
+            except Exception:  # noqa: BLE001
                 idx = -1
             out.setdefault(idx, []).append(int(ev.eventData))
         return out

@@ -1,8 +1,9 @@
 """Estimators against real peaks: the shipped CPU-measured grid, and fresh measurements now.
 
 The truth is the CPU allocator's own count of live tensor bytes during real training steps
-and prefills of small transformers (data/gpu/measure.py). torch is installed in the test
-venv; without it these tests cannot measure anything and are skipped with that reason.
+and prefills of small transformers (data/gpu/measure.py). torch (CPU build) is part of the
+test venv: these tests import it unconditionally, so a venv without it fails here rather
+than skipping the only checks against reality.
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ import statistics
 from pathlib import Path
 
 import pytest
+import torch
 
 from agentd.gpu import analytical
 from agentd.gpu.learned import DATA, load_rows
 from agentd.gpu.spec import ModelSpec, WorkloadSpec, model_spec_from_dict, workload_spec_from_dict
-
-torch = pytest.importorskip("torch", reason="measuring real peaks needs torch (the venv's torch CPU build)")
 
 
 def _measure_module():
