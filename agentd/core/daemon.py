@@ -78,6 +78,7 @@ class Daemon:
         self.manager = Manager(self.driver, self.store, self.journal, self.policies.get, results_dir=self.results_dir)
         self.controller = DaemonController(self)
         self.manager.set_host_budget(config.host_memory_max)
+        self.manager.policies_in_force = lambda: list(self.policies.policies.values())
 
     # ------------------------------------------------------------------ start / stop
     async def start(self) -> None:

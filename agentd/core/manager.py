@@ -222,6 +222,37 @@ class Manager:
                           agent=name, pid=pid, uid=uid, policy=policy_obj.name, agent_limits=agent_limits.to_json())
         return agent
 
+    def agent_rules(self) -> list[tuple[Policy, object]]:
+        return [(p, rule) for p in self.policies_in_force() for rule in p.agents]
+
+    def policies_in_force(self) -> list[Policy]:
+        """Every policy the daemon holds (for agent rules); set by the daemon."""
+        return []
+
+    def _match_agent_rules(self, pid: int) -> Agent | None:
+        """An exec outside any agent: does a policy's agent rule claim it?"""
+        rules = self.agent_rules()
+        if not rules:
+            return None
+        info = read_proc(pid)
+        if info is None or self._v2_cgroup_of(pid) is None or re.search(r"/agents/[^/]+/", self._v2_cgroup_of(pid) or ""):
+            return None
+        cgroup = self._v2_cgroup_of(pid) or ""
+        for policy, rule in rules:
+            if rule_matches(rule.match, name=tool_name(info.argv, info.exe, info.comm), comm=info.comm, exe=info.exe,
+                            argv=info.argv, uid=info.uid, cgroup=cgroup):
+                name = f"{rule.name}-{pid}"
+                try:
+                    agent = self.register_agent(pid, info.uid, name, policy.name)
+                except (ProcessLookupError, FileExistsError, ValueError, CgroupError) as exc:
+                    self.journal.emit("agent.match_failed", f"pid {pid} matched agent rule {rule.name} of policy {policy.name} "
+                                      f"but could not be managed: {exc}", level="warn", pid=pid)
+                    return None
+                self.journal.emit("agent.matched", f"pid {pid} ({info.comm}) matched agent rule {rule.name} of policy {policy.name}",
+                                  agent=name, pid=pid, rule=rule.name)
+                return agent
+        return None
+
     def prepare_agent_cgroup(self, name: str) -> str:
         """For a cooperative launch: the runtime cgroup the child joins before exec."""
         rel = f"agents/{name}/runtime"
@@ -296,6 +327,9 @@ class Manager:
 
     def _on_exec(self, ev: ProcEvent) -> None:
         agent = self._agent_for_exec(ev)
+        if agent is None and not ev.gated:
+            self._match_agent_rules(ev.pid)
+            return
         if agent is None or agent.state != "live" or ev.pid == agent.main_pid:
             if ev.gated:
                 self._release(ev.pid)

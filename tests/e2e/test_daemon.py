@@ -202,3 +202,36 @@ def test_policy_apply_changes_live_tool_calls_in_place_and_bad_policy_changes_no
         assert "pids_max: 33" in in_force["text"]  # the good one stays
     finally:
         proc.communicate(timeout=30)
+
+
+def test_intent_over_the_api_names_and_sizes_the_next_tool_call(daemon):
+    proc = daemon.spawn_agent("int", AGENTS / "intent_agent.py", env={**os.environ, "AGENTD_SOCKET": str(daemon.socket)})
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    answer = json.loads(out.strip().splitlines()[-1])
+    assert answer["granted"]["granted"]["memory_high"] == 200 << 20
+    assert answer["refused"] == {"status": 400, "code": "invalid_intent", "field": "memory"}
+    clipped = {c["field"]: c for c in answer["clipped"]["clips"]}
+    assert clipped["memory_high"]["granted"] == 256 << 20  # the test policy's ceiling
+    calls = wait_done(daemon, "int", 1)
+    big = [c for c in calls if c["name"] == "bigjob"]
+    assert big and big[0]["limits"]["memory_high"] == 200 << 20 and big[0]["argv"][0] == "sleep"
+
+
+def test_a_policy_rule_claims_a_process_as_an_agent():
+    rules = "version: 1\nname: ruled\nagents:\n  - name: marked\n    match: {argv: 'agentd-rule-marker'}\n"
+    d = DaemonProcess(tracker="bpf", policies={"ruled": rules})
+    try:
+        d.start()
+        import subprocess
+
+        proc = subprocess.Popen(["sh", "-c", "sleep 0.5; ls / > /dev/null; sleep 0.5", "agentd-rule-marker"])
+        proc.wait(timeout=20)
+        time.sleep(0.5)
+        agents = {a["name"]: a for a in d.client.agents()}
+        name = f"marked-{proc.pid}"
+        assert name in agents and agents[name]["policy"] == "ruled"
+        names = [c["name"] for c in d.client.tool_calls(agent=name)]
+        assert "ls" in names  # its children became tool calls in their own cgroups
+    finally:
+        d.cleanup()
