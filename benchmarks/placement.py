@@ -15,7 +15,8 @@ a per-exec file, so each file tells which cgroup the new image ran in. Paths:
 Latency: gated/ungated = exec tracepoint time → the move's write to cgroup.procs returned
 (same CLOCK_MONOTONIC); cooperative = what placement costs the child before its exec
 (fork return → write returned; the exec itself is never outside). The mover works in the
-tracker's consumer thread (the daemon adds a hop to its event loop on top).
+tracker's consumer thread at nice -10 (--consumer-nice; the daemon adds a hop to its event
+loop on top unless it places gated execs in that thread too).
 Writes benchmarks/results/placement.json.
 """
 
@@ -389,6 +390,8 @@ def bpf_stats_on() -> str | None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer execs per run (well under a minute)")
+    ap.add_argument("--consumer-nice", type=int, default=-10,
+                    help="nice of the tracker's consumer thread (default -10, as recommended for the daemon)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         sys.exit("placement benchmark: run as root (BPF, cgroups)")
@@ -405,8 +408,8 @@ def main(argv=None) -> int:
     old_stats = bpf_stats_on()
     # lazy: the default tracker (gate on, consumer woken by gated execs and every 32nd event);
     # eager: woken for every event, the best an ungated detect-then-move can do.
-    lazy = BpfBackend(TrackerOptions(), gate_timeout_s=5.0)
-    eager = BpfBackend(TrackerOptions(gate=False, wake_every=1))
+    lazy = BpfBackend(TrackerOptions(), gate_timeout_s=5.0, consumer_nice=args.consumer_nice)
+    eager = BpfBackend(TrackerOptions(gate=False, wake_every=1), consumer_nice=args.consumer_nice)
     trackers = {"lazy": (lazy, Mover(lazy)), "eager": (eager, Mover(eager))}
     results = []
     try:
@@ -497,6 +500,7 @@ def main(argv=None) -> int:
             "latency": "gated/ungated: exec tracepoint -> move returned; cooperative: child's fork return -> own write returned",
             "bpf_stats_enabled": old_stats is not None,
             "cpus": os.cpu_count(),
+            "consumer_nice": args.consumer_nice,
         },
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, kernel {platform.release()}",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
