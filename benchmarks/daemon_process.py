@@ -60,7 +60,9 @@ class DaemonProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"agentd exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+                text = self.log.read_text()
+                why = [l for l in text.splitlines() if "could not run" in l or l.startswith("Error")]
+                raise RuntimeError(f"agentd exited with {self.proc.returncode}: {' | '.join(why) or text[-2000:]}")
             try:
                 self.client.status()
                 return self

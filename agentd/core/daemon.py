@@ -124,7 +124,12 @@ class Daemon:
             self.degraded.append(line)
         self.manager.tracker = self.tracker
         loop = self.loop
-        self.tracker.start(lambda ev: loop.call_soon_threadsafe(self._on_event, ev))
+
+        def hand_over(ev) -> None:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(self._on_event, ev)
+
+        self.tracker.start(hand_over)
         self.manager._update_gate()
 
     def _probe_gpu(self) -> None:
@@ -185,6 +190,13 @@ class Daemon:
                     except ProcessLookupError:
                         pass
         self.journal.emit("daemon.stopped", "agentd stopped; managed agents keep running and will be re-adopted at the next start")
+        self.store.close()
+
+    def abort(self) -> None:
+        """Start-up failed half way: detach what was attached so nothing outlives us."""
+        if self.tracker is not None:
+            self.tracker.stop()
+            self.tracker = None
         self.store.close()
 
     def reload(self) -> None:
@@ -259,7 +271,11 @@ class Daemon:
 
 async def run_daemon(config: DaemonConfig) -> None:
     daemon = Daemon(config)
-    await daemon.start()
+    try:
+        await daemon.start()
+    except BaseException:
+        daemon.abort()
+        raise
     try:
         await daemon.wait_stopped()
     finally:
