@@ -10,8 +10,9 @@
 
 By default the server runs in a child process with the in-memory fake controller
 (agentd.api.testing), so the numbers are the API's own cost. With --socket it measures a
-running daemon instead (latency only: it cannot make a real daemon emit events, and
-intents then need this process to be inside an agent: run it under `agentctl run`).
+running daemon instead (latency only: it cannot make a real daemon emit events). Intents
+are sent by a forked child that first registers itself as an agent (as `agentctl run`
+does), since only a managed agent may declare one; status comes from outside any agent.
 Writes benchmarks/results/api.json.
 """
 
@@ -75,9 +76,7 @@ def _serve(path: str, limits: ApiLimits, conn) -> None:
                 if cmd == "stop":
                     loop.call_soon_threadsafe(done.set)
                     return
-                if cmd == "agent_pid":
-                    fut = asyncio.run_coroutine_threadsafe(_set(fake, *args), loop)
-                elif cmd == "emit":
+                if cmd == "emit":
                     fut = asyncio.run_coroutine_threadsafe(emit(*args), loop)
                 elif cmd == "stats":
                     fut = asyncio.run_coroutine_threadsafe(_stats(server), loop)
@@ -89,13 +88,6 @@ def _serve(path: str, limits: ApiLimits, conn) -> None:
         await server.stop()
 
     asyncio.run(main())
-
-
-async def _set(fake, pid: int, inside: bool) -> None:
-    if inside:
-        fake.pid_agent[pid] = "bench"
-    else:
-        fake.pid_agent.pop(pid, None)
 
 
 async def _stats(server) -> dict:
@@ -114,26 +106,47 @@ async def _load(path: str, method: str, url: str, body: dict | None, clients: in
                 per_client: int, keepalive: bool) -> dict:
     connector = aiohttp.UnixConnector(path=path, limit=clients, force_close=not keepalive)
     latencies: list[float] = []
-    errors = 0
+    errors = limited = 0
     async with aiohttp.ClientSession(connector=connector) as session:
         async def worker() -> None:
-            nonlocal errors
+            nonlocal errors, limited
             for _ in range(per_client):
                 t0 = time.perf_counter()
                 async with session.request(method, "http://agentd" + url, json=body) as resp:
                     await resp.read()
-                    if resp.status >= 400:
+                    if resp.status == 429:
+                        limited += 1
+                    elif resp.status >= 400:
                         errors += 1
                 latencies.append(time.perf_counter() - t0)
 
         await worker()  # warm-up connection and code paths
         latencies.clear()
-        errors = 0
+        errors = limited = 0
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
         wall = time.perf_counter() - start
     return {"p50_ms": _pct(latencies, 0.50) * 1e3, "p99_ms": _pct(latencies, 0.99) * 1e3,
-            "rps": len(latencies) / wall, "errors": errors, "n": len(latencies)}
+            "rps": len(latencies) / wall, "errors": errors, "rate_limited": limited,
+            "n": len(latencies)}
+
+
+def _as_agent(path: str, load_args: tuple, conn) -> None:
+    """Forked child: become a managed agent, then run the load (intents need an agent)."""
+    from agentd.api.client import ApiClient
+
+    ApiClient(path).register_agent(name=f"bench-{os.getpid()}")
+    conn.send(asyncio.run(_load(path, *load_args)))
+
+
+def _load_in_agent(path: str, *load_args) -> dict:
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_as_agent, args=(path, load_args, child))
+    proc.start()
+    result = parent.recv()
+    proc.join(30)
+    return result
 
 
 def _follow(path: str, stop: threading.Event, counts: dict) -> None:
@@ -228,15 +241,12 @@ def main() -> None:
     try:
         for name, method, url, body in (("status", "GET", "/v1/status", None),
                                         ("intent", "POST", "/v1/intents", intent)):
-            if conn is not None:  # intents come from inside an agent, status from outside
-                conn.send(("agent_pid", os.getpid(), name == "intent"))
-                conn.recv()
-            results[f"{name}_1client"] = asyncio.run(
-                _load(path, method, url, body, 1, per_client * 5, True))
-            results[f"{name}_{CLIENTS}clients"] = asyncio.run(
-                _load(path, method, url, body, CLIENTS, per_client, True))
-            results[f"{name}_{CLIENTS}clients_newconn"] = asyncio.run(
-                _load(path, method, url, body, CLIENTS, per_client, False))
+            run = (lambda *a: asyncio.run(_load(*a))) if name == "status" else _load_in_agent
+            results[f"{name}_1client"] = run(path, method, url, body, 1, per_client * 5, True)
+            results[f"{name}_{CLIENTS}clients"] = run(path, method, url, body, CLIENTS,
+                                                      per_client, True)
+            results[f"{name}_{CLIENTS}clients_newconn"] = run(path, method, url, body, CLIENTS,
+                                                              per_client, False)
         events = _event_rates(path, conn, rates, seconds) if conn is not None else []
         server_stats = None
         if conn is not None:
@@ -254,6 +264,7 @@ def main() -> None:
         for field in ("p50_ms", "p99_ms", "rps"):
             metrics[f"{key}_{field}"] = round(r[field], 3)
         metrics[f"{key}_errors"] = r["errors"]
+        metrics[f"{key}_rate_limited"] = r["rate_limited"]
     for name in ("status", "intent"):
         one = results[f"{name}_1client"]["p50_ms"]
         metrics[f"{name}_{CLIENTS}clients_p50_over_1client"] = round(
@@ -277,7 +288,8 @@ def main() -> None:
                   "socket that counts lines (parses only those with a dropped count)",
         "event_seconds_per_rate": seconds, "event_rates_tried": [e["target"] for e in events],
         "limits": {"stream_queue": limits.stream_queue, "write_timeout_s": limits.write_timeout_s,
-                   "rate_limit": "disabled for the benchmark"},
+                   "rate_limit": "disabled for the benchmark" if not args.socket
+                   else "the daemon's own (429s are counted apart from errors)"},
         "events": events, "server_stats": server_stats,
     }
     out = {"metrics": metrics, "params": params, "machine": _machine(),
@@ -285,10 +297,12 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2) + "\n")
 
-    print(f"API benchmark ({params['controller'].split(':')[0]} controller), {_machine()}")
-    print(f"{'load':<32}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}{'errors':>8}")
+    against = "fake controller" if not args.socket else f"the daemon on {args.socket}"
+    print(f"API benchmark ({against}), {_machine()}")
+    print(f"{'load':<32}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}{'errors':>8}{'429s':>8}")
     for key, r in results.items():
-        print(f"{key:<32}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['rps']:>10.0f}{r['errors']:>8}")
+        print(f"{key:<32}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['rps']:>10.0f}{r['errors']:>8}"
+              f"{r['rate_limited']:>8}")
     for name in ("status", "intent"):
         print(f"{name}: p50 with {CLIENTS} clients / 1 client = "
               f"{metrics[f'{name}_{CLIENTS}clients_p50_over_1client']}x")

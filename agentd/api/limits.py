@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Hashable
 
 
 @dataclass(frozen=True)
 class ApiLimits:
     max_body_bytes: int = 256 * 1024  # larger bodies get 413
-    rate_per_s: float = 100.0  # sustained requests per second per peer uid (429 beyond)
-    rate_burst: float = 400.0  # requests a uid may send at once
+    # Requests per second, per caller: each managed agent has its own bucket, and the
+    # processes of a uid outside any agent share one (so a runaway root agent cannot
+    # starve root's agentctl). 429 beyond.
+    rate_per_s: float = 100.0  # sustained
+    rate_burst: float = 400.0  # at once
     max_streams: int = 64  # open event streams, all callers together (503 beyond)
     max_connections_per_uid: int = 256  # open connections of one uid (answered 503 and closed)
     stream_queue: int = 2048  # events buffered per follower before the oldest are dropped
     write_timeout_s: float = 5.0  # a client that reads nothing for this long is dropped
     idle_timeout_s: float = 15.0  # a connection idle (or stuck mid-request) this long is closed
-    max_tracked_uids: int = 4096  # token buckets kept; the least recently used go first
+    max_buckets: int = 4096  # token buckets kept; the least recently used go first
 
 
 @dataclass
@@ -41,19 +44,19 @@ class TokenBucket:
 
 @dataclass
 class RateLimiter:
-    """One token bucket per peer uid."""
+    """One token bucket per key (a uid, or a uid and an agent)."""
 
     rate: float
     burst: float
     max_keys: int = 4096
     clock: Callable[[], float] = time.monotonic
-    buckets: dict[int, TokenBucket] = field(default_factory=dict)
+    buckets: dict[Hashable, TokenBucket] = field(default_factory=dict)
 
-    def check(self, uid: int) -> float:
-        bucket = self.buckets.pop(uid, None)  # re-insert: dict order is recency
+    def check(self, key: Hashable) -> float:
+        bucket = self.buckets.pop(key, None)  # re-insert: dict order is recency
         if bucket is None:
             bucket = TokenBucket(self.rate, self.burst)
             while len(self.buckets) >= self.max_keys:
                 del self.buckets[next(iter(self.buckets))]
-        self.buckets[uid] = bucket
+        self.buckets[key] = bucket
         return bucket.take(self.clock())

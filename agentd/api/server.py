@@ -259,7 +259,7 @@ class ApiServer:
         self.limits = limits
         self.metrics_listen = metrics_listen
         self.stats = ApiStats()
-        self.rate = RateLimiter(limits.rate_per_s, limits.rate_burst, limits.max_tracked_uids,
+        self.rate = RateLimiter(limits.rate_per_s, limits.rate_burst, limits.max_buckets,
                                 clock)
         self.followers: set[_Follower] = set()
         self.registry = CollectorRegistry(auto_describe=False)
@@ -390,13 +390,15 @@ class ApiServer:
             if peer is None:
                 raise ApiError(403, "peer_unknown",
                                "the caller's credentials (SO_PEERCRED) could not be read")
-            wait = self.rate.check(peer.uid)
+            caller = self.caller_of(peer)
+            wait = self.rate.check((peer.uid, caller.agent))
             if wait > 0:
                 self.stats.rate_limited += 1
+                who = f"agent '{caller.agent}'" if caller.agent else f"uid {peer.uid}"
                 raise ApiError(429, "rate_limited",
-                               f"too many requests from uid {peer.uid}; retry in {wait:.2f} s",
+                               f"too many requests from {who}; retry in {wait:.2f} s",
                                details={"retry_after_s": round(wait, 3)})
-            request[CALLER] = self.caller_of(peer)
+            request[CALLER] = caller
             resp = await handler(request)
         except ApiError as e:
             resp = self._error(e)

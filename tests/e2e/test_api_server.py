@@ -625,3 +625,17 @@ def test_malformed_http_gets_400_and_the_server_stays_up(srv, garbage):
     assert reply.startswith(b"HTTP/1.") and b" 400 " in reply.split(b"\r\n")[0]
     assert ApiClient(srv.socket_path).status()["version"] == "fake"
     assert _mutations(srv) == []
+
+
+def test_a_busy_agent_does_not_use_up_its_uid_s_rate(sockdir):
+    with serve(sockdir, ApiLimits(rate_per_s=0.1, rate_burst=3)) as s:
+        path = s.socket_path
+
+        def flood_as_agent():
+            return [raw(path, "GET", "/v1/agents/a1")[0] for _ in range(6)]
+
+        got = in_child(flood_as_agent, before=lambda pid: s.call(
+            s.controller.pid_agent.__setitem__, pid, "a1"))
+        assert got[:3] == [200] * 3 and got[3:].count(429) >= 2
+        # root outside the agent (same uid 0) still has its whole burst
+        assert [raw(path, "GET", "/v1/agents")[0] for _ in range(3)] == [200] * 3
