@@ -20,6 +20,8 @@ import pytest
 from agentd.events import ProcEventKind as K
 from agentd.tracking import procfs
 
+from test_tracker_support import Recorder  # tests/kernel is on sys.path, as for cgroup_fixtures
+
 pytestmark = [
     pytest.mark.kernel,
     pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root"),
@@ -148,36 +150,6 @@ def children():
         yield c
     finally:
         c.cleanup()
-
-
-class Recorder:
-    def __init__(self):
-        self.events = []
-        self.hooks = []  # run in the consumer thread, as the daemon's placement would
-        self.cond = threading.Condition()
-
-    def __call__(self, ev):
-        for hook in self.hooks:
-            hook(ev)
-        with self.cond:
-            self.events.append(ev)
-            self.cond.notify_all()
-
-    def find(self, pred):
-        with self.cond:
-            return [e for e in self.events if pred(e)]
-
-    def wait(self, pred, timeout=5.0):
-        end = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                hits = [e for e in self.events if pred(e)]
-                if hits:
-                    return hits[0]
-                left = end - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"no matching event within {timeout}s; {len(self.events)} events seen")
-                self.cond.wait(left)
 
 
 def started(options=None, **kw):
