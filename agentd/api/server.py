@@ -19,11 +19,13 @@ import re
 import socket
 import stat
 import struct
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 
@@ -110,6 +112,7 @@ class ApiStats:
     streams_open: int = 0
     streams_refused: int = 0
     connections_refused: int = 0
+    bad_http: int = 0
     stream_events_sent: int = 0
     stream_events_dropped: int = 0
     stream_write_timeouts: int = 0
@@ -122,6 +125,7 @@ class ApiStats:
             "streams_open": self.streams_open,
             "streams_refused": self.streams_refused,
             "connections_refused": self.connections_refused,
+            "bad_http": self.bad_http,
             "stream_events_sent": self.stream_events_sent,
             "stream_events_dropped": self.stream_events_dropped,
             "stream_write_timeouts": self.stream_write_timeouts,
@@ -164,6 +168,7 @@ class _Collector:
         values["agentd_api_streams_open"] = s.streams_open
         values["agentd_api_streams_refused_total"] = s.streams_refused
         values["agentd_api_connections_refused_total"] = s.connections_refused
+        values["agentd_api_bad_http_total"] = s.bad_http
         values["agentd_api_stream_events_sent_total"] = s.stream_events_sent
         values["agentd_api_stream_events_dropped_total"] = s.stream_events_dropped
         values["agentd_api_stream_write_timeouts_total"] = s.stream_write_timeouts
@@ -186,6 +191,26 @@ class _Collector:
                 families[fam_name] = fam
             fam.add_sample(base, labels, number)
         yield from families.values()
+
+
+class _HttpLog(logging.LoggerAdapter):
+    """aiohttp's log, minus the traceback it writes for each malformed request it answers
+    with a 400: a local user could fill the daemon's log that way. Those are counted."""
+
+    def __init__(self, stats: ApiStats):
+        super().__init__(logging.getLogger("agentd.api.http"), {})
+        self.stats = stats
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info")
+        if exc is True:
+            exc = sys.exc_info()[1]
+        elif isinstance(exc, tuple):
+            exc = exc[1]
+        if isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 0) < 500:
+            self.stats.bad_http += 1
+            return
+        super().log(level, msg, *args, **kwargs)
 
 
 # --- streams -------------------------------------------------------------------------------
@@ -298,7 +323,7 @@ class ApiServer:
         self._sock_ino = os.stat(self.socket_path).st_ino
         # keepalive_timeout also closes connections that never finish a request
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
-                               shutdown_timeout=2.0,
+                               shutdown_timeout=2.0, logger=_HttpLog(self.stats),
                                keepalive_timeout=self.limits.idle_timeout_s)
         await runner.setup()
         self._runners.append(runner)
@@ -471,8 +496,8 @@ class ApiServer:
                                          if visible(a.get("name"))]})
 
     async def h_register(self, request: web.Request) -> web.Response:
-        body = await self._body(request, AGENT_BODY)
         caller = self.require(request, Action.AGENT_REGISTER)
+        body = await self._body(request, AGENT_BODY)
         agent = self.controller.register_agent(caller.peer.pid, caller.peer.uid,
                                                body.get("name"), body.get("policy"))
         log.info("Registered %s as agent '%s'.", caller.describe(),
@@ -521,8 +546,8 @@ class ApiServer:
         return json_response(self.controller.explain(ident))
 
     async def h_cancel(self, request: web.Request) -> web.Response:
-        body = await self._body(request, CANCEL_BODY)
         ident, _ = self._tool_call(request, Action.TOOLCALL_CANCEL)
+        body = await self._body(request, CANCEL_BODY)
         caller: Caller = request[CALLER]
         reason = body.get("reason") or f"cancelled through the API by uid {caller.peer.uid}"
         log.info("Cancelling tool call %s for %s: %s.", ident, caller.describe(), reason)
@@ -530,9 +555,9 @@ class ApiServer:
 
     async def h_intent(self, request: web.Request) -> web.Response:
         check_query(dict(request.query), set())
-        body = await self._body(request, None)
         caller: Caller = request[CALLER]
         self.require(request, Action.INTENT, caller.agent)
+        body = await self._body(request, None)
         claimed = body.pop("agent", None)
         if claimed is not None and claimed != caller.agent:
             raise ApiError(403, "forbidden",
@@ -632,15 +657,15 @@ class ApiServer:
         return json_response({"valid": not problems, "problems": problems})
 
     async def h_policy_apply(self, request: web.Request) -> web.Response:
-        body = await self._body(request, POLICY_BODY)
         caller = self.require(request, Action.POLICY_APPLY)
+        body = await self._body(request, POLICY_BODY)
         result = self.controller.policy_apply(body["text"], body["filename"])
         log.info("Applied policy file %s for %s.", body["filename"], caller.describe())
         return json_response(result)
 
     async def h_policy_diff(self, request: web.Request) -> web.Response:
-        body = await self._body(request, POLICY_BODY)
         self.require(request, Action.POLICY_READ)
+        body = await self._body(request, POLICY_BODY)
         return json_response(self.controller.policy_diff(body["text"], body["filename"]))
 
     async def h_metrics(self, request: web.Request) -> web.Response:

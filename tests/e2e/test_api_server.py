@@ -623,7 +623,9 @@ def test_malformed_http_gets_400_and_the_server_stays_up(srv, garbage):
         c.sendall(garbage)
         reply = c.recv(4096)
     assert reply.startswith(b"HTTP/1.") and b" 400 " in reply.split(b"\r\n")[0]
-    assert ApiClient(srv.socket_path).status()["version"] == "fake"
+    status = ApiClient(srv.socket_path).status()
+    assert status["version"] == "fake"
+    assert status["api"]["bad_http"] == 1  # counted, not a traceback in the daemon's log
     assert _mutations(srv) == []
 
 
