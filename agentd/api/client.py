@@ -123,6 +123,10 @@ class ApiClient:
             conn.close()
             raise ApiClientError(0, "timeout", f"agentd did not answer within {timeout} s "
                                  f"on {self.socket_path}") from None
+        except http.client.HTTPException as e:
+            conn.close()
+            raise ApiClientError(0, "bad_response",
+                                 f"agentd answered something that is not HTTP: {e!r}") from None
         except OSError as e:
             conn.close()
             if e.errno in (errno.ENOTSOCK, errno.ECONNREFUSED, errno.ENOENT):
