@@ -2,12 +2,15 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup setup-vm demo test test-host test-vm install clean
+.PHONY: setup setup-test setup-vm demo test install clean
 
 setup:
 	bash scripts/setup.sh
 
-setup-vm: setup
+setup-test:
+	EXTRAS=test,torch bash scripts/setup.sh
+
+setup-vm: setup-test
 	bash scripts/vm-setup.sh
 
 # The main job: the daemon with its embedded default policy on the bundled demo workload.

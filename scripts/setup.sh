@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
+EXTRAS=${EXTRAS:-}          # e.g. "test,torch" for the test suite
 say() { echo "agentd-setup: $*"; }
 
 [ "$(id -u)" = 0 ] || { echo "agentd-setup: must run as root (BPF, cgroups, apt)" >&2; exit 1; }
@@ -55,11 +56,11 @@ if [ ! -x "$VENV/bin/python" ]; then
   say "creating venv $VENV from /usr/bin/python3 (with system site packages, for BCC)"
   /usr/bin/python3 -m venv --system-site-packages "$VENV"
 fi
-stamp="$VENV/.agentd-installed"
+stamp="$VENV/.agentd-installed${EXTRAS:+-${EXTRAS//,/-}}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  say "installing agentd into $VENV"
+  say "installing agentd${EXTRAS:+[$EXTRAS]} into $VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-  "$VENV/bin/python" -m pip install -q -e ".[test]"
+  "$VENV/bin/python" -m pip install -q -e ".${EXTRAS:+[$EXTRAS]}"
   touch "$stamp"
 fi
 "$VENV/bin/python" -c "import bcc" 2>/dev/null || say "warning: python3-bpfcc is not importable from the venv; the eBPF tracker will be unavailable"

@@ -121,8 +121,9 @@ def test_a_process_that_leaves_its_cgroup_is_put_back(daemon):
     rc, lines, err = run_agent(daemon, "esc", [PY, REPORT, "escape", escape_to])
     assert rc == 0, err
     report = json.loads(lines[0]["out"][0])
-    assert report["after"]["v2"].endswith("/agents/esc/tools/0001-python-report.py")  # back where it belongs
     events = parse_lines(daemon.agentctl("events", "--agent", "esc", "--json").stdout)
+    status = daemon.client.status()
+    assert report["after"]["v2"].endswith("/agents/esc/tools/0001-python-report.py"), (report, events, status["tracker"])
     moved = [e for e in events if e["kind"] == "toolcall.moved_back"]
     # The kernel's attach event said where it went (it may be back before its next read).
     assert moved and "/tools/" not in moved[0]["data"]["escaped_to"]

@@ -45,5 +45,8 @@ elif mode == "escape":
     with open(os.path.join(sys.argv[2], "cgroup.procs"), "w") as f:
         f.write(str(os.getpid()))
     moved = where()
-    time.sleep(1.5)
-    print(json.dumps({"pid": os.getpid(), "before": before, "moved": moved, "after": where()}), flush=True)
+    t0 = time.monotonic()
+    while "/tools/" not in where()["v2"] and time.monotonic() - t0 < 5:
+        time.sleep(0.01)
+    print(json.dumps({"pid": os.getpid(), "before": before, "moved": moved, "after": where(),
+                      "back_after_s": round(time.monotonic() - t0, 3)}), flush=True)
