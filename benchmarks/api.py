@@ -236,6 +236,7 @@ def main() -> None:
         proc.start()
         assert conn.recv() == "ready"
 
+    load_before = [round(x, 2) for x in os.getloadavg()]  # other work on this machine
     intent = {"tool": "pytest", "memory": 2 << 30, "cpu": 2, "duration_s": 60}
     results: dict[str, dict] = {}
     try:
@@ -291,6 +292,7 @@ def main() -> None:
                    "rate_limit": "disabled for the benchmark" if not args.socket
                    else "the daemon's own (429s are counted apart from errors)"},
         "events": events, "server_stats": server_stats,
+        "load_average_before_after": [load_before, [round(x, 2) for x in os.getloadavg()]],
     }
     out = {"metrics": metrics, "params": params, "machine": _machine(),
            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
