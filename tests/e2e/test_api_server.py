@@ -65,7 +65,7 @@ def raw(path, method, url, body=b"", headers=None):
     return resp.status, parsed, dict(resp.getheaders())
 
 
-def in_child(fn, uid=None, before=None):
+def in_child(fn, uid=None, before=None, gid=None, groups=()):
     """Run fn() in a forked child (as `uid` if given); return what it returned (JSON).
 
     `before(pid)` runs in the parent after the fork and before the child starts, e.g. to
@@ -81,8 +81,8 @@ def in_child(fn, uid=None, before=None):
             os.close(res_r)
             os.read(go_r, 1)
             if uid is not None:
-                os.setgroups([])
-                os.setgid(uid)
+                os.setgroups(list(groups))
+                os.setgid(uid if gid is None else gid)
                 os.setuid(uid)
             out = json.dumps(fn()).encode()
         except BaseException as e:  # noqa: BLE001 - reported to the parent
@@ -641,3 +641,28 @@ def test_a_busy_agent_does_not_use_up_its_uid_s_rate(sockdir):
         assert got[:3] == [200] * 3 and got[3:].count(429) >= 2
         # root outside the agent (same uid 0) still has its whole burst
         assert [raw(path, "GET", "/v1/agents")[0] for _ in range(3)] == [200] * 3
+
+
+def test_members_of_the_admin_group_may_apply_policies(sockdir):
+    with serve(sockdir, admin_group="nogroup") as s:
+        path = s.socket_path
+
+        def as_member():  # uid 65534, supplementary group nogroup (65534) via setgid
+            c = ApiClient(path)
+            return {"apply": c.policy_apply("tools: {}\n", "ops.yaml")["name"],
+                    "status": outcome(c.status), "agents": len(c.agents())}
+
+        got = in_child(as_member, uid=NOBODY)
+        assert got == {"apply": "ops", "status": [200, "ok"], "agents": 2}
+        assert ("policy_apply", ("ops.yaml",)) in _mutations(s)
+        # membership as a supplementary group (read from /proc/<pid>/status), primary gid 1
+        got = in_child(as_member, uid=NOBODY, gid=1, groups=[NOBODY])
+        assert got["status"] == [200, "ok"]
+        # and not a member at all
+        assert in_child(lambda: outcome(ApiClient(path).status), uid=NOBODY, gid=1,
+                        groups=[]) == [0, "socket_permission_denied"]  # the 0660 socket
+
+
+def test_an_unknown_admin_group_stops_the_server_from_starting(sockdir):
+    with pytest.raises(ValueError, match="admin group 'no-such-group' does not exist"):
+        serve(sockdir, admin_group="no-such-group").start()

@@ -382,3 +382,31 @@ def test_the_cli_imports_nothing_of_the_daemon_but_the_client():
     modules, commands = json.loads(r.stdout)
     assert set(modules) <= {"agentd", "agentd.api", "agentd.api.client", "agentd.api.units"}
     assert "gpu" not in commands and "status" in commands
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to uid 65534")
+def test_top_for_a_non_admin_shows_its_own_agents_without_the_daemon_status(srv):
+    os.chmod(srv.socket_path, 0o666)
+    srv.call(srv.controller.add_agent, "mine", 65534)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            res = CliRunner().invoke(main, ["--socket", srv.socket_path, "--json", "top",
+                                            "--once"])
+            out = json.dumps([res.exit_code, res.output])
+        except BaseException as e:  # noqa: BLE001
+            out = json.dumps([-1, repr(e)])
+        os.write(w, out.encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as fh:
+        code, output = json.loads(fh.read())
+    os.waitpid(pid, 0)
+    assert code == 0, output
+    snap = json.loads(output)
+    assert "status" not in snap and [a["name"] for a in snap["agents"]] == ["mine"]
