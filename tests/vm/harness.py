@@ -14,8 +14,12 @@ Guest machine:
     CPU; the CPU-less node is slower in the ACPI HMAT (200 ns / 2 GB/s against 10-20 ns /
     10-20 GB/s), so the kernel puts it into its own lower memory tier, and its SLIT
     distance is 40 (20 between the CPU nodes);
-  - zram=True: the zram module loaded, /dev/zram0 sized and formatted as swap but NOT
-    switched on (tests switch it on: tests/vm/guest/conftest.py `zram_swap`).
+  - zram=True: the zram module loaded, /dev/zram0 (512 MiB) sized and formatted as swap,
+    in the background while the command starts, but NOT switched on (tests switch it on:
+    tests/vm/guest/conftest.py `zram_swap`, which waits for zram.ready).
+
+Environment: AGENTD_VM_KVM=1 uses KVM instead of software emulation (where /dev/kvm can
+run the kernel; not on the development hosts).
 
 The command's output and exit status come back through files in the results folder
 (virtme-ng returns them only when the guest has udev, which it does not here).
@@ -225,7 +229,8 @@ def boot_and_run(
     rw = Path(files_dir) if files_dir else Path(tempfile.mkdtemp(prefix="agentd-vm-"))
     rw.mkdir(parents=True, exist_ok=True)
     rw = rw.resolve()
-    for name in ("started", "finished", "rc", "stdout", "stderr", "setup_error", "setup.log"):
+    for name in ("started", "finished", "rc", "stdout", "stderr", "setup.log",
+                 "zram.ready", "zram.error", "zram.log"):
         (rw / name).unlink(missing_ok=True)
 
     guest_env = {
@@ -250,12 +255,15 @@ def boot_and_run(
 
     precompile()
     args = [
-        str(vng), "--run", str(img), "--disable-kvm", "--force-9p", "--verbose",
+        str(vng), "--run", str(img), "--force-9p", "--verbose",
         "--cpus", str(cpus), "--memory", f"{memory_mb}M",
         "--append", "cgroup_no_v1=all systemd.unified_cgroup_hierarchy=1",
         "--rwdir", str(rw),
         "--cwd", str(REPO),
     ]
+    if os.environ.get("AGENTD_VM_KVM") != "1":
+        # This host's /dev/kvm cannot run a stock kernel: software emulation (TCG).
+        args.append("--disable-kvm")
     if numa:
         args += numa_layout(memory_mb, cpus)
     if qemu_opts:
@@ -296,8 +304,6 @@ def boot_and_run(
     console_text = _read(console_path)
     tail = _tail(console_text)
 
-    if (rw / "setup_error").exists():
-        raise VMError(f"guest set-up failed: {_read(rw / 'setup_error').strip()}", tail, rw)
     if not (rw / "rc").exists():
         panic = re.search(r"Kernel panic[^\n]*", console_text)
         if panic:

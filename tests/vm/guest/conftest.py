@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,19 @@ def _swap_active(dev: str) -> bool:
 _swap_left_on: list[str] = []
 
 
+def _wait_zram_prepared(timeout: float = 120.0) -> None:
+    """tests/vm/guest_run.sh prepares zram in the background: wait for its verdict."""
+    rw = Path(os.environ.get("AGENTD_VM_RESULTS", "/nonexistent"))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (rw / "zram.ready").exists():
+            return
+        if (rw / "zram.error").exists():
+            pytest.fail(f"zram set-up failed in the guest: {(rw / 'zram.error').read_text()}")
+        time.sleep(0.1)
+    pytest.fail(f"zram set-up did not finish within {timeout:.0f}s")
+
+
 @pytest.fixture
 def zram_swap() -> str:
     """Switch on the zram swap device prepared at boot; switched off afterwards.
@@ -84,6 +98,7 @@ def zram_swap() -> str:
         pytest.skip("guest-only fixture")
     if not dev:
         pytest.skip("the VM was booted without zram (boot_and_run(zram=True))")
+    _wait_zram_prepared()
     if not _swap_active(dev):
         r = subprocess.run(["swapon", dev], capture_output=True, text=True)
         assert r.returncode == 0, f"swapon {dev}: {r.stderr.strip()}"
