@@ -91,6 +91,7 @@ class Daemon:
             self.journal.emit("daemon.readopted", f"re-adopted {self.readopt_counts['agents']} agents and "
                               f"{self.readopt_counts['toolcalls']} tool calls in {self.readopt_ms:.0f} ms", **self.readopt_counts,
                               readopt_ms=round(self.readopt_ms, 2))
+        self.manager.run_blocking = self._run_in_thread
         self._start_tracker()
         self._probe_gpu()
         if self.config.api:
@@ -147,6 +148,13 @@ class Daemon:
         if not ok:
             self.gpu = None
             self.degraded.append(self.lines["gpu"])
+
+    def _run_in_thread(self, fn, *args) -> None:
+        def done(future) -> None:
+            if future.exception() is not None:
+                log.warning("%s%s failed: %s", fn.__name__, args, future.exception())
+
+        self.loop.run_in_executor(None, fn, *args).add_done_callback(done)
 
     def _on_event(self, ev) -> None:
         try:

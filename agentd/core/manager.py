@@ -179,6 +179,9 @@ class Manager:
                          "agents_registered": 0, "events_handled": 0}
         self.placement_us: list[float] = []  # recent gated placement latencies
         self.runtime_shield_refused = False
+        # freeze and kill wait for the kernel (up to seconds): the daemon runs them off the
+        # event loop so a slow kill never delays the next exec's placement.
+        self.run_blocking: Callable = lambda fn, *args: fn(*args)
         self._result_dirs: set[str] = set()
         self.host_budget: int | None = None
         self._budget_paused_since: float | None = None
@@ -531,7 +534,7 @@ class Manager:
             self.journal.emit("toolcall.killed", reason, level="warn", agent=victim.agent, tool_call=victim.id, limit="host_budget",
                               priority=victim.priority, **figures)
             self.counters["toolcalls_killed"] += 1
-            self.driver.kill(victim.cgroup)
+            self.run_blocking(self.driver.kill, victim.cgroup)
             self._budget_paused_since = None
             return
         if now - self._budget_paused_since < 2.0:
@@ -597,13 +600,13 @@ class Manager:
         elif action.kind == "hold":
             tc.state = "frozen"  # v1: the kernel already holds it at its limit (under_oom); the freezer cannot take it
         elif action.kind == "freeze":
-            self.driver.freeze(tc.cgroup)
             tc.state = "frozen"
+            self.run_blocking(self.driver.freeze, tc.cgroup)
         elif action.kind == "thaw":
             self.driver.thaw(tc.cgroup)
             tc.state = "running"
         elif action.kind == "kill":
-            self.driver.kill(tc.cgroup)
+            self.run_blocking(self.driver.kill, tc.cgroup)  # the tick finishes it once its cgroup is empty
 
     def cancel(self, ident: str, reason: str) -> ToolCall:
         tc = self.toolcalls[ident]
@@ -611,7 +614,7 @@ class Manager:
         self.journal.emit("toolcall.killed", f"cancelled: {reason}; ending every process of the tool call", level="warn",
                           agent=tc.agent, tool_call=tc.id)
         self.counters["toolcalls_killed"] += 1
-        self.driver.kill(tc.cgroup)
+        self.run_blocking(self.driver.kill, tc.cgroup)
         return tc
 
     def _finish(self, tc: ToolCall, now: float, populated: bool = True) -> None:
