@@ -163,6 +163,10 @@ class Daemon:
             log.exception("error while handling %s", ev)
 
     async def _ticker(self) -> None:
+        from agentd.sdnotify import watchdog_interval
+
+        # Pet systemd's watchdog from the loop itself: a stalled loop must get us restarted.
+        every = watchdog_interval() or 5.0  # already half of WatchdogSec
         last_watchdog = 0.0
         while True:
             try:
@@ -170,7 +174,7 @@ class Daemon:
             except Exception:
                 log.exception("error in the tick")
             now = time.monotonic()
-            if now - last_watchdog > 5:
+            if now - last_watchdog > every:
                 self._notify("WATCHDOG=1", f"STATUS={self._status_line()}")
                 last_watchdog = now
             await asyncio.sleep(TICK_S)
@@ -208,6 +212,7 @@ class Daemon:
         self.store.close()
 
     def reload(self) -> None:
+        self._notify("RELOADING=1")
         try:
             names = self.policies.reload()
             changed = self.manager.reevaluate()
@@ -216,6 +221,7 @@ class Daemon:
         except PolicyInvalid as exc:
             self.journal.emit("policy.rejected", f"policy reload refused, the previous policies stay in force: {exc}", level="error",
                               problems=[p.to_json() for p in exc.problems])
+        self._notify("READY=1", f"STATUS={self._status_line()}")
 
     # ------------------------------------------------------------------ cooperative launch
     def launch_agent(self, argv: list[str], name: str, *, policy: str | None = None, env: dict | None = None,

@@ -236,3 +236,34 @@ def test_a_policy_rule_claims_a_process_as_an_agent():
         assert "ls" in names  # its children became tool calls in their own cgroups
     finally:
         d.cleanup()
+
+
+def test_systemd_notify_ready_status_watchdog_and_reload(tmp_path):
+    import signal
+    import socket
+
+    addr = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(addr)
+    sock.settimeout(20)
+    d = DaemonProcess(tracker="cn_proc")
+    old = dict(os.environ)
+    os.environ.update(NOTIFY_SOCKET=addr, WATCHDOG_USEC="1000000")
+    try:
+        d.start()
+        got: list[str] = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not (any("READY=1" in m for m in got) and any("WATCHDOG=1" in m for m in got)):
+            got.append(sock.recv(4096).decode())
+        assert any("READY=1" in m and "STATUS=" in m for m in got), got
+        assert any("WATCHDOG=1" in m for m in got), got
+        d.proc.send_signal(signal.SIGHUP)
+        after = [sock.recv(4096).decode() for _ in range(3)]
+        assert any("RELOADING=1" in m for m in after), after
+        assert d.stop() == 0
+        assert any("STOPPING=1" in sock.recv(4096).decode() for _ in range(4))
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+        sock.close()
+        d.cleanup()
