@@ -13,11 +13,9 @@ import os
 IN_VM = os.environ.get("AGENTD_IN_VM") == "1"
 LISTING = os.environ.get("AGENTD_VM_COLLECT") == "1"
 
-if IN_VM:
-    # Inside the VM: never boot a VM from the VM.
-    collect_ignore = ["test_vm.py", "harness.py"]
-elif LISTING:
-    collect_ignore = ["test_vm.py", "harness.py"]
+if IN_VM or LISTING:
+    # Inside the VM (or listing its tests): never boot a VM from the VM.
+    collect_ignore = ["test_vm.py", "test_harness.py", "harness.py"]
 else:
     collect_ignore = ["guest", "harness.py"]
 

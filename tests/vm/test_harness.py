@@ -1,0 +1,88 @@
+"""Host-only checks of the VM harness plumbing (no VM booted): the JUnit mapping that
+reports each guest test on the host, and the one-line reasons when the VM cannot start."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import test_vm  # tests/vm is on sys.path (pytest's default rootdir-relative import)
+
+harness = test_vm.harness
+
+
+def test_junit_outcomes_map_back_to_the_host_listed_ids(tmp_path):
+    """A real pytest run (the installed version) over a guest-like tree: every id listed
+    with --collect-only is found in the JUnit XML with its outcome and failure text."""
+    guest = tmp_path / "tests" / "vm" / "guest"
+    guest.mkdir(parents=True)
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (guest / "test_sample.py").write_text(textwrap.dedent("""
+        import pytest
+        def test_ok(): pass
+        def test_bad():
+            print("said in the guest")
+            assert 1 == 2, "arithmetic"
+        def test_skip(): pytest.skip("no widget")
+        @pytest.fixture
+        def boom(): raise RuntimeError("fixture exploded")
+        def test_err(boom): pass
+        @pytest.mark.parametrize("x", [1, "a/b::c"])
+        def test_p(x): assert x == 1
+        class TestK:
+            def test_m(self): pass
+    """))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTD_")}
+    base = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--rootdir", str(tmp_path)]
+    listed = subprocess.run(base + ["--collect-only", "-q", "tests/vm/guest"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True).stdout
+    ids = [line for line in listed.splitlines() if "::" in line]
+    assert len(ids) == 7, listed
+    junit = tmp_path / "junit.xml"
+    subprocess.run(base + ["-q", f"--junitxml={junit}", "-o", "junit_logging=all",
+                           "tests/vm/guest"], cwd=tmp_path, env=env, capture_output=True)
+    cases = test_vm.parse_junit(junit)
+    got = {i.split("::", 1)[1]: cases[test_vm.junit_key(i)] for i in ids}
+    assert {k: c.outcome for k, c in got.items()} == {
+        "test_ok": "passed", "test_bad": "failed", "test_skip": "skipped",
+        "test_err": "failed", "test_p[1]": "passed", "test_p[a/b::c]": "failed",
+        "TestK::test_m": "passed",
+    }
+    assert "arithmetic" in got["test_bad"].message
+    assert "said in the guest" in got["test_bad"].text
+    assert "Captured log" not in got["test_bad"].text  # empty sections dropped
+    assert "fixture exploded" in got["test_err"].message + got["test_err"].text
+    assert "no widget" in got["test_skip"].message
+
+
+def test_missing_kernel_is_a_one_line_reason(monkeypatch, tmp_path):
+    monkeypatch.setattr(harness, "KERNEL_DIR", tmp_path / "no-kernel")
+    with pytest.raises(harness.VMError) as e:
+        harness.boot_and_run(["true"])
+    assert "no VM kernel" in str(e.value) and "vm-setup.sh" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_qemu_is_a_one_line_reason(monkeypatch):
+    real_which = harness.shutil.which
+    monkeypatch.setattr(harness.shutil, "which",
+                        lambda name: None if name.startswith("qemu") else real_which(name))
+    monkeypatch.setattr(harness, "_venv_bin", lambda: Path(sys.executable).parent)
+    if not (Path(sys.executable).parent / "vng").exists():
+        pytest.skip("virtme-ng is not installed beside this interpreter")
+    with pytest.raises(harness.VMError, match="qemu-system-x86_64 is missing"):
+        harness.boot_and_run(["true"])
+
+
+def test_numa_layout_three_nodes_one_cpuless_and_slow():
+    args = harness.numa_layout(2048, 2)
+    numa = [args[i + 1] for i, a in enumerate(args) if a == "--numa"]
+    assert numa == ["1024M,cpus=0,initiator=0", "512M,cpus=1,initiator=1", "512M,initiator=0"]
+    qemu = next(a for a in args if a.startswith("--qemu-opts="))
+    assert "hmat=on" in qemu
+    assert "initiator=0,target=2,hierarchy=memory,data-type=access-latency,latency=200" in qemu
