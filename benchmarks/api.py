@@ -26,6 +26,8 @@ import os
 import platform
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -148,13 +150,21 @@ def _load_in_agent(path: str, *load_args) -> dict:
     return result
 
 
-def _follow(path: str, stop: threading.Event, counts: dict) -> None:
+def _count(lines, counts: dict) -> None:
+    for line in lines:
+        if line.startswith(b"{"):
+            counts["received"] += 1
+            if b'"dropped"' in line:
+                counts["dropped"] += json.loads(line).get("dropped", 0)
+
+
+def _follow_raw(path: str, stop: threading.Event, counts: dict) -> None:
+    """The server's side alone: a socket that counts lines."""
     sock = socket.socket(socket.AF_UNIX)
     sock.connect(path)
     sock.sendall(b"GET /v1/events?follow=1&agent=bench&level=warn HTTP/1.1\r\nHost: x\r\n\r\n")
     sock.settimeout(0.2)
     buf = b""
-    counts["ready"] = True
     while not stop.is_set():
         try:
             data = sock.recv(1 << 20)
@@ -164,24 +174,35 @@ def _follow(path: str, stop: threading.Event, counts: dict) -> None:
             break
         buf += data
         *lines, buf = buf.split(b"\n")
-        for line in lines:
-            if line.startswith(b"{"):
-                counts["received"] += 1
-                if b'"dropped"' in line:
-                    counts["dropped"] += json.loads(line).get("dropped", 0)
+        _count(lines, counts)
     sock.close()
 
 
-def _event_rates(path: str, conn, rates: list[int], seconds: float) -> list[dict]:
+def _follow_agentctl(path: str, stop: threading.Event, counts: dict) -> None:
+    """What an operator runs: `agentctl --json events -f`, which parses every event."""
+    proc = subprocess.Popen([sys.executable, "-m", "cli.agentctl", "--socket", path, "--json",
+                             "events", "-f", "--agent", "bench", "--level", "warn"],
+                            stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1])
+    threading.Thread(target=lambda: (stop.wait(), proc.terminate()), daemon=True).start()
+    _count(iter(proc.stdout.readline, b""), counts)
+    proc.wait()
+
+
+def _streams_open(conn) -> int:
+    conn.send(("stats",))
+    return conn.recv()["streams_open"]
+
+
+def _event_rates(path: str, conn, rates: list[int], seconds: float, follow) -> list[dict]:
     rows = []
     for rate in rates:
-        counts = {"received": 0, "dropped": 0, "ready": False}
+        counts = {"received": 0, "dropped": 0}
         stop = threading.Event()
-        t = threading.Thread(target=_follow, args=(path, stop, counts), daemon=True)
+        t = threading.Thread(target=follow, args=(path, stop, counts), daemon=True)
         t.start()
-        while not counts["ready"]:
-            time.sleep(0.01)
-        time.sleep(0.2)  # the server has subscribed
+        deadline = time.time() + 10
+        while _streams_open(conn) < 1 and time.time() < deadline:
+            time.sleep(0.02)  # the server has subscribed
         conn.send(("emit", rate, seconds))
         sent = conn.recv()
         deadline = time.time() + 10
@@ -189,6 +210,8 @@ def _event_rates(path: str, conn, rates: list[int], seconds: float) -> list[dict
             time.sleep(0.05)
         stop.set()
         t.join(5)
+        while _streams_open(conn) > 0 and time.time() < deadline:
+            time.sleep(0.02)
         rows.append({"target": rate, "sent": sent["sent"],
                      "sent_per_s": sent["sent"] / sent["seconds"],
                      "received": counts["received"], "dropped": counts["dropped"],
@@ -247,7 +270,9 @@ def main() -> None:
                                                       per_client, True)
             results[f"{name}_{CLIENTS}clients_newconn"] = run(path, method, url, body, CLIENTS,
                                                               per_client, False)
-        events = _event_rates(path, conn, rates, seconds) if conn is not None else []
+        followers = {"raw": _follow_raw, "agentctl": _follow_agentctl}
+        events = {name: _event_rates(path, conn, rates, seconds, fn)
+                  for name, fn in followers.items()} if conn is not None else {}
         server_stats = None
         if conn is not None:
             conn.send(("stats",))
@@ -269,24 +294,26 @@ def main() -> None:
         one = results[f"{name}_1client"]["p50_ms"]
         metrics[f"{name}_{CLIENTS}clients_p50_over_1client"] = round(
             results[f"{name}_{CLIENTS}clients"]["p50_ms"] / one, 2)
-    if events:
-        lossless = [e["sent_per_s"] for e in events if e["lossless"]]
-        metrics["events_per_s_lossless_max"] = round(max(lossless), 0) if lossless else 0.0
-        first_lossy = next((e for e in events if not e["lossless"]), None)
+    for name, rows in events.items():
+        lossless = [e["sent_per_s"] for e in rows if e["lossless"]]
+        metrics[f"events_{name}_per_s_lossless_max"] = round(max(lossless), 0) if lossless else 0.0
+        first_lossy = next((e for e in rows if not e["lossless"]), None)
         if first_lossy:
-            metrics["events_first_lossy_rate_per_s"] = round(first_lossy["sent_per_s"], 0)
-            metrics["events_first_lossy_dropped_fraction"] = round(
+            metrics[f"events_{name}_first_lossy_rate_per_s"] = round(first_lossy["sent_per_s"], 0)
+            metrics[f"events_{name}_first_lossy_dropped_fraction"] = round(
                 first_lossy["dropped"] / max(1, first_lossy["sent"]), 4)
-        metrics["events_accounted_fraction"] = round(
-            sum(e["received"] + e["dropped"] for e in events) / max(1, sum(e["sent"] for e in events)), 4)
+        metrics[f"events_{name}_accounted_fraction"] = round(
+            sum(e["received"] + e["dropped"] for e in rows) / max(1, sum(e["sent"] for e in rows)), 4)
     params = {
         "controller": "fake: agentd.api.testing.FakeController (in-memory), server in a child "
                       "process; rerun with --socket against the real daemon"
                       if not args.socket else f"a running daemon on {args.socket}",
         "quick": args.quick, "clients": CLIENTS, "requests_per_client": per_client,
-        "client": "aiohttp UnixConnector in one asyncio process; the event follower is a raw "
-                  "socket that counts lines (parses only those with a dropped count)",
-        "event_seconds_per_rate": seconds, "event_rates_tried": [e["target"] for e in events],
+        "client": "aiohttp UnixConnector in one asyncio process",
+        "followers": {"raw": "a socket that counts lines (the server's side alone)",
+                      "agentctl": "`agentctl --json events -f` in its own process, counted "
+                                  "from its stdout (what an operator runs)"},
+        "event_seconds_per_rate": seconds,
         "limits": {"stream_queue": limits.stream_queue, "write_timeout_s": limits.write_timeout_s,
                    "rate_limit": "disabled for the benchmark" if not args.socket
                    else "the daemon's own (429s are counted apart from errors)"},
@@ -307,14 +334,16 @@ def main() -> None:
     for name in ("status", "intent"):
         print(f"{name}: p50 with {CLIENTS} clients / 1 client = "
               f"{metrics[f'{name}_{CLIENTS}clients_p50_over_1client']}x")
-    if events:
-        print(f"\n{'events/s target':<18}{'sent/s':>10}{'sent':>10}{'received':>10}{'dropped':>10}"
+    for name, rows in events.items():
+        print(f"\nfollower: {name}")
+        print(f"{'events/s target':<18}{'sent/s':>10}{'sent':>10}{'received':>10}{'dropped':>10}"
               "  lossless")
-        for e in events:
+        for e in rows:
             print(f"{e['target']:<18}{e['sent_per_s']:>10.0f}{e['sent']:>10}{e['received']:>10}"
                   f"{e['dropped']:>10}  {'yes' if e['lossless'] else 'no'}")
-        print(f"highest lossless rate for one follower: {metrics['events_per_s_lossless_max']:.0f} "
-              f"events/s (stream queue {limits.stream_queue})")
+        print(f"highest lossless rate ({name}): "
+              f"{metrics[f'events_{name}_per_s_lossless_max']:.0f} events/s "
+              f"(stream queue {limits.stream_queue})")
     print(f"wrote {RESULTS}")
 
 
