@@ -75,10 +75,10 @@ class Daemon:
         self.store = Store(config.state_dir / "agentd.db")
         self.journal = Journal(self.store)
         self.policies = PolicySet(config.policy_dir, config.default_policy, require_root_owned=config.require_root_owned_policies)
-        self.manager = Manager(self.driver, self.store, self.journal, self.policies.get, results_dir=self.results_dir)
+        self.manager = Manager(self.driver, self.store, self.journal, self.policies.get, results_dir=self.results_dir,
+                               all_policies=lambda: list(self.policies.policies.values()))
         self.controller = DaemonController(self)
         self.manager.set_host_budget(config.host_memory_max)
-        self.manager.policies_in_force = lambda: list(self.policies.policies.values())
 
     # ------------------------------------------------------------------ start / stop
     async def start(self) -> None:

@@ -162,12 +162,13 @@ def tool_limits_for_driver(limits: ResourceLimits, kind: str) -> Limits:
 class Manager:
     def __init__(self, driver: CgroupDriver, store: Store, journal: Journal, policy_for: Callable[[str], Policy],
                  tracker: TrackerBackend | None = None, results_dir: Path | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, all_policies: Callable[[], list[Policy]] = list):
         self.driver = driver
         self.v1 = driver.kind == "hybrid"
         self.store = store
         self.journal = journal
         self.policy_for = policy_for
+        self.all_policies = all_policies  # for agent rules
         self.tracker = tracker
         self.results_dir = results_dir
         self.clock = clock
@@ -206,7 +207,9 @@ class Manager:
         else:
             agent_limits_d = tool_limits_for_driver(agent_limits, self.driver.kind)
         self.driver.apply_limits(cgroup, agent_limits_d)
-        agent = Agent(name, uid, pid, info.start, policy_obj.name, cgroup, created=self.clock())
+        # A name used before keeps counting, so no old tool-call record is overwritten.
+        agent = Agent(name, uid, pid, info.start, policy_obj.name, cgroup, next_seq=self.store.max_seq(name) + 1,
+                      created=self.clock())
         agent.runtime_id = self.driver.cgroup_id(f"{cgroup}/runtime")
         self.agents[name] = agent
         self.by_runtime_id[agent.runtime_id] = name
@@ -225,22 +228,15 @@ class Manager:
                           agent=name, pid=pid, uid=uid, policy=policy_obj.name, agent_limits=agent_limits.to_json())
         return agent
 
-    def agent_rules(self) -> list[tuple[Policy, object]]:
-        return [(p, rule) for p in self.policies_in_force() for rule in p.agents]
-
-    def policies_in_force(self) -> list[Policy]:
-        """Every policy the daemon holds (for agent rules); set by the daemon."""
-        return []
-
     def _match_agent_rules(self, pid: int) -> Agent | None:
         """An exec outside any agent: does a policy's agent rule claim it?"""
-        rules = self.agent_rules()
+        rules = [(p, rule) for p in self.all_policies() for rule in p.agents]
         if not rules:
             return None
         info = read_proc(pid)
-        if info is None or self._v2_cgroup_of(pid) is None or re.search(r"/agents/[^/]+/", self._v2_cgroup_of(pid) or ""):
-            return None
-        cgroup = self._v2_cgroup_of(pid) or ""
+        cgroup = self._v2_cgroup_of(pid)
+        if info is None or cgroup is None or re.search(r"/agents/[^/]+/", cgroup):
+            return None  # gone, or already inside an agent (ours)
         for policy, rule in rules:
             if rule_matches(rule.match, name=tool_name(info.argv, info.exe, info.comm), comm=info.comm, exe=info.exe,
                             argv=info.argv, uid=info.uid, cgroup=cgroup):
