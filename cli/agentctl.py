@@ -96,8 +96,8 @@ class AgentctlGroup(click.Group):
         except ApiClientError as e:
             report_error(ctx.find_object(State), e)
             ctx.exit(1)
-        except BrokenPipeError:  # `agentctl events -f | head`
-            sys.stderr.close()
+        except BrokenPipeError:  # `agentctl events -f | head`: the reader is done
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error
             ctx.exit(0)
 
 
