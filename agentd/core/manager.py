@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import deque
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -178,7 +179,7 @@ class Manager:
         self.counters = {"toolcalls_started": 0, "toolcalls_finished": 0, "toolcalls_killed": 0, "toolcalls_frozen": 0,
                          "toolcalls_throttled": 0, "moved_back": 0, "placement_errors": 0, "intents_rejected": 0,
                          "agents_registered": 0, "events_handled": 0}
-        self.placement_us: list[float] = []  # recent gated placement latencies
+        self.placement_us: deque[float] = deque(maxlen=10_000)  # recent gated placement latencies
         self.runtime_shield_refused = False
         # freeze and kill wait for the kernel (up to seconds): the daemon runs them off the
         # event loop so a slow kill never delays the next exec's placement.
@@ -382,12 +383,13 @@ class Manager:
             self._release(pid)
         placed_us = (time.monotonic() - t0) * 1e6 if t0 is not None else 0.0
         if gated:
-            self.placement_us = (self.placement_us + [placed_us])[-10_000:]
+            self.placement_us.append(placed_us)
         agent.runtime_pids.discard(pid)
         tc = ToolCall(f"{agent.name}/{seq:04d}-{name}", agent.name, seq, name, rel, pid, info.argv, now, resolved, intent,
                       LadderState(started=now), placed_us=placed_us, priority=priority)
         if not moved:
             tc.state, tc.ended, tc.outcome, tc.reason = "done", now, "ok", "exited before it could be placed"
+            self.driver.remove(rel)
             self._finish_record(tc)
             return tc
         self.toolcalls[tc.id] = tc
