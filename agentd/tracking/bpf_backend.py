@@ -3,9 +3,10 @@ exec gate (execs in gated v2 cgroups are stopped with SIGSTOP until the daemon p
 
 Stopped processes are never left behind by this backend: each gated exec is remembered until
 `release(pid)`; after `gate_timeout_s` it is continued anyway (fail open, counted), and
-`stop()` continues every one still owed. A daemon killed with SIGKILL unloads the program
-(no new stops) but cannot continue the few in flight: at start-up the daemon should call
-`continue_stopped_in(cgroup_dirs)` for its gated cgroups.
+`stop()` continues every one still owed. If the daemon dies (the program is then unloaded:
+no new stops), a guard process (gate_guard.py) continues the ones in flight; and at
+start-up the daemon should call `continue_stopped_in(cgroup_dirs)` for its gated cgroups,
+for the case where the guard was killed with it.
 
 Who else sees the stop: a parent waiting with WUNTRACED. Plain `sh -c`/`bash -c`, Python's
 subprocess and pipelines do not notice; a job-control shell (interactive, or `set -m`) does:
@@ -29,6 +30,7 @@ from agentd.events import ProcEvent, ProcEventKind
 from agentd.tracking import bpf_source as src
 from agentd.tracking import procfs
 from agentd.tracking.backend import BackendUnavailable, EventSink, TrackerBackend
+from agentd.tracking.gate_guard import GateGuard
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +120,7 @@ class BpfBackend(TrackerBackend):
         debug: bool = False,
         gate_timeout_s: float = 2.0,
         consumer_nice: int | None = None,
+        guard: bool = True,
         template: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -130,6 +133,8 @@ class BpfBackend(TrackerBackend):
         # the very processes it places (e.g. -10; None leaves the daemon's own priority).
         self.consumer_nice = consumer_nice
         self._template = template
+        self._want_guard = guard and self.options.gate
+        self._guard: GateGuard | None = None
         self._clock = clock
         self._bpf = None
         self._thread: threading.Thread | None = None
@@ -163,6 +168,8 @@ class BpfBackend(TrackerBackend):
         if self._thread is not None:
             raise RuntimeError("BpfBackend already started")
         self.load()
+        if self._want_guard and self._guard is None:
+            self._guard = GateGuard()
         self._sink = sink
         self._stop.clear()
         self._bpf[b"gate_events"].open_ring_buffer(self._on_raw)
@@ -196,6 +203,11 @@ class BpfBackend(TrackerBackend):
             owed = list(self._owed)
             self._owed.clear()
         continue_stopped(owed)
+        for pid in owed:
+            self._paid(pid)
+        if self._guard is not None:
+            self._guard.close()
+            self._guard = None
         self._final_stats = self.kernel_stats()  # counters stay readable after stop
         bpf.cleanup()
         self._bpf = None
@@ -228,7 +240,11 @@ class BpfBackend(TrackerBackend):
         gated, already released or continued by the timeout) or has gone."""
         with self._lock:
             owed = self._owed.pop(pid, None) is not None
-        return owed and _sigcont(pid)
+        if not owed:
+            return False
+        sent = _sigcont(pid)
+        self._paid(pid)
+        return sent
 
     def consumer_cpu_s(self) -> float:
         """CPU seconds the consumer thread has used (decoding events and running the sink)."""
@@ -317,6 +333,8 @@ class BpfBackend(TrackerBackend):
         if ev.gated:
             with self._lock:
                 self._owed[ev.pid] = self._clock() + self.gate_timeout_s
+            if self._guard is not None:
+                self._guard.owe(ev.pid)
         try:
             self._sink(ev)
         except Exception:
@@ -333,6 +351,7 @@ class BpfBackend(TrackerBackend):
             for pid in overdue:
                 del self._owed[pid]
         for pid in overdue:
+            self._paid(pid)
             st = procfs.read_stat(pid)
             if st is None or st.state != "T":
                 continue  # gone, or already continued by someone else
@@ -342,6 +361,16 @@ class BpfBackend(TrackerBackend):
                 pid, self.gate_timeout_s,
             )
             _sigcont(pid)
+
+
+    def _paid(self, pid: int) -> None:
+        guard = self._guard
+        if guard is not None:
+            guard.paid(pid)
+
+    @property
+    def guard_pid(self) -> int | None:
+        return self._guard.pid if self._guard is not None else None
 
 
 def _sigcont(pid: int) -> bool:

@@ -311,6 +311,30 @@ def test_a_gated_tool_under_a_plain_shell_runs_and_reports_its_status(tracker, c
     assert ev.gated and ev.comm == "sh"
 
 
+DAEMON = """
+import sys, time
+from agentd.tracking.bpf_backend import BpfBackend
+b = BpfBackend(gate_timeout_s=600)
+b.start(lambda ev: None)  # hears gated execs, never places them
+b.set_gated_cgroups({int(sys.argv[1])})
+print(b.guard_pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_guard_continues_gated_execs_when_the_daemon_is_killed(cgroups, children):
+    gate = cgroups.make("agent")
+    daemon = children.spawn([sys.executable, "-c", DAEMON, str(Cgroups.cid(gate))], stdout=subprocess.PIPE, text=True)
+    guard_pid = int(daemon.stdout.readline())
+    p = children.spawn(["/bin/sh", "-c", "exit 0"], cgroup=gate)
+    assert wait_for(lambda: (procfs.read_stat(p.pid) or procfs.ProcStat(0, "", "?", 0, 0)).state == "T")
+    time.sleep(0.2)  # the daemon has heard of it (and told its guard)
+    daemon.kill()
+    daemon.wait()
+    assert p.wait(timeout=5) == 0
+    assert wait_for(lambda: procfs.read_stat(guard_pid) is None or procfs.read_stat(guard_pid).state == "Z")
+
+
 def test_a_restarted_daemon_continues_what_was_left_stopped(cgroups, children):
     from agentd.tracking.bpf_backend import continue_stopped_in
 
