@@ -9,7 +9,8 @@ a per-exec file, so each file tells which cgroup the new image ran in. Paths:
 - cooperative: the child writes its own pid to the tool cgroup's cgroup.procs, then execs
   (the AgentCgroup wrapper's way); also clone3(CLONE_INTO_CGROUP), born in the cgroup.
 - gated: the real BpfBackend stops the exec (SIGSTOP from the sched_process_exec program);
-  its consumer thread moves the pid and sends SIGCONT.
+  its consumer thread moves the pid and sends SIGCONT. gated-loop: the same, but the move
+  runs on an asyncio loop the event is handed to (the daemon's one-loop design).
 - ungated: the same tracker without the gate; the exec event triggers the move.
 
 Latency: gated/ungated = exec tracepoint time → the move's write to cgroup.procs returned
@@ -23,6 +24,7 @@ Writes benchmarks/results/placement.json.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -196,17 +198,30 @@ def pct(values, q):
 
 
 class Mover:
-    """The daemon's part: on an exec in the agent cgroup, move the pid (and continue it)."""
+    """The daemon's part: on an exec in the agent cgroup, move the pid (and continue it),
+    in the tracker's consumer thread, or (via_loop) on an asyncio loop in another thread,
+    handed over with call_soon_threadsafe as the daemon's event loop would be."""
 
     def __init__(self, backend):
         self.backend = backend
         self.lock = threading.Lock()
         self.fd = None
+        self.via_loop = False
+        self.loop = asyncio.new_event_loop()
+        self.loop_thread = threading.Thread(target=self.loop.run_forever, name="bench-loop", daemon=True)
+        self.loop_thread.start()
         self.reset(None, None, set())
 
-    def reset(self, agent_id, target_dir, exclude):
+    def shutdown(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.loop_thread.join()
+        self.loop.close()
+        self.close()
+
+    def reset(self, agent_id, target_dir, exclude, via_loop=False):
         with self.lock:
             self.close()
+            self.via_loop = via_loop
             self.agent_id = agent_id
             self.exclude = exclude
             self.fd = os.open(target_dir / "cgroup.procs", os.O_WRONLY) if target_dir else None
@@ -223,13 +238,19 @@ class Mover:
             self.fd = None
 
     def __call__(self, ev):
+        if ev.kind is not ProcEventKind.EXEC or ev.cgroup_id != self.agent_id or ev.pid in self.exclude:
+            return
+        if self.via_loop:
+            self.loop.call_soon_threadsafe(self._locked, ev)
+        else:
+            self._locked(ev)
+
+    def _locked(self, ev):
         with self.lock:
             self._on_event(ev)
 
     def _on_event(self, ev):
-        if ev.kind is not ProcEventKind.EXEC or ev.cgroup_id != self.agent_id or self.fd is None:
-            return
-        if ev.pid in self.exclude:
+        if self.fd is None or ev.cgroup_id != self.agent_id:
             return
         self.execs += 1
         try:
@@ -272,11 +293,11 @@ def run_one(path, rate, n, spawner, probe, base, tracker):
         agent_id = os.stat(agent).st_ino
         lost0 = backend.lost_events()
         prog0, emitted0 = backend.program_run_stats(), backend.kernel_stats()["emitted"]
-        if path in ("gated", "ungated"):
-            mover.reset(agent_id, target, {sp.pid})
+        if path in ("gated", "gated-loop", "ungated"):
+            mover.reset(agent_id, target, {sp.pid}, via_loop=path == "gated-loop")
         else:
             mover.reset(None, None, set())
-        backend.set_gated_cgroups({agent_id} if path == "gated" else set())
+        backend.set_gated_cgroups({agent_id} if path.startswith("gated") else set())
         t0 = time.monotonic()
         sp.stdin.write("go\n")
         sp.stdin.flush()
@@ -311,7 +332,7 @@ def run_one(path, rate, n, spawner, probe, base, tracker):
         elapsed = time.monotonic() - t0
         escaped = sum(1 for v in seen.values() if v != target_rel)
         missing = n - len(seen)
-        if path in ("gated", "ungated"):
+        if path in ("gated", "gated-loop", "ungated"):
             lat = [x / 1000 for x in mover.latency_ns]
         else:
             lat = [(placed - born) / 1000 for _fork, born, placed in child_times if placed and born]
@@ -399,7 +420,7 @@ def main(argv=None) -> int:
     rates = [100, 1000]
     n_at = {100: 200, 1000: 1000} if args.quick else {100: 1000, 1000: 5000}
     max_n = 1000 if args.quick else 5000
-    paths = ["cooperative", "clone3", "gated", "ungated"]
+    paths = ["cooperative", "clone3", "gated", "gated-loop", "ungated"]
 
     work = Path(tempfile.mkdtemp(prefix="placement-build-"))
     base = own_v2_dir() / f"agentd-placement-{os.getpid()}"
@@ -435,9 +456,11 @@ def main(argv=None) -> int:
         stats1 = {k: b.kernel_stats() for k, (b, _m) in trackers.items()}
         prog1 = lazy.program_run_stats()
         consumer_cpu = lazy.consumer_cpu_s() - cpu0
+        # kernel.bpf_stats_enabled is global: another process may have switched it off.
+        stats_intact = Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip() == "1"
         for backend, mover in trackers.values():
             backend.stop()
-            mover.close()
+            mover.shutdown()
         sys_cost = syscall_cost(spawner, probe, lambda ec: BpfBackend(TrackerOptions(exit_code=ec)))
     finally:
         for backend, _m in trackers.values():
@@ -450,14 +473,15 @@ def main(argv=None) -> int:
     by = {(r["path"], r["rate"]): r for r in results}
     metrics: dict[str, float] = {}
     for (path, rate), r in by.items():
-        sfx = f"{path}_{rate if rate else 'max'}"
+        sfx = f"{path.replace('-', '_')}_{rate if rate else 'max'}"
         for k in ("escaped_pct", "p50_us", "p99_us", "max_us", "achieved_per_s"):
             metrics[f"{k}_{sfx}"] = r[k]
     for path in paths:
         r = by[(path, 1000)]
-        metrics[f"escaped_pct_{path}"] = r["escaped_pct"]
+        key = path.replace("-", "_")
+        metrics[f"escaped_pct_{key}"] = r["escaped_pct"]
         for k in ("p50_us", "p99_us", "max_us"):
-            metrics[f"{k}_{path}"] = r[k]
+            metrics[f"{k}_{key}"] = r[k]
     # The highest exec rate the gated path kept up with: spawned that fast AND placed that
     # fast, with nothing escaped and nothing lost.
     sustained = [min(r["achieved_per_s"], r["placed_per_s"]) for r in results
@@ -479,6 +503,7 @@ def main(argv=None) -> int:
     run_cnt = sum(v["run_cnt"] - prog0.get(k, {}).get("run_cnt", 0) for k, v in prog1.items())
     run_ns = sum(v["run_time_ns"] - prog0.get(k, {}).get("run_time_ns", 0) for k, v in prog1.items())
     metrics["bpf_runs"] = run_cnt
+    metrics["bpf_stats_intact"] = int(stats_intact)
     metrics["bpf_ns_per_run"] = round(run_ns / run_cnt, 1) if run_cnt else 0.0
     for k, v in prog1.items():
         d_cnt = v["run_cnt"] - prog0.get(k, {}).get("run_cnt", 0)
@@ -515,6 +540,8 @@ def main(argv=None) -> int:
         print(f"{r['path']:<12}{rate:>7}{r['achieved_per_s']:>10}{placed:>9}{r['n']:>6}{r['escaped_pct']:>9}"
               f"{r['p50_us']:>10}{r['p99_us']:>10}{r['max_us']:>10}{r['gone_before_move']:>6}{r['lost']:>5}")
     print(f"gated: {metrics['execs_per_s']} execs/s sustained with nothing escaped or lost")
+    if not stats_intact:
+        print("warning: kernel.bpf_stats_enabled was switched off during the run: BPF run times are partial")
     print(f"BPF ns per event (all programs): default tracker {metrics['bpf_ns_per_event_lazy']}, "
           f"woken for every event {metrics['bpf_ns_per_event_eager']}")
     print(f"events emitted {emitted} ({metrics['events_per_s']}/s; idle host {idle_rate}/s), lost {metrics['events_lost']}, "
