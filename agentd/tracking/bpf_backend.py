@@ -66,9 +66,11 @@ def _compile(text: str, cflags: list[str]):
         err.seek(0)
         output = err.read().decode(errors="replace")
     if failure is not None:
-        raise BackendUnavailable(
-            f"BCC could not compile the tracker: {_first_error_line(output or str(failure))}"
-        ) from failure
+        if str(failure).startswith("Failed to compile"):
+            why = f"BCC could not compile the tracker: {_first_error_line(output or str(failure))}"
+        else:  # compiled, but the kernel refused to load or attach a program
+            why = f"BCC could not load the tracker: {_first_error_line(str(failure) + chr(10) + output)}"
+        raise BackendUnavailable(why) from failure
     if output.strip():
         log.debug("BCC compiler output: %s", output.strip())
     return bpf
@@ -151,7 +153,13 @@ class BpfBackend(TrackerBackend):
     # -- life cycle -------------------------------------------------------------------
 
     def source(self) -> str:
-        template = self._template if self._template is not None else src.load_template()
+        if self._template is not None:
+            template = self._template
+        else:
+            try:
+                template = src.load_template()
+            except OSError as exc:
+                raise BackendUnavailable(f"the tracker's BPF source is missing: {exc}") from exc
         return src.render_tracker_source(self.options, template)
 
     def load(self) -> None:

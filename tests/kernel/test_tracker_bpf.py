@@ -470,6 +470,10 @@ def test_compile_failure_names_the_first_error():
     backend = BpfBackend(template="int broken( { return 0; }\n")
     with pytest.raises(BackendUnavailable, match=r"^BCC could not compile the tracker: .*error"):
         backend.load()
+    # Compiles, but the kernel has no such tracepoint to attach to.
+    backend = BpfBackend(template="TRACEPOINT_PROBE(sched, agentd_no_such_event) { return 0; }\n")
+    with pytest.raises(BackendUnavailable, match=r"^BCC could not load the tracker: .*agentd_no_such_event"):
+        backend.load()
 
 
 @pytest.fixture
