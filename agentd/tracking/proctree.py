@@ -185,6 +185,8 @@ class ProcTree:
         elif fresh is not None:
             info.exe, info.argv, info.uid = fresh.exe, fresh.argv, fresh.uid
             info.start_ticks = fresh.start_ticks or info.start_ticks
+        else:  # gone already: what it inherited at fork describes the old image, not this one
+            info.exe, info.argv = None, []
         if ev.comm:
             info.comm = ev.comm
         if ev.filename and (fresh is None or fresh.exe is None):

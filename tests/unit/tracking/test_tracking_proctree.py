@@ -48,7 +48,7 @@ def test_exec_when_the_process_already_left_uses_the_event():
     tree, _, _ = make_tree()
     tree.apply(ProcEvent(K.FORK, pid=11, ppid=10, comm="agent"))
     info = tree.apply(ProcEvent(K.EXEC, pid=11, comm="true", filename="/usr/bin/true"))
-    assert (info.comm, info.exe) == ("true", "/usr/bin/true")
+    assert (info.comm, info.exe, info.argv) == ("true", "/usr/bin/true", [])  # not the agent's argv
 
 
 def test_exec_of_an_unknown_pid_adds_it_from_the_reader():
