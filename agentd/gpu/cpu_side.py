@@ -55,12 +55,12 @@ def _peak_by_kind(snap: dict) -> tuple[int, dict[str, int]]:
 
 def trace_peak(build_model: Callable, make_batch: Callable, mode: str = "train",
                optimizer: Callable | None = None, loss_fn: Callable | None = None,
-               steps: int = 2) -> dict:
+               steps: int = 2, set_to_none: bool = True) -> dict:
     """Trace `steps` training steps (or one forward) under FakeTensorMode.
 
     build_model() -> nn.Module and make_batch() -> (inputs, targets) are called inside fake
     mode, so they must create their tensors there (no real data needed). optimizer(module)
-    -> torch.optim.Optimizer. Returns {"peak_bytes", "by_kind": {...}, "seconds"}; the peak
+    -> torch.optim.Optimizer; set_to_none=False keeps gradient buffers (DDP-like). Returns {"peak_bytes", "by_kind": {...}, "seconds"}; the peak
     is taken over the last step (optimizer states exist by then, as in steady state).
     """
     torch = _torch()
@@ -84,7 +84,7 @@ def trace_peak(build_model: Callable, make_batch: Callable, mode: str = "train",
                 for i in range(steps):
                     if i == steps - 1:
                         tracker.reset_mod_stats()
-                    opt.zero_grad(set_to_none=True)
+                    opt.zero_grad(set_to_none=set_to_none)
                     out = model(inputs)
                     loss = loss_fn(out, targets)
                     del out
@@ -133,7 +133,8 @@ def estimate(model: ModelSpec, workload: WorkloadSpec) -> Estimate:
         return ids, torch.randint(0, model.vocab_size, (wl.batch, wl.seq))
 
     if wl.mode == "train":
-        res = trace_peak(build, batch, "train", lambda m: make_optimizer(m, wl.optimizer, wl.optimizer_impl))
+        res = trace_peak(build, batch, "train", lambda m: make_optimizer(m, wl.optimizer, wl.optimizer_impl),
+                         set_to_none=wl.grad_buffers != "persistent")
     else:
         res = _trace_prefill(build, batch)
     kinds = res["by_kind"]

@@ -34,7 +34,7 @@ from agentd.gpu.spec import Estimate, ModelSpec, WorkloadSpec, model_spec_from_d
 DATA = Path(__file__).resolve().parents[2] / "data" / "gpu" / "cpu_peaks.jsonl"
 FEATURES = ("weights", "gradients", "optimizer_states", "activations", "kv_cache", "temporaries")
 SIZE_KEYS = ("layers", "hidden", "vocab", "batch", "seq", "parameters", "tokens")
-CATEGORY_KEYS = ("mode", "attention", "optimizer", "dtype", "recompute", "device")
+CATEGORY_KEYS = ("mode", "attention", "optimizer", "dtype", "recompute", "device", "grad_buffers")
 
 
 def _sizes(model: ModelSpec, wl: WorkloadSpec) -> dict[str, float]:
@@ -45,7 +45,8 @@ def _sizes(model: ModelSpec, wl: WorkloadSpec) -> dict[str, float]:
 
 def _categories(wl: WorkloadSpec) -> dict[str, str]:
     return {"mode": wl.mode, "attention": wl.attention, "optimizer": wl.optimizer if wl.mode == "train" else "-",
-            "dtype": wl.dtype, "recompute": wl.recompute, "device": wl.device}
+            "dtype": wl.dtype, "recompute": wl.recompute, "device": wl.device,
+            "grad_buffers": wl.grad_buffers if wl.mode == "train" else "-"}
 
 
 def load_rows(path: Path = DATA) -> list[dict]:

@@ -136,8 +136,9 @@ def make_optimizer(model: nn.Module, name: str, impl: str = "foreach"):
     raise ValueError(f"unknown optimizer {name!r}")
 
 
-def train_step(model, opt, ids, targets):
-    opt.zero_grad(set_to_none=True)
+def train_step(model, opt, ids, targets, set_to_none: bool = True):
+    """One step; set_to_none=False keeps gradient buffers alive (as DDP and ZeRO do)."""
+    opt.zero_grad(set_to_none=set_to_none)
     logits = model(ids)
     loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
     del logits

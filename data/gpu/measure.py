@@ -68,7 +68,8 @@ def grid(n: int, seed: int = 5) -> list[tuple[ModelSpec, WorkloadSpec]]:
                               optimizer=rng.choice(["adam", "adamw", "sgd", "sgd_momentum"]),
                               optimizer_impl=rng.choice(["foreach", "single"]),
                               recompute=rng.choice(["none", "none", "none", "full"]),
-                              attention=attention, dropout=dropout, grad_buffers="freed", device="cpu")
+                              attention=attention, dropout=dropout,
+                              grad_buffers=rng.choice(["freed", "freed", "freed", "persistent"]), device="cpu")
         else:
             wl = WorkloadSpec(mode="infer", batch=rng.choice([1, 2, 4, 8, 16]), seq=rng.choice([32, 64, 128, 256, 512]),
                               dtype=rng.choice(["fp32", "bf16"]), attention=attention, device="cpu")
@@ -143,10 +144,11 @@ def measure(spec: ModelSpec, wl: WorkloadSpec) -> dict:
         if wl.mode == "train":
             model.train()
             opt = make_optimizer(model, wl.optimizer, wl.optimizer_impl)
+            keep = wl.grad_buffers == "persistent"
             with record_function("agentd:step1"):
-                train_step(model, opt, ids, targets)
+                train_step(model, opt, ids, targets, set_to_none=not keep)
             with record_function("agentd:step2"):
-                train_step(model, opt, ids, targets)
+                train_step(model, opt, ids, targets, set_to_none=not keep)
             states = [t for st in opt.state.values() for t in st.values() if torch.is_tensor(t)]
             extra = {"optimizer_state_bytes": sum(t.nbytes for t in states), "kv_bytes": 0}
             del opt

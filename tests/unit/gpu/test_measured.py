@@ -54,6 +54,8 @@ FRESH = [
     (GPT, WorkloadSpec(mode="train", batch=2, seq=128, optimizer="sgd_momentum", optimizer_impl="single",
                        attention="eager", dropout=0.1, recompute="full", device="cpu", grad_buffers="freed")),
     (SMALL, WorkloadSpec(mode="infer", batch=4, seq=256, dtype="fp32", attention="flash", device="cpu")),
+    (SMALL, WorkloadSpec(mode="train", batch=2, seq=128, optimizer="adamw", optimizer_impl="single",
+                         attention="flash", device="cpu", grad_buffers="persistent")),
 ]
 
 
