@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import select
 import socket
 import stat
 import struct
@@ -85,6 +86,33 @@ def json_response(data: Any, status: int = 200, headers: dict | None = None) -> 
 
 def error_response(err: ApiError, headers: dict | None = None) -> web.Response:
     return json_response(err.to_json(), err.status, headers)
+
+
+SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)  # Linux >= 6.5
+
+
+def peer_exited(request: web.BaseRequest) -> bool:
+    """Whether the process that opened this connection has exited since.
+
+    SO_PEERCRED gives the pid at connect time; if that process is gone, the pid may belong
+    to another process by now (a forked child may still hold the socket), so nothing
+    derived from the pid can be trusted. A pidfd of the peer tells. False where the kernel
+    has no SO_PEERPIDFD.
+    """
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return False
+    try:
+        fd = struct.unpack("i", sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD, 4))[0]
+    except OSError:
+        return False
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)  # a pidfd is readable once its process exited
+        return bool(poller.poll(0))
+    finally:
+        os.close(fd)
 
 
 def peer_of(request: web.BaseRequest) -> Peer | None:
@@ -416,6 +444,10 @@ class ApiServer:
                 raise ApiError(403, "peer_unknown",
                                "the caller's credentials (SO_PEERCRED) could not be read")
             caller = self.caller_of(peer)
+            if peer_exited(request):  # checked after the lookups: they were about this process
+                raise ApiError(403, "peer_gone",
+                               f"the process that opened this connection (pid {peer.pid}) has "
+                               "exited; its pid no longer identifies the caller: reconnect")
             wait = self.rate.check((peer.uid, caller.agent))
             if wait > 0:
                 self.stats.rate_limited += 1

@@ -666,3 +666,33 @@ def test_members_of_the_admin_group_may_apply_policies(sockdir):
 def test_an_unknown_admin_group_stops_the_server_from_starting(sockdir):
     with pytest.raises(ValueError, match="admin group 'no-such-group' does not exist"):
         serve(sockdir, admin_group="no-such-group").start()
+
+
+def test_a_connection_outliving_the_process_that_opened_it_is_refused(srv):
+    """SO_PEERCRED names the pid at connect time; once that process exits the pid may be
+    reused, so a forked child still holding the socket must not act on its behalf."""
+    path = srv.socket_path
+    # the child connects, forks a grandchild that keeps the socket, and exits; the
+    # grandchild asks once its parent is gone
+    r_fd, w_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r_fd)
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(path)
+        if os.fork() == 0:
+            parent = os.getppid()
+            while os.getppid() == parent:
+                time.sleep(0.01)
+            sock.sendall(b"GET /v1/agents HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.settimeout(10)
+            reply = sock.recv(4096)
+            os.write(w_fd, reply)
+            os._exit(0)
+        os._exit(0)
+    os.close(w_fd)
+    os.waitpid(pid, 0)
+    with os.fdopen(r_fd, "rb") as f:
+        reply = f.read()
+    assert reply.startswith(b"HTTP/1.1 403"), reply[:100]
+    assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "peer_gone"
