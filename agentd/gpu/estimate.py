@@ -76,10 +76,13 @@ def fit_verdict(est: Estimate, free_bytes: int, gpu: int = 0, name: str = "") ->
 
 def fit_check(est: Estimate, snapshot) -> list[FitVerdict]:
     """Will the job fit on each GPU of a live snapshot (agentd.gpu.sampler.GpuSnapshot),
-    next to what already runs there? Free memory is total minus used, as NVML reports it."""
+    next to what already runs there? Free memory is what NVML reports free (GPUs whose
+    memory NVML could not read are left out)."""
     out = []
     for g in snapshot.gpus:
-        if g.memory_total_bytes is None or g.memory_used_bytes is None:
-            continue
-        out.append(fit_verdict(est, g.memory_total_bytes - g.memory_used_bytes, g.index, g.name))
+        free = g.memory_free_bytes
+        if free is None and g.memory_total_bytes is not None and g.memory_used_bytes is not None:
+            free = g.memory_total_bytes - g.memory_used_bytes
+        if free is not None:
+            out.append(fit_verdict(est, free, g.index, g.name))
     return out

@@ -3,7 +3,7 @@
 The seed study found analytical models hardware-dependent and black-box ML estimators poor
 at generalizing across architectures. agentd's regressor sits between the two: its
 features are the analytical model's parts at the peak (weights, gradients, optimizer
-states, activations, KV cache, temporaries), and it learns one weight per part from
+states, activations, KV cache, temporaries, overhead), and it learns one weight per part from
 measured peaks, with a ridge prior pulling every weight toward 1 ("trust the derivation
 unless the data disagrees"). The fit minimizes relative error, is pure Python, and takes
 milliseconds, so it is refitted from the shipped data set at first use:
@@ -32,7 +32,9 @@ from agentd.gpu import analytical
 from agentd.gpu.spec import Estimate, ModelSpec, WorkloadSpec, model_spec_from_dict, workload_spec_from_dict
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "gpu" / "cpu_peaks.jsonl"
-FEATURES = ("weights", "gradients", "optimizer_states", "activations", "kv_cache", "temporaries")
+# "overhead" (CUDA context and workspace) is 0 in CPU rows, so its weight stays at the prior
+# 1 until GPU measurements join the data set; then it learns this hardware's context size.
+FEATURES = ("weights", "gradients", "optimizer_states", "activations", "kv_cache", "temporaries", "overhead")
 SIZE_KEYS = ("layers", "hidden", "vocab", "batch", "seq", "parameters", "tokens")
 CATEGORY_KEYS = ("mode", "attention", "optimizer", "dtype", "recompute", "device", "grad_buffers")
 
