@@ -89,6 +89,11 @@ def _no_driver_line(line: str) -> str:
 @click.option("--attention", type=click.Choice(["flash", "eager"]), default="flash", show_default=True,
               help="flash/SDPA keeps no s^2 scores; eager keeps softmax output")
 @click.option("--dropout", type=float, default=0.0, show_default=True)
+@click.option("--grad-buffers", type=click.Choice(["auto", "freed", "persistent"]), default="auto", show_default=True,
+              help="persistent: DDP/ZeRO/Megatron keep gradients all step; freed: zero_grad(set_to_none=True); "
+                   "auto: persistent when dp, tp or ZeRO is used")
+@click.option("--optimizer-impl", type=click.Choice(["foreach", "single", "fused"]), default="foreach",
+              show_default=True, help="foreach Adam holds one parameter-sized temporary in its step")
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True)
 @click.option("--method", type=click.Choice(["analytical", "learned", "cpu_side", "auto"]), default="analytical",
               show_default=True)
@@ -98,7 +103,8 @@ def _no_driver_line(line: str) -> str:
 @click.option("--simulate-gpus", type=click.IntRange(min=0), default=0, help="--fit against N simulated GPUs")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def estimate(hf_config, params, mode, dtype, optimizer, mixed_precision, zero_stage, dp, tp, batch, seq,
-             recompute, attention, dropout, device, method, gpu_kind, free, fit, simulate_gpus, as_json):
+             recompute, attention, dropout, grad_buffers, optimizer_impl, device, method, gpu_kind, free, fit,
+             simulate_gpus, as_json):
     """Estimate peak GPU memory (with its parts and a range) and utilization, offline."""
     from agentd.gpu.estimate import estimate as run_estimate, fit_check, fit_verdict
     from agentd.gpu.utilization import gpu_model, solo_utilization
@@ -121,7 +127,8 @@ def estimate(hf_config, params, mode, dtype, optimizer, mixed_precision, zero_st
         dtype = model.dtype
     wl = WorkloadSpec(mode=mode, batch=batch, seq=seq, dtype=dtype or "", mixed_precision=mixed_precision,
                       optimizer=optimizer, zero_stage=zero_stage, dp=dp, tp=tp, recompute=recompute,
-                      attention=attention, dropout=dropout, device=device)
+                      attention=attention, dropout=dropout, grad_buffers=grad_buffers,
+                      optimizer_impl=optimizer_impl, device=device)
     try:
         gpu_model(gpu_kind)
         wl.resolved(model)

@@ -118,3 +118,17 @@ def test_gpu_simulated_table_and_json():
     assert d["backend"] == "simulated" and len(d["gpus"]) == 2
     import os
     assert any(p["host_pid"] == os.getpid() for g in d["gpus"] for p in g["processes"])
+
+
+def test_gradient_buffers_and_optimizer_implementation_flags(llama):
+    def total(batch, *extra):
+        return json.loads(run(estimate, ["--hf-config", llama, "--batch", str(batch), "--seq", "2048", "--json",
+                                         *extra]).output)
+    # activations dominate at batch 8: kept gradients add to the backward's peak
+    freed, kept = total(8, "--grad-buffers", "freed"), total(8, "--grad-buffers", "persistent")
+    assert kept["phase"].startswith("backward") and freed["phase"].startswith("backward")
+    assert kept["total_bytes"] - freed["total_bytes"] == pytest.approx(kept["model_states_bytes"] / 4, rel=0.01)
+    # at batch 1 the optimizer step is the peak, where foreach Adam's temporary shows
+    fused, foreach = total(1, "--optimizer-impl", "fused"), total(1, "--optimizer-impl", "foreach")
+    assert foreach["phase"] == "optimizer step"
+    assert foreach["total_bytes"] - fused["total_bytes"] == pytest.approx(4 * 6_738_415_616, rel=0.01)
