@@ -57,16 +57,20 @@ class VMError(RuntimeError):
     """The VM could not run the command. str() is a one-line reason; `console` holds
     the tail of the guest console (kernel log) when there is one."""
 
-    def __init__(self, reason: str, console: str = "", files_dir: Path | None = None):
+    def __init__(self, reason: str, console: str = "", files_dir: Path | None = None,
+                 output: str = ""):
         self.reason = reason
         self.console = console
         self.files_dir = files_dir
+        self.output = output  # tail of the command's stdout/stderr, when it had started
         super().__init__(reason)
 
     def describe(self) -> str:
         text = self.reason
         if self.files_dir is not None:
             text += f"\n(files: {self.files_dir})"
+        if self.output:
+            text += f"\n--- last lines of the command's output ---\n{self.output}"
         if self.console:
             text += f"\n--- last lines of the guest console ---\n{self.console}"
         return text
@@ -319,7 +323,10 @@ def boot_and_run(
         else:
             reason = (f"guest crashed or powered off while the command ran "
                       f"(vng exit status {status})")
-        raise VMError(reason, tail, rw)
+        output = ""
+        if boot_s is not None:
+            output = _tail(_read(rw / "stdout") + _read(rw / "stderr"), 15)
+        raise VMError(reason, tail, rw, output)
 
     rc_text = _read(rw / "rc").strip()
     try:

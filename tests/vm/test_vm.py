@@ -97,6 +97,7 @@ class GuestRun:
     result: "harness.GuestResult | None" = None
     cases: dict = dataclasses.field(default_factory=dict)  # (classname, name) -> Case
     junit_problem: str = ""
+    error_shown: bool = False
 
     def output_tail(self, n: int = 60) -> str:
         if self.result is None:
@@ -191,8 +192,13 @@ def _plugin_env() -> dict[str, str]:
 
 
 def _fail_for_vm(run: GuestRun) -> None:
-    if run.error is not None:
-        pytest.fail(f"VM did not run the guest tests: {run.error.describe()}", pytrace=False)
+    if run.error is None:
+        return
+    if run.error_shown:
+        pytest.fail(f"VM did not run the guest tests: {run.error.reason} "
+                    f"(console and output: see the first VM test failure)", pytrace=False)
+    run.error_shown = True
+    pytest.fail(f"VM did not run the guest tests: {run.error.describe()}", pytrace=False)
 
 
 # ---- the host tests ----------------------------------------------------------------------
