@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from agentd.gpu import analytical
-from agentd.gpu.learned import DATA, LearnedModel, load_rows
+from agentd.gpu.learned import DATA, DATA_CUDA, LearnedModel, load_rows
 from agentd.gpu.spec import ModelSpec, WorkloadSpec, model_spec_from_dict, workload_spec_from_dict
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gpu_estimate.json"
@@ -161,6 +161,15 @@ def main(argv=None) -> int:
     except ImportError as exc:
         print(f"cpu_side skipped: {exc}", file=sys.stderr)
 
+    gpu_rows = load_rows(DATA_CUDA) if DATA_CUDA.exists() else []
+    gpu_alloc, gpu_total = [], []
+    for r in gpu_rows:  # measured on a GPU: allocator peak and the process's device footprint
+        est = analytical.estimate(model_spec_from_dict(r["model"]), workload_spec_from_dict(r["workload"]))
+        meas = r["measured"]
+        gpu_alloc.append(_err(est.total_bytes - est.parts["overhead"], meas["allocated_peak_bytes"]))
+        if meas.get("context_bytes") is not None:
+            gpu_total.append(_err(est.total_bytes, meas["peak_bytes"]))
+
     lat = _latency_analytical(2000 if args.quick else 20000)
     samp = _sampler_cost(gpus=8, procs_per_gpu=4, n=200 if args.quick else 2000)
 
@@ -189,7 +198,15 @@ def main(argv=None) -> int:
         "sampler_nvml_calls_per_sample": samp["nvml_calls_per_sample"],
         "seconds": round(time.perf_counter() - t_start, 1),
     }
-    params = {"ground_truth": "cpu measurements: " + meta.get("ground_truth", "torch.profiler allocator bytes"),
+    if gpu_rows:
+        metrics.update(samples_gpu=len(gpu_rows),
+                       mape_pct_analytical_gpu_allocated=round(_summary(gpu_alloc)["mape"], 3),
+                       max_err_pct_analytical_gpu_allocated=round(_summary(gpu_alloc)["max"], 3),
+                       mape_pct_analytical_gpu_footprint=round(_summary(gpu_total)["mape"], 3))
+    truth = "cpu measurements: " + meta.get("ground_truth", "torch.profiler allocator bytes")
+    if gpu_rows:
+        truth += f"; gpu measurements ({len(gpu_rows)} rows, data/gpu/cuda_peaks.jsonl)"
+    params = {"ground_truth": truth,
               "data": str(Path(DATA).relative_to(Path(DATA).parents[2])), "data_torch": meta.get("torch"),
               "quick": args.quick, "worst_analytical_id": worst[1], "worst_analytical_err_pct": round(worst[0], 2),
               "learned_weights": {k: round(v, 4) for k, v in lm.weights.items()},
@@ -220,6 +237,12 @@ def main(argv=None) -> int:
           f"{out_sum['mape']:.2f} % (max {out_sum['max']:.2f} %), learned fell back on {out_fell}/{len(outside)}")
     print(f"measured peaks inside the stated range: analytical {metrics['range_coverage_pct_analytical']} %, "
           f"learned {metrics['range_coverage_pct_learned']} % (held out)")
+    if gpu_rows:
+        print(f"on the GPU ({len(gpu_rows)} rows): analytical vs max_memory_allocated MAPE "
+              f"{metrics['mape_pct_analytical_gpu_allocated']} %, vs device footprint "
+              f"{metrics['mape_pct_analytical_gpu_footprint']} %")
+    else:
+        print("no GPU measurements (data/gpu/cuda_peaks.jsonl): CUDA context, allocator and kernels unverified")
     print(f"re-measured {len(fresh)} rows now: max drift {metrics['remeasured_max_drift_pct']} %")
     print(f"sampler: {samp['us_per_gpu_sample_fake']:.1f} µs per GPU per sample (fake NVML), "
           f"{samp['us_proc_identity']:.1f} µs per process /proc lookup; this host: {samp['real_probe']}")

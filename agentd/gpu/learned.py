@@ -9,6 +9,7 @@ unless the data disagrees"). The fit minimizes relative error, is pure Python, a
 milliseconds, so it is refitted from the shipped data set at first use:
 
     data/gpu/cpu_peaks.jsonl   made by data/gpu/measure.py (see data/gpu/README.md)
+    data/gpu/cuda_peaks.jsonl  made by data/gpu/measure.py --device cuda, when a GPU was there
 
 Only rows with "split": "train" are used; "heldout" rows judge it (benchmarks/gpu_estimate.py).
 
@@ -32,6 +33,8 @@ from agentd.gpu import analytical
 from agentd.gpu.spec import Estimate, ModelSpec, WorkloadSpec, model_spec_from_dict, workload_spec_from_dict
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "gpu" / "cpu_peaks.jsonl"
+# measured on a GPU by `data/gpu/measure.py --device cuda`; joins the training data when present
+DATA_CUDA = DATA.with_name("cuda_peaks.jsonl")
 # "overhead" (CUDA context and workspace) is 0 in CPU rows, so its weight stays at the prior
 # 1 until GPU measurements join the data set; then it learns this hardware's context size.
 FEATURES = ("weights", "gradients", "optimizer_states", "activations", "kv_cache", "temporaries", "overhead")
@@ -165,7 +168,10 @@ _MODEL: LearnedModel | None = None
 def default_model() -> LearnedModel:
     global _MODEL
     if _MODEL is None:
-        _MODEL = LearnedModel.fit([r for r in load_rows() if r.get("split") == "train"])
+        rows = load_rows()
+        if DATA_CUDA.exists():
+            rows += load_rows(DATA_CUDA)
+        _MODEL = LearnedModel.fit([r for r in rows if r.get("split") == "train"])
     return _MODEL
 
 

@@ -41,6 +41,7 @@ from agentd.gpu.spec import ModelSpec, WorkloadSpec  # noqa: E402
 from agentd.gpu.torch_models import TinyDecoder, make_optimizer, prefill, train_step  # noqa: E402
 
 OUT = HERE / "cpu_peaks.jsonl"
+OUT_CUDA = HERE / "cuda_peaks.jsonl"
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -174,6 +175,58 @@ def measure(spec: ModelSpec, wl: WorkloadSpec) -> dict:
             "live_before_step_bytes": before[-1] if before else 0, "seconds": round(seconds, 3), **extra}
 
 
+def measure_cuda(spec: ModelSpec, wl: WorkloadSpec) -> dict:
+    """The same step on a GPU (written for a GPU host; not run on the CPU-only host that made
+    cpu_peaks.jsonl). Truth: torch.cuda.max_memory_allocated/reserved over step 2, and the
+    process's device memory as NVML reports it; the CUDA context is NVML's figure minus what
+    the caching allocator holds. `peak_bytes` is the process's peak device footprint:
+    peak reserved plus context."""
+    from dataclasses import replace
+
+    from agentd.gpu.sampler import NvmlSampler
+
+    wl = replace(wl.resolved(spec), device="cuda")
+    dev = torch.device("cuda")
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    gc.collect()
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated(dev)
+    model = TinyDecoder(spec, dropout=wl.dropout, attention=wl.attention, recompute=wl.recompute).to(
+        dev, TORCH_DTYPES[wl.dtype])
+    ids = torch.randint(0, spec.vocab_size, (wl.batch, wl.seq), device=dev)
+    targets = torch.randint(0, spec.vocab_size, (wl.batch, wl.seq), device=dev)
+    extra = {"optimizer_state_bytes": 0, "kv_bytes": 0}
+    if wl.mode == "train":
+        opt = make_optimizer(model.train(), wl.optimizer, wl.optimizer_impl)
+        keep = wl.grad_buffers == "persistent"
+        train_step(model, opt, ids, targets, set_to_none=not keep)
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        train_step(model, opt, ids, targets, set_to_none=not keep)
+        extra["optimizer_state_bytes"] = sum(t.nbytes for st in opt.state.values() for t in st.values()
+                                             if torch.is_tensor(t) and t.is_cuda)
+    else:
+        torch.cuda.reset_peak_memory_stats(dev)
+        _, cache = prefill(model.eval(), ids)
+        extra["kv_bytes"] = sum(k.nbytes + v.nbytes for k, v in cache)
+        del cache
+    torch.cuda.synchronize(dev)
+    allocated = torch.cuda.max_memory_allocated(dev) - base
+    reserved_peak = torch.cuda.max_memory_reserved(dev)
+    reserved_now = torch.cuda.memory_reserved(dev)
+    snap = NvmlSampler(process_utilization=False, health=False).sample()
+    mine = [p.used_memory_bytes for p in snap.processes() if p.host_pid == os.getpid() and p.used_memory_bytes]
+    nvml_now = mine[0] if mine else None
+    context = nvml_now - reserved_now if nvml_now is not None else None
+    weights = sum(p.nbytes for p in model.parameters())
+    del model, ids, targets
+    return {"peak_bytes": reserved_peak + (context or 0), "allocated_peak_bytes": allocated,
+            "reserved_peak_bytes": reserved_peak, "nvml_process_bytes": nvml_now, "context_bytes": context,
+            "weights_bytes": weights, "grad_bytes": weights if wl.mode == "train" else 0,
+            "gpu": snap.gpus[0].name if snap.gpus else "", "seconds": round(time.perf_counter() - t0, 3), **extra}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=240, help="configurations in the grid")
@@ -181,9 +234,15 @@ def main(argv=None) -> int:
     ap.add_argument("--keep-grid", action="store_true",
                     help="reuse the grid rows already in --out and measure only the outside rows")
     ap.add_argument("--limit", type=int, default=0, help="measure only the first N (a quick look)")
-    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--out", type=Path, default=None, help="default: cpu_peaks.jsonl, or cuda_peaks.jsonl with --device cuda")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="cuda: measure on the GPU (torch.cuda peak stats and NVML) instead of the CPU allocator")
     ap.add_argument("--heldout", type=float, default=0.25, help="fraction held out of the learned estimator's training")
     args = ap.parse_args(argv)
+    args.out = args.out or (OUT_CUDA if args.device == "cuda" else OUT)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device: --device cuda needs a GPU and a CUDA build of torch", file=sys.stderr)
+        return 1
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     kept = []
     if args.keep_grid:
@@ -196,16 +255,22 @@ def main(argv=None) -> int:
         configs = configs[: args.limit]
     rows = list(kept)
     for i, (spec, wl, forced) in enumerate(configs):
+        if args.device == "cuda":
+            from dataclasses import replace
+            wl = replace(wl, device="cuda")
         cid = config_id(spec, wl)
-        m = measure(spec, wl)
+        m = measure_cuda(spec, wl) if args.device == "cuda" else measure(spec, wl)
         split = forced or ("heldout" if int(cid, 16) % 1000 < args.heldout * 1000 else "train")
         rows.append({"id": cid, "split": split, "model": asdict(spec), "workload": asdict(wl), "measured": m,
                      "parameters": spec.parameter_count()})
         print(f"{i + 1:4d}/{len(configs)} {cid} {wl.mode:5s} L{spec.num_layers} h{spec.hidden_size} "
               f"b{wl.batch} s{wl.seq} {wl.dtype} peak={m['peak_bytes'] / 2**20:8.2f} MiB ({m['seconds']:.2f}s)",
               flush=True)
-    meta = {"_meta": {"made_by": "data/gpu/measure.py", "torch": torch.__version__, "device": "cpu",
-                      "ground_truth": "cpu: torch.profiler allocator Total Allocated (live tensor bytes)",
+    truth = ("gpu: torch.cuda max_memory_reserved + CUDA context (NVML process memory minus reserved); "
+             "allocated_peak_bytes beside it" if args.device == "cuda"
+             else "cpu: torch.profiler allocator Total Allocated (live tensor bytes)")
+    meta = {"_meta": {"made_by": "data/gpu/measure.py", "torch": torch.__version__, "device": args.device,
+                      "ground_truth": truth,
                       "date": time.strftime("%Y-%m-%d", time.gmtime()), "configs": len(rows)}}
     with open(args.out, "w") as f:
         f.write(json.dumps(meta) + "\n")
