@@ -13,18 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import signal
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from benchmarks.daemon_process import DaemonProcess
+from benchmarks.results_file import write_result
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results" / "crash.json"
 AGENT = Path(__file__).resolve().parent / "crash_agent.py"
 POLICY = """version: 1
 name: default
@@ -126,15 +124,11 @@ def main(argv: list[str] | None = None) -> int:
                "readopt_ms_p50": round(ordered[len(ordered) // 2], 2) if ordered else 0.0,
                "readopt_ms_p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2) if ordered else 0.0,
                "readopt_ms_max": round(max(ordered), 2) if ordered else 0.0}
-    result = {"metrics": metrics, "params": {"agents": args.agents, "seed": args.seed, "cycles": rows},
-              "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, kernel {platform.release()}",
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2))
+    path = write_result("crash", metrics, {"agents": args.agents, "seed": args.seed, "cycles": rows})
     print(f"\n{'metric':<24} value")
     for k, v in metrics.items():
         print(f"{k:<24} {v}")
-    print(f"\nwrote {RESULTS}")
+    print(f"\nwrote {path}")
     return 0
 
 

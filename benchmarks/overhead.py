@@ -18,18 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from benchmarks.daemon_process import DaemonProcess
+from benchmarks.results_file import write_result
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results" / "overhead.json"
 POLICY = """version: 1
 name: default
 toolcalls:
@@ -128,16 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in r.items():
             if v is not None:
                 metrics[f"{k}_{tracker}"] = v
-    result = {"metrics": metrics, "params": {"tool_calls": count, "tool": "cat /proc/self/cgroup from a sh loop"},
-              "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, kernel {platform.release()}",
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2))
+    path = write_result("overhead", metrics, {"tool_calls": count, "tool": "cat /proc/self/cgroup from a sh loop"})
     keys = list(results["bpf"].keys())
     print(f"\n{'metric':<26} {'bpf (gated)':>14} {'cn_proc':>14}")
     for k in keys:
         print(f"{k:<26} {str(results['bpf'].get(k)):>14} {str(results['cn_proc'].get(k)):>14}")
-    print(f"\nwrote {RESULTS}")
+    print(f"\nwrote {path}")
     return 0
 
 

@@ -20,22 +20,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 
 from agentd.cgroups.detect import open_driver
 from agentd.cgroups.driver import Limits
 from benchmarks.daemon_process import DaemonProcess
+from benchmarks.results_file import write_result
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TRACES = REPO / "data" / "agent-traces" / "swe-agent-traces.json"
-RESULTS = REPO / "benchmarks" / "results" / "replay.json"
 HIGH_TASK = "dask__dask-11628"
 LOW_TASK = "sigmavirus24__github3.py-673"
 MIB = 1 << 20
@@ -245,21 +243,17 @@ def main(argv: list[str] | None = None) -> int:
         metrics[f"p95_alloc_ms_high_{mode}"] = main_row[mode]["p95_alloc_ms_high"]
         metrics[f"wall_s_high_{mode}"] = main_row[mode]["wall_s_high"]
         metrics[f"oom_kills_{mode}"] = main_row[mode]["oom_kills"]
-    result = {"metrics": metrics,
-              "params": {"budget_mb": main_row["budget_mb"], "speed": speed, "model": main_row["model"], "high": HIGH_TASK, "low": LOW_TASK,
-                         "traces": str(args.traces), "cgroups": open_driver(None, create_root=False).kind, "settings": settings},
-              "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, kernel {platform.release()}",
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2))
-    print(f"\nreplay: {HIGH_TASK} (high) + 2 x {LOW_TASK} (low), {speed:g}x, cgroups {result['params']['cgroups']}")
+    params = {"budget_mb": main_row["budget_mb"], "speed": speed, "model": main_row["model"], "high": HIGH_TASK, "low": LOW_TASK,
+              "traces": str(args.traces), "cgroups": open_driver(None, create_root=False).kind, "settings": settings}
+    path = write_result("replay", metrics, params)
+    print(f"\nreplay: {HIGH_TASK} (high) + 2 x {LOW_TASK} (low), {speed:g}x, cgroups {params['cgroups']}")
     print(f"{'model':<14} {'budget':>7} {'mode':<7} {'survived':>9} {'tools ok':>9} {'p95 alloc ms (high)':>20} {'wall s (high)':>14} {'OOM kills':>10}")
     for row in settings:
         for mode in ("none", "static", "agentd"):
             r = row[mode]
             print(f"{row['model']:<14} {row['budget_mb']:>5}MB {mode:<7} {r['survival_pct']:>8.0f}% {r['tool_calls_completed_pct']:>8.1f}% "
                   f"{r['p95_alloc_ms_high']:>20.2f} {r['wall_s_high']:>14.2f} {r['oom_kills']:>10}")
-    print(f"\nwrote {RESULTS}")
+    print(f"\nwrote {path}")
     return 0
 
 

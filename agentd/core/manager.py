@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from collections import deque
 import signal
 import time
@@ -147,6 +148,27 @@ class ToolCall:
         }
 
 
+@dataclass
+class Placement:
+    """What place() did for one exec, handed from the tracker's thread to the event loop."""
+
+    agent: str
+    pid: int
+    info: ProcInfo | None = None
+    intent: Intent | None = None
+    intent_error: str | None = None
+    name: str = ""
+    resolved: Resolved | None = None
+    seq: int = 0
+    rel: str = ""
+    moved: bool = False
+    gated: bool = False
+    placed_us: float = 0.0
+    priority: str = "normal"
+    started: float = 0.0
+    error: str | None = None
+
+
 def tool_limits_for_driver(limits: ResourceLimits, kind: str) -> Limits:
     """Policy limits -> driver knobs. On hybrid (v1 memory) there is no memory.high: the
     hard limit starts at memory_high with oom_kill_disable so the kernel pauses the tool call
@@ -185,6 +207,9 @@ class Manager:
         # event loop so a slow kill never delays the next exec's placement.
         self.run_blocking: Callable = lambda fn, *args: fn(*args)
         self._result_dirs: set[str] = set()
+        # Guards what the tracker's thread (place_gated) and the loop both change:
+        # next_seq and pending intents.
+        self.lock = threading.Lock()
         self.host_budget: int | None = None
         self._budget_paused_since: float | None = None
 
@@ -287,8 +312,9 @@ class Manager:
     def declare_intent(self, agent_name: str, intent: Intent) -> dict:
         agent = self.agents[agent_name]
         now = self.clock()
-        agent.pending_intents = [(t, i) for t, i in agent.pending_intents if now - t < PENDING_INTENT_TTL_S][-15:]
-        agent.pending_intents.append((now, intent))
+        with self.lock:
+            agent.pending_intents = [(t, i) for t, i in agent.pending_intents if now - t < PENDING_INTENT_TTL_S][-15:]
+            agent.pending_intents.append((now, intent))
         policy = self.policy_for(agent.policy)
         resolved = resolve_limits(policy, None, intent)
         for clip in resolved.clips:
@@ -337,7 +363,7 @@ class Manager:
         t0 = time.monotonic()
         try:
             self.start_tool_call(agent, ev.pid, gated=ev.gated, t0=t0)
-        except Exception as exc:  # never leave a gated process stopped
+        except Exception as exc:  # never leave a gated process stopped (the tracker path normally places gated execs)
             self.counters["placement_errors"] += 1
             self.journal.emit("toolcall.error", f"could not place pid {ev.pid} in a tool-call cgroup: {exc}", level="error",
                               agent=agent.name, pid=ev.pid)
@@ -353,8 +379,32 @@ class Manager:
             pass
 
     def start_tool_call(self, agent: Agent, pid: int, *, gated: bool, t0: float | None = None) -> ToolCall | None:
+        placement = self.place(agent, pid, gated=gated, t0=t0)
+        return self.record_placement(placement) if placement is not None else None
+
+    def place_gated(self, ev: ProcEvent) -> "Placement | None":
+        """Called on the tracker's thread for a gated exec: place it and let it run right
+        away, without waiting for the event loop. The bookkeeping follows on the loop
+        (record_placement). Never leaves the process stopped."""
+        t0 = time.monotonic()
+        name = self.by_runtime_id.get(ev.cgroup_id)
+        agent = self.agents.get(name) if name else None
+        if agent is None or agent.state != "live" or ev.pid == agent.main_pid:
+            self._release(ev.pid)
+            return None
+        try:
+            return self.place(agent, ev.pid, gated=True, t0=t0)
+        except Exception as exc:
+            self._release(ev.pid)
+            return Placement(agent=agent.name, pid=ev.pid, error=str(exc))
+
+    def place(self, agent: Agent, pid: int, *, gated: bool, t0: float | None = None) -> "Placement | None":
+        """The kernel-facing half of a tool call's start: name it, resolve its limits,
+        create its cgroup with them, move it there, continue it if gated. Thread-safe."""
         info = read_proc(pid)
         if info is None:
+            if gated:
+                self._release(pid)
             return None  # exited already: nothing to place
         intent, intent_error = None, None
         try:
@@ -362,41 +412,57 @@ class Manager:
         except IntentInvalid as exc:
             intent_error = str(exc)
         now = self.clock()
-        if intent is None:
-            fresh = [(t, i) for t, i in agent.pending_intents if now - t < PENDING_INTENT_TTL_S]
-            if fresh:
-                intent = fresh[0][1]
-                agent.pending_intents.remove(fresh[0])
+        with self.lock:
+            if intent is None:
+                fresh = [(t, i) for t, i in agent.pending_intents if now - t < PENDING_INTENT_TTL_S]
+                if fresh:
+                    intent = fresh[0][1]
+                    agent.pending_intents.remove(fresh[0])
+            seq = agent.next_seq
+            agent.next_seq += 1
         name = (intent.tool if intent and intent.tool else None) or tool_name(info.argv, info.exe, info.comm)
         policy = self.policy_for(agent.policy)
         rule = find_tool_rule(policy, name=name, comm=info.comm, exe=info.exe, argv=info.argv, uid=info.uid)
         resolved = resolve_limits(policy, rule, intent)
-        seq = agent.next_seq
-        agent.next_seq += 1
         rel = f"{agent.cgroup}/tools/{seq:04d}-{name}"
-        self.driver.create(rel)
-        self.driver.apply_limits(rel, tool_limits_for_driver(resolved.limits, self.driver.kind))
-        moved = self.driver.move(pid, rel)
-        priority = (intent.priority if intent and intent.priority else None) or policy.priority
-        set_oom_score_adj(pid, TOOLCALL_OOM_SCORE_ADJ.get(priority, 300))
-        if gated:
-            self._release(pid)
+        try:
+            self.driver.create(rel)
+            self.driver.apply_limits(rel, tool_limits_for_driver(resolved.limits, self.driver.kind))
+            moved = self.driver.move(pid, rel)
+            priority = (intent.priority if intent and intent.priority else None) or policy.priority
+            set_oom_score_adj(pid, TOOLCALL_OOM_SCORE_ADJ.get(priority, 300))
+        finally:
+            if gated:
+                self._release(pid)
         placed_us = (time.monotonic() - t0) * 1e6 if t0 is not None else 0.0
-        if gated:
-            self.placement_us.append(placed_us)
-        agent.runtime_pids.discard(pid)
-        tc = ToolCall(f"{agent.name}/{seq:04d}-{name}", agent.name, seq, name, rel, pid, info.argv, now, resolved, intent,
-                      LadderState(started=now), placed_us=placed_us, priority=priority)
         if not moved:
-            tc.state, tc.ended, tc.outcome, tc.reason = "done", now, "ok", "exited before it could be placed"
             self.driver.remove(rel)
+        return Placement(agent=agent.name, pid=pid, info=info, intent=intent, intent_error=intent_error, name=name,
+                         resolved=resolved, seq=seq, rel=rel, moved=moved, gated=gated, placed_us=placed_us,
+                         priority=priority, started=now)
+
+    def record_placement(self, p: "Placement") -> ToolCall | None:
+        """The event-loop half: the record, the journal, the counters."""
+        agent = self.agents.get(p.agent)
+        if p.error is not None or agent is None:
+            self.counters["placement_errors"] += 1
+            self.journal.emit("toolcall.error", f"could not place pid {p.pid} in a tool-call cgroup: {p.error}", level="error",
+                              agent=p.agent, pid=p.pid)
+            return None
+        if p.gated:
+            self.placement_us.append(p.placed_us)
+        agent.runtime_pids.discard(p.pid)
+        tc = ToolCall(f"{agent.name}/{p.seq:04d}-{p.name}", agent.name, p.seq, p.name, p.rel, p.pid, p.info.argv, p.started,
+                      p.resolved, p.intent, LadderState(started=p.started), placed_us=p.placed_us, priority=p.priority)
+        if not p.moved:
+            tc.state, tc.ended, tc.outcome, tc.reason = "done", p.started, "ok", "exited before it could be placed"
             self._finish_record(tc)
             return tc
         self.toolcalls[tc.id] = tc
         self.counters["toolcalls_started"] += 1
         with self.store.transaction():
             self.store.put_toolcall(tc.record())
-            self._emit_start(tc, agent, info, pid, gated, placed_us, intent_error)
+            self._emit_start(tc, agent, p.info, p.pid, p.gated, p.placed_us, p.intent_error)
         return tc
 
     def _emit_start(self, tc: ToolCall, agent: Agent, info: ProcInfo, pid: int, gated: bool, placed_us: float,
