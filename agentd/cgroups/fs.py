@@ -54,7 +54,10 @@ class Hierarchy:
 
     def mkdirs(self, rel: str) -> list[str]:
         """Create the root (if missing) and rel below it; returns the directories created."""
-        return mkdirs(self.mount, self.root) + mkdirs(self.root_dir, validate_rel(rel))
+        rel = validate_rel(rel)
+        if os.path.isdir(self.root_dir):  # the common case: one stat, then rel's mkdirs
+            return mkdirs(self.root_dir, rel)
+        return mkdirs(self.mount, self.root) + mkdirs(self.root_dir, rel)
 
 
 def read(path: str) -> str:
@@ -112,6 +115,16 @@ def read_pids(procs_file: str) -> list[int]:
 
 def mkdirs(base: str, rel: str) -> list[str]:
     """mkdir each missing component of rel under base; returns the directories created."""
+    leaf = os.path.join(base, rel.strip("/")) if rel.strip("/") else base
+    try:  # the common case on the placement path: only the leaf is new
+        os.mkdir(leaf)
+        return [leaf]
+    except FileExistsError:
+        return []
+    except FileNotFoundError:
+        pass  # a parent is missing: walk down from base
+    except OSError as e:
+        raise CgroupError(e.errno, f"cannot create cgroup {leaf}: {os.strerror(e.errno or 0)}") from e
     created = []
     path = base
     for part in [p for p in rel.split("/") if p]:
