@@ -267,7 +267,7 @@ class Daemon:
             "version": __version__,
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started, 1),
-            "lines": self.lines,
+            "lines": list(self.lines.values()),  # one line per subsystem: what runs, what is missing and why
             "degraded": self.degraded,
             "cgroups": {"driver": f.kind, "features": {k: v for k, v in f.__dict__.items() if isinstance(v, bool)},
                         "missing": f.missing},
