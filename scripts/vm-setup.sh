@@ -82,6 +82,10 @@ else
   kimg=$(ls "$tmp"/root/boot/vmlinuz-* 2>/dev/null | head -n1)
   [ -n "$kimg" ] || die "$pkg contains no /boot/vmlinuz-*"
   kver=${kimg##*/vmlinuz-}
+  # Newer Debian packages ship modules under usr/lib/modules; virtme-ng looks in lib/modules.
+  if [ ! -d "$tmp/root/lib/modules" ] && [ -d "$tmp/root/usr/lib/modules" ]; then
+    ln -s usr/lib "$tmp/root/lib"
+  fi
   # Debian's packages leave modules.dep to their postinst; build it here, for modprobe in the guest.
   /sbin/depmod -a -b "$tmp/root" "$kver" || die "depmod failed for $kver"
   echo "$kver" > "$tmp/root/.complete"
