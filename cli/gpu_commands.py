@@ -157,7 +157,7 @@ def estimate(hf_config, params, mode, dtype, optimizer, mixed_precision, zero_st
         if not snap.available:
             click.echo(_no_driver_line(snap.status) + " (--fit needs live GPUs; use --free SIZE)", err=True)
             sys.exit(1)
-        fits.extend(fit_check(est, snap))
+        fits.extend(fit_check(est, snap, util=util))
         out["fit_backend"] = snap.backend
     if fits:
         out["fit"] = [v.to_json() for v in fits]
@@ -193,6 +193,10 @@ def _print_estimate(model, wl, est, util, fits, elapsed_ms, fit_backend) -> None
         label = " (simulated)" if fit_backend == "simulated" and v.gpu >= 0 else ""
         click.echo(f"fit on {where}{label}: {v.verdict} (free {human(v.free_bytes)}, headroom above the high end "
                    f"{human(v.headroom_bytes)})")
+        if v.slowdown_high is not None:
+            click.echo(f"  next to its {v.neighbour_util * 100:.0f} % load: this job {v.slowdown_low:.2f}x (MPS) to "
+                       f"{v.slowdown_high:.2f}x (time-sliced) slower, what runs there up to "
+                       f"{v.neighbour_slowdown_high:.2f}x slower (a bound)")
 
 
 # --- agentctl gpu -------------------------------------------------------------------------

@@ -132,3 +132,23 @@ def test_gradient_buffers_and_optimizer_implementation_flags(llama):
     fused, foreach = total(1, "--optimizer-impl", "fused"), total(1, "--optimizer-impl", "foreach")
     assert foreach["phase"] == "optimizer step"
     assert foreach["total_bytes"] - fused["total_bytes"] == pytest.approx(4 * 6_738_415_616, rel=0.01)
+
+
+def test_fit_next_to_live_load_carries_slowdown_bounds(llama):
+    from agentd.gpu.estimate import estimate as est_fn, fit_check
+    from agentd.gpu.sampler import FakeNvmlBackend, NvmlSampler
+    from agentd.gpu.spec import ModelSpec, WorkloadSpec
+    from agentd.gpu.utilization import colocation_slowdown, solo_utilization
+
+    model = ModelSpec.from_hf_config(LLAMA2_7B)
+    wl = WorkloadSpec(mode="infer", batch=1, seq=128)
+    util = solo_utilization(model, wl)
+    idle, busy = 0, 1
+    snap = NvmlSampler(backend=FakeNvmlBackend(gpus=2, processes={busy: [(1, 2**30), (2, 2**30)]})).sample()
+    verdicts = fit_check(est_fn(model, wl), snap, util=util)
+    assert verdicts[idle].neighbour_util == 0.0 and verdicts[idle].slowdown_high == 1.0
+    expected = colocation_slowdown(util, 0.70)  # the fake reports 35 % per process
+    assert verdicts[busy].slowdown_high == pytest.approx(expected.a_high)
+    assert verdicts[busy].neighbour_slowdown_high == pytest.approx(expected.b_high) and expected.b_high > 1.0
+    d = json.loads(run(estimate, ["--hf-config", llama, "--mode", "infer", "--simulate-gpus", "1", "--json"]).output)
+    assert d["fit"][0]["slowdown_high"] >= d["fit"][0]["slowdown_low"] >= 1.0
