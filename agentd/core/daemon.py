@@ -74,7 +74,7 @@ class Daemon:
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
         self.results_dir = config.state_dir / "results"
         self.store = Store(config.state_dir / "agentd.db")
-        self.journal = Journal(self.store)
+        self.journal = Journal(self.store, jsonl=config.state_dir / "journal.jsonl")
         self.policies = PolicySet(config.policy_dir, config.default_policy, require_root_owned=config.require_root_owned_policies)
         self.manager = Manager(self.driver, self.store, self.journal, self.policies.get, results_dir=self.results_dir,
                                all_policies=lambda: list(self.policies.policies.values()))
@@ -216,6 +216,7 @@ class Daemon:
                     except ProcessLookupError:
                         pass
         self.journal.emit("daemon.stopped", "agentd stopped; managed agents keep running and will be re-adopted at the next start")
+        self.journal.close()
         self.store.close()
 
     def abort(self) -> None:

@@ -6,22 +6,27 @@ it, and fans it out to API subscribers. Called only from the event loop's thread
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+from pathlib import Path
 from typing import Callable
 
 from agentd.core.store import Store
 
 LEVELS = {"debug": 10, "info": 20, "warn": 30, "error": 40}
 SUBSCRIBER_QUEUE = 1000
+JSONL_MAX_BYTES = 64 << 20  # journal.jsonl is rotated to journal.jsonl.1 past this size
 
 log = logging.getLogger("agentd")
 
 
 class Journal:
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time):
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time, jsonl: Path | None = None):
         self.store = store
         self.clock = clock
+        self.jsonl_path = jsonl  # one JSON line per event, for `tail -f` and log shippers
+        self._jsonl = open(jsonl, "a", buffering=1) if jsonl else None
         self._subscribers: dict[asyncio.Queue, tuple[str | None, int]] = {}
         self.listeners: list[Callable[[dict], None]] = []  # e.g. the demo's live view
         self.counts: dict[str, int] = {}
@@ -33,6 +38,8 @@ class Journal:
                  "message": message, "data": data}
         event["seq"] = self.store.append_event(event)
         self.counts[kind] = self.counts.get(kind, 0) + 1
+        if self._jsonl is not None:
+            self._write_jsonl(event)
         log.log(LEVELS.get(level, 20), "%s%s", f"[{tool_call or agent}] " if (tool_call or agent) else "", message)
         for queue, (want_agent, min_level) in list(self._subscribers.items()):
             if want_agent and want_agent != agent:
@@ -46,6 +53,21 @@ class Journal:
         for listener in self.listeners:
             listener(event)
         return event
+
+    def _write_jsonl(self, event: dict) -> None:
+        try:
+            self._jsonl.write(json.dumps(event, default=str) + "\n")
+            if self._jsonl.tell() > JSONL_MAX_BYTES:
+                self._jsonl.close()
+                self.jsonl_path.replace(self.jsonl_path.with_name(self.jsonl_path.name + ".1"))
+                self._jsonl = open(self.jsonl_path, "a", buffering=1)
+        except OSError as exc:  # a full disk must not stop enforcement
+            log.warning("cannot write %s: %s; events stay in the database", self.jsonl_path, exc)
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
 
     def subscribe(self, agent: str | None = None, min_level: str = "info") -> asyncio.Queue:
         queue: asyncio.Queue = asyncio.Queue(maxsize=SUBSCRIBER_QUEUE)

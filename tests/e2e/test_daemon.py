@@ -267,3 +267,14 @@ def test_systemd_notify_ready_status_watchdog_and_reload(tmp_path):
         os.environ.update(old)
         sock.close()
         d.cleanup()
+
+
+def test_every_decision_is_a_json_line_in_the_journal_file(daemon):
+    rc, lines, err = run_agent(daemon, "jl", [PY, REPORT, "burst", "100"])
+    assert rc == 0, err
+    wait_done(daemon, "jl", 1)
+    events = [json.loads(l) for l in (daemon.state / "journal.jsonl").read_text().splitlines()]
+    kinds = [e["kind"] for e in events if e["agent"] == "jl"]
+    assert kinds[0] == "agent.registered" and "toolcall.start" in kinds and "toolcall.throttled" in kinds
+    throttled = [e for e in events if e["kind"] == "toolcall.throttled"][0]
+    assert throttled["data"]["memory_high"] == 64 << 20 and throttled["message"]
