@@ -295,6 +295,9 @@ def run(state: State, policy: str | None, name: str | None, command: tuple[str, 
                    f"policy {agent.get('policy', policy or 'default')})", err=True)
     os.environ["AGENTD_AGENT"] = agent_name
     os.environ["AGENTD_SOCKET"] = state.socket_path
+    if isinstance(agent, dict) and agent.get("results_dir"):
+        # Where agentd leaves a structured result per tool call (<pid>.json).
+        os.environ["AGENTD_RESULTS_DIR"] = str(agent["results_dir"])
     sys.stdout.flush()
     sys.stderr.flush()
     try:
