@@ -154,7 +154,8 @@ def test_install_service_rewrites_exec_start_and_says_how_to_start(tmp_path):
     assert r.exit_code == 0, r.output
     unit = (tmp_path / "agentd.service").read_text()
     assert "ExecStart=/usr/local/bin/agentd run\n" in unit
-    assert unit.count("ExecStart=") == 1
+    assert [line for line in unit.splitlines() if line.startswith("ExecStart=")] == [
+        "ExecStart=/usr/local/bin/agentd run"]
     assert oct((tmp_path / "agentd.service").stat().st_mode & 0o777) == "0o644"
     if not Path("/run/systemd/system").is_dir():
         assert "systemctl daemon-reload && systemctl enable --now agentd" in r.output
