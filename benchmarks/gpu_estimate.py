@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     held = [r for r in rows if r["split"] == "heldout"]
     outside = [r for r in rows if r["split"] == "outside"]
 
-    ana_errs, ana_by_mode = [], {"train": [], "infer": []}
+    ana_errs, ana_by_mode, ana_moe = [], {"train": [], "infer": []}, []
     worst = (0.0, "")
     inside = 0
     for r in rows:
@@ -111,6 +111,8 @@ def main(argv=None) -> int:
         e = _err(est.total_bytes, r["measured"]["peak_bytes"])
         ana_errs.append(e)
         ana_by_mode[w.mode].append(e)
+        if m.num_experts:
+            ana_moe.append(e)
         if abs(e) > abs(worst[0]):
             worst = (e, r["id"])
     ana = _summary(ana_errs)
@@ -142,7 +144,7 @@ def main(argv=None) -> int:
         import torch  # noqa: F401
 
         from agentd.gpu import cpu_side
-        subset = _spaced(rows, 6 if args.quick else 60)
+        subset = _spaced([r for r in rows if not r["model"].get("num_experts")], 6 if args.quick else 60)
         errs = []
         for r in subset:
             m, w = model_spec_from_dict(r["model"]), workload_spec_from_dict(r["workload"])
@@ -179,6 +181,7 @@ def main(argv=None) -> int:
         "mape_pct_analytical_train_mode": round(_summary(ana_by_mode["train"])["mape"], 3),
         "mape_pct_analytical_infer_mode": round(_summary(ana_by_mode["infer"])["mape"], 3),
         "mape_pct_analytical_heldout": round(ana_held["mape"], 3),
+        "mape_pct_analytical_moe": round(_summary(ana_moe)["mape"], 3), "samples_moe": len(ana_moe),
         "mape_pct_analytical_outside": round(out_sum["mape"], 3), "samples_outside": len(outside),
         "learned_fallback_pct_outside": round(100.0 * out_fell / max(len(outside), 1), 1),
         "range_coverage_pct_analytical": round(100.0 * inside / len(rows), 2),
@@ -233,6 +236,8 @@ def main(argv=None) -> int:
         print(f"cpu_side is {metrics['latency_ratio_cpu_side_to_analytical']}x slower than analytical")
     print(f"analytical on held-out rows: MAPE {ana_held['mape']:.2f} %; train-mode {metrics['mape_pct_analytical_train_mode']:.2f} %, "
           f"infer-mode {metrics['mape_pct_analytical_infer_mode']:.2f} %; worst {worst[0]:+.1f} % ({worst[1]})")
+    print(f"mixture-of-experts rows: analytical MAPE {metrics['mape_pct_analytical_moe']} % over {len(ana_moe)} "
+          "(cpu_side cannot trace their data-dependent routing)")
     print(f"{len(outside)} larger models beyond the grid (hidden 384-512, vocab to 32000, seq to 1024): analytical MAPE "
           f"{out_sum['mape']:.2f} % (max {out_sum['max']:.2f} %), learned fell back on {out_fell}/{len(outside)}")
     print(f"measured peaks inside the stated range: analytical {metrics['range_coverage_pct_analytical']} %, "

@@ -96,9 +96,16 @@ def layer_activations(model: ModelSpec, wl: WorkloadSpec, small_terms: bool = Tr
     replicated = sb * h * (2 * norm_saved_bytes(model, wl) + 2 * e + 2 * m)
     k_width = hq if eager else hkv  # eager GQA repeats K/V heads (a real copy) before the matmul
     parallel = sb * e * (hq + 2 * k_width + hq)
-    parallel += sb * e * f * (4 if model.gated_mlp else 2)
+    # every token's hidden state goes through `routed` MLPs (top-k experts); the router's
+    # logits and softmax are kept too
+    parallel += sb * e * f * (4 if model.gated_mlp else 2) * model.routed
     quadratic = 0
     stats = 0
+    if model.num_experts:
+        # each routed token's gathered input copy and its expert's output (kept for the
+        # routing-weight product), int64 token indices, and the router's fp32 softmax
+        parallel += 2 * sb * h * e * model.routed
+        stats += sb * model.routed * 32 + sb * model.num_experts * 8
     if eager:
         quadratic = a * s * s * b * (e + (m + e if m else 0))
     elif small_terms:
@@ -146,13 +153,16 @@ def _layer_backward_peak(model: ModelSpec, wl: WorkloadSpec, grad_bytes: float =
     e = DTYPE_BYTES[wl.dtype]
     sb, h, f, a = s * b, model.hidden_size, model.ffn, model.num_heads
     full = layer_activations(model, replace(wl, recompute="none" if wl.recompute == "full" else wl.recompute))
+    # experts run their backward one after another: at the MLP's worst moment only one
+    # expert's weight gradients are new
     n_mlp = (3 if model.gated_mlp else 2) * h * f
     g_mlp = int(n_mlp / t * grad_bytes)
     g_layer = int(model.layer_parameters() / t * grad_bytes)
-    mlp_saved = sb * e * f * (4 if model.gated_mlp else 2) // t
+    mlp_saved = sb * e * f * (4 if model.gated_mlp else 2) * model.routed // t
     # the down projection's input is released when its backward ran; the activation's
     # backward then holds one (GELU) or two (gate and up of SwiGLU) new f-wide gradients
-    mlp_tmp = sb * f * e * (2 if model.gated_mlp else 1) // t
+    # (for a mixture of experts, one expert's share of the tokens at a time)
+    mlp_tmp = sb * f * e * (2 if model.gated_mlp else 1) * model.routed // model.experts // t
     if wl.attention == "eager" and wl.recompute != "selective":
         attn_tmp = 2 * a * s * s * b * e // t
     else:  # flash (or selective recomputation) recomputes the scores block by block
@@ -172,7 +182,8 @@ def _prefill_temporaries(model: ModelSpec, wl: WorkloadSpec) -> int:
         attn = sb * e * (2 * h + hq + (2 * hq if gqa else 0)) // 1 + 2 * a * s * s * b * e // t + 2 * s * s
     else:
         attn = sb * e * (2 * h + 2 * hq // t)
-    mlp = sb * e * 3 * h + sb * e * f * (3 if model.gated_mlp else 2) // t
+    # experts run one after another (HF's loop), each on its share of the routed tokens
+    mlp = sb * e * 3 * h + sb * e * f * (3 if model.gated_mlp else 2) * model.routed // model.experts // t
     return max(attn, mlp)
 
 

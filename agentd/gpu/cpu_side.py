@@ -13,7 +13,8 @@ Two ways in:
   (agentd/gpu/torch_models.py) built from the spec, so it is comparable with the other
   estimators through agentd.gpu.estimate.
 
-Limits: it sees the CPU kernels' choices (which tensors a CPU kernel keeps), not CUDA's
+Limits: data-dependent shapes (mixture-of-experts routing) cannot be traced; it sees the
+CPU kernels' choices (which tensors a CPU kernel keeps), not CUDA's
 (fused dropout keeps a 1-byte mask, fused RMSNorm keeps less); it does not see the CUDA
 context, allocator rounding or workspaces, which are added from the analytical model's
 overhead when the target is CUDA. Its cost grows with the number of ops, not tensor sizes.
@@ -112,6 +113,10 @@ def estimate(model: ModelSpec, workload: WorkloadSpec) -> Estimate:
         raise ValueError("the cpu_side estimator traces one device without parallelism (tp=dp=1, no ZeRO)")
     if wl.recompute == "selective":
         raise ValueError("the reference decoder implements recompute none or full, not selective")
+    if model.num_experts:
+        # expert routing picks tokens by value (nonzero), which fake tensors cannot know
+        raise ValueError("a mixture of experts has data-dependent shapes that fake tensors cannot trace; "
+                         "use the analytical method")
     if wl.mixed_precision:
         raise ValueError("the cpu_side estimator traces one dtype; mixed precision is not supported")
     torch = _torch()

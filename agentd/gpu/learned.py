@@ -39,7 +39,7 @@ DATA_CUDA = DATA.with_name("cuda_peaks.jsonl")
 # 1 until GPU measurements join the data set; then it learns this hardware's context size.
 FEATURES = ("weights", "gradients", "optimizer_states", "activations", "kv_cache", "temporaries", "overhead")
 SIZE_KEYS = ("layers", "hidden", "vocab", "batch", "seq", "parameters", "tokens")
-CATEGORY_KEYS = ("mode", "attention", "optimizer", "dtype", "recompute", "device", "grad_buffers")
+CATEGORY_KEYS = ("mode", "attention", "optimizer", "dtype", "recompute", "device", "grad_buffers", "mlp")
 
 
 def _sizes(model: ModelSpec, wl: WorkloadSpec) -> dict[str, float]:
@@ -48,8 +48,8 @@ def _sizes(model: ModelSpec, wl: WorkloadSpec) -> dict[str, float]:
             "tokens": wl.batch * wl.seq}
 
 
-def _categories(wl: WorkloadSpec) -> dict[str, str]:
-    return {"mode": wl.mode, "attention": wl.attention, "optimizer": wl.optimizer if wl.mode == "train" else "-",
+def _categories(wl: WorkloadSpec, model: ModelSpec) -> dict[str, str]:
+    return {"mlp": "moe" if model.num_experts else ("gated" if model.gated_mlp else "plain"),"mode": wl.mode, "attention": wl.attention, "optimizer": wl.optimizer if wl.mode == "train" else "-",
             "dtype": wl.dtype, "recompute": wl.recompute, "device": wl.device,
             "grad_buffers": wl.grad_buffers if wl.mode == "train" else "-"}
 
@@ -104,7 +104,7 @@ class LearnedModel:
             for k, v in _sizes(m, wl).items():
                 lo, hi = size_range.get(k, [v, v])
                 size_range[k] = [min(lo, v), max(hi, v)]
-            for k, v in _categories(wl).items():
+            for k, v in _categories(wl, m).items():
                 cats[k].add(v)
         if not xs:
             raise ValueError("no training rows")
@@ -129,7 +129,7 @@ class LearnedModel:
             if d > 0:
                 why.append(f"{k}={v:g} outside the trained {lo:g}..{hi:g} ({d:.1f} octaves)")
             worst = max(worst, d)
-        for k, v in _categories(wl).items():
+        for k, v in _categories(wl, model).items():
             if v not in self.categories[k]:
                 why.append(f"{k}={v} never seen in training (seen: {', '.join(sorted(map(str, self.categories[k])))})")
                 worst = math.inf

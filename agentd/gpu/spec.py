@@ -51,6 +51,8 @@ class ModelSpec:
     bias: bool = False  # biases on the attention and MLP projections
     learned_positions: int = 0  # rows of a learned position embedding (GPT-2); 0 for RoPE
     parameters: int = 0  # override / only known figure; 0: derived from the architecture
+    num_experts: int = 0  # mixture of experts (Mixtral-style): experts per layer; 0 for a dense MLP
+    experts_per_token: int = 0  # experts each token is routed to (top-k)
     dtype: str = "fp16"  # the dtype the checkpoint is stored in (torch_dtype)
     name: str = ""
 
@@ -70,14 +72,28 @@ class ModelSpec:
     def ffn(self) -> int:
         return self.intermediate_size or 4 * self.hidden_size
 
+    @property
+    def experts(self) -> int:
+        """MLPs held per layer (1 for a dense model)."""
+        return max(1, self.num_experts)
+
+    @property
+    def routed(self) -> int:
+        """MLPs each token passes through: top-k for a mixture of experts, else 1."""
+        return (self.experts_per_token or 1) if self.num_experts else 1
+
     # Parameter counts, split the way the estimators need them.
-    def layer_parameters(self) -> int:
+    def layer_parameters(self, active: bool = False) -> int:
+        """Parameters of one layer; active=True counts only the experts a token uses (FLOPs)."""
         h, hq, hkv, f = self.hidden_size, self.num_heads * self.hd, self.kv_heads * self.hd, self.ffn
         n = h * hq + 2 * h * hkv + hq * h
-        n += (3 if self.gated_mlp else 2) * h * f
+        mlps = self.routed if active else self.experts
+        n += mlps * (3 if self.gated_mlp else 2) * h * f
+        if self.num_experts:
+            n += h * self.num_experts  # router
         n += (2 if self.norm == "layernorm" else 1) * 2 * h
         if self.bias:
-            n += hq + 2 * hkv + h + ((2 * f) if self.gated_mlp else f) + h
+            n += hq + 2 * hkv + h + mlps * (((2 * f) if self.gated_mlp else f) + h)
         return n
 
     def embedding_parameters(self) -> int:
@@ -116,7 +132,11 @@ class ModelSpec:
 
     @classmethod
     def from_hf_config(cls, cfg: dict, name: str = "") -> "ModelSpec":
-        """Read a Hugging Face config.json dict (Llama, Mistral, Qwen, GPT-2 key names)."""
+        """Read a Hugging Face config.json dict (Llama, Mistral, Mixtral, Qwen, GPT-2 key names;
+        a multimodal config's text_config). Mixture-of-experts layers are read as routed
+        experts only: shared experts and DeepSeek's dense first layers are not modelled."""
+        if "hidden_size" not in cfg and isinstance(cfg.get("text_config"), dict):
+            cfg = {**cfg["text_config"], **{k: v for k, v in cfg.items() if k in ("torch_dtype",)}}
         def get(*keys, default=None):
             for k in keys:
                 if k in cfg and cfg[k] is not None:
@@ -136,6 +156,8 @@ class ModelSpec:
         gated = model_type not in _UNGATED_TYPES and act in _GATED_ACTS | {"silu"}
         is_gpt2 = model_type == "gpt2"
         tie = get("tie_word_embeddings", default=is_gpt2)
+        experts = int(get("num_local_experts", "num_experts", "n_routed_experts", default=0) or 0)
+        ffn = get("moe_intermediate_size", default=None) if experts else None
         dtype = get("torch_dtype", "dtype", default="fp16")
         try:
             dtype = canonical_dtype(dtype)
@@ -145,7 +167,8 @@ class ModelSpec:
             num_layers=int(layers), hidden_size=int(h), num_heads=int(heads),
             num_kv_heads=int(get("num_key_value_heads", default=heads)),
             vocab_size=int(vocab),
-            intermediate_size=int(get("intermediate_size", "n_inner", default=0) or 4 * int(h)),
+            intermediate_size=int(ffn or get("intermediate_size", "n_inner", default=0) or 4 * int(h)),
+            num_experts=experts, experts_per_token=int(get("num_experts_per_tok", default=2 if experts else 0) or 0),
             head_dim=int(get("head_dim", default=0) or 0),
             tie_word_embeddings=bool(tie), gated_mlp=gated,
             norm="layernorm" if (is_gpt2 or "layer_norm_epsilon" in cfg or cfg.get("norm") == "layernorm")

@@ -33,6 +33,43 @@ def _norm(spec: ModelSpec) -> nn.Module:
     return nn.LayerNorm(spec.hidden_size) if spec.norm == "layernorm" else RMSNorm(spec.hidden_size)
 
 
+class Expert(nn.Module):
+    def __init__(self, h: int, f: int, bias: bool):
+        super().__init__()
+        self.gate = nn.Linear(h, f, bias=bias)
+        self.up = nn.Linear(h, f, bias=bias)
+        self.down = nn.Linear(f, h, bias=bias)
+
+    def forward(self, x):
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class MoE(nn.Module):
+    """Mixtral's sparse MLP as Hugging Face's eager code runs it: softmax router, top-k,
+    then a loop over experts, each on the tokens routed to it, summed back with index_add."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.k = spec.experts_per_token or 2
+        self.router = nn.Linear(spec.hidden_size, spec.num_experts, bias=False)
+        self.experts = nn.ModuleList(Expert(spec.hidden_size, spec.ffn, spec.bias) for _ in range(spec.num_experts))
+
+    def forward(self, y):
+        b, s, h = y.shape
+        flat = y.reshape(-1, h)
+        weights = torch.softmax(self.router(flat), dim=-1, dtype=torch.float)
+        weights, chosen = torch.topk(weights, self.k, dim=-1)
+        weights = (weights / weights.sum(dim=-1, keepdim=True)).to(flat.dtype)
+        out = torch.zeros_like(flat)
+        mask = F.one_hot(chosen, num_classes=len(self.experts)).permute(2, 1, 0)
+        for i, expert in enumerate(self.experts):
+            idx, tok = torch.where(mask[i])
+            if tok.numel() == 0:
+                continue
+            out.index_add_(0, tok, expert(flat[tok]) * weights[tok, idx, None])
+        return out.reshape(b, s, h)
+
+
 class Block(nn.Module):
     def __init__(self, spec: ModelSpec, dropout: float, attention: str):
         super().__init__()
@@ -44,7 +81,10 @@ class Block(nn.Module):
         self.v = nn.Linear(h, kv * hd, bias=spec.bias)
         self.o = nn.Linear(a * hd, h, bias=spec.bias)
         self.gated = spec.gated_mlp
-        if self.gated:
+        self.moe = None
+        if spec.num_experts:
+            self.moe = MoE(spec)
+        elif self.gated:
             self.gate = nn.Linear(h, f, bias=spec.bias)
             self.up = nn.Linear(h, f, bias=spec.bias)
             self.down = nn.Linear(f, h, bias=spec.bias)
@@ -82,6 +122,8 @@ class Block(nn.Module):
 
     def mlp(self, x):
         y = self.norm2(x)
+        if self.moe is not None:
+            return self._drop(self.moe(y))
         if self.gated:
             return self._drop(self.down(F.silu(self.gate(y)) * self.up(y)))
         return self._drop(self.fc2(F.gelu(self.fc1(y))))

@@ -91,7 +91,7 @@ def step_flops(model: ModelSpec, wl: WorkloadSpec) -> float:
     tokens = wl.batch * wl.seq
     if model.has_architecture:
         head = model.vocab_size * model.hidden_size
-        layers = model.num_layers * model.layer_parameters()
+        layers = model.num_layers * model.layer_parameters(active=True)  # routed experts only
         attn = 4.0 * model.num_layers * wl.batch * wl.seq * wl.seq * model.num_heads * model.hd  # QK^T and PV
     else:
         head, layers, attn = 0, model.parameter_count(), 0.0

@@ -109,6 +109,36 @@ def outside_grid(n: int, seed: int = 7) -> list[tuple[ModelSpec, WorkloadSpec]]:
     return out
 
 
+def moe_grid(n: int, seed: int = 11) -> list[tuple[ModelSpec, WorkloadSpec]]:
+    """Mixture-of-experts decoders (Mixtral-style, 4-8 experts, top-1 or top-2) within the
+    grid's sizes; split into train/held-out like the grid."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        h = rng.choice([64, 128, 192])
+        heads = rng.choice([2, 4])
+        spec = ModelSpec(num_layers=rng.choice([1, 2, 4]), hidden_size=h, num_heads=heads,
+                         num_kv_heads=rng.choice([heads, 1]), vocab_size=rng.choice([256, 1024, 4096]),
+                         intermediate_size=rng.choice([h, 2 * h]), num_experts=rng.choice([4, 8]),
+                         experts_per_token=rng.choice([1, 2]), tie_word_embeddings=rng.random() < 0.3,
+                         gated_mlp=True, norm="rmsnorm", dtype="fp32")
+        if i % 3 == 2:
+            wl = WorkloadSpec(mode="infer", batch=rng.choice([2, 4, 8]), seq=rng.choice([64, 128, 256]),
+                              dtype="fp32", attention=rng.choice(["eager", "flash"]), device="cpu")
+        else:
+            wl = WorkloadSpec(mode="train", batch=rng.choice([2, 4, 8]), seq=rng.choice([64, 128, 256]), dtype="fp32",
+                              optimizer=rng.choice(["adam", "sgd"]), optimizer_impl=rng.choice(["foreach", "single"]),
+                              attention=rng.choice(["eager", "flash"]), grad_buffers="freed", device="cpu")
+        out.append((spec, wl))
+    return out
+
+
+def group_of(row: dict) -> str:
+    if row["split"] == "outside":
+        return "outside"
+    return "moe" if row["model"].get("num_experts") else "grid"
+
+
 def config_id(spec: ModelSpec, wl: WorkloadSpec) -> str:
     return hashlib.sha1(json.dumps([asdict(spec), asdict(wl)], sort_keys=True).encode()).hexdigest()[:10]
 
@@ -231,8 +261,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=240, help="configurations in the grid")
     ap.add_argument("--outside", type=int, default=8, help="larger configurations beyond the grid (split 'outside')")
-    ap.add_argument("--keep-grid", action="store_true",
-                    help="reuse the grid rows already in --out and measure only the outside rows")
+    ap.add_argument("--moe", type=int, default=18, help="mixture-of-experts configurations (Mixtral-style)")
+    ap.add_argument("--only", default="", help="comma list of groups to (re)measure (grid, moe, outside), "
+                                               "keeping the other groups' rows already in --out")
     ap.add_argument("--limit", type=int, default=0, help="measure only the first N (a quick look)")
     ap.add_argument("--out", type=Path, default=None, help="default: cpu_peaks.jsonl, or cuda_peaks.jsonl with --device cuda")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
@@ -244,13 +275,17 @@ def main(argv=None) -> int:
         print("no CUDA device: --device cuda needs a GPU and a CUDA build of torch", file=sys.stderr)
         return 1
     torch.set_num_threads(min(2, os.cpu_count() or 1))
+    only = {g for g in args.only.split(",") if g} or {"grid", "moe", "outside"}
     kept = []
-    if args.keep_grid:
-        kept = [r for r in (json.loads(x) for x in open(args.out)) if "_meta" not in r and r["split"] != "outside"]
-        configs = []
-    else:
-        configs = [(s, w, None) for s, w in grid(args.n)]
-    configs += [(s, w, "outside") for s, w in outside_grid(args.outside)]
+    if args.only:
+        kept = [r for r in (json.loads(x) for x in open(args.out)) if "_meta" not in r and group_of(r) not in only]
+    configs = []
+    if "grid" in only:
+        configs += [(s, w, None) for s, w in grid(args.n)]
+    if "moe" in only:
+        configs += [(s, w, None) for s, w in moe_grid(args.moe)]
+    if "outside" in only:
+        configs += [(s, w, "outside") for s, w in outside_grid(args.outside)]
     if args.limit:
         configs = configs[: args.limit]
     rows = list(kept)

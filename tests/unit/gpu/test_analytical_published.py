@@ -25,6 +25,29 @@ def test_parameter_counts_match_the_published_checkpoints():
     assert ModelSpec.from_hf_config(GPT2).parameter_count() == 124_439_808
 
 
+MIXTRAL_8X7B = {"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8,
+                "num_hidden_layers": 32, "num_local_experts": 8, "num_experts_per_tok": 2, "vocab_size": 32000,
+                "tie_word_embeddings": False, "torch_dtype": "bfloat16", "model_type": "mixtral", "hidden_act": "silu"}
+
+
+def test_mixture_of_experts_total_and_active_parameters():
+    # mistralai/Mixtral-8x7B-v0.1: Hugging Face reports 46,702,792,704 parameters; Mistral AI's
+    # announcement: "46.7B total parameters but only uses 12.9B parameters per token".
+    m = ModelSpec.from_hf_config(MIXTRAL_8X7B)
+    assert m.parameter_count() == 46_702_792_704
+    active = m.num_layers * m.layer_parameters(active=True) + m.embedding_parameters() + m.head_parameters()
+    assert active / 1e9 == pytest.approx(12.9, abs=0.05)
+    # its KV cache: 32 layers x 8 KV heads x 128 x 2 (K, V) x 2 bytes = 128 KiB per token
+    est = analytical.estimate(m, WorkloadSpec(mode="infer", batch=1, seq=32768))
+    assert est.kv_bytes_per_token == 128 * 1024 and est.parts["weights"] == 2 * 46_702_792_704
+
+
+def test_a_multimodal_config_is_read_through_its_text_config():
+    m = ModelSpec.from_hf_config({"model_type": "llava", "torch_dtype": "float16",
+                                  "text_config": dict(LLAMA2_7B)})
+    assert m.parameter_count() == 6_738_415_616 and m.dtype == "fp16"
+
+
 def test_zero_paper_baseline_is_16_bytes_per_parameter():
     # Rajbhandari et al., "ZeRO: Memory Optimizations Toward Training Trillion Parameter
     # Models" (SC'20), §3.1/Fig. 1: mixed-precision Adam keeps 2+2+12 = 16 bytes per
