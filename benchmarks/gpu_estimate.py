@@ -47,6 +47,45 @@ def _spaced(rows: list, n: int) -> list:
     return [rows[int(i * step)] for i in range(n)]
 
 
+def _blackbox_features(r: dict) -> list[float]:
+    """Raw configuration features in log space, as a black-box ML estimator sees them."""
+    import math
+
+    m, w = model_spec_from_dict(r["model"]), workload_spec_from_dict(r["workload"]).resolved(
+        model_spec_from_dict(r["model"]))
+    lg = math.log
+    tokens = w.batch * w.seq
+    moments = {"adam": 2, "adamw": 2, "sgd": 0, "sgd_momentum": 1}[w.optimizer] if w.mode == "train" else 0
+    return [1.0, lg(m.num_layers), lg(m.hidden_size), lg(m.num_heads), lg(m.kv_heads), lg(m.vocab_size), lg(m.ffn),
+            lg(w.batch), lg(w.seq), lg(m.parameter_count()), lg(tokens * m.vocab_size),
+            lg(tokens * m.hidden_size * m.num_layers), lg(m.num_heads * w.seq * tokens * m.num_layers),
+            float(w.mode == "train"), float(w.attention == "eager"), float(w.dtype == "bf16"),
+            float(w.recompute == "full"), float(w.dropout > 0), float(moments), float(m.tie_word_embeddings),
+            float(m.gated_mlp), float(w.grad_buffers == "persistent"), float(m.num_experts > 0)]
+
+
+def _blackbox(train: list, tests: dict[str, list], ridge: float = 1e-3) -> dict[str, dict]:
+    """A log-linear ridge regression on raw features: the seed paper's ML family, kept here
+    as a baseline to show why agentd's learned estimator builds on the analytical parts."""
+    import math
+
+    from agentd.gpu.learned import _solve
+
+    xs = [_blackbox_features(r) for r in train]
+    ys = [math.log(r["measured"]["peak_bytes"]) for r in train]
+    n = len(xs[0])
+    ata = [[sum(x[i] * x[j] for x in xs) + (ridge * len(xs) if i == j and i else 0.0) for j in range(n)]
+           for i in range(n)]
+    aty = [sum(x[i] * y for x, y in zip(xs, ys)) for i in range(n)]
+    coef = _solve(ata, aty)
+    out = {}
+    for name, rows in tests.items():
+        errs = [_err(int(math.exp(sum(c * f for c, f in zip(coef, _blackbox_features(r))))),
+                     r["measured"]["peak_bytes"]) for r in rows]
+        out[name] = _summary(errs)
+    return out
+
+
 def _latency_analytical(n: int) -> dict:
     model = ModelSpec.from_hf_config(LLAMA2_7B)
     wl = WorkloadSpec(mode="train", batch=4, seq=4096, mixed_precision=True, zero_stage=1, dp=8)
@@ -135,6 +174,7 @@ def main(argv=None) -> int:
         out_ana.append(_err(analytical.estimate(m, w).total_bytes, r["measured"]["peak_bytes"]))
         out_fell += lm.estimate(m, w).fell_back
     out_sum = _summary(out_ana)
+    bb = _blackbox(train, {"heldout": held, "outside": outside})
     far = lm.estimate(ModelSpec.from_hf_config(LLAMA2_7B), WorkloadSpec(mode="train", batch=1, seq=4096, device="cpu"))
 
     cpu = {"mape": float("nan"), "max": float("nan"), "n": 0}
@@ -184,6 +224,9 @@ def main(argv=None) -> int:
         "mape_pct_analytical_moe": round(_summary(ana_moe)["mape"], 3), "samples_moe": len(ana_moe),
         "mape_pct_analytical_outside": round(out_sum["mape"], 3), "samples_outside": len(outside),
         "learned_fallback_pct_outside": round(100.0 * out_fell / max(len(outside), 1), 1),
+        "mape_pct_blackbox_baseline": round(bb["heldout"]["mape"], 3),
+        "max_err_pct_blackbox_baseline": round(bb["heldout"]["max"], 3),
+        "mape_pct_blackbox_baseline_outside": round(bb["outside"]["mape"], 3),
         "range_coverage_pct_analytical": round(100.0 * inside / len(rows), 2),
         "range_coverage_pct_learned": round(100.0 * lrn_inside / max(len(held), 1), 2),
         "mape_pct_learned": round(lrn["mape"], 3), "max_err_pct_learned": round(lrn["max"], 3),
@@ -236,6 +279,8 @@ def main(argv=None) -> int:
         print(f"cpu_side is {metrics['latency_ratio_cpu_side_to_analytical']}x slower than analytical")
     print(f"analytical on held-out rows: MAPE {ana_held['mape']:.2f} %; train-mode {metrics['mape_pct_analytical_train_mode']:.2f} %, "
           f"infer-mode {metrics['mape_pct_analytical_infer_mode']:.2f} %; worst {worst[0]:+.1f} % ({worst[1]})")
+    print(f"black-box baseline (log-linear ridge on raw config features, same training rows): held-out MAPE "
+          f"{bb['heldout']['mape']:.1f} % (max {bb['heldout']['max']:.1f} %), larger models {bb['outside']['mape']:.1f} %")
     print(f"mixture-of-experts rows: analytical MAPE {metrics['mape_pct_analytical_moe']} % over {len(ana_moe)} "
           "(cpu_side cannot trace their data-dependent routing)")
     print(f"{len(outside)} larger models beyond the grid (hidden 384-512, vocab to 32000, seq to 1024): analytical MAPE "
