@@ -156,6 +156,14 @@ class ModelSpec:
         gated = model_type not in _UNGATED_TYPES and act in _GATED_ACTS | {"silu"}
         is_gpt2 = model_type == "gpt2"
         tie = get("tie_word_embeddings", default=is_gpt2)
+        unsupported = [why for key, why in (
+            ("kv_lora_rank", "multi-head latent attention (DeepSeek-V2/V3 compress the KV cache)"),
+            ("n_shared_experts", "shared experts"), ("shared_expert_intermediate_size", "shared experts"),
+            ("first_k_dense_replace", "dense layers before the expert layers"))
+            if cfg.get(key)]
+        if unsupported:
+            raise ValueError(f"this architecture is not modelled: {'; '.join(dict.fromkeys(unsupported))}; "
+                             "give --params for its model states")
         experts = int(get("num_local_experts", "num_experts", "n_routed_experts", default=0) or 0)
         ffn = get("moe_intermediate_size", default=None) if experts else None
         dtype = get("torch_dtype", "dtype", default="fp16")

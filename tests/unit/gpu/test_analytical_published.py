@@ -166,3 +166,12 @@ def test_invalid_workloads_are_refused_with_a_reason():
         analytical.estimate(model, WorkloadSpec(mode="serve"))
     with pytest.raises(ValueError, match="lacks"):
         ModelSpec.from_hf_config({"hidden_size": 10})
+
+
+def test_architectures_it_does_not_model_are_refused_not_guessed():
+    # DeepSeek-V3 caches a compressed latent (kv_lora_rank 512 + 64 rope dims) instead of K and V
+    with pytest.raises(ValueError, match="multi-head latent attention"):
+        ModelSpec.from_hf_config(dict(LLAMA2_7B, kv_lora_rank=512, qk_rope_head_dim=64, n_routed_experts=256,
+                                      n_shared_experts=1))
+    with pytest.raises(ValueError, match="shared experts"):
+        ModelSpec.from_hf_config(dict(LLAMA2_7B, num_experts=60, shared_expert_intermediate_size=5632))
