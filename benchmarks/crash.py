@@ -11,7 +11,6 @@ orphan_cgroups, managed_processes_lost, readopt_ms_p50/p99, and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import signal

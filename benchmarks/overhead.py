@@ -16,7 +16,6 @@ side by side for the bpf (gated) and cn_proc (ungated) trackers.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys

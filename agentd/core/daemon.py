@@ -17,7 +17,9 @@ from agentd import __version__
 from agentd.cgroups.detect import move_self_to_daemon_cgroup, open_driver
 from agentd.core.controller import DaemonController
 from agentd.core.journal import Journal
-from agentd.core.manager import Manager, _is_stopped, readopt
+from agentd.core.manager import Manager
+from agentd.core.procinfo import is_stopped
+from agentd.core.readopt import readopt
 from agentd.core.policies import PolicySet
 from agentd.core.store import Store
 from agentd.paths import DEFAULT_POLICY, DEFAULT_POLICY_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR
@@ -210,7 +212,7 @@ class Daemon:
         # A gated exec still waiting for placement must not stay stopped without us.
         for agent in self.manager.agents.values():
             for pid in self.driver.procs(f"{agent.cgroup}/runtime") if agent.state == "live" else []:
-                if _is_stopped(pid):
+                if is_stopped(pid):
                     try:
                         os.kill(pid, signal.SIGCONT)
                     except ProcessLookupError:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
-from collections import deque
 import signal
+import threading
 import time
-from dataclasses import asdict, dataclass, field
+from collections import deque
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -22,11 +22,12 @@ from agentd.cgroups.driver import CgroupDriver, CgroupError, Limits
 from agentd.core import escalation
 from agentd.core.escalation import LadderState, Sample
 from agentd.core.journal import Journal
+from agentd.core.model import Agent, Placement, ToolCall
+from agentd.core.procinfo import ProcInfo, alive, read_environ, read_proc, set_oom_score_adj
 from agentd.core.store import Store
 from agentd.core.toolcall_rules import (
     Intent,
     IntentInvalid,
-    Resolved,
     find_tool_rule,
     parse_intent_env,
     resolve_limits,
@@ -36,7 +37,6 @@ from agentd.core.toolcall_rules import (
 from agentd.events import ProcEvent, ProcEventKind
 from agentd.policy.schema import Policy, ResourceLimits, valid_name
 from agentd.policy.spec import format_size
-from agentd.tracking import procfs
 from agentd.tracking.backend import TrackerBackend
 
 # The kernel's OOM killer must take a tool call before an agent's runtime (its LLM loop):
@@ -48,125 +48,6 @@ RUNTIME_OOM_SCORE_ADJ = -900
 TOOLCALL_OOM_SCORE_ADJ = {"high": 100, "normal": 400, "low": 800}
 PENDING_INTENT_TTL_S = 30.0  # an intent declared over the API applies to the next tool call within this time
 FINISHED_AGENT_KEEP = 200
-
-
-@dataclass
-class ProcInfo:
-    pid: int
-    ppid: int
-    comm: str
-    exe: str | None
-    argv: list[str]
-    uid: int
-    start: int  # /proc/<pid>/stat start time in clock ticks: tells a reused pid from ours
-
-
-def read_proc(pid: int) -> ProcInfo | None:
-    """What /proc says about pid; None when it is gone (normal, not an error)."""
-    stat = procfs.read_stat(pid)
-    status = procfs.read_status(pid) if stat else None
-    argv = procfs.read_cmdline(pid) if status else None
-    if stat is None or status is None or argv is None:
-        return None
-    return ProcInfo(pid, stat.ppid, stat.comm[:16], procfs.read_exe(pid), [a[:4096] for a in argv[:256]], status.uid_real,
-                    stat.start_ticks)
-
-
-def set_oom_score_adj(pid: int, value: int) -> bool | None:
-    """True when written, False when the pid is gone, None when the kernel refused (EACCES:
-    lowering a score needs CAP_SYS_RESOURCE)."""
-    try:
-        with open(f"/proc/{pid}/oom_score_adj", "w") as f:
-            f.write(str(value))
-        return True
-    except (ProcessLookupError, FileNotFoundError):
-        return False
-    except PermissionError:
-        return None
-
-
-def read_environ(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return f.read(256 * 1024)
-    except OSError:
-        return b""
-
-
-@dataclass
-class Agent:
-    name: str
-    uid: int
-    main_pid: int
-    main_start: int
-    policy: str
-    cgroup: str  # agents/<name>
-    next_seq: int = 1
-    state: str = "live"
-    created: float = field(default_factory=time.time)
-    ended: float | None = None
-    runtime_id: int = 0  # v2 cgroup id of agents/<name>/runtime (the exec gate's key)
-    runtime_pids: set[int] = field(default_factory=set)  # cn_proc mode: who lives in runtime
-    pending_intents: list[tuple[float, Intent]] = field(default_factory=list)
-
-    def record(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k not in ("runtime_id", "runtime_pids", "pending_intents")}
-
-
-@dataclass
-class ToolCall:
-    id: str
-    agent: str
-    seq: int
-    name: str
-    cgroup: str
-    pid: int
-    argv: list[str]
-    started: float
-    resolved: Resolved
-    intent: Intent | None
-    ladder: LadderState
-    state: str = "running"  # running | frozen | done
-    ended: float | None = None
-    outcome: str | None = None
-    reason: str | None = None
-    peak_bytes: int = 0
-    cpu_s: float = 0.0
-    exit_code: int | None = None
-    leader_exited: bool = False
-    placed_us: float = 0.0  # exec -> in cgroup and continued (gated path)
-    priority: str = "normal"
-
-    def record(self) -> dict:
-        return {
-            "id": self.id, "agent": self.agent, "seq": self.seq, "name": self.name, "cgroup": self.cgroup,
-            "pid": self.pid, "argv": self.argv, "started": self.started, "ended": self.ended, "state": self.state,
-            "outcome": self.outcome, "reason": self.reason, "rule": self.resolved.rule,
-            "limits": self.resolved.limits.to_json(), "clips": [c.to_json() for c in self.resolved.clips],
-            "intent": self.intent.to_json() if self.intent else None, "peak_bytes": self.peak_bytes,
-            "cpu_s": round(self.cpu_s, 3), "exit_code": self.exit_code, "ladder": asdict(self.ladder),
-        }
-
-
-@dataclass
-class Placement:
-    """What place() did for one exec, handed from the tracker's thread to the event loop."""
-
-    agent: str
-    pid: int
-    info: ProcInfo | None = None
-    intent: Intent | None = None
-    intent_error: str | None = None
-    name: str = ""
-    resolved: Resolved | None = None
-    seq: int = 0
-    rel: str = ""
-    moved: bool = False
-    gated: bool = False
-    placed_us: float = 0.0
-    priority: str = "normal"
-    started: float = 0.0
-    error: str | None = None
 
 
 def tool_limits_for_driver(limits: ResourceLimits, kind: str) -> Limits:
@@ -621,7 +502,7 @@ class Manager:
         for tc in list(self.toolcalls.values()):
             self._tick_toolcall(tc, now)
         for agent in list(self.agents.values()):
-            if agent.state == "live" and not _alive(agent.main_pid, agent.main_start):
+            if agent.state == "live" and not alive(agent.main_pid, agent.main_start):
                 self.end_agent(agent, "its main process is gone")
 
     def _tick_toolcall(self, tc: ToolCall, now: float, final: bool = False) -> None:
@@ -745,7 +626,7 @@ class Manager:
 
     def end_agent(self, agent: Agent, why: str) -> None:
         for tc in [t for t in self.toolcalls.values() if t.agent == agent.name]:
-            if _populated(self.driver, tc.cgroup):
+            if populated(self.driver, tc.cgroup):
                 self.journal.emit("toolcall.orphans", f"agent {agent.name} ended ({why}) while tool call {tc.id} still ran; ended it",
                                   level="warn", agent=agent.name, tool_call=tc.id)
                 self.driver.kill(tc.cgroup)
@@ -767,96 +648,8 @@ class Manager:
             self.agents.pop(old.name, None)
 
 
-def _alive(pid: int, start: int) -> bool:
-    info = read_proc(pid)
-    return info is not None and info.start == start
-
-
-def _populated(driver: CgroupDriver, rel: str) -> bool:
+def populated(driver: CgroupDriver, rel: str) -> bool:
     try:
         return driver.stats(rel).populated
     except (CgroupError, OSError):
         return False
-
-
-def _is_stopped(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
-    except (OSError, IndexError):
-        return False
-
-
-def readopt(manager: Manager) -> dict:
-    """After a restart (or a crash): take back every agent and tool call the store knows,
-    check them against the kernel, and leave nothing stopped, frozen or orphaned."""
-    from agentd.core.toolcall_rules import Clip, Intent as _Intent
-
-    counts = {"agents": 0, "toolcalls": 0, "finished_while_down": 0, "orphan_cgroups": 0, "released": 0, "agents_ended": 0}
-    driver = manager.driver
-    for rec in manager.store.agents(live_only=True):
-        agent = Agent(**{k: rec[k] for k in ("name", "uid", "main_pid", "main_start", "policy", "cgroup", "next_seq", "state", "created", "ended")})
-        runtime = f"{agent.cgroup}/runtime"
-        if not driver.exists(runtime):
-            driver.create(runtime)
-            driver.create(f"{agent.cgroup}/tools")
-        agent.runtime_id = driver.cgroup_id(runtime)
-        agent.runtime_pids = set(driver.procs(runtime))
-        agent.next_seq = max(agent.next_seq, manager.store.max_seq(agent.name) + 1)  # next_seq is not written per tool call
-        manager.agents[agent.name] = agent
-        manager.by_runtime_id[agent.runtime_id] = agent.name
-        counts["agents"] += 1
-    for rec in manager.store.toolcalls(live_only=True, limit=100_000):
-        clips = tuple(Clip(**c) for c in rec["clips"] or ())
-        resolved = Resolved(ResourceLimits(**rec["limits"]), rec["rule"] or "defaults", clips)
-        ladder = LadderState(**rec["ladder"]) if rec.get("ladder") else LadderState(started=rec["started"])
-        tc = ToolCall(rec["id"], rec["agent"], rec["seq"], rec["name"], rec["cgroup"], rec["pid"], rec["argv"], rec["started"],
-                      resolved, _Intent(**rec["intent"]) if rec["intent"] else None, ladder, state=rec["state"],
-                      peak_bytes=rec["peak_bytes"], cpu_s=rec["cpu_s"])
-        if rec["agent"] not in manager.agents or not driver.exists(tc.cgroup) or not _populated(driver, tc.cgroup):
-            counts["finished_while_down"] += 1
-            tc.reason = "finished while agentd was down"
-            manager.toolcalls[tc.id] = tc
-            manager._finish(tc, manager.clock())
-            continue
-        manager.toolcalls[tc.id] = tc
-        counts["toolcalls"] += 1
-    for agent in list(manager.agents.values()):
-        known = {tc.cgroup for tc in manager.toolcalls.values() if tc.agent == agent.name}
-        tools = f"{agent.cgroup}/tools"
-        for child in driver.children(tools) if driver.exists(tools) else []:
-            rel = f"{tools}/{child}"
-            if rel in known:
-                continue
-            counts["orphan_cgroups"] += 1
-            pids = driver.procs(rel)
-            if not pids:
-                driver.remove(rel)
-                continue
-            # Created just before the crash, record not yet written: adopt it as it is.
-            seq_text, _, name = child.partition("-")
-            now = manager.clock()
-            policy = manager.policy_for(agent.policy)
-            tc = ToolCall(f"{agent.name}/{child}", agent.name, int(seq_text) if seq_text.isdigit() else 0, name or child, rel,
-                          pids[0], [], now, resolve_limits(policy, None, None), None, LadderState(started=now))
-            driver.thaw(rel)
-            manager.toolcalls[tc.id] = tc
-            manager.store.put_toolcall(tc.record())
-            agent.next_seq = max(agent.next_seq, tc.seq + 1)
-        # A gated exec the old daemon stopped but never placed, or a tool call the agent
-        # started while no daemon watched (another program than the runtime's own).
-        main_exe = procfs.read_exe(agent.main_pid)
-        for pid in sorted(agent.runtime_pids):
-            if pid == agent.main_pid:
-                continue
-            if _is_stopped(pid):
-                counts["released"] += 1
-                manager.start_tool_call(agent, pid, gated=True)
-            elif procfs.read_exe(pid) not in (None, main_exe):
-                counts["adopted_unplaced"] = counts.get("adopted_unplaced", 0) + 1
-                manager.start_tool_call(agent, pid, gated=False)
-        if not _alive(agent.main_pid, agent.main_start):
-            counts["agents_ended"] += 1
-            manager.end_agent(agent, "its main process exited while agentd was down")
-    manager._update_gate()
-    return counts

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.e2e.daemon_harness import DaemonProcess, parse_lines
+from benchmarks.daemon_process import DaemonProcess, parse_lines
 
 pytestmark = [pytest.mark.kernel, pytest.mark.skipif(os.geteuid() != 0, reason="the daemon needs root")]
 

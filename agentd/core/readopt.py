@@ -1,0 +1,85 @@
+"""Re-adoption after a restart or a crash: take back every agent and tool call the store
+knows, check them against the kernel, and leave nothing stopped, frozen or orphaned."""
+
+from __future__ import annotations
+
+from agentd.core.escalation import LadderState
+from agentd.core.manager import Manager, populated
+from agentd.core.model import Agent, ToolCall
+from agentd.core.procinfo import alive, is_stopped
+from agentd.core.toolcall_rules import Clip, Intent, Resolved, resolve_limits
+from agentd.policy.schema import ResourceLimits
+from agentd.tracking import procfs
+
+
+def readopt(manager: Manager) -> dict:
+    """After a restart (or a crash): take back every agent and tool call the store knows,
+    check them against the kernel, and leave nothing stopped, frozen or orphaned."""
+    counts = {"agents": 0, "toolcalls": 0, "finished_while_down": 0, "orphan_cgroups": 0, "released": 0, "agents_ended": 0}
+    driver = manager.driver
+    for rec in manager.store.agents(live_only=True):
+        agent = Agent(**{k: rec[k] for k in ("name", "uid", "main_pid", "main_start", "policy", "cgroup", "next_seq", "state", "created", "ended")})
+        runtime = f"{agent.cgroup}/runtime"
+        if not driver.exists(runtime):
+            driver.create(runtime)
+            driver.create(f"{agent.cgroup}/tools")
+        agent.runtime_id = driver.cgroup_id(runtime)
+        agent.runtime_pids = set(driver.procs(runtime))
+        agent.next_seq = max(agent.next_seq, manager.store.max_seq(agent.name) + 1)  # next_seq is not written per tool call
+        manager.agents[agent.name] = agent
+        manager.by_runtime_id[agent.runtime_id] = agent.name
+        counts["agents"] += 1
+    for rec in manager.store.toolcalls(live_only=True, limit=100_000):
+        clips = tuple(Clip(**c) for c in rec["clips"] or ())
+        resolved = Resolved(ResourceLimits(**rec["limits"]), rec["rule"] or "defaults", clips)
+        ladder = LadderState(**rec["ladder"]) if rec.get("ladder") else LadderState(started=rec["started"])
+        tc = ToolCall(rec["id"], rec["agent"], rec["seq"], rec["name"], rec["cgroup"], rec["pid"], rec["argv"], rec["started"],
+                      resolved, Intent(**rec["intent"]) if rec["intent"] else None, ladder, state=rec["state"],
+                      peak_bytes=rec["peak_bytes"], cpu_s=rec["cpu_s"])
+        if rec["agent"] not in manager.agents or not driver.exists(tc.cgroup) or not populated(driver, tc.cgroup):
+            counts["finished_while_down"] += 1
+            tc.reason = "finished while agentd was down"
+            manager.toolcalls[tc.id] = tc
+            manager._finish(tc, manager.clock())
+            continue
+        manager.toolcalls[tc.id] = tc
+        counts["toolcalls"] += 1
+    for agent in list(manager.agents.values()):
+        known = {tc.cgroup for tc in manager.toolcalls.values() if tc.agent == agent.name}
+        tools = f"{agent.cgroup}/tools"
+        for child in driver.children(tools) if driver.exists(tools) else []:
+            rel = f"{tools}/{child}"
+            if rel in known:
+                continue
+            counts["orphan_cgroups"] += 1
+            pids = driver.procs(rel)
+            if not pids:
+                driver.remove(rel)
+                continue
+            # Created just before the crash, record not yet written: adopt it as it is.
+            seq_text, _, name = child.partition("-")
+            now = manager.clock()
+            policy = manager.policy_for(agent.policy)
+            tc = ToolCall(f"{agent.name}/{child}", agent.name, int(seq_text) if seq_text.isdigit() else 0, name or child, rel,
+                          pids[0], [], now, resolve_limits(policy, None, None), None, LadderState(started=now))
+            driver.thaw(rel)
+            manager.toolcalls[tc.id] = tc
+            manager.store.put_toolcall(tc.record())
+            agent.next_seq = max(agent.next_seq, tc.seq + 1)
+        # A gated exec the old daemon stopped but never placed, or a tool call the agent
+        # started while no daemon watched (another program than the runtime's own).
+        main_exe = procfs.read_exe(agent.main_pid)
+        for pid in sorted(agent.runtime_pids):
+            if pid == agent.main_pid:
+                continue
+            if is_stopped(pid):
+                counts["released"] += 1
+                manager.start_tool_call(agent, pid, gated=True)
+            elif procfs.read_exe(pid) not in (None, main_exe):
+                counts["adopted_unplaced"] = counts.get("adopted_unplaced", 0) + 1
+                manager.start_tool_call(agent, pid, gated=False)
+        if not alive(agent.main_pid, agent.main_start):
+            counts["agents_ended"] += 1
+            manager.end_agent(agent, "its main process exited while agentd was down")
+    manager._update_gate()
+    return counts
