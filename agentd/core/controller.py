@@ -72,6 +72,13 @@ class DaemonController:
         out["agentd_toolcalls_live"] = float(len(self.m.toolcalls))
         out["agentd_tracker_events_lost_total"] = float(self.d.tracker.lost_events()) if self.d.tracker else 0.0
         out["agentd_journal_dropped_total"] = float(self.d.journal.dropped)
+        snap = self.d.gpu_snapshot
+        for gpu in (snap.gpus if snap is not None else []):
+            label = f'{{gpu="{gpu.index}"}}'
+            for key, value in (("memory_used_bytes", gpu.memory_used_bytes), ("memory_total_bytes", gpu.memory_total_bytes),
+                               ("utilization_pct", gpu.util_gpu), ("power_watts", gpu.power_w)):
+                if value is not None:
+                    out[f"agentd_gpu_{key}{label}"] = float(value)
         return out
 
     # ------------------------------------------------------------------ who is who

@@ -48,6 +48,7 @@ class DaemonConfig:
     metrics_listen: str | None = None
     require_root_owned_policies: bool = True
     gpu: bool = True
+    simulate_gpus: int = 0  # >0: a clearly labelled fake NVML with this many GPUs (demos, tests)
     host_memory_max: int | None = None  # bytes all agents together may use (agents/)
 
 
@@ -61,6 +62,8 @@ class Daemon:
         self.tracker: TrackerBackend | None = None
         self.api = None
         self.gpu = None
+        self._gpu_thread = None
+        self.gpu_snapshot = None  # the latest NVML sample (agentd.gpu.sampler.GpuSnapshot)
         self._tick_task: asyncio.Task | None = None
         self.readopt_counts: dict = {}
         self.readopt_ms = 0.0
@@ -148,9 +151,10 @@ class Daemon:
             self.lines["gpu"] = "gpu: off (disabled in config)"
             return
         try:
-            from agentd.gpu.sampler import NvmlSampler
+            from agentd.gpu.sampler import FakeNvmlBackend, NvmlSampler
 
-            self.gpu = NvmlSampler()
+            backend = FakeNvmlBackend(gpus=self.config.simulate_gpus) if self.config.simulate_gpus else None
+            self.gpu = NvmlSampler(backend=backend)
             ok, line = self.gpu.probe()
         except Exception as exc:  # a GPU problem must never stop the daemon
             ok, line = False, f"GPU features off: {exc}"
@@ -158,6 +162,15 @@ class Daemon:
         if not ok:
             self.gpu = None
             self.degraded.append(self.lines["gpu"])
+            return
+        from agentd.gpu.sampler import SamplerThread
+
+        loop = self.loop
+        self._gpu_thread = SamplerThread(self.gpu, lambda snap: loop.call_soon_threadsafe(self._on_gpu_sample, snap))
+        self._gpu_thread.start()
+
+    def _on_gpu_sample(self, snapshot) -> None:
+        self.gpu_snapshot = snapshot
 
     def _run_in_thread(self, fn, *args) -> None:
         def done(future) -> None:
@@ -209,6 +222,8 @@ class Daemon:
             await self.api.stop()
         if self.tracker is not None:
             self.tracker.stop()
+        if self._gpu_thread is not None:
+            self._gpu_thread.stop()
         # A gated exec still waiting for placement must not stay stopped without us.
         for agent in self.manager.agents.values():
             for pid in self.driver.procs(f"{agent.cgroup}/runtime") if agent.state == "live" else []:
@@ -280,7 +295,8 @@ class Daemon:
                         "placement_p50_us": round(ordered[len(ordered) // 2], 1) if ordered else None,
                         "placement_p99_us": round(ordered[int(len(ordered) * 0.99)], 1) if ordered else None,
                         "placement_max_us": round(ordered[-1], 1) if ordered else None},
-            "gpu": {"available": self.gpu is not None, "line": self.lines.get("gpu", "")},
+            "gpu": {"available": self.gpu is not None, "line": self.lines.get("gpu", ""),
+                    "snapshot": self.gpu_snapshot.to_json() if self.gpu_snapshot is not None else None},
             "policies": sorted(self.policies.policies),
             "agents_live": sum(1 for a in self.manager.agents.values() if a.state == "live"),
             "toolcalls_live": len(self.manager.toolcalls),

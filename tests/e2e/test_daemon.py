@@ -278,3 +278,29 @@ def test_every_decision_is_a_json_line_in_the_journal_file(daemon):
     assert kinds[0] == "agent.registered" and "toolcall.start" in kinds and "toolcall.throttled" in kinds
     throttled = [e for e in events if e["kind"] == "toolcall.throttled"][0]
     assert throttled["data"]["memory_high"] == 64 << 20 and throttled["message"]
+
+
+def test_gpu_sampling_reaches_status_and_metrics_simulated():
+    # No GPU here: the daemon's NVML wiring runs against the clearly labelled fake backend
+    # (the real path is agentd.gpu.sampler against pynvml, checked on a GPU host).
+    d = DaemonProcess(tracker="cn_proc", extra_args=("--simulate-gpus", "2"))
+    try:
+        d.start()
+        deadline = time.monotonic() + 10
+        while (d.client.status()["gpu"]["snapshot"] or {}).get("gpus") is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        gpu = d.client.status()["gpu"]
+        assert gpu["available"] and "simulated" in gpu["line"].lower()
+        assert gpu["snapshot"]["backend"] == "simulated" and len(gpu["snapshot"]["gpus"]) == 2
+        metrics = d.client.metrics()
+        assert 'agentd_gpu_memory_total_bytes{gpu="1"}' in metrics
+    finally:
+        d.cleanup()
+
+
+def test_no_gpu_is_one_clear_line_and_the_daemon_runs_on(daemon):
+    status = daemon.client.status()
+    if status["gpu"]["available"]:
+        pytest.skip("this host has an NVIDIA GPU")
+    assert status["gpu"]["line"].startswith("gpu: ") and "off" in status["gpu"]["line"]
+    assert status["gpu"]["line"] in status["degraded"]
