@@ -233,6 +233,9 @@ def test_a_managed_agent_may_declare_intent_but_not_read_another_agent(srv):
             "apply": outcome(lambda: c.policy_apply("tools: {}\n", "x.yaml")),
             "register": outcome(lambda: c.register_agent(name="nested")),
             "events_a2": outcome(lambda: c.recent_events(agent="a2")),
+            "wrong_type": outcome(lambda: c.declare_intent({"memory": "lots"})),
+            "unknown": outcome(lambda: c.declare_intent({"colour": "red"})),
+            "not_object": raw(path, "POST", "/v1/intents", b"[1]")[1]["error"]["code"],
             "agents": [a["name"] for a in c.agents()],
             "pid": os.getpid(),
         }
@@ -247,6 +250,9 @@ def test_a_managed_agent_may_declare_intent_but_not_read_another_agent(srv):
     assert got["apply"] == [403, "forbidden"]  # even though the child is root
     assert got["register"] == [403, "forbidden"]
     assert got["events_a2"] == [403, "forbidden"]
+    assert got["wrong_type"] == [400, "invalid_type"]  # the controller's check, passed through
+    assert got["unknown"] == [400, "unknown_field"]
+    assert got["not_object"] == "invalid_body"
     assert got["agents"] == ["a1"]
     assert _mutations(srv) == [("declare_intent",
                                 ("a1", got["pid"], {"tool": "pytest", "memory": 8 << 30}))]
