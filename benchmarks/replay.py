@@ -123,6 +123,8 @@ def collect(agents: list[tuple[str, str, dict, subprocess.Popen, Path]], timeout
         alloc = (result or {}).get("runtime_alloc_ms", []) + [a for t in (result or {}).get("tools", []) for a in t["alloc_ms"]]
         per[name] = {"priority": prio, "survived": result is not None, "rc": rc, "tool_calls": planned, "tool_calls_ok": done,
                      "p95_alloc_ms": round(p95(alloc), 3), "wall_s": round((result or {}).get("wall_s", 0.0), 2)}
+        if rc != 0 and proc.stderr is not None:
+            per[name]["stderr_tail"] = proc.stderr.read()[-400:].decode("utf-8", "replace") if proc.stderr else ""
     return per
 
 
