@@ -29,14 +29,14 @@ def _children(pid: int) -> list[int]:
 def test_a_container_pid_is_mapped_to_its_host_pid():
     unshare = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "sleep", "30"])
     try:
-        inner = []
-        for _ in range(200):
+        host_pid = None
+        for _ in range(500):  # until the forked child has exec'd sleep (its comm says so)
             inner = _children(unshare.pid)
-            if inner:
+            if inner and Path(f"/proc/{inner[0]}/comm").read_text().strip() == "sleep":
+                host_pid = inner[0]
                 break
             time.sleep(0.01)
-        assert inner, "unshare did not fork its child"
-        host_pid = inner[0]
+        assert host_pid, "unshare did not start sleep in its pid namespace"
         ident = identify(host_pid)
         assert ident.ns_pids == (host_pid, 1) and ident.container_pid == 1
         # NVML reports the host pid; the sampler shows both
