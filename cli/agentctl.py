@@ -25,6 +25,7 @@ from agentd.api.client import (
     DEFAULT_SOCKET,
     ApiClient,
     ApiClientError,
+    DaemonNotRunning,
     parse_size,
 )
 from cli import render
@@ -248,9 +249,12 @@ def _redraw(text: str) -> str:
               help="Lowest level shown; `--follow --level warn` warns before anything is killed.")
 @click.option("--limit", "-n", type=click.IntRange(0, 10_000), default=None,
               help="How many recent events to print first (default 100; 0 with --follow).")
+@click.option("--retry", is_flag=True,
+              help="With --follow: when agentd stops or restarts, wait for it and go on.")
 @json_option
 @pass_state
-def events(state: State, follow: bool, agent: str | None, level: str, limit: int | None) -> None:
+def events(state: State, follow: bool, agent: str | None, level: str, limit: int | None,
+           retry: bool) -> None:
     """What agentd decided and why: the journal, optionally followed live."""
     def show(ev: dict) -> None:
         click.echo(json.dumps(ev, default=str) if state.json else render.event_line(ev))
@@ -259,14 +263,27 @@ def events(state: State, follow: bool, agent: str | None, level: str, limit: int
         for ev in state.client.recent_events(agent=agent, level=level, limit=limit):
             show(ev)
         return
+    waiting = False
     try:
-        for ev in state.client.follow_events(agent=agent, level=level, limit=limit):
-            show(ev)
-            sys.stdout.flush()
+        while True:
+            try:
+                for ev in state.client.follow_events(agent=agent, level=level, limit=limit):
+                    waiting = False
+                    show(ev)
+                    sys.stdout.flush()
+            except DaemonNotRunning:
+                if not retry:
+                    raise
+            if not retry:
+                click.echo("agentctl: agentd closed the event stream", err=True)
+                sys.exit(1)
+            if not waiting:
+                click.echo("agentctl: agentd is gone; waiting for it to come back", err=True)
+                waiting = True
+            limit = 0  # after a reconnect: only what happens from then on
+            time.sleep(1.0)
     except KeyboardInterrupt:
         return
-    click.echo("agentctl: agentd closed the event stream", err=True)
-    sys.exit(1)
 
 
 # --- run and intent --------------------------------------------------------------------------

@@ -197,7 +197,10 @@ class ApiClient:
                 raise error_from_response(resp.status, resp.read())
             conn.sock.settimeout(None)  # a quiet stream is not an error
             while True:
-                line = resp.readline()
+                try:
+                    line = resp.readline()
+                except (OSError, http.client.HTTPException):
+                    return  # the daemon went away mid-stream (killed): the stream ends
                 if not line:
                     return
                 if line.strip():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -411,3 +412,53 @@ def test_top_for_a_non_admin_shows_its_own_agents_without_the_daemon_status(srv)
     assert code == 0, output
     snap = json.loads(output)
     assert "status" not in snap and [a["name"] for a in snap["agents"]] == ["mine"]
+
+
+def test_events_follow_retry_survives_a_daemon_restart():
+    import time
+
+    d = tempfile.mkdtemp(prefix="agentctl-retry-")
+    path = os.path.join(d, "agentd.sock")
+    env = {**os.environ, "AGENTD_SOCKET": path, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "cli.agentctl", "events", "-f", "--retry",
+                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=REPO, env=env)
+    try:
+        assert "waiting for it to come back" in proc.stderr.readline()  # not started yet
+        for message in ("first daemon", "second daemon"):
+            with ServerThread(fake_with_sample_data(), path) as s:
+                deadline = time.time() + 15
+                while not s.controller.subscribers and time.time() < deadline:
+                    time.sleep(0.05)
+                s.call(s.controller.publish, "agent.registered", message, agent="a1")
+                assert json.loads(proc.stdout.readline())["message"] == message
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(d)
+
+
+def test_follow_ends_cleanly_when_the_daemon_is_killed_mid_stream(tmp_path):
+    """No traceback when the server vanishes without closing the stream properly."""
+    import threading
+
+    path = str(tmp_path / "agentd.sock")
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(1)
+
+    def half_a_stream():
+        conn, _ = srv.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n"
+                     b"40\r\n{\"level\": \"warn\", \"kind\": \"x\", \"message\": \"before\"}\n")
+        conn.close()  # mid-chunk, no terminating chunk: as if killed
+
+    t = threading.Thread(target=half_a_stream)
+    t.start()
+    r = invoke("--socket", path, "events", "-f")
+    t.join()
+    srv.close()
+    assert r.exit_code == 1
+    assert "agentd closed the event stream" in r.output
