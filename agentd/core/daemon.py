@@ -30,6 +30,8 @@ from agentd.tracking.backend import BackendUnavailable, TrackerBackend
 log = logging.getLogger("agentd")
 
 TICK_S = 0.2
+OOM_SHIELD_LINE = ("oom: cannot lower agent runtimes' oom_score_adj (no CAP_SYS_RESOURCE); "
+                   "tool calls are raised instead, so the OOM killer still takes them first")
 
 
 @dataclass
@@ -286,7 +288,7 @@ class Daemon:
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started, 1),
             "lines": list(self.lines.values()),  # one line per subsystem: what runs, what is missing and why
-            "degraded": self.degraded,
+            "degraded": self.degraded + ([OOM_SHIELD_LINE] if self.manager.runtime_shield_refused else []),
             "cgroups": {"driver": f.kind, "features": {k: v for k, v in f.__dict__.items() if isinstance(v, bool)},
                         "missing": f.missing},
             "tracker": {"backend": self.tracker.name if self.tracker else None,
