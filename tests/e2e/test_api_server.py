@@ -686,9 +686,10 @@ def test_a_connection_outliving_the_process_that_opened_it_is_refused(srv):
         os.close(r_fd)
         sock = socket.socket(socket.AF_UNIX)
         sock.connect(path)
+        me = os.getpid()  # read before the fork: the child may be gone by the time we look
         if os.fork() == 0:
-            parent = os.getppid()
-            while os.getppid() == parent:
+            deadline = time.time() + 10
+            while os.getppid() == me and time.time() < deadline:
                 time.sleep(0.01)
             sock.sendall(b"GET /v1/agents HTTP/1.1\r\nHost: x\r\n\r\n")
             sock.settimeout(10)
