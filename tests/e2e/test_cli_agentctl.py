@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import types
 from pathlib import Path
 
@@ -206,6 +207,8 @@ def test_events_follow_prints_as_events_arrive(srv):
     proc = subprocess.Popen([sys.executable, "-m", "cli.agentctl", "events", "-f", "--json",
                              "--level", "warn"], stdout=subprocess.PIPE, text=True, cwd=REPO,
                             env=env)
+    watchdog = threading.Timer(30, proc.kill)  # a missed event fails the test, never hangs it
+    watchdog.start()
     try:
         import time
         deadline = time.time() + 10
@@ -216,6 +219,7 @@ def test_events_follow_prints_as_events_arrive(srv):
         line = proc.stdout.readline()
         assert json.loads(line)["message"] == "loud"
     finally:
+        watchdog.cancel()
         proc.terminate()
         proc.wait(10)
 
@@ -423,6 +427,8 @@ def test_events_follow_retry_survives_a_daemon_restart():
     proc = subprocess.Popen([sys.executable, "-m", "cli.agentctl", "events", "-f", "--retry",
                              "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=REPO, env=env)
+    watchdog = threading.Timer(60, proc.kill)  # a missed event fails the test, never hangs it
+    watchdog.start()
     try:
         assert "waiting for it to come back" in proc.stderr.readline()  # not started yet
         for message in ("first daemon", "second daemon"):
@@ -433,6 +439,7 @@ def test_events_follow_retry_survives_a_daemon_restart():
                 s.call(s.controller.publish, "agent.registered", message, agent="a1")
                 assert json.loads(proc.stdout.readline())["message"] == message
     finally:
+        watchdog.cancel()
         proc.terminate()
         proc.wait(10)
         shutil.rmtree(d)
