@@ -255,12 +255,8 @@ def test_unknown_tool_call_is_exit_1_with_the_message(srv):
     assert r.exit_code == 1 and "there is no tool call 'nope'" in r.output
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to uid 65534")
-def test_permission_denied_is_said_clearly(srv):
-    os.chmod(srv.socket_path, 0o666)
-    f = Path(srv.socket_path).parent / "p.yaml"  # in the 0755 socket dir: nobody can read it
-    f.write_text("tools: {}\n")
-    os.chmod(f, 0o644)
+def as_nobody(args):
+    """agentctl ARGS in a forked child running as uid/gid 65534: (exit code, output)."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -269,9 +265,9 @@ def test_permission_denied_is_said_clearly(srv):
             os.setgroups([])
             os.setgid(65534)
             os.setuid(65534)
-            res = CliRunner().invoke(main, ["--socket", srv.socket_path, "policy", "apply", str(f)])
+            res = CliRunner().invoke(main, args)
             out = json.dumps([res.exit_code, res.output])
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
             out = json.dumps([-1, repr(e)])
         os.write(w, out.encode())
         os._exit(0)
@@ -279,6 +275,16 @@ def test_permission_denied_is_said_clearly(srv):
     with os.fdopen(r) as fh:
         code, output = json.loads(fh.read())
     os.waitpid(pid, 0)
+    return code, output
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to uid 65534")
+def test_permission_denied_is_said_clearly(srv):
+    os.chmod(srv.socket_path, 0o666)
+    f = Path(srv.socket_path).parent / "p.yaml"  # in the 0755 socket dir: nobody can read it
+    f.write_text("tools: {}\n")
+    os.chmod(f, 0o644)
+    code, output = as_nobody(["--socket", srv.socket_path, "policy", "apply", str(f)])
     assert code == 1
     assert output.startswith("agentctl: permission denied: policy.apply is reserved to root")
 
@@ -394,25 +400,7 @@ def test_the_cli_imports_nothing_of_the_daemon_but_the_client():
 def test_top_for_a_non_admin_shows_its_own_agents_without_the_daemon_status(srv):
     os.chmod(srv.socket_path, 0o666)
     srv.call(srv.controller.add_agent, "mine", 65534)
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            res = CliRunner().invoke(main, ["--socket", srv.socket_path, "--json", "top",
-                                            "--once"])
-            out = json.dumps([res.exit_code, res.output])
-        except BaseException as e:  # noqa: BLE001
-            out = json.dumps([-1, repr(e)])
-        os.write(w, out.encode())
-        os._exit(0)
-    os.close(w)
-    with os.fdopen(r) as fh:
-        code, output = json.loads(fh.read())
-    os.waitpid(pid, 0)
+    code, output = as_nobody(["--socket", srv.socket_path, "--json", "top", "--once"])
     assert code == 0, output
     snap = json.loads(output)
     assert "status" not in snap and [a["name"] for a in snap["agents"]] == ["mine"]
