@@ -31,12 +31,12 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import aiohttp
 
 from agentd.api.limits import ApiLimits
+from benchmarks.results_file import write_result
 
 RESULTS = Path(__file__).resolve().parent / "results" / "api.json"
 CLIENTS = 50
@@ -320,10 +320,7 @@ def main() -> None:
         "events": events, "server_stats": server_stats,
         "load_average_before_after": [load_before, [round(x, 2) for x in os.getloadavg()]],
     }
-    out = {"metrics": metrics, "params": params, "machine": _machine(),
-           "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+    write_result("api", metrics, params)
 
     against = "fake controller" if not args.socket else f"the daemon on {args.socket}"
     print(f"API benchmark ({against}), {_machine()}")

@@ -23,6 +23,7 @@ from pathlib import Path
 from agentd.gpu import analytical
 from agentd.gpu.learned import DATA, DATA_CUDA, LearnedModel, load_rows
 from agentd.gpu.spec import ModelSpec, WorkloadSpec, model_spec_from_dict, workload_spec_from_dict
+from benchmarks.results_file import write_result
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gpu_estimate.json"
 LLAMA2_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_attention_heads": 32, "num_key_value_heads": 32,
@@ -261,13 +262,8 @@ def main(argv=None) -> int:
               "unverified_without_gpu": ["CUDA context", "caching-allocator rounding and fragmentation",
                                          "cuBLAS/cuDNN workspaces", "CUDA-only kernels (fused dropout, fused RMSNorm)",
                                          "utilization estimates", "NVML call cost"]}
-    machine = f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}"
-    out = {"metrics": metrics, "params": params, "machine": machine,
-           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
-    tmp.replace(RESULTS)
+    params["python"] = platform.python_version()
+    write_result("gpu_estimate", metrics, params)
 
     print(f"GPU memory estimators vs {len(rows)} measured peaks (truth: CPU allocator bytes; held-out rows: {len(held)})")
     print(f"{'estimator':<14}{'rows':>6}{'MAPE %':>9}{'max %':>8}{'latency':>14}")

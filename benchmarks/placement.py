@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import shutil
@@ -35,11 +34,11 @@ import tempfile
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 
 from agentd.events import ProcEventKind
 from agentd.tracking import procfs
+from benchmarks.results_file import write_result
 
 RESULTS = Path(__file__).resolve().parent / "results" / "placement.json"
 
@@ -513,24 +512,17 @@ def main(argv=None) -> int:
     for k, v in sys_cost.items():
         metrics[f"getppid_ns_{k}"] = round(v, 1)
 
-    doc = {
-        "metrics": metrics,
-        "params": {
-            "quick": args.quick, "rates": rates, "execs_per_run": n_at, "max_rate_execs": max_n,
-            "probe": "static x86_64 binary, reads /proc/self/cgroup with its first instructions",
-            "mover": "BpfBackend consumer thread writes the pid to the tool cgroup's cgroup.procs (v2), then SIGCONT if gated",
-            "trackers": "gated/cooperative: default options (wake_every 32); ungated: wake_every 1, gate off; both loaded throughout",
-            "latency": "gated/ungated: exec tracepoint -> move returned; cooperative: child's fork return -> own write returned",
-            "bpf_stats_enabled": old_stats is not None,
-            "cpus": os.cpu_count(),
-            "consumer_nice": args.consumer_nice,
-        },
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, kernel {platform.release()}",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "runs": results,
+    params = {
+        "quick": args.quick, "rates": rates, "execs_per_run": n_at, "max_rate_execs": max_n,
+        "probe": "static x86_64 binary, reads /proc/self/cgroup with its first instructions",
+        "mover": "BpfBackend consumer thread writes the pid to the tool cgroup's cgroup.procs (v2), then SIGCONT if gated",
+        "trackers": "gated/cooperative: default options (wake_every 32); ungated: wake_every 1, gate off; both loaded throughout",
+        "latency": "gated/ungated: exec tracepoint -> move returned; cooperative: child's fork return -> own write returned",
+        "bpf_stats_enabled": old_stats is not None,
+        "cpus": os.cpu_count(),
+        "consumer_nice": args.consumer_nice,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(doc, indent=2) + "\n")
+    write_result("placement", metrics, params, runs=results)
 
     print("latency: gated/ungated exec → moved; cooperative: the child's own move before exec")
     print(f"{'path':<12}{'rate/s':>7}{'spawned/s':>10}{'placed/s':>9}{'n':>6}{'escaped%':>9}{'p50 µs':>10}{'p99 µs':>10}{'max µs':>10}{'gone':>6}{'lost':>5}")

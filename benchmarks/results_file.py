@@ -17,11 +17,12 @@ def machine() -> str:
     return f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, kernel {platform.release()}, load {load:.2f}"
 
 
-def write_result(name: str, metrics: dict, params: dict) -> Path:
+def write_result(name: str, metrics: dict, params: dict, **extra) -> Path:
+    """Write the file atomically; `extra` adds top-level keys (e.g. raw runs)."""
     path = RESULTS_DIR / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"metrics": metrics, "params": params, "machine": machine(),
-           "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+           "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=2))
     tmp.replace(path)
