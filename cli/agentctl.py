@@ -159,7 +159,23 @@ def status(state: State) -> None:
     if state.json:
         emit_json(data)
     else:
+        click.echo(status_summary(data))
+        click.echo()
         click.echo(render.mapping(data))
+
+
+def status_summary(data: dict) -> str:
+    """systemctl-status-like head: state, pid, uptime, what runs, what is missing and why."""
+    degraded = [str(d) for d in data.get("degraded") or []]
+    mark = "●" if not degraded else "◐"
+    state = "active (running)" if not degraded else "active (degraded: some kernel features are missing)"
+    lines = [f"{mark} agentd {data.get('version', '')} - {state}",
+             f"    pid {data.get('pid')}, up {data.get('uptime_s', 0):.0f} s, socket {data.get('socket', '')}",
+             f"    agents {data.get('agents_live', 0)} live, tool calls {data.get('toolcalls_live', 0)} live, "
+             f"policies: {', '.join(data.get('policies') or [])}"]
+    lines += [f"    {line}" for line in data.get("lines") or [] if line not in degraded]
+    lines += [f"  ! {line}" for line in degraded]
+    return "\n".join(lines)
 
 
 AGENT_COLUMNS = ("name", "uid", "main_pid", "pid", "policy", "state", "toolcalls_live",
