@@ -92,6 +92,9 @@ class Daemon:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
+        # Compile the tracker first (seconds): re-adoption then runs right before the exec
+        # gate opens, so the window in which an agent's exec is not gated is milliseconds.
+        self._load_tracker()
         t0 = time.monotonic()
         self.readopt_counts = readopt(self.manager)
         self.readopt_ms = (time.monotonic() - t0) * 1000
@@ -119,7 +122,7 @@ class Daemon:
                           readopt_ms=round(self.readopt_ms, 2))
         self._notify("READY=1", f"STATUS={self._status_line()}")
 
-    def _start_tracker(self) -> None:
+    def _load_tracker(self) -> None:
         from agentd.tracking.select import open_backend
 
         try:
@@ -131,6 +134,10 @@ class Daemon:
         self.lines["tracker"] = line
         if not self.tracker.can_gate:
             self.degraded.append(line)
+
+    def _start_tracker(self) -> None:
+        if self.tracker is None:
+            return
         self.manager.tracker = self.tracker
         loop = self.loop
 

@@ -379,15 +379,20 @@ class Manager:
 
     def _on_attach(self, ev: ProcEvent) -> None:
         tc = self._toolcall_of_pid_by_tree(ev.pid)
-        if tc is None or tc.state == "done":
-            return
-        current = self._v2_cgroup_of(ev.pid)
+        if tc is not None and tc.state != "done":
+            self._put_back(tc, ev.pid)
+
+    def _put_back(self, tc: ToolCall, pid: int) -> bool:
+        """pid belongs to tc but sits elsewhere (it moved itself): move it back, say so."""
+        current = self._v2_cgroup_of(pid)
         if current is None or current.rstrip("/").endswith("/" + tc.cgroup):
-            return
-        if self.driver.move(ev.pid, tc.cgroup):
-            self.counters["moved_back"] += 1
-            self.journal.emit("toolcall.moved_back", f"pid {ev.pid} left its tool-call cgroup for {current}; put it back in {tc.cgroup}",
-                              level="warn", agent=tc.agent, tool_call=tc.id, pid=ev.pid, escaped_to=current)
+            return False
+        if not self.driver.move(pid, tc.cgroup):
+            return False
+        self.counters["moved_back"] += 1
+        self.journal.emit("toolcall.moved_back", f"pid {pid} left its tool-call cgroup for {current}; put it back in {tc.cgroup}",
+                          level="warn", agent=tc.agent, tool_call=tc.id, pid=pid, escaped_to=current)
+        return True
 
     def _toolcall_of_pid(self, pid: int) -> ToolCall | None:
         path = self._v2_cgroup_of(pid) or ""
@@ -523,6 +528,8 @@ class Manager:
         tc.ladder, actions = escalation.step(tc.ladder, sample, tc.resolved.limits, policy.toolcalls.escalation, v1=self.v1)
         for action in actions:
             self._apply(tc, action)
+        if not final and not st.populated and not tc.leader_exited and self._put_back(tc, tc.pid):
+            return  # empty only because its leader moved itself out (the attach event may still be queued)
         if final or not st.populated:  # the last sample still counted its events; now settle it
             self._finish(tc, now, populated=st.populated)
             return

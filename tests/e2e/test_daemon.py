@@ -123,7 +123,8 @@ def test_a_process_that_leaves_its_cgroup_is_put_back(daemon):
     report = json.loads(lines[0]["out"][0])
     events = parse_lines(daemon.agentctl("events", "--agent", "esc", "--json").stdout)
     status = daemon.client.status()
-    assert report["after"]["v2"].endswith("/agents/esc/tools/0001-python-report.py"), (report, events, status["tracker"])
+    kinds = [(e["kind"], e["message"][:100]) for e in events]
+    assert report["after"]["v2"].endswith("/agents/esc/tools/0001-python-report.py"), (report["after"]["v2"], kinds, status["tracker"])
     moved = [e for e in events if e["kind"] == "toolcall.moved_back"]
     # The kernel's attach event said where it went (it may be back before its next read).
     assert moved and "/tools/" not in moved[0]["data"]["escaped_to"]
