@@ -43,11 +43,16 @@ def _pump(stream, out) -> None:
         print(f"         │ {line.rstrip()}", file=out, flush=True)
 
 
+def short_command(argv: list[str]) -> str:
+    """`/venv/bin/python /repo/examples/workloads/burst.py 20` -> `python burst.py 20`."""
+    return " ".join(os.path.basename(a) if a.startswith("/") else a for a in argv)
+
+
 def summary_rows(records: list[dict]) -> list[dict]:
     rows = []
     for r in records:
         wall = (r.get("ended") or time.time()) - r["started"]
-        rows.append({"name": r["name"], "command": " ".join(r["argv"])[:60], "cgroup": r["cgroup"], "peak_bytes": r["peak_bytes"],
+        rows.append({"name": r["name"], "command": short_command(r["argv"])[:60], "cgroup": r["cgroup"], "peak_bytes": r["peak_bytes"],
                      "cpu_s": r["cpu_s"], "wall_s": round(wall, 3), "outcome": r["outcome"] or r["state"], "reason": r["reason"] or "",
                      "limits": r["limits"]})
     return rows
@@ -55,7 +60,7 @@ def summary_rows(records: list[dict]) -> list[dict]:
 
 def print_table(rows: list[dict], out) -> None:
     headers = ("tool call", "command", "peak", "cpu s", "wall s", "outcome", "why")
-    table = [(r["cgroup"].split("/tools/")[-1], r["command"][:34], format_size(r["peak_bytes"]), f"{r['cpu_s']:.2f}",
+    table = [(r["cgroup"].split("/tools/")[-1], r["command"][:40], format_size(r["peak_bytes"]), f"{r['cpu_s']:.2f}",
               f"{r['wall_s']:.2f}", r["outcome"], r["reason"][:90]) for r in rows]
     widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h) for i, h in enumerate(headers)]
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
