@@ -45,20 +45,20 @@ class DaemonController:
         return out[-500:]
 
     def tool_calls(self, agent: str | None = None, live_only: bool = False) -> list[dict]:
-        rows = self.d.store.toolcalls(agent=agent, live_only=live_only)
-        for row in rows:
-            live = self.m.toolcalls.get(row["id"])
-            if live is not None:
-                row["peak_bytes"], row["cpu_s"], row["state"] = live.peak_bytes, round(live.cpu_s, 3), live.state
-            row["wall_s"] = _wall(row)
-        return rows
+        return [self._with_live_figures(row) for row in self.d.store.toolcalls(agent=agent, live_only=live_only)]
 
     def tool_call(self, ident: str) -> dict:
-        rows = [t for t in self.tool_calls() if t["id"] == ident] or ([self.d.store.toolcall(ident)] if self.d.store.toolcall(ident) else [])
-        if not rows:
+        row = self.d.store.toolcall(ident)
+        if row is None:
             raise ApiError(404, "unknown_toolcall", f"no tool call {ident!r}", "id")
-        row = rows[0]
-        row.setdefault("wall_s", _wall(row))
+        return self._with_live_figures(row)
+
+    def _with_live_figures(self, row: dict) -> dict:
+        """The stored record, with the running figures of a live tool call."""
+        live = self.m.toolcalls.get(row["id"])
+        if live is not None:
+            row["peak_bytes"], row["cpu_s"], row["state"] = live.peak_bytes, round(live.cpu_s, 3), live.state
+        row["wall_s"] = _wall(row)
         return row
 
     def explain(self, ident: str) -> dict:
