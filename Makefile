@@ -1,25 +1,19 @@
-# agentd: the two commands a user runs (see README.md). Both are idempotent and run as root.
+# agentd: the README's two commands are ./scripts/run demo|test (bash only); make is a
+# convenience on top. Everything is idempotent and runs as root.
 VENV ?= .venv
-PY := $(VENV)/bin/python
 
-.PHONY: setup setup-test setup-vm demo test install clean
+.PHONY: setup demo test install clean
 
 setup:
 	bash scripts/setup.sh
 
-setup-test:
-	EXTRAS=test,torch bash scripts/setup.sh
-
-setup-vm: setup-test
-	bash scripts/vm-setup.sh
-
 # The main job: the daemon with its embedded default policy on the bundled demo workload.
-demo: setup
-	$(VENV)/bin/agentd demo
+demo:
+	./scripts/run demo
 
 # The whole suite: unit, kernel (real BPF, cgroups), e2e, then the VM tests (pure cgroup v2).
-test: setup-vm
-	$(PY) -m pytest -q -p no:cacheprovider tests
+test:
+	./scripts/run test
 
 install: setup
 	$(VENV)/bin/agentctl install-service
