@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from agentd.policy.schema import Escalation, ResourceLimits
-from agentd.policy.spec import format_size
+from agentd.api.units import format_size
 
 
 @dataclass(frozen=True)

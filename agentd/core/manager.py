@@ -36,7 +36,7 @@ from agentd.core.toolcall_rules import (
 )
 from agentd.events import ProcEvent, ProcEventKind
 from agentd.policy.schema import Policy, ResourceLimits, valid_name
-from agentd.policy.spec import format_size
+from agentd.api.units import format_size
 from agentd.tracking.backend import TrackerBackend
 
 # The kernel's OOM killer must take a tool call before an agent's runtime (its LLM loop):

@@ -14,40 +14,21 @@ from typing import Any, Callable
 
 import yaml
 
+from agentd.api import units
 from agentd.policy.problems import Problem
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 MAX_SIZE_BYTES = 1 << 50  # 1 PiB: anything above is a typo, not a policy
+_SIZE_PATTERN = r"^\s*\d+(\.\d+)?\s*([KMGTkmgt]?)(i?[Bb])?\s*$"  # for the JSON Schema
 
 
 def parse_size(text: str | int | float) -> int:
-    """'512M' -> 536870912. Binary units (K=1024); raises ValueError with what was expected."""
-    if isinstance(text, bool):
-        raise ValueError("expected a size such as 512M or 2G, got a boolean")
-    if isinstance(text, (int, float)):
-        value = int(text)
-    else:
-        match = _SIZE_RE.match(str(text))
-        if not match:
-            raise ValueError(f"expected a size such as 512M or 2G, got {text!r}")
-        number, unit = match.groups()
-        unit = (unit or "").upper().rstrip("B").rstrip("I") or ""
-        value = int(float(number) * _SIZE_UNITS[unit])
-    if value < 0 or value > MAX_SIZE_BYTES:
+    """A policy size: '512M' -> 536870912 (binary units, as everywhere in agentd), at most 1P."""
+    if isinstance(text, float) and not isinstance(text, bool):
+        text = int(text)
+    value = units.parse_size(text)
+    if value > MAX_SIZE_BYTES:
         raise ValueError(f"expected a size between 0 and 1P, got {text!r}")
     return value
-
-
-def format_size(n: int | float | None) -> str:
-    if n is None:
-        return "-"
-    n = float(n)
-    for unit in ("B", "K", "M", "G", "T"):
-        if abs(n) < 1024 or unit == "T":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1024
-    return f"{n:.1f}T"
 
 
 def _line(node: yaml.Node) -> int:
@@ -151,7 +132,7 @@ class Scalar(Spec):
         elif self.kind == "bool":
             out = {"type": "boolean"}
         elif self.kind == "size":
-            out = {"type": ["integer", "string"], "pattern": _SIZE_RE.pattern}
+            out = {"type": ["integer", "string"], "pattern": _SIZE_PATTERN}
         elif self.kind == "enum":
             out = {"type": "string", "enum": list(self.choices)}
         else:
