@@ -40,7 +40,7 @@ class DaemonController:
         for rec in self.d.store.agents():
             agent = live.get(rec["name"])
             rec["toolcalls_live"] = sum(1 for t in self.m.toolcalls.values() if t.agent == rec["name"])
-            rec["runtime_pids"] = sorted(agent.runtime_pids) if agent else []
+            rec["runtime_pids"] = self.m.driver.procs(f"{agent.cgroup}/runtime") if agent and agent.state == "live" else []
             out.append(rec)
         return out[-500:]
 

@@ -95,6 +95,7 @@ class Daemon:
         # Compile the tracker first (seconds): re-adoption then runs right before the exec
         # gate opens, so the window in which an agent's exec is not gated is milliseconds.
         self._load_tracker()
+        self.manager.tree.seed_from_proc()  # the process tree the events then keep current
         t0 = time.monotonic()
         self.readopt_counts = readopt(self.manager)
         self.readopt_ms = (time.monotonic() - t0) * 1000

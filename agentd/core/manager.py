@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from collections import deque
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -37,7 +37,9 @@ from agentd.core.toolcall_rules import (
 from agentd.events import ProcEvent, ProcEventKind
 from agentd.policy.schema import Policy, ResourceLimits, valid_name
 from agentd.api.units import format_size
+from agentd.tracking import procfs
 from agentd.tracking.backend import TrackerBackend
+from agentd.tracking.proctree import ProcTree
 
 # The kernel's OOM killer must take a tool call before an agent's runtime (its LLM loop):
 # runtimes get RUNTIME_OOM_SCORE_ADJ (killable only as a last resort; lowering needs
@@ -48,6 +50,12 @@ RUNTIME_OOM_SCORE_ADJ = -900
 TOOLCALL_OOM_SCORE_ADJ = {"high": 100, "normal": 400, "low": 800}
 PENDING_INTENT_TTL_S = 30.0  # an intent declared over the API applies to the next tool call within this time
 FINISHED_AGENT_KEEP = 200
+
+
+@dataclass(frozen=True)
+class Lineage:
+    agent: Agent | None
+    tool_call: ToolCall | None
 
 
 def tool_limits_for_driver(limits: ResourceLimits, kind: str) -> Limits:
@@ -77,6 +85,8 @@ class Manager:
         self.results_dir = results_dir
         self.clock = clock
         self.agents: dict[str, Agent] = {}
+        # Fed by every tracker event (no /proc reads per event): who descends from whom.
+        self.tree = ProcTree()
         self.toolcalls: dict[str, ToolCall] = {}  # live only
         self.by_runtime_id: dict[int, str] = {}
         self.counters = {"toolcalls_started": 0, "toolcalls_finished": 0, "toolcalls_killed": 0, "toolcalls_frozen": 0,
@@ -122,7 +132,6 @@ class Manager:
         self.by_runtime_id[agent.runtime_id] = name
         if not self.driver.move(pid, f"{cgroup}/runtime"):
             raise ProcessLookupError(f"process {pid} exited before it could be placed")
-        agent.runtime_pids.add(pid)
         if set_oom_score_adj(pid, RUNTIME_OOM_SCORE_ADJ) is None and not self.runtime_shield_refused:
             self.runtime_shield_refused = True
             self.journal.emit("oom.shield_unavailable", "cannot lower agent runtimes' oom_score_adj (no CAP_SYS_RESOURCE); "
@@ -141,7 +150,7 @@ class Manager:
         if not rules:
             return None
         info = read_proc(pid)
-        cgroup = self._v2_cgroup_of(pid)
+        cgroup = procfs.read_cgroup_v2(pid)
         if info is None or cgroup is None or re.search(r"/agents/[^/]+/", cgroup):
             return None  # gone, or already inside an agent (ours)
         for policy, rule in rules:
@@ -171,23 +180,12 @@ class Manager:
 
     def agent_of_pid(self, pid: int) -> str | None:
         """The live agent whose runtime or tool calls hold pid (from the kernel's view)."""
-        path = self._v2_cgroup_of(pid)
+        path = procfs.read_cgroup_v2(pid)
         if path is None:
             return None
         m = re.search(r"/agents/([^/]+)/", path + "/")
         if m and m.group(1) in self.agents and self.agents[m.group(1)].state == "live":
             return m.group(1)
-        return None
-
-    @staticmethod
-    def _v2_cgroup_of(pid: int) -> str | None:
-        try:
-            with open(f"/proc/{pid}/cgroup") as f:
-                for line in f:
-                    if line.startswith("0::"):
-                        return line[3:].strip()
-        except OSError:
-            return None
         return None
 
     def declare_intent(self, agent_name: str, intent: Intent) -> dict:
@@ -207,12 +205,9 @@ class Manager:
     # ------------------------------------------------------------------ tracker events
     def on_event(self, ev: ProcEvent) -> None:
         self.counters["events_handled"] += 1
+        self.tree.apply(ev)
         if ev.kind == ProcEventKind.EXEC:
             self._on_exec(ev)
-        elif ev.kind == ProcEventKind.FORK:
-            for agent in self.agents.values():
-                if ev.ppid in agent.runtime_pids:
-                    agent.runtime_pids.add(ev.pid)
         elif ev.kind == ProcEventKind.EXIT:
             self._on_exit(ev)
         elif ev.kind == ProcEventKind.CGROUP_ATTACH:
@@ -227,10 +222,11 @@ class Manager:
         if ev.cgroup_id:
             name = self.by_runtime_id.get(ev.cgroup_id)
             return self.agents.get(name) if name else None
-        for agent in self.agents.values():
-            if agent.state == "live" and ev.pid in agent.runtime_pids:
-                return agent
-        return None
+        # cn_proc has no cgroup ids: the process tree says whose runtime the exec came from.
+        lineage = self._lineage(ev.pid)
+        if lineage.tool_call is not None:
+            return None
+        return lineage.agent
 
     def _on_exec(self, ev: ProcEvent) -> None:
         agent = self._agent_for_exec(ev)
@@ -332,7 +328,6 @@ class Manager:
             return None
         if p.gated:
             self.placement_us.append(p.placed_us)
-        agent.runtime_pids.discard(p.pid)
         tc = ToolCall(f"{agent.name}/{p.seq:04d}-{p.name}", agent.name, p.seq, p.name, p.rel, p.pid, p.info.argv, p.started,
                       p.resolved, p.intent, LadderState(started=p.started), placed_us=p.placed_us, priority=p.priority)
         if not p.moved:
@@ -365,8 +360,6 @@ class Manager:
                               agent=agent.name, tool_call=tc.id)
 
     def _on_exit(self, ev: ProcEvent) -> None:
-        for agent in self.agents.values():
-            agent.runtime_pids.discard(ev.pid)
         for tc in self.toolcalls.values():
             if tc.pid == ev.pid:
                 tc.leader_exited = True
@@ -378,13 +371,13 @@ class Manager:
                 self.end_agent(agent, "its main process exited")
 
     def _on_attach(self, ev: ProcEvent) -> None:
-        tc = self._toolcall_of_pid_by_tree(ev.pid)
+        tc = self._lineage(ev.pid).tool_call
         if tc is not None and tc.state != "done":
             self._put_back(tc, ev.pid)
 
     def _put_back(self, tc: ToolCall, pid: int) -> bool:
         """pid belongs to tc but sits elsewhere (it moved itself): move it back, say so."""
-        current = self._v2_cgroup_of(pid)
+        current = procfs.read_cgroup_v2(pid)
         if current is None or current.rstrip("/").endswith("/" + tc.cgroup):
             return False
         if not self.driver.move(pid, tc.cgroup):
@@ -395,24 +388,24 @@ class Manager:
         return True
 
     def _toolcall_of_pid(self, pid: int) -> ToolCall | None:
-        path = self._v2_cgroup_of(pid) or ""
+        path = procfs.read_cgroup_v2(pid) or ""
         for tc in self.toolcalls.values():
             if path.rstrip("/").endswith("/" + tc.cgroup):
                 return tc
         return None
 
-    def _toolcall_of_pid_by_tree(self, pid: int) -> ToolCall | None:
-        """The tool call that pid belongs to by ancestry (it may have moved itself out)."""
-        seen = 0
-        while pid > 1 and seen < 64:
-            for tc in self.toolcalls.values():
-                if tc.pid == pid:
-                    return tc
-            info = read_proc(pid)
-            if info is None:
-                return None
-            pid, seen = info.ppid, seen + 1
-        return None
+    def _lineage(self, pid: int) -> Lineage:
+        """The nearest live tool-call leader or agent runtime among pid and its ancestors
+        (from the process tree, so a process that moved itself out is still known)."""
+        leaders = {tc.pid: tc for tc in self.toolcalls.values()}
+        mains = {a.main_pid: a for a in self.agents.values() if a.state == "live"}
+        for p in [pid, *self.tree.ancestors(pid)]:
+            if p in leaders:
+                tc = leaders[p]
+                return Lineage(self.agents.get(tc.agent), tc)
+            if p in mains:
+                return Lineage(mains[p], None)
+        return Lineage(None, None)
 
     # ------------------------------------------------------------------ policy changes
     def reevaluate(self) -> int:

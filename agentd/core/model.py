@@ -22,11 +22,10 @@ class Agent:
     created: float = field(default_factory=time.time)
     ended: float | None = None
     runtime_id: int = 0  # v2 cgroup id of agents/<name>/runtime (the exec gate's key)
-    runtime_pids: set[int] = field(default_factory=set)  # cn_proc mode: who lives in runtime
     pending_intents: list[tuple[float, Intent]] = field(default_factory=list)
 
     def record(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k not in ("runtime_id", "runtime_pids", "pending_intents")}
+        return {k: v for k, v in asdict(self).items() if k not in ("runtime_id", "pending_intents")}
 
 
 @dataclass

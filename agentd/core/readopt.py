@@ -24,7 +24,6 @@ def readopt(manager: Manager) -> dict:
             driver.create(runtime)
             driver.create(f"{agent.cgroup}/tools")
         agent.runtime_id = driver.cgroup_id(runtime)
-        agent.runtime_pids = set(driver.procs(runtime))
         agent.next_seq = max(agent.next_seq, manager.store.max_seq(agent.name) + 1)  # next_seq is not written per tool call
         manager.agents[agent.name] = agent
         manager.by_runtime_id[agent.runtime_id] = agent.name
@@ -69,7 +68,7 @@ def readopt(manager: Manager) -> dict:
         # A gated exec the old daemon stopped but never placed, or a tool call the agent
         # started while no daemon watched (another program than the runtime's own).
         main_exe = procfs.read_exe(agent.main_pid)
-        for pid in sorted(agent.runtime_pids):
+        for pid in sorted(driver.procs(f"{agent.cgroup}/runtime")):
             if pid == agent.main_pid:
                 continue
             if is_stopped(pid):

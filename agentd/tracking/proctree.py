@@ -81,6 +81,7 @@ class ProcTree:
         self.clock = clock
         self._procs: dict[int, ProcInfo] = {}
         self._children: dict[int, set[int]] = {}
+        self._last_expire = float("-inf")
 
     # -- queries ----------------------------------------------------------------------
 
@@ -131,7 +132,9 @@ class ProcTree:
 
     def apply(self, ev: ProcEvent) -> ProcInfo | None:
         """Update from one event; returns the entry it touched (None if nothing)."""
-        self.expire()
+        now = self.clock()
+        if now - self._last_expire >= self.exit_grace_s / 2:  # a scan of the whole tree: not per event
+            self.expire(now)
         if ev.kind is ProcEventKind.FORK:
             return self._fork(ev)
         if ev.kind is ProcEventKind.EXEC:
@@ -199,6 +202,7 @@ class ProcTree:
     def expire(self, now: float | None = None) -> list[int]:
         """Drop processes that exited more than exit_grace_s ago."""
         now = self.clock() if now is None else now
+        self._last_expire = now
         gone = [p for p, i in self._procs.items() if i.exited_at is not None and now - i.exited_at >= self.exit_grace_s]
         for p in gone:
             self._remove(p)
