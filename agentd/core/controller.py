@@ -98,8 +98,9 @@ class DaemonController:
             raise ApiError(400, "invalid_name", f"agent name {name!r}: expected 1-64 characters of A-Z a-z 0-9 . _ -", "name")
         if policy is not None and policy not in self.d.policies.policies:
             raise ApiError(404, "unknown_policy", f"no policy named {policy!r}; see `agentctl policy list`", "policy")
-        if self.m.agent_of_pid(pid) is not None:
-            raise ApiError(409, "already_managed", f"process {pid} already belongs to agent {self.m.agent_of_pid(pid)}", "pid")
+        owner = self.m.agent_of_pid(pid)
+        if owner is not None:
+            raise ApiError(409, "already_managed", f"process {pid} already belongs to agent {owner}", "pid")
         try:
             agent = self.m.register_agent(pid, uid, name, policy)
         except FileExistsError as exc:

@@ -196,9 +196,7 @@ class Manager:
             agent.pending_intents.append((now, intent))
         policy = self.policy_for(agent.policy)
         resolved = resolve_limits(policy, None, intent)
-        for clip in resolved.clips:
-            self.journal.emit("intent.clipped", f"intent {clip.field}={clip.requested:g} is above the policy ceiling; granted {clip.granted:g}",
-                              level="warn", agent=agent_name, **clip.to_json())
+        self._emit_clips(resolved, agent_name)
         return {"agent": agent_name, "intent": intent.to_json(), "granted": resolved.limits.to_json(),
                 "clips": [c.to_json() for c in resolved.clips], "applies_to": "the next tool call started within 30 s"}
 
@@ -351,13 +349,16 @@ class Manager:
                           agent=agent.name, tool_call=tc.id, pid=pid, argv=info.argv[:32], limits=lim.to_json(),
                           rule=resolved.rule, gated=gated, placed_us=round(placed_us, 1),
                           clips=[c.to_json() for c in resolved.clips])
-        for clip in resolved.clips:
-            self.journal.emit("intent.clipped", f"intent {clip.field}={clip.requested:g} is above the policy ceiling; granted {clip.granted:g}",
-                              level="warn", agent=agent.name, tool_call=tc.id, **clip.to_json())
+        self._emit_clips(resolved, agent.name, tc.id)
         if intent_error:
             self.counters["intents_rejected"] += 1
             self.journal.emit("intent.rejected", f"ignored the tool call's AGENTD_INTENT: {intent_error}", level="warn",
                               agent=agent.name, tool_call=tc.id)
+
+    def _emit_clips(self, resolved, agent: str, tool_call: str | None = None) -> None:
+        for clip in resolved.clips:
+            self.journal.emit("intent.clipped", f"intent {clip.field}={clip.requested:g} is above the policy ceiling; granted {clip.granted:g}",
+                              level="warn", agent=agent, tool_call=tool_call, **clip.to_json())
 
     def _on_exit(self, ev: ProcEvent) -> None:
         for tc in self.toolcalls.values():

@@ -10,7 +10,7 @@ import difflib
 from pathlib import Path
 
 from agentd.paths import DEFAULT_POLICY
-from agentd.policy.loader import PolicyInvalid, load_file, parse_text, read_policy_file
+from agentd.policy.loader import PolicyInvalid, load_file, parse_text
 from agentd.policy.problems import Problem
 from agentd.policy.schema import Policy, valid_name
 
@@ -86,7 +86,5 @@ class PolicySet:
         assert policy is not None
         current = self.policies.get(policy.name)
         old = current.text if current else ""
-        if current and not old:
-            old = read_policy_file(current.source)
         return "".join(difflib.unified_diff(old.splitlines(True), text.splitlines(True),
                                             f"{policy.name} (in force)", f"{filename} (proposed)"))
