@@ -15,7 +15,8 @@ from agentd.tracking import procfs
 def readopt(manager: Manager) -> dict:
     """After a restart (or a crash): take back every agent and tool call the store knows,
     check them against the kernel, and leave nothing stopped, frozen or orphaned."""
-    counts = {"agents": 0, "toolcalls": 0, "finished_while_down": 0, "orphan_cgroups": 0, "released": 0, "agents_ended": 0}
+    counts = {"agents": 0, "toolcalls": 0, "finished_while_down": 0, "orphan_cgroups": 0, "released": 0,
+              "adopted_unplaced": 0, "agents_ended": 0}
     driver = manager.driver
     for rec in manager.store.agents(live_only=True):
         agent = Agent(**{k: rec[k] for k in ("name", "uid", "main_pid", "main_start", "policy", "cgroup", "next_seq", "state", "created", "ended")})
@@ -75,7 +76,7 @@ def readopt(manager: Manager) -> dict:
                 counts["released"] += 1
                 manager.start_tool_call(agent, pid, gated=True)
             elif procfs.read_exe(pid) not in (None, main_exe):
-                counts["adopted_unplaced"] = counts.get("adopted_unplaced", 0) + 1
+                counts["adopted_unplaced"] += 1
                 manager.start_tool_call(agent, pid, gated=False)
         if not alive(agent.main_pid, agent.main_start):
             counts["agents_ended"] += 1
