@@ -671,6 +671,16 @@ else:
     main.add_command(estimate)
     main.add_command(gpu)
 
+# One `agentctl <kind>` group per policy kind (agentd.kinds.registry): the same loop the
+# daemon, the loader and the server run over.
+try:
+    from agentd.kinds.registry import cli_groups
+
+    for _group in cli_groups():
+        main.add_command(_group)
+except Exception as e:  # a broken kind's CLI must not take the whole CLI down
+    print(f"agentctl: a policy kind's commands are unavailable: {e}", file=sys.stderr)
+
 __all__ = ["main"]
 
 

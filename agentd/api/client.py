@@ -226,6 +226,14 @@ class ApiClient:
     def metrics(self) -> str:
         return self.request("GET", "/metrics")
 
+    def kind_get(self, kind: str, command: str, **query: Any) -> Any:
+        """GET /v1/<kind>/<command>: a policy kind's read (agentd.kinds.contract.Command)."""
+        return self.request("GET", f"/v1/{_q(kind)}/{_q(command)}{_query(**query)}")
+
+    def kind_post(self, kind: str, command: str, body: dict | None = None) -> Any:
+        """POST /v1/<kind>/<command> with a JSON body."""
+        return self.request("POST", f"/v1/{_q(kind)}/{_q(command)}", body or {})
+
 
 def _loads(raw: bytes | str) -> Any:
     try:

@@ -33,6 +33,7 @@ from prometheus_client.core import Metric
 from agentd.api import auth
 from agentd.api.auth import Action, Caller
 from agentd.api.contract import ApiError, Controller, Peer
+from agentd.api.kind_routes import add_kind_routes
 from agentd.api.limits import ApiLimits, RateLimiter
 from agentd.api.validation import (
     Field,
@@ -344,6 +345,9 @@ class ApiServer:
         r.add_post("/v1/policies/apply", self.h_policy_apply)
         r.add_post("/v1/policies/diff", self.h_policy_diff)
         r.add_get("/metrics", self.h_metrics)
+        add_kind_routes(r, getattr(self.controller, "kind_commands", list)(), caller_of=lambda req: req[CALLER],
+                        read_body=self._body, respond=json_response,
+                        admin_group=self.admin_group if isinstance(self.admin_group, str) else None)
         return app
 
     async def start(self) -> None:

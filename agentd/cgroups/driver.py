@@ -106,6 +106,12 @@ class CgroupDriver(ABC):
     @abstractmethod
     def apply_limits(self, rel: str, limits: Limits) -> None: ...
 
+    def knob_path(self, rel: str, name: str) -> str:
+        """The file that holds knob `name` (e.g. "cpuset.mems", "memory.reclaim", "cpu.weight")
+        for rel, in whichever hierarchy owns its controller: what a policy kind's actuator
+        reads and writes. CgroupError(ENOENT) when no mounted hierarchy has that controller."""
+        raise CgroupError(2, f"{type(self).__name__} cannot locate {name}")
+
     @abstractmethod
     def freeze(self, rel: str) -> None: ...
 

@@ -101,6 +101,17 @@ class HybridDriver(UnifiedBackedDriver):
 
     # limits ---------------------------------------------------------------------------
 
+    def knob_path(self, rel: str, name: str) -> str:
+        rel = fs.validate_rel(rel)
+        controller = name.split(".", 1)[0]
+        if controller == "cgroup" or name.endswith(".pressure"):  # grouping, freeze, kill, PSI: v2
+            return self.tree.file(rel, name)
+        tree = self.v1.get(controller) or next(
+            (t for t in self.v1.values() if controller in os.path.basename(t.mount).split(",")), None)
+        if tree is None:
+            raise CgroupError(errno.ENOENT, f"no v1 {controller} hierarchy is mounted, so {name} does not exist here")
+        return tree.file(rel, name)
+
     def apply_limits(self, rel: str, limits: Limits) -> None:
         rel = fs.validate_rel(rel)
         mem = self.v1.get("memory")

@@ -101,6 +101,9 @@ class V2Driver(UnifiedBackedDriver):
 
     # limits ---------------------------------------------------------------------------
 
+    def knob_path(self, rel: str, name: str) -> str:
+        return self.tree.file(fs.validate_rel(rel), name)
+
     def apply_limits(self, rel: str, limits: Limits) -> None:
         rel = fs.validate_rel(rel)
         writes: list[tuple[str, str]] = []

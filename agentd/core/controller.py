@@ -79,7 +79,13 @@ class DaemonController:
                                ("utilization_pct", gpu.util_gpu), ("power_watts", gpu.power_w)):
                 if value is not None:
                     out[f"agentd_gpu_{key}{label}"] = float(value)
+        out.update(self.d.kinds.metrics())
         return out
+
+    # ------------------------------------------------------------------ policy kinds
+    def kind_commands(self) -> list:
+        """(kind name, agentd.kinds.contract.Command) for every route /v1/<kind>/<command>."""
+        return self.d.kinds.commands()
 
     # ------------------------------------------------------------------ who is who
     def agent_of_pid(self, pid: int) -> str | None:
@@ -139,7 +145,7 @@ class DaemonController:
         except PolicyInvalid as exc:
             raise ApiError(400, "policy_invalid", f"{filename} is not a valid policy; nothing changed", "text",
                            [p.to_json() for p in exc.problems]) from None
-        changed = self.m.reevaluate()
+        changed = self.d.policies_changed()
         self.d.journal.emit("policy.applied", f"policy {policy.name} applied from {filename}; {changed} live tool calls got new limits",
                             policy=policy.name, toolcalls_changed=changed)
         return {"name": policy.name, "applied": True, "toolcalls_changed": changed}

@@ -22,6 +22,10 @@ from agentd.core.procinfo import is_stopped
 from agentd.core.readopt import readopt
 from agentd.core.policies import PolicySet
 from agentd.core.store import Store
+from agentd.kinds.context import SharedModel
+from agentd.kinds.host import KindHost
+from agentd.kinds.registry import KINDS, KindEntry, load_kinds
+from agentd.kinds.state import KindDatabase
 from agentd.paths import DEFAULT_POLICY, DEFAULT_POLICY_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR
 from agentd.policy.loader import PolicyInvalid
 from agentd.events import ProcEventKind
@@ -52,6 +56,7 @@ class DaemonConfig:
     gpu: bool = True
     simulate_gpus: int = 0  # >0: a clearly labelled fake NVML with this many GPUs (demos, tests)
     host_memory_max: int | None = None  # bytes all agents together may use (agents/)
+    kinds: tuple[KindEntry, ...] = KINDS  # the policy kinds to run (agentd.kinds.registry)
 
 
 class Daemon:
@@ -87,6 +92,13 @@ class Daemon:
                                all_policies=lambda: list(self.policies.policies.values()))
         self.controller = DaemonController(self)
         self.manager.set_host_budget(config.host_memory_max)
+        self.kind_db = KindDatabase(config.state_dir / "kinds.db")
+        model = SharedModel(agents=lambda: self.manager.agents, toolcalls=lambda: self.manager.toolcalls,
+                            tree=self.manager.tree, agent_of_pid=self.manager.agent_of_pid)
+        self.kinds = KindHost(load_kinds(config.kinds), driver=self.driver, model=model, db=self.kind_db,
+                              journal_emit=self.journal.emit, clock=time.time, run_blocking=self._run_in_thread,
+                              facts={"cgroup_driver": features.kind, "swap": features.swap})
+        self.journal.listeners.append(self.kinds.on_event)  # kinds see tool-call starts and ends
 
     # ------------------------------------------------------------------ start / stop
     async def start(self) -> None:
@@ -98,6 +110,8 @@ class Daemon:
         self.manager.tree.seed_from_proc()  # the process tree the events then keep current
         t0 = time.monotonic()
         self.readopt_counts = readopt(self.manager)
+        self.kinds.on_policy(self.policies.policies.values())
+        self.kind_readopt = self.kinds.readopt()
         self.readopt_ms = (time.monotonic() - t0) * 1000
         if any(self.readopt_counts.values()):
             self.journal.emit("daemon.readopted", f"re-adopted {self.readopt_counts['agents']} agents and "
@@ -119,6 +133,8 @@ class Daemon:
         self._tick_task = asyncio.create_task(self._ticker())
         for line in self.lines.values():
             log.info("%s", line)
+        for line in self.kinds.degraded():
+            log.warning("%s", line)
         self.journal.emit("daemon.started", f"agentd {__version__} started: " + "; ".join(self.lines.values()),
                           readopt_ms=round(self.readopt_ms, 2))
         self._notify("READY=1", f"STATUS={self._status_line()}")
@@ -181,6 +197,7 @@ class Daemon:
 
     def _on_gpu_sample(self, snapshot) -> None:
         self.gpu_snapshot = snapshot
+        self.kinds.on_sample(snapshot)
 
     def _run_in_thread(self, fn, *args) -> None:
         def done(future) -> None:
@@ -200,6 +217,7 @@ class Daemon:
             self.manager.on_event(ev)
         except Exception:
             log.exception("error while handling %s", ev)
+        self.kinds.on_event(ev)
 
     async def _ticker(self) -> None:
         from agentd.sdnotify import watchdog_interval
@@ -212,6 +230,7 @@ class Daemon:
                 self.manager.tick()
             except Exception:
                 log.exception("error in the tick")
+            self.kinds.on_tick(time.time())
             now = time.monotonic()
             if now - last_watchdog > every:
                 self._notify("WATCHDOG=1", f"STATUS={self._status_line()}")
@@ -242,9 +261,11 @@ class Daemon:
                         os.kill(pid, signal.SIGCONT)
                     except ProcessLookupError:
                         pass
+        self.kinds.stop(revert=False)
         self.journal.emit("daemon.stopped", "agentd stopped; managed agents keep running and will be re-adopted at the next start")
         self.journal.close()
         self.store.close()
+        self.kind_db.close()
 
     def abort(self) -> None:
         """Start-up failed half way: detach what was attached so nothing outlives us."""
@@ -252,18 +273,25 @@ class Daemon:
             self.tracker.stop()
             self.tracker = None
         self.store.close()
+        self.kind_db.close()
 
     def reload(self) -> None:
         self._notify("RELOADING=1")
         try:
             names = self.policies.reload()
-            changed = self.manager.reevaluate()
+            changed = self.policies_changed()
             self.journal.emit("policy.reloaded", f"policies reloaded: {', '.join(names)}; {changed} live tool calls got new limits",
                               policies=names, toolcalls_changed=changed)
         except PolicyInvalid as exc:
             self.journal.emit("policy.rejected", f"policy reload refused, the previous policies stay in force: {exc}", level="error",
                               problems=[p.to_json() for p in exc.problems])
         self._notify("READY=1", f"STATUS={self._status_line()}")
+
+    def policies_changed(self) -> int:
+        """The policy set changed (reload, apply): tool calls get new limits, kinds new sections."""
+        changed = self.manager.reevaluate()
+        self.kinds.on_policy(self.policies.policies.values())
+        return changed
 
     # ------------------------------------------------------------------ cooperative launch
     def launch_agent(self, argv: list[str], name: str, *, policy: str | None = None, env: dict | None = None,
@@ -296,7 +324,8 @@ class Daemon:
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started, 1),
             "lines": list(self.lines.values()),  # one line per subsystem: what runs, what is missing and why
-            "degraded": self.degraded + ([OOM_SHIELD_LINE] if self.manager.runtime_shield_refused else []),
+            "degraded": self.degraded + ([OOM_SHIELD_LINE] if self.manager.runtime_shield_refused else [])
+            + self.kinds.degraded(),
             "cgroups": {"driver": f.kind, "features": {k: v for k, v in f.__dict__.items() if isinstance(v, bool)},
                         "missing": f.missing},
             "tracker": {"backend": self.tracker.name if self.tracker else None,
@@ -313,6 +342,7 @@ class Daemon:
             "counters": dict(self.manager.counters),
             "readopt": {**self.readopt_counts, "ms": round(self.readopt_ms, 2)},
             "socket": str(self.config.socket_path),
+            "kinds": self.kinds.status(),
         }
 
     def _notify(self, *lines: str) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from agentd.policy.problems import Problem
-from agentd.policy.schema import POLICY_SPEC, Policy, ResourceLimits, ToolCallPolicy
+from agentd.policy.schema import KIND_SECTIONS, POLICY_SPEC, Policy, ResourceLimits, ToolCallPolicy
 
 MAX_POLICY_BYTES = 1 << 20
 MAX_DEPTH = 32
@@ -82,6 +82,7 @@ def parse_text(text: str, filename: str) -> tuple[Policy | None, list[Problem]]:
         toolcalls=values.get("toolcalls") or ToolCallPolicy(),
         source=filename,
         text=text,
+        sections={key: values[key] for key in KIND_SECTIONS if values.get(key) is not None},
     )
     return policy, []
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
 
+from agentd.kinds.registry import policy_sections
 from agentd.policy.spec import ListOf, Mapping, Scalar
 
 LIMIT_KEYS = ("memory_high", "memory_max", "swap_max", "cpu_weight", "cpu_max", "pids_max", "timeout_s")
@@ -104,6 +105,8 @@ class Policy:
     toolcalls: ToolCallPolicy = ToolCallPolicy()
     source: str = ""  # file it came from
     text: str = field(default="", compare=False, repr=False)
+    # the policy kinds' sections (agentd.kinds.registry), by kind name, as their specs built them
+    sections: dict = field(default_factory=dict, compare=False)
 
 
 # ----------------------------------------------------------------------------- the spec
@@ -198,6 +201,10 @@ POLICY_SPEC = Mapping(
     description="agentd policy file",
     extra=[lambda v: _valid_name(v["name"], "name")],
 )
+# Each policy kind adds its own top-level section (agentd/<kind>/policy.py).
+_KIND_SPECS = policy_sections()
+KIND_SECTIONS = tuple(_KIND_SPECS)
+POLICY_SPEC.fields.update(_KIND_SPECS)
 
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
