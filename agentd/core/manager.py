@@ -327,7 +327,8 @@ class Manager:
         if p.gated:
             self.placement_us.append(p.placed_us)
         tc = ToolCall(f"{agent.name}/{p.seq:04d}-{p.name}", agent.name, p.seq, p.name, p.rel, p.pid, p.info.argv, p.started,
-                      p.resolved, p.intent, LadderState(started=p.started), placed_us=p.placed_us, priority=p.priority)
+                      p.resolved, p.intent, LadderState(started=p.started), placed_us=p.placed_us, priority=p.priority,
+                      comm=p.info.comm, exe=p.info.exe)
         if not p.moved:
             tc.state, tc.ended, tc.outcome, tc.reason = "done", p.started, "ok", "exited before it could be placed"
             self._finish_record(tc)
@@ -418,7 +419,10 @@ class Manager:
             if agent is None or tc.state == "done":
                 continue
             policy = self.policy_for(agent.policy)
-            rule = find_tool_rule(policy, name=tc.name, comm="", exe=None, argv=tc.argv, uid=agent.uid)
+            if not tc.comm:  # re-adopted: the record does not keep comm/exe; the leader still has them
+                info = read_proc(tc.pid)
+                tc.comm, tc.exe = (info.comm, info.exe) if info else ("", None)
+            rule = find_tool_rule(policy, name=tc.name, comm=tc.comm, exe=tc.exe, argv=tc.argv, uid=agent.uid)
             resolved = resolve_limits(policy, rule, tc.intent)
             if resolved.limits == tc.resolved.limits:
                 continue

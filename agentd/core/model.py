@@ -51,6 +51,9 @@ class ToolCall:
     leader_exited: bool = False
     placed_us: float = 0.0  # exec -> in cgroup and continued (gated path)
     priority: str = "normal"
+    # What the rule matched on at placement, so a re-evaluation matches with the same facts.
+    comm: str = ""
+    exe: str | None = None
 
     def record(self) -> dict:
         return {

@@ -206,6 +206,51 @@ def test_policy_apply_changes_live_tool_calls_in_place_and_bad_policy_changes_no
         proc.communicate(timeout=30)
 
 
+COMM_RULE_POLICY = """\
+version: 1
+name: default
+toolcalls:
+  defaults: {memory_high: 64M, memory_max: 128M, swap_max: 0, pids_max: 64, timeout_s: 60}
+  ceiling: {memory_high: 256M, memory_max: 512M, pids_max: 256, timeout_s: 120}
+  tools:
+    - name: sleeper
+      match: {comm: "^sleep$"}
+      limits: {pids_max: 21}
+"""
+
+
+def _pids_max_of(pid: int) -> str:
+    lines = open(f"/proc/{pid}/cgroup").read().splitlines()
+    v1 = [l for l in lines if ":pids:" in l]
+    if v1:
+        return open(f"/sys/fs/cgroup/pids{v1[0].split(':', 2)[2]}/pids.max").read().strip()
+    return open(f"/sys/fs/cgroup{[l for l in lines if l.startswith('0::')][0][3:]}/pids.max").read().strip()
+
+
+@pytest.mark.parametrize("daemon", ["bpf"], indirect=True)
+def test_a_rule_matched_on_comm_still_applies_after_a_policy_change(daemon, tmp_path):
+    """Re-evaluation after a policy apply must match tool rules with the same facts as
+    placement did (comm, exe), or a comm-matched tool call silently falls back to defaults."""
+    first = tmp_path / "default.yaml"
+    first.write_text(COMM_RULE_POLICY)
+    assert daemon.agentctl("policy", "apply", str(first)).returncode == 0
+    proc = daemon.spawn_agent("commrule", AGENTS / "scripted.py", json.dumps(["sleep", "8"]))
+    try:
+        deadline = time.monotonic() + 10
+        while not daemon.client.tool_calls(agent="commrule", live=True) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        tc = daemon.client.tool_calls(agent="commrule", live=True)[0]
+        assert tc["rule"] == "tools[sleeper]" and _pids_max_of(tc["pid"]) == "21"
+        changed = tmp_path / "changed.yaml"  # an unrelated default changes
+        changed.write_text(COMM_RULE_POLICY.replace("pids_max: 64", "pids_max: 33"))
+        r = daemon.agentctl("policy", "apply", str(changed))
+        assert r.returncode == 0, r.stderr
+        assert _pids_max_of(tc["pid"]) == "21"
+        assert daemon.client.tool_call(tc["id"])["rule"] == "tools[sleeper]"
+    finally:
+        proc.communicate(timeout=30)
+
+
 def test_intent_over_the_api_names_and_sizes_the_next_tool_call(daemon):
     proc = daemon.spawn_agent("int", AGENTS / "intent_agent.py", env={**os.environ, "AGENTD_SOCKET": str(daemon.socket)})
     out, err = proc.communicate(timeout=60)
