@@ -59,8 +59,16 @@ fi
 stamp="$VENV/.agentd-installed${EXTRAS:+-${EXTRAS//,/-}}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   say "installing agentd${EXTRAS:+[$EXTRAS]} into $VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-  "$VENV/bin/python" -m pip install -q -e ".${EXTRAS:+[$EXTRAS]}"
+  # pip's and setuptools' own chatter (build warnings) goes to a log, shown only on failure.
+  log=$(mktemp /tmp/agentd-pip.XXXXXX)
+  if ! { "$VENV/bin/python" -m pip install -q --upgrade pip && \
+         "$VENV/bin/python" -m pip install -q -e ".${EXTRAS:+[$EXTRAS]}"; } >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    echo "agentd-setup: error: pip install failed (output above)" >&2
+    exit 1
+  fi
+  rm -f "$log"
   touch "$stamp"
 fi
 "$VENV/bin/python" -c "import bcc" 2>/dev/null || say "warning: python3-bpfcc is not importable from the venv; the eBPF tracker will be unavailable"
