@@ -91,13 +91,16 @@ class Daemon:
         self.manager = Manager(self.driver, self.store, self.journal, self.policies.get, results_dir=self.results_dir,
                                all_policies=lambda: list(self.policies.policies.values()))
         self.controller = DaemonController(self)
-        self.manager.set_host_budget(config.host_memory_max)
+        self.driver.create(SharedModel.AGENTS)  # the layout's fixed parent, limited by the budget kind
         self.kind_db = KindDatabase(config.state_dir / "kinds.db")
         model = SharedModel(agents=lambda: self.manager.agents, toolcalls=lambda: self.manager.toolcalls,
-                            tree=self.manager.tree, agent_of_pid=self.manager.agent_of_pid)
+                            tree=self.manager.tree, agent_of_pid=self.manager.agent_of_pid,
+                            agent_priority=self.manager.agent_priority, end_toolcall=self.manager.end_toolcall,
+                            end_agent_runtime=self.manager.end_agent_runtime)
         self.kinds = KindHost(load_kinds(config.kinds), driver=self.driver, model=model, db=self.kind_db,
                               journal_emit=self.journal.emit, clock=time.time, run_blocking=self._run_in_thread,
-                              facts={"cgroup_driver": features.kind, "swap": features.swap})
+                              facts={"cgroup_driver": features.kind, "swap": features.swap,
+                                     "host_memory_max": config.host_memory_max})
         self.journal.listeners.append(self.kinds.on_event)  # kinds see tool-call starts and ends
 
     # ------------------------------------------------------------------ start / stop

@@ -101,8 +101,6 @@ class Manager:
         # Guards what the tracker's thread (place_gated) and the loop both change:
         # next_seq and pending intents.
         self.lock = threading.Lock()
-        self.host_budget: int | None = None
-        self._budget_paused_since: float | None = None
 
     # ------------------------------------------------------------------ agents
     def register_agent(self, pid: int, uid: int, name: str | None, policy: str | None) -> Agent:
@@ -443,65 +441,9 @@ class Manager:
             changed += 1
         return changed
 
-    # ------------------------------------------------------------------ host memory budget
-    def set_host_budget(self, budget: int | None) -> None:
-        """All agents together (agents/) may use `budget` bytes. On v1 the kernel pauses
-        every allocation at the budget (oom_kill_disable) and agentd picks what to end:
-        a tool call, lowest priority and largest first, never a runtime while a tool call
-        is left. On v2 the kernel's OOM killer acts, ordered by oom_score_adj."""
-        self.host_budget = budget
-        self.driver.create("agents")
-        if budget is not None:
-            self.driver.apply_limits("agents", Limits(memory_max=budget, swap_max=0 if self.v1 else None, oom_pause=self.v1))
-
-    def _tick_budget(self, now: float) -> None:
-        try:
-            st = self.driver.stats("agents")
-        except (CgroupError, OSError):
-            return
-        if not st.memory_events.get("under_oom"):
-            self._budget_paused_since = None
-            return
-        if self._budget_paused_since is None:
-            self._budget_paused_since = now
-            return  # give freeing processes one tick to make room by themselves
-        rank = {"low": 0, "normal": 1, "high": 2}
-        candidates = [tc for tc in self.toolcalls.values() if tc.state != "done"]
-        figures = {"budget": self.host_budget, "memory_current": st.memory_current}
-        if candidates:
-            for tc in candidates:
-                try:
-                    tc.peak_bytes = max(tc.peak_bytes, self.driver.stats(tc.cgroup).memory_current)
-                except (CgroupError, OSError):
-                    pass
-            victim = min(candidates, key=lambda t: (rank.get(t.priority, 1), -t.peak_bytes))
-            reason = (f"all agents together reached the host budget {format_size(self.host_budget)} and were paused; "
-                      f"ended {victim.priority}-priority tool call {victim.id} ({format_size(victim.peak_bytes)}) so the agents can go on")
-            victim.ladder = LadderState(**{**asdict(victim.ladder), "stage": "killed", "outcome": "killed", "reason": reason,
-                                           "limit": "host_budget"})
-            self.journal.emit("toolcall.killed", reason, level="warn", agent=victim.agent, tool_call=victim.id, limit="host_budget",
-                              priority=victim.priority, **figures)
-            self.counters["toolcalls_killed"] += 1
-            self.run_blocking(self.driver.kill, victim.cgroup)
-            self._budget_paused_since = None
-            return
-        if now - self._budget_paused_since < 2.0:
-            return
-        live = [a for a in self.agents.values() if a.state == "live"]
-        if not live:
-            return
-        victim_agent = min(live, key=lambda a: (rank.get(self.policy_for(a.policy).priority, 1), -a.created))
-        self.journal.emit("agent.killed", f"the agents' runtimes alone exceed the host budget {format_size(self.host_budget)} and no tool "
-                          f"call is left to end; ended the newest lowest-priority agent {victim_agent.name}", level="error",
-                          agent=victim_agent.name, limit="host_budget", **figures)
-        self.driver.kill(f"{victim_agent.cgroup}/runtime")
-        self._budget_paused_since = None
-
     # ------------------------------------------------------------------ the tick
     def tick(self) -> None:
         now = self.clock()
-        if self.host_budget is not None and self.v1:
-            self._tick_budget(now)
         for tc in list(self.toolcalls.values()):
             self._tick_toolcall(tc, now)
         for agent in list(self.agents.values()):
@@ -559,13 +501,33 @@ class Manager:
             self.run_blocking(self.driver.kill, tc.cgroup)  # the tick finishes it once its cgroup is empty
 
     def cancel(self, ident: str, reason: str) -> ToolCall:
+        return self.end_toolcall(ident, f"cancelled: {reason}", message=f"cancelled: {reason}; ending every process of the tool call")
+
+    def end_toolcall(self, ident: str, reason: str, *, limit: str | None = None, message: str | None = None,
+                     **figures) -> ToolCall:
+        """End a live tool call's whole tree for `reason` (a cancel, or a policy kind's
+        request through the shared model, e.g. the host budget); journaled as toolcall.killed."""
         tc = self.toolcalls[ident]
-        tc.ladder = LadderState(**{**asdict(tc.ladder), "stage": "killed", "outcome": "killed", "reason": f"cancelled: {reason}"})
-        self.journal.emit("toolcall.killed", f"cancelled: {reason}; ending every process of the tool call", level="warn",
-                          agent=tc.agent, tool_call=tc.id)
+        ladder = {**asdict(tc.ladder), "stage": "killed", "outcome": "killed", "reason": reason}
+        if limit is not None:
+            ladder["limit"] = limit
+            figures["limit"] = limit
+        tc.ladder = LadderState(**ladder)
+        figures.setdefault("priority", tc.priority)
+        self.journal.emit("toolcall.killed", message or reason, level="warn", agent=tc.agent, tool_call=tc.id, **figures)
         self.counters["toolcalls_killed"] += 1
         self.run_blocking(self.driver.kill, tc.cgroup)
         return tc
+
+    def end_agent_runtime(self, name: str, reason: str, *, limit: str | None = None, **figures) -> None:
+        """End an agent's own process (its LLM loop), at a policy kind's request; the agent
+        then ends as usual when the tick sees its main process gone."""
+        agent = self.agents[name]
+        self.journal.emit("agent.killed", reason, level="error", agent=name, **({"limit": limit} if limit else {}), **figures)
+        self.driver.kill(f"{agent.cgroup}/runtime")
+
+    def agent_priority(self, agent: Agent) -> str:
+        return self.policy_for(agent.policy).priority
 
     def _finish(self, tc: ToolCall, now: float, populated: bool = True) -> None:
         tc.ladder = escalation.finish(tc.ladder, tc.exit_code)

@@ -18,21 +18,33 @@ if TYPE_CHECKING:
     from agentd.cgroups.driver import CgroupDriver
 
 
+def _refuse(*args, **kw):
+    raise RuntimeError("this model has no tool-call engine to ask")
+
+
 class SharedModel:
     """A read-only view of what the tool-call engine keeps: agents and tool calls by name/id
-    (the live records: do not change them), the process tree, and the cgroup layout.
+    (the live records: do not change them), the process tree, and the cgroup layout; and the
+    two requests a kind may make of the engine, which then journals and records them as its
+    own decisions: end a tool call, end an agent's runtime.
 
     Layout under the delegated root: agents/<agent>/runtime, agents/<agent>/tools/<seq>-<tool>,
     jobs/<name> (managed servers and training jobs)."""
 
     JOBS = "jobs"
+    AGENTS = "agents"
 
     def __init__(self, agents: Callable[[], Mapping[str, Any]] = dict, toolcalls: Callable[[], Mapping[str, Any]] = dict,
-                 tree: Any = None, agent_of_pid: Callable[[int], str | None] = lambda pid: None):
+                 tree: Any = None, agent_of_pid: Callable[[int], str | None] = lambda pid: None,
+                 agent_priority: Callable[[Any], str] = lambda agent: "normal",
+                 end_toolcall: Callable[..., Any] = _refuse, end_agent_runtime: Callable[..., Any] = _refuse):
         self._agents = agents
         self._toolcalls = toolcalls
         self.tree = tree  # agentd.tracking.proctree.ProcTree, or None in unit tests
         self.agent_of_pid = agent_of_pid
+        self.agent_priority = agent_priority  # low | normal | high, from the agent's policy
+        self.end_toolcall = end_toolcall  # (id, reason, limit=..., **figures)
+        self.end_agent_runtime = end_agent_runtime  # (agent name, reason, limit=..., **figures)
 
     def agents(self) -> Mapping[str, Any]:
         return MappingProxyType(self._agents())

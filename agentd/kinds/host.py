@@ -54,10 +54,12 @@ class KindHost:
             report = self.reports[kind.name]
             report.errors += 1
             report.last_error = f"{hook}: {type(exc).__name__}: {exc}"
-            log.exception("policy kind %s failed in %s", kind.name, hook)
             now = self.clock()
             key = (kind.name, hook)
-            if now - self._last_error_journaled.get(key, -1e18) >= ERROR_JOURNAL_EVERY_S:
+            if now - self._last_error_journaled.get(key, -1e18) < ERROR_JOURNAL_EVERY_S:
+                log.debug("policy kind %s failed in %s again: %s", kind.name, hook, exc)
+            else:  # the traceback in the log and a journal record, at most once a minute per hook
+                log.exception("policy kind %s failed in %s", kind.name, hook)
                 self._last_error_journaled[key] = now
                 self._quiet = True  # the host's own error record is not fed back to the kinds
                 try:

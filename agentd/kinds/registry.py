@@ -25,7 +25,7 @@ class KindEntry:
 
 
 KINDS: tuple[KindEntry, ...] = (
-    # one line per policy kind, e.g. KindEntry("tiers", "agentd.tiers", "cli.tiers_commands"),
+    KindEntry("budget", "agentd.budget"),
 )
 
 
