@@ -110,7 +110,7 @@ class DaemonController:
         except ValueError as exc:
             raise ApiError(400, "invalid_name", str(exc), "name") from None
         rec = agent.record()
-        rec["results_dir"] = str(self.d.results_dir / agent.name)
+        rec["results_dir"] = str(self.d.results.agent_path(agent.name))
         return rec
 
     def declare_intent(self, agent: str, pid: int, intent: dict) -> dict:

@@ -20,6 +20,8 @@ from agentd.core.journal import Journal
 from agentd.core.manager import Manager
 from agentd.core.procinfo import is_stopped
 from agentd.core.readopt import readopt
+from agentd.core.results import ResultsDir, default_results_root
+from agentd.core.statedir import prepare_state_dir, take_lock
 from agentd.core.policies import PolicySet
 from agentd.core.store import Store
 from agentd.paths import DEFAULT_POLICY, DEFAULT_POLICY_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR
@@ -52,6 +54,7 @@ class DaemonConfig:
     gpu: bool = True
     simulate_gpus: int = 0  # >0: a clearly labelled fake NVML with this many GPUs (demos, tests)
     host_memory_max: int | None = None  # bytes all agents together may use (agents/)
+    results_dir: Path | None = None  # where agents read their result files; None: <socket dir>/results
 
 
 class Daemon:
@@ -70,6 +73,10 @@ class Daemon:
         self.readopt_counts: dict = {}
         self.readopt_ms = 0.0
 
+        # Before anything touches cgroups or processes: the state is root's alone, and a
+        # second daemon on it stops here (it would re-adopt and place every exec again).
+        prepare_state_dir(config.state_dir)
+        self._lock_fd = take_lock(config.state_dir)
         self.driver = open_driver(config.cgroup_root, leaf_name=config.cgroup_leaf)
         features = self.driver.features()
         missing = "; ".join(f"{k}: {v}" for k, v in features.missing.items())
@@ -78,12 +85,12 @@ class Daemon:
             self.degraded.append(self.lines["cgroups"])
         if config.move_self:
             move_self_to_daemon_cgroup(self.driver)
-        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
-        self.results_dir = config.state_dir / "results"
+        self.results = ResultsDir(config.results_dir or default_results_root(config.socket_path))
+        self.results_dir = self.results.path
         self.store = Store(config.state_dir / "agentd.db")
         self.journal = Journal(self.store, jsonl=config.state_dir / "journal.jsonl")
         self.policies = PolicySet(config.policy_dir, config.default_policy, require_root_owned=config.require_root_owned_policies)
-        self.manager = Manager(self.driver, self.store, self.journal, self.policies.get, results_dir=self.results_dir,
+        self.manager = Manager(self.driver, self.store, self.journal, self.policies.get, results=self.results,
                                all_policies=lambda: list(self.policies.policies.values()))
         self.controller = DaemonController(self)
         self.manager.set_host_budget(config.host_memory_max)
@@ -245,6 +252,7 @@ class Daemon:
         self.journal.emit("daemon.stopped", "agentd stopped; managed agents keep running and will be re-adopted at the next start")
         self.journal.close()
         self.store.close()
+        self.results.close()
 
     def abort(self) -> None:
         """Start-up failed half way: detach what was attached so nothing outlives us."""
@@ -252,6 +260,7 @@ class Daemon:
             self.tracker.stop()
             self.tracker = None
         self.store.close()
+        self.results.close()
 
     def reload(self) -> None:
         self._notify("RELOADING=1")
@@ -276,7 +285,7 @@ class Daemon:
             driver.move(os.getpid(), runtime)
 
         child_env = dict(os.environ if env is None else env)
-        child_env["AGENTD_RESULTS_DIR"] = str(self.results_dir / name)
+        child_env["AGENTD_RESULTS_DIR"] = str(self.results.agent_path(name))
         child_env["AGENTD_SOCKET"] = str(self.config.socket_path)
         proc = subprocess.Popen(argv, env=child_env, preexec_fn=place_self, stdout=stdout, stderr=stderr)
         self.manager.register_agent(proc.pid, os.getuid(), name, policy)

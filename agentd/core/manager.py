@@ -15,7 +15,6 @@ import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Callable
 
 from agentd.cgroups.driver import CgroupDriver, CgroupError, Limits
@@ -24,6 +23,7 @@ from agentd.core.escalation import LadderState, Sample
 from agentd.core.journal import Journal
 from agentd.core.model import Agent, Placement, ToolCall
 from agentd.core.procinfo import ProcInfo, alive, read_environ, read_proc, set_oom_score_adj
+from agentd.core.results import ResultsDir, ResultsDirError
 from agentd.core.store import Store
 from agentd.core.toolcall_rules import (
     Intent,
@@ -73,7 +73,7 @@ def tool_limits_for_driver(limits: ResourceLimits, kind: str) -> Limits:
 
 class Manager:
     def __init__(self, driver: CgroupDriver, store: Store, journal: Journal, policy_for: Callable[[str], Policy],
-                 tracker: TrackerBackend | None = None, results_dir: Path | None = None,
+                 tracker: TrackerBackend | None = None, results: ResultsDir | None = None,
                  clock: Callable[[], float] = time.time, all_policies: Callable[[], list[Policy]] = list):
         self.driver = driver
         self.v1 = driver.kind == "hybrid"
@@ -82,7 +82,7 @@ class Manager:
         self.policy_for = policy_for
         self.all_policies = all_policies  # for agent rules
         self.tracker = tracker
-        self.results_dir = results_dir
+        self.results = results  # where agents find a result file per tool call; None: no files
         self.clock = clock
         self.agents: dict[str, Agent] = {}
         # Fed by every tracker event (no /proc reads per event): who descends from whom.
@@ -97,7 +97,6 @@ class Manager:
         # freeze and kill wait for the kernel (up to seconds): the daemon runs them off the
         # event loop so a slow kill never delays the next exec's placement.
         self.run_blocking: Callable = lambda fn, *args: fn(*args)
-        self._result_dirs: set[str] = set()
         # Guards what the tracker's thread (place_gated) and the loop both change:
         # next_seq and pending intents.
         self.lock = threading.Lock()
@@ -606,23 +605,18 @@ class Manager:
 
     def _write_result(self, tc: ToolCall) -> None:
         """The structured result for agents that cannot read the event stream:
-        <results_dir>/<agent>/<pid>.json, readable by the agent's uid."""
-        if self.results_dir is None:
+        <results root>/<agent>/<pid>.json, readable by the agent's uid only (results.py)."""
+        if self.results is None:
             return
         agent = self.agents.get(tc.agent)
-        folder = self.results_dir / tc.agent
+        owner = agent.uid if agent is not None else self.store.agent_uid(tc.agent)
+        if owner is None:
+            return
+        result = {"tool_call": tc.id, "pid": tc.pid, "outcome": tc.outcome, "reason": tc.reason, "peak_bytes": tc.peak_bytes,
+                  "limits": tc.resolved.limits.to_json(), "exit_code": tc.exit_code, "retry_with": self.retry_hint(tc)}
         try:
-            if tc.agent not in self._result_dirs:
-                folder.mkdir(parents=True, exist_ok=True, mode=0o750)
-                if agent is not None:
-                    os.chown(folder, agent.uid, -1)
-                self._result_dirs.add(tc.agent)
-            result = {"tool_call": tc.id, "pid": tc.pid, "outcome": tc.outcome, "reason": tc.reason, "peak_bytes": tc.peak_bytes,
-                      "limits": tc.resolved.limits.to_json(), "exit_code": tc.exit_code, "retry_with": self.retry_hint(tc)}
-            tmp = folder / f".{tc.pid}.json.tmp"
-            tmp.write_text(json.dumps(result))
-            os.replace(tmp, folder / f"{tc.pid}.json")
-        except OSError as exc:
+            self.results.write(tc.agent, owner, tc.pid, result)
+        except (OSError, ValueError, ResultsDirError) as exc:
             self.journal.emit("result.error", f"could not write the result file for {tc.id}: {exc}", level="warn", tool_call=tc.id)
 
     def end_agent(self, agent: Agent, why: str) -> None:
@@ -642,6 +636,8 @@ class Manager:
             self.journal.emit("cgroup.error", f"could not remove {agent.cgroup}: {exc}", level="warn", agent=agent.name)
         self.by_runtime_id.pop(agent.runtime_id, None)
         self._update_gate()
+        if self.results is not None:
+            self.results.forget(agent.name)
         self.store.put_agent(agent.record())
         self.journal.emit("agent.ended", f"agent {agent.name} ended: {why}", agent=agent.name)
         done = [a for a in self.agents.values() if a.state == "done"]
