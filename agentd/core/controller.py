@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING
 
 from agentd.api.contract import ApiError
+from agentd.core.manager import NameTaken
 from agentd.core.toolcall_rules import IntentInvalid, parse_intent
 from agentd.policy.loader import PolicyInvalid
 from agentd.policy.schema import valid_name
@@ -103,6 +104,8 @@ class DaemonController:
             raise ApiError(409, "already_managed", f"process {pid} already belongs to agent {owner}", "pid")
         try:
             agent = self.m.register_agent(pid, uid, name, policy)
+        except NameTaken as exc:
+            raise ApiError(409, "name_taken", str(exc), "name") from None
         except FileExistsError as exc:
             raise ApiError(409, "agent_exists", str(exc), "name") from None
         except ProcessLookupError as exc:

@@ -50,6 +50,11 @@ RUNTIME_OOM_SCORE_ADJ = -900
 TOOLCALL_OOM_SCORE_ADJ = {"high": 100, "normal": 400, "low": 800}
 PENDING_INTENT_TTL_S = 30.0  # an intent declared over the API applies to the next tool call within this time
 FINISHED_AGENT_KEEP = 200
+MAX_CGROUP_DEPTH = 64  # ancestors looked at when finding a caller's agent
+
+
+class NameTaken(FileExistsError):
+    """The agent name is owned by another uid."""
 
 
 @dataclass(frozen=True)
@@ -108,11 +113,19 @@ class Manager:
         info = read_proc(pid)
         if info is None:
             raise ProcessLookupError(f"process {pid} is gone")
-        name = name or re.sub(r"[^A-Za-z0-9._-]", "_", f"{info.comm}-{pid}").lstrip(".")
+        if name is None:
+            name = self._free_name(re.sub(r"[^A-Za-z0-9._-]", "_", f"{info.comm}-{pid}").lstrip(".")[:56], uid)
         if not valid_name(name):
             raise ValueError(f"agent name {name!r}: expected 1-64 characters of A-Z a-z 0-9 . _ -")
         if name in self.agents and self.agents[name].state == "live":
             raise FileExistsError(f"an agent named {name!r} is already running")
+        # A name belongs to the uid that first used it, for good: its history (tool calls
+        # with their argv, events) stays that uid's, and its record is never overwritten by
+        # another owner. The same uid may run it again: the new run continues the numbering.
+        owner = self.store.agent_uid(name)
+        if owner is not None and owner != uid:
+            raise NameTaken(f"the agent name {name!r} belongs to uid {owner} (an ended agent keeps its history "
+                            "under it); choose another name")
         policy_obj = self.policy_for(policy or "default")
         cgroup = f"agents/{name}"
         self.driver.create(f"{cgroup}/runtime")
@@ -127,6 +140,7 @@ class Manager:
         agent = Agent(name, uid, pid, info.start, policy_obj.name, cgroup, next_seq=self.store.max_seq(name) + 1,
                       created=self.clock())
         agent.runtime_id = self.driver.cgroup_id(f"{cgroup}/runtime")
+        agent.cgroup_id = self.driver.cgroup_id(cgroup)
         self.agents[name] = agent
         self.by_runtime_id[agent.runtime_id] = name
         if not self.driver.move(pid, f"{cgroup}/runtime"):
@@ -143,6 +157,14 @@ class Manager:
                           agent=name, pid=pid, uid=uid, policy=policy_obj.name, agent_limits=agent_limits.to_json())
         return agent
 
+    def _free_name(self, base: str, uid: int) -> str:
+        """A chosen-for-you name that no other uid owns: base, else base-2, base-3, ..."""
+        name, n = base, 1
+        while self.store.agent_uid(name) not in (None, uid):
+            n += 1
+            name = f"{base}-{n}"
+        return name
+
     def _match_agent_rules(self, pid: int) -> Agent | None:
         """An exec outside any agent: does a policy's agent rule claim it?"""
         rules = [(p, rule) for p in self.all_policies() for rule in p.agents]
@@ -150,8 +172,8 @@ class Manager:
             return None
         info = read_proc(pid)
         cgroup = procfs.read_cgroup_v2(pid)
-        if info is None or cgroup is None or re.search(r"/agents/[^/]+/", cgroup):
-            return None  # gone, or already inside an agent (ours)
+        if info is None or cgroup is None or self.agent_of_cgroup(cgroup) is not None:
+            return None  # gone, or already inside one of our agents
         for policy, rule in rules:
             if rule_matches(rule.match, name=tool_name(info.argv, info.exe, info.comm), comm=info.comm, exe=info.exe,
                             argv=info.argv, uid=info.uid, cgroup=cgroup):
@@ -180,11 +202,21 @@ class Manager:
     def agent_of_pid(self, pid: int) -> str | None:
         """The live agent whose runtime or tool calls hold pid (from the kernel's view)."""
         path = procfs.read_cgroup_v2(pid)
-        if path is None:
+        return self.agent_of_cgroup(path) if path is not None else None
+
+    def agent_of_cgroup(self, path: str) -> str | None:
+        """The live agent whose cgroup is `path` or one of its ancestors, compared by cgroup
+        id with the cgroup this daemon created for it: a path that merely reads
+        .../agents/<name>/... (any user with a delegated cgroup can make one) is nobody."""
+        ids = {a.cgroup_id: a.name for a in self.agents.values() if a.state == "live" and a.cgroup_id}
+        if not ids:
             return None
-        m = re.search(r"/agents/([^/]+)/", path + "/")
-        if m and m.group(1) in self.agents and self.agents[m.group(1)].state == "live":
-            return m.group(1)
+        mount = procfs.v2_mount()
+        parts = [p for p in path.split("/") if p]
+        for depth in range(len(parts), 0, -1)[:MAX_CGROUP_DEPTH]:  # the cgroup, then its parents
+            cgroup_id = procfs.cgroup_id_of("/".join(parts[:depth]), mount)
+            if cgroup_id in ids:
+                return ids[cgroup_id]
         return None
 
     def declare_intent(self, agent_name: str, intent: Intent) -> dict:
