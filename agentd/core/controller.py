@@ -94,7 +94,7 @@ class DaemonController:
         return rows[0]["uid"] if rows else None
 
     # ------------------------------------------------------------------ agents and intents
-    def register_agent(self, pid: int, uid: int, name: str | None, policy: str | None) -> dict:
+    def register_agent(self, pid: int, uid: int, name: str | None, policy: str | None, peer=None) -> dict:
         if name is not None and not valid_name(name):
             raise ApiError(400, "invalid_name", f"agent name {name!r}: expected 1-64 characters of A-Z a-z 0-9 . _ -", "name")
         if policy is not None and policy not in self.d.policies.policies:
@@ -103,7 +103,7 @@ class DaemonController:
         if owner is not None:
             raise ApiError(409, "already_managed", f"process {pid} already belongs to agent {owner}", "pid")
         try:
-            agent = self.m.register_agent(pid, uid, name, policy)
+            agent = self.m.register_agent(pid, uid, name, policy, peer=peer)
         except NameTaken as exc:
             raise ApiError(409, "name_taken", str(exc), "name") from None
         except FileExistsError as exc:

@@ -22,6 +22,7 @@ from agentd.core import escalation
 from agentd.core.escalation import LadderState, Sample
 from agentd.core.journal import Journal
 from agentd.core.model import Agent, Placement, ToolCall
+from agentd.core.pidfd import PeerProcess
 from agentd.core.procinfo import ProcInfo, alive, read_environ, read_proc, set_oom_score_adj
 from agentd.core.results import ResultsDir, ResultsDirError
 from agentd.core.store import Store
@@ -109,10 +110,15 @@ class Manager:
         self._budget_paused_since: float | None = None
 
     # ------------------------------------------------------------------ agents
-    def register_agent(self, pid: int, uid: int, name: str | None, policy: str | None) -> Agent:
+    def register_agent(self, pid: int, uid: int, name: str | None, policy: str | None,
+                       peer: PeerProcess | None = None) -> Agent:
+        """Manage pid as agent `name`. With `peer` (the API caller held by a pidfd), only
+        that very process is taken: if it exited and its pid now names another process,
+        the registration is refused instead of moving someone else's process."""
         info = read_proc(pid)
-        if info is None:
-            raise ProcessLookupError(f"process {pid} is gone")
+        if info is None or (peer is not None and not (peer.alive() and peer.start == info.start)):
+            raise ProcessLookupError(f"process {pid} is gone" if peer is None else
+                                     f"process {pid} that sent this request has exited; its pid may name another process by now")
         if name is None:
             name = self._free_name(re.sub(r"[^A-Za-z0-9._-]", "_", f"{info.comm}-{pid}").lstrip(".")[:56], uid)
         if not valid_name(name):
@@ -143,8 +149,12 @@ class Manager:
         agent.cgroup_id = self.driver.cgroup_id(cgroup)
         self.agents[name] = agent
         self.by_runtime_id[agent.runtime_id] = name
+        before = procfs.read_cgroup_v2(pid) if peer is not None else None
         if not self.driver.move(pid, f"{cgroup}/runtime"):
             raise ProcessLookupError(f"process {pid} exited before it could be placed")
+        if peer is not None and not peer.alive():
+            self._undo_registration(agent, pid, before)
+            raise ProcessLookupError(f"process {pid} that sent this request exited while it was being placed")
         if set_oom_score_adj(pid, RUNTIME_OOM_SCORE_ADJ) is None and not self.runtime_shield_refused:
             self.runtime_shield_refused = True
             self.journal.emit("oom.shield_unavailable", "cannot lower agent runtimes' oom_score_adj (no CAP_SYS_RESOURCE); "
@@ -156,6 +166,27 @@ class Manager:
                           "the OOM killer takes its tool calls before its runtime",
                           agent=name, pid=pid, uid=uid, policy=policy_obj.name, agent_limits=agent_limits.to_json())
         return agent
+
+    def _undo_registration(self, agent: Agent, pid: int, before: str | None) -> None:
+        """The caller exited between its pidfd check and the move: whatever holds its pid now
+        (another process, in a microsecond window) goes back where it was, then the agent's
+        cgroups go."""
+        self.agents.pop(agent.name, None)
+        self.by_runtime_id.pop(agent.runtime_id, None)
+        if before is not None:
+            try:
+                with open(os.path.join(procfs.v2_mount(), before.lstrip("/"), "cgroup.procs"), "w") as f:
+                    f.write(str(pid))
+            except OSError:
+                pass
+        for rel in (f"{agent.cgroup}/runtime", f"{agent.cgroup}/tools", agent.cgroup):
+            try:
+                if not self.driver.procs(rel):
+                    self.driver.remove(rel)
+            except (CgroupError, OSError):
+                pass
+        self.journal.emit("agent.refused", f"pid {pid} changed hands while it was registered as agent {agent.name}; "
+                          "nothing was registered", level="warn", pid=pid)
 
     def _free_name(self, base: str, uid: int) -> str:
         """A chosen-for-you name that no other uid owns: base, else base-2, base-3, ..."""
