@@ -21,7 +21,7 @@ from agentd.core.manager import Manager
 from agentd.core.procinfo import is_stopped
 from agentd.core.readopt import readopt
 from agentd.core.results import ResultsDir, default_results_root
-from agentd.core.statedir import prepare_state_dir, take_lock
+from agentd.core.statedir import open_state_dir
 from agentd.core.policies import PolicySet
 from agentd.core.store import Store
 from agentd.paths import DEFAULT_POLICY, DEFAULT_POLICY_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR
@@ -75,8 +75,7 @@ class Daemon:
 
         # Before anything touches cgroups or processes: the state is root's alone, and a
         # second daemon on it stops here (it would re-adopt and place every exec again).
-        prepare_state_dir(config.state_dir)
-        self._lock_fd = take_lock(config.state_dir)
+        self._lock_fd = open_state_dir(config.state_dir)
         self.driver = open_driver(config.cgroup_root, leaf_name=config.cgroup_leaf)
         features = self.driver.features()
         missing = "; ".join(f"{k}: {v}" for k, v in features.missing.items())

@@ -239,6 +239,8 @@ class Manager:
         """The live agent whose cgroup is `path` or one of its ancestors, compared by cgroup
         id with the cgroup this daemon created for it: a path that merely reads
         .../agents/<name>/... (any user with a delegated cgroup can make one) is nobody."""
+        if "/agents/" not in path + "/":
+            return None  # cheap: every agent cgroup is <root>/agents/<name>; the id decides below
         ids = {a.cgroup_id: a.name for a in self.agents.values() if a.state == "live" and a.cgroup_id}
         if not ids:
             return None

@@ -27,9 +27,10 @@ class AlreadyRunning(StateDirError):
     pass
 
 
-def prepare_state_dir(path: Path) -> None:
-    """Create path 0700 (or tighten it to 0700) and its known files to 0600. Refuses a
-    symlink or a directory owned by another user: whoever owns it could swap its files."""
+def open_state_dir(path: Path) -> int:
+    """Create path 0700 (or tighten it to 0700), take its lock (the fd returned, to hold
+    for the process's life), then make its known files 0600. Refuses a symlink or a
+    directory owned by another user: whoever owns it could swap its files."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -42,9 +43,11 @@ def prepare_state_dir(path: Path) -> None:
                                 "chown it to root or choose another --state-dir")
         if stat.S_IMODE(st.st_mode) != 0o700:
             os.fchmod(fd, 0o700)
+        lock_fd = take_lock(path)  # before any file in it is touched
         for name in PRIVATE_FILES:
             _tighten(fd, name)
         _create_private(fd, "agentd.db")  # so SQLite's database, -wal and -shm start 0600
+        return lock_fd
     finally:
         os.close(fd)
 

@@ -13,17 +13,16 @@ import pytest
 
 from agentd.core.pidfd import PeerProcess
 from agentd.core.results import ResultsDir, ResultsDirError
-from agentd.core.statedir import AlreadyRunning, StateDirError, prepare_state_dir, take_lock
+from agentd.core.statedir import AlreadyRunning, StateDirError, open_state_dir, take_lock
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
 
 
 def test_the_lock_admits_one_holder(tmp_path):
-    prepare_state_dir(tmp_path / "state")
-    fd = take_lock(tmp_path / "state")
+    fd = open_state_dir(tmp_path / "state")
     try:
         with pytest.raises(AlreadyRunning, match=rf"another agentd \(pid {os.getpid()}\) already uses the state directory"):
-            take_lock(tmp_path / "state")
+            open_state_dir(tmp_path / "state")
     finally:
         os.close(fd)
     os.close(take_lock(tmp_path / "state"))  # released with its fd
@@ -35,13 +34,13 @@ def test_the_state_directory_is_tightened_and_a_link_refused(tmp_path):
     os.chmod(state, 0o755)
     (state / "agentd.db-wal").write_text("")
     os.chmod(state / "agentd.db-wal", 0o644)
-    prepare_state_dir(state)
+    os.close(open_state_dir(state))
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     assert stat.S_IMODE((state / "agentd.db-wal").stat().st_mode) == 0o600
     assert stat.S_IMODE((state / "agentd.db").stat().st_mode) == 0o600
     (tmp_path / "link").symlink_to(state)
     with pytest.raises(StateDirError, match="symlink is refused"):
-        prepare_state_dir(tmp_path / "link")
+        open_state_dir(tmp_path / "link")
 
 
 @needs_root
@@ -50,7 +49,7 @@ def test_a_state_directory_of_another_user_is_refused(tmp_path):
     state.mkdir()
     os.chown(state, 65534, 65534)
     with pytest.raises(StateDirError, match="owned by uid 65534"):
-        prepare_state_dir(state)
+        open_state_dir(state)
 
 
 @needs_root
