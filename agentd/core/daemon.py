@@ -86,6 +86,8 @@ class Daemon:
             move_self_to_daemon_cgroup(self.driver)
         self.results = ResultsDir(config.results_dir or default_results_root(config.socket_path))
         self.results_dir = self.results.path
+        self.lines["state"] = (f"state: {config.state_dir} (0700, files 0600, locked by pid {os.getpid()}); results: {self.results.path} "
+                               "(root's folders, each file 0400 to its agent's uid)")
         self.store = Store(config.state_dir / "agentd.db")
         self.journal = Journal(self.store, jsonl=config.state_dir / "journal.jsonl")
         self.policies = PolicySet(config.policy_dir, config.default_policy, require_root_owned=config.require_root_owned_policies)
