@@ -7,7 +7,6 @@ Runs only on the event loop's thread. The decisions themselves live in pure modu
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
