@@ -28,6 +28,8 @@ def main() -> None:
 @main.command()
 @click.option("--socket", "socket_path", type=click.Path(path_type=Path), default=DEFAULT_SOCKET, show_default=True)
 @click.option("--state-dir", type=click.Path(path_type=Path), default=DEFAULT_STATE_DIR, show_default=True)
+@click.option("--results-dir", type=click.Path(path_type=Path), default=None,
+              help="where agents read a result file per tool call (default: results/ next to the socket)")
 @click.option("--policy-dir", type=click.Path(path_type=Path), default=DEFAULT_POLICY_DIR, show_default=True)
 @click.option("--default-policy", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=DEFAULT_POLICY, show_default=True)
 @click.option("--cgroup-root", default=None, help="absolute cgroup path agentd owns (default: own cgroup + /agentd, or the service cgroup under systemd)")
@@ -40,7 +42,7 @@ def main() -> None:
 @click.option("--simulate-gpus", type=click.IntRange(0, 16), default=0, help="SIMULATION: a fake NVML with N GPUs (demos and tests)")
 @click.option("--no-move-self", is_flag=True, help="stay in the current cgroup instead of <root>/daemon")
 @click.option("-v", "--verbose", is_flag=True)
-def run(socket_path, state_dir, policy_dir, default_policy, cgroup_root, cgroup_leaf, tracker, admin_group, socket_group,
+def run(socket_path, state_dir, results_dir, policy_dir, default_policy, cgroup_root, cgroup_leaf, tracker, admin_group, socket_group,
         metrics_listen, host_memory_max, simulate_gpus, no_move_self, verbose) -> None:
     """Run the daemon in the foreground (systemd: Type=notify)."""
     from agentd.core.daemon import DaemonConfig, run_daemon
@@ -53,7 +55,7 @@ def run(socket_path, state_dir, policy_dir, default_policy, cgroup_root, cgroup_
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--host-memory-max") from None
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="agentd: %(message)s", stream=sys.stderr)
-    config = DaemonConfig(socket_path=socket_path, state_dir=state_dir, policy_dir=policy_dir, default_policy=default_policy,
+    config = DaemonConfig(socket_path=socket_path, state_dir=state_dir, results_dir=results_dir, policy_dir=policy_dir, default_policy=default_policy,
                           cgroup_root=cgroup_root, cgroup_leaf=cgroup_leaf, tracker=tracker, admin_group=admin_group, socket_group=socket_group,
                           metrics_listen=metrics_listen, move_self=not no_move_self,
                           host_memory_max=budget, simulate_gpus=simulate_gpus)

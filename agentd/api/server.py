@@ -35,6 +35,7 @@ from agentd.api.auth import Action, Caller
 from agentd.api.contract import ApiError, Controller, Peer
 from agentd.api.kind_routes import add_kind_routes
 from agentd.api.limits import ApiLimits, RateLimiter
+from agentd.core.pidfd import PeerProcess
 from agentd.api.validation import (
     Field,
     check_body,
@@ -533,9 +534,20 @@ class ApiServer:
 
     async def h_register(self, request: web.Request) -> web.Response:
         caller = self.require(request, Action.AGENT_REGISTER)
-        body = await self._body(request, AGENT_BODY)
-        agent = self.controller.register_agent(caller.peer.pid, caller.peer.uid,
-                                               body.get("name"), body.get("policy"))
+        # Held from now (the headers; the body is not read yet): the caller may exit while
+        # its body trickles in, and its pid then name another process (agentd.core.pidfd).
+        sock = request.transport.get_extra_info("socket") if request.transport is not None else None
+        peer = PeerProcess.of_socket(sock, caller.peer.pid) if sock is not None else None
+        if peer is None or not peer.alive():
+            raise ApiError(403, "peer_gone", f"the process that opened this connection (pid {caller.peer.pid}) "
+                           "has exited; its pid no longer identifies the caller: reconnect")
+        with peer:
+            body = await self._body(request, AGENT_BODY)
+            if not peer.alive():
+                raise ApiError(403, "peer_gone", f"the process that sent this request (pid {caller.peer.pid}) exited "
+                               "before its body was read; nothing was registered")
+            agent = self.controller.register_agent(caller.peer.pid, caller.peer.uid,
+                                                   body.get("name"), body.get("policy"), peer=peer)
         log.info("Registered %s as agent '%s'.", caller.describe(),
                  agent.get("name") if isinstance(agent, dict) else agent)
         return json_response(agent, status=201)

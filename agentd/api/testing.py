@@ -116,7 +116,7 @@ class FakeController:
 
     # --- agents and intents --------------------------------------------------------------
 
-    def register_agent(self, pid: int, uid: int, name: str | None, policy: str | None) -> dict:
+    def register_agent(self, pid: int, uid: int, name: str | None, policy: str | None, peer=None) -> dict:
         name = name or f"agent-{pid}"
         if name in self.agents_by_name:
             raise ApiError(409, "agent_exists", f"an agent named {name!r} already exists", "name")

@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING
 
 from agentd.api.contract import ApiError
+from agentd.core.manager import NameTaken
 from agentd.core.toolcall_rules import IntentInvalid, parse_intent
 from agentd.policy.loader import PolicyInvalid
 from agentd.policy.schema import valid_name
@@ -99,7 +100,7 @@ class DaemonController:
         return rows[0]["uid"] if rows else None
 
     # ------------------------------------------------------------------ agents and intents
-    def register_agent(self, pid: int, uid: int, name: str | None, policy: str | None) -> dict:
+    def register_agent(self, pid: int, uid: int, name: str | None, policy: str | None, peer=None) -> dict:
         if name is not None and not valid_name(name):
             raise ApiError(400, "invalid_name", f"agent name {name!r}: expected 1-64 characters of A-Z a-z 0-9 . _ -", "name")
         if policy is not None and policy not in self.d.policies.policies:
@@ -108,7 +109,9 @@ class DaemonController:
         if owner is not None:
             raise ApiError(409, "already_managed", f"process {pid} already belongs to agent {owner}", "pid")
         try:
-            agent = self.m.register_agent(pid, uid, name, policy)
+            agent = self.m.register_agent(pid, uid, name, policy, peer=peer)
+        except NameTaken as exc:
+            raise ApiError(409, "name_taken", str(exc), "name") from None
         except FileExistsError as exc:
             raise ApiError(409, "agent_exists", str(exc), "name") from None
         except ProcessLookupError as exc:
@@ -116,7 +119,7 @@ class DaemonController:
         except ValueError as exc:
             raise ApiError(400, "invalid_name", str(exc), "name") from None
         rec = agent.record()
-        rec["results_dir"] = str(self.d.results_dir / agent.name)
+        rec["results_dir"] = str(self.d.results.agent_path(agent.name))
         return rec
 
     def declare_intent(self, agent: str, pid: int, intent: dict) -> dict:

@@ -20,6 +20,8 @@ from agentd.core.journal import Journal
 from agentd.core.manager import Manager
 from agentd.core.procinfo import is_stopped
 from agentd.core.readopt import readopt
+from agentd.core.results import ResultsDir, default_results_root
+from agentd.core.statedir import open_state_dir
 from agentd.core.policies import PolicySet
 from agentd.core.store import Store
 from agentd.kinds.context import SharedModel
@@ -57,6 +59,7 @@ class DaemonConfig:
     simulate_gpus: int = 0  # >0: a clearly labelled fake NVML with this many GPUs (demos, tests)
     host_memory_max: int | None = None  # bytes all agents together may use (agents/)
     kinds: tuple[KindEntry, ...] = KINDS  # the policy kinds to run (agentd.kinds.registry)
+    results_dir: Path | None = None  # where agents read their result files; None: <socket dir>/results
 
 
 class Daemon:
@@ -75,6 +78,9 @@ class Daemon:
         self.readopt_counts: dict = {}
         self.readopt_ms = 0.0
 
+        # Before anything touches cgroups or processes: the state is root's alone, and a
+        # second daemon on it stops here (it would re-adopt and place every exec again).
+        self._lock_fd = open_state_dir(config.state_dir)
         self.driver = open_driver(config.cgroup_root, leaf_name=config.cgroup_leaf)
         features = self.driver.features()
         missing = "; ".join(f"{k}: {v}" for k, v in features.missing.items())
@@ -83,12 +89,14 @@ class Daemon:
             self.degraded.append(self.lines["cgroups"])
         if config.move_self:
             move_self_to_daemon_cgroup(self.driver)
-        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
-        self.results_dir = config.state_dir / "results"
+        self.results = ResultsDir(config.results_dir or default_results_root(config.socket_path))
+        self.results_dir = self.results.path
+        self.lines["state"] = (f"state: {config.state_dir} (0700, files 0600, locked by pid {os.getpid()}); results: {self.results.path} "
+                               "(root's folders, each file 0400 to its agent's uid)")
         self.store = Store(config.state_dir / "agentd.db")
         self.journal = Journal(self.store, jsonl=config.state_dir / "journal.jsonl")
         self.policies = PolicySet(config.policy_dir, config.default_policy, require_root_owned=config.require_root_owned_policies)
-        self.manager = Manager(self.driver, self.store, self.journal, self.policies.get, results_dir=self.results_dir,
+        self.manager = Manager(self.driver, self.store, self.journal, self.policies.get, results=self.results,
                                all_policies=lambda: list(self.policies.policies.values()))
         self.controller = DaemonController(self)
         self.driver.create(SharedModel.AGENTS)  # the layout's fixed parent, limited by the budget kind
@@ -269,6 +277,8 @@ class Daemon:
         self.journal.close()
         self.store.close()
         self.kind_db.close()
+        self.results.close()
+        os.close(self._lock_fd)  # last: the state is consistent and closed
 
     def abort(self) -> None:
         """Start-up failed half way: detach what was attached so nothing outlives us."""
@@ -277,6 +287,8 @@ class Daemon:
             self.tracker = None
         self.store.close()
         self.kind_db.close()
+        self.results.close()
+        os.close(self._lock_fd)
 
     def reload(self) -> None:
         self._notify("RELOADING=1")
@@ -307,7 +319,7 @@ class Daemon:
             driver.move(os.getpid(), runtime)
 
         child_env = dict(os.environ if env is None else env)
-        child_env["AGENTD_RESULTS_DIR"] = str(self.results_dir / name)
+        child_env["AGENTD_RESULTS_DIR"] = str(self.results.agent_path(name))
         child_env["AGENTD_SOCKET"] = str(self.config.socket_path)
         proc = subprocess.Popen(argv, env=child_env, preexec_fn=place_self, stdout=stdout, stderr=stderr)
         self.manager.register_agent(proc.pid, os.getuid(), name, policy)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -21,12 +22,17 @@ JSONL_MAX_BYTES = 64 << 20  # journal.jsonl is rotated to journal.jsonl.1 past t
 log = logging.getLogger("agentd")
 
 
+def _open_private(path: Path):
+    """Append-only, 0600 whatever the umask: events carry agents' argv."""
+    return open(path, "a", buffering=1, opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW, 0o600))
+
+
 class Journal:
     def __init__(self, store: Store, clock: Callable[[], float] = time.time, jsonl: Path | None = None):
         self.store = store
         self.clock = clock
         self.jsonl_path = jsonl  # one JSON line per event, for `tail -f` and log shippers
-        self._jsonl = open(jsonl, "a", buffering=1) if jsonl else None
+        self._jsonl = _open_private(jsonl) if jsonl else None
         self._subscribers: dict[asyncio.Queue, tuple[str | None, int]] = {}
         self.listeners: list[Callable[[dict], None]] = []  # e.g. the demo's live view
         self.counts: dict[str, int] = {}
@@ -60,7 +66,7 @@ class Journal:
             if self._jsonl.tell() > JSONL_MAX_BYTES:
                 self._jsonl.close()
                 self.jsonl_path.replace(self.jsonl_path.with_name(self.jsonl_path.name + ".1"))
-                self._jsonl = open(self.jsonl_path, "a", buffering=1)
+                self._jsonl = _open_private(self.jsonl_path)
         except OSError as exc:  # a full disk must not stop enforcement
             log.warning("cannot write %s: %s; events stay in the database", self.jsonl_path, exc)
 

@@ -7,7 +7,6 @@ Runs only on the event loop's thread. The decisions themselves live in pure modu
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -15,7 +14,6 @@ import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Callable
 
 from agentd.cgroups.driver import CgroupDriver, CgroupError, Limits
@@ -23,7 +21,9 @@ from agentd.core import escalation
 from agentd.core.escalation import LadderState, Sample
 from agentd.core.journal import Journal
 from agentd.core.model import Agent, Placement, ToolCall
+from agentd.core.pidfd import PeerProcess
 from agentd.core.procinfo import ProcInfo, alive, read_environ, read_proc, set_oom_score_adj
+from agentd.core.results import ResultsDir, ResultsDirError
 from agentd.core.store import Store
 from agentd.core.toolcall_rules import (
     Intent,
@@ -50,6 +50,11 @@ RUNTIME_OOM_SCORE_ADJ = -900
 TOOLCALL_OOM_SCORE_ADJ = {"high": 100, "normal": 400, "low": 800}
 PENDING_INTENT_TTL_S = 30.0  # an intent declared over the API applies to the next tool call within this time
 FINISHED_AGENT_KEEP = 200
+MAX_CGROUP_DEPTH = 64  # ancestors looked at when finding a caller's agent
+
+
+class NameTaken(FileExistsError):
+    """The agent name is owned by another uid."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,7 @@ def tool_limits_for_driver(limits: ResourceLimits, kind: str) -> Limits:
 
 class Manager:
     def __init__(self, driver: CgroupDriver, store: Store, journal: Journal, policy_for: Callable[[str], Policy],
-                 tracker: TrackerBackend | None = None, results_dir: Path | None = None,
+                 tracker: TrackerBackend | None = None, results: ResultsDir | None = None,
                  clock: Callable[[], float] = time.time, all_policies: Callable[[], list[Policy]] = list):
         self.driver = driver
         self.v1 = driver.kind == "hybrid"
@@ -82,7 +87,7 @@ class Manager:
         self.policy_for = policy_for
         self.all_policies = all_policies  # for agent rules
         self.tracker = tracker
-        self.results_dir = results_dir
+        self.results = results  # where agents find a result file per tool call; None: no files
         self.clock = clock
         self.agents: dict[str, Agent] = {}
         # Fed by every tracker event (no /proc reads per event): who descends from whom.
@@ -97,21 +102,33 @@ class Manager:
         # freeze and kill wait for the kernel (up to seconds): the daemon runs them off the
         # event loop so a slow kill never delays the next exec's placement.
         self.run_blocking: Callable = lambda fn, *args: fn(*args)
-        self._result_dirs: set[str] = set()
         # Guards what the tracker's thread (place_gated) and the loop both change:
         # next_seq and pending intents.
         self.lock = threading.Lock()
 
     # ------------------------------------------------------------------ agents
-    def register_agent(self, pid: int, uid: int, name: str | None, policy: str | None) -> Agent:
+    def register_agent(self, pid: int, uid: int, name: str | None, policy: str | None,
+                       peer: PeerProcess | None = None) -> Agent:
+        """Manage pid as agent `name`. With `peer` (the API caller held by a pidfd), only
+        that very process is taken: if it exited and its pid now names another process,
+        the registration is refused instead of moving someone else's process."""
         info = read_proc(pid)
-        if info is None:
-            raise ProcessLookupError(f"process {pid} is gone")
-        name = name or re.sub(r"[^A-Za-z0-9._-]", "_", f"{info.comm}-{pid}").lstrip(".")
+        if info is None or (peer is not None and not (peer.alive() and peer.start == info.start)):
+            raise ProcessLookupError(f"process {pid} is gone" if peer is None else
+                                     f"process {pid} that sent this request has exited; its pid may name another process by now")
+        if name is None:
+            name = self._free_name(re.sub(r"[^A-Za-z0-9._-]", "_", f"{info.comm}-{pid}").lstrip(".")[:56], uid)
         if not valid_name(name):
             raise ValueError(f"agent name {name!r}: expected 1-64 characters of A-Z a-z 0-9 . _ -")
         if name in self.agents and self.agents[name].state == "live":
             raise FileExistsError(f"an agent named {name!r} is already running")
+        # A name belongs to the uid that first used it, for good: its history (tool calls
+        # with their argv, events) stays that uid's, and its record is never overwritten by
+        # another owner. The same uid may run it again: the new run continues the numbering.
+        owner = self.store.agent_uid(name)
+        if owner is not None and owner != uid:
+            raise NameTaken(f"the agent name {name!r} belongs to uid {owner} (an ended agent keeps its history "
+                            "under it); choose another name")
         policy_obj = self.policy_for(policy or "default")
         cgroup = f"agents/{name}"
         self.driver.create(f"{cgroup}/runtime")
@@ -126,10 +143,15 @@ class Manager:
         agent = Agent(name, uid, pid, info.start, policy_obj.name, cgroup, next_seq=self.store.max_seq(name) + 1,
                       created=self.clock())
         agent.runtime_id = self.driver.cgroup_id(f"{cgroup}/runtime")
+        agent.cgroup_id = self.driver.cgroup_id(cgroup)
         self.agents[name] = agent
         self.by_runtime_id[agent.runtime_id] = name
+        before = procfs.read_cgroup_v2(pid) if peer is not None else None
         if not self.driver.move(pid, f"{cgroup}/runtime"):
             raise ProcessLookupError(f"process {pid} exited before it could be placed")
+        if peer is not None and not peer.alive():
+            self._undo_registration(agent, pid, before)
+            raise ProcessLookupError(f"process {pid} that sent this request exited while it was being placed")
         if set_oom_score_adj(pid, RUNTIME_OOM_SCORE_ADJ) is None and not self.runtime_shield_refused:
             self.runtime_shield_refused = True
             self.journal.emit("oom.shield_unavailable", "cannot lower agent runtimes' oom_score_adj (no CAP_SYS_RESOURCE); "
@@ -142,6 +164,35 @@ class Manager:
                           agent=name, pid=pid, uid=uid, policy=policy_obj.name, agent_limits=agent_limits.to_json())
         return agent
 
+    def _undo_registration(self, agent: Agent, pid: int, before: str | None) -> None:
+        """The caller exited between its pidfd check and the move: whatever holds its pid now
+        (another process, in a microsecond window) goes back where it was, then the agent's
+        cgroups go."""
+        self.agents.pop(agent.name, None)
+        self.by_runtime_id.pop(agent.runtime_id, None)
+        if before is not None:
+            try:
+                with open(os.path.join(procfs.v2_mount(), before.lstrip("/"), "cgroup.procs"), "w") as f:
+                    f.write(str(pid))
+            except OSError:
+                pass
+        for rel in (f"{agent.cgroup}/runtime", f"{agent.cgroup}/tools", agent.cgroup):
+            try:
+                if not self.driver.procs(rel):
+                    self.driver.remove(rel)
+            except (CgroupError, OSError):
+                pass
+        self.journal.emit("agent.refused", f"pid {pid} changed hands while it was registered as agent {agent.name}; "
+                          "nothing was registered", level="warn", pid=pid)
+
+    def _free_name(self, base: str, uid: int) -> str:
+        """A chosen-for-you name that no other uid owns: base, else base-2, base-3, ..."""
+        name, n = base, 1
+        while self.store.agent_uid(name) not in (None, uid):
+            n += 1
+            name = f"{base}-{n}"
+        return name
+
     def _match_agent_rules(self, pid: int) -> Agent | None:
         """An exec outside any agent: does a policy's agent rule claim it?"""
         rules = [(p, rule) for p in self.all_policies() for rule in p.agents]
@@ -149,8 +200,8 @@ class Manager:
             return None
         info = read_proc(pid)
         cgroup = procfs.read_cgroup_v2(pid)
-        if info is None or cgroup is None or re.search(r"/agents/[^/]+/", cgroup):
-            return None  # gone, or already inside an agent (ours)
+        if info is None or cgroup is None or self.agent_of_cgroup(cgroup) is not None:
+            return None  # gone, or already inside one of our agents
         for policy, rule in rules:
             if rule_matches(rule.match, name=tool_name(info.argv, info.exe, info.comm), comm=info.comm, exe=info.exe,
                             argv=info.argv, uid=info.uid, cgroup=cgroup):
@@ -179,11 +230,25 @@ class Manager:
     def agent_of_pid(self, pid: int) -> str | None:
         """The live agent whose runtime or tool calls hold pid (from the kernel's view)."""
         path = procfs.read_cgroup_v2(pid)
-        if path is None:
+        return self.agent_of_cgroup(path) if path is not None else None
+
+    def agent_of_cgroup(self, path: str) -> str | None:
+        """The live agent whose cgroup is `path` or one of its ancestors, compared by cgroup
+        id with the cgroup this daemon created for it: a path that merely reads
+        .../agents/<name>/... (any user with a delegated cgroup can make one) is nobody."""
+        ids = {a.cgroup_id: a.name for a in self.agents.values() if a.state == "live" and a.cgroup_id}
+        parts = [p for p in path.split("/") if p]
+        if not ids or "agents" not in parts:
             return None
-        m = re.search(r"/agents/([^/]+)/", path + "/")
-        if m and m.group(1) in self.agents and self.agents[m.group(1)].state == "live":
-            return m.group(1)
+        mount = procfs.v2_mount()
+        # Every agent cgroup is <root>/agents/<name>: only such ancestors are looked up (a
+        # stat each, ~10 µs on cgroupfs), deepest first; the id decides.
+        for depth in range(len(parts), 1, -1)[:MAX_CGROUP_DEPTH]:
+            if parts[depth - 2] != "agents":
+                continue
+            name = ids.get(procfs.cgroup_id_of("/".join(parts[:depth]), mount))
+            if name is not None:
+                return name
         return None
 
     def declare_intent(self, agent_name: str, intent: Intent) -> dict:
@@ -572,23 +637,18 @@ class Manager:
 
     def _write_result(self, tc: ToolCall) -> None:
         """The structured result for agents that cannot read the event stream:
-        <results_dir>/<agent>/<pid>.json, readable by the agent's uid."""
-        if self.results_dir is None:
+        <results root>/<agent>/<pid>.json, readable by the agent's uid only (results.py)."""
+        if self.results is None:
             return
         agent = self.agents.get(tc.agent)
-        folder = self.results_dir / tc.agent
+        owner = agent.uid if agent is not None else self.store.agent_uid(tc.agent)
+        if owner is None:
+            return
+        result = {"tool_call": tc.id, "pid": tc.pid, "outcome": tc.outcome, "reason": tc.reason, "peak_bytes": tc.peak_bytes,
+                  "limits": tc.resolved.limits.to_json(), "exit_code": tc.exit_code, "retry_with": self.retry_hint(tc)}
         try:
-            if tc.agent not in self._result_dirs:
-                folder.mkdir(parents=True, exist_ok=True, mode=0o750)
-                if agent is not None:
-                    os.chown(folder, agent.uid, -1)
-                self._result_dirs.add(tc.agent)
-            result = {"tool_call": tc.id, "pid": tc.pid, "outcome": tc.outcome, "reason": tc.reason, "peak_bytes": tc.peak_bytes,
-                      "limits": tc.resolved.limits.to_json(), "exit_code": tc.exit_code, "retry_with": self.retry_hint(tc)}
-            tmp = folder / f".{tc.pid}.json.tmp"
-            tmp.write_text(json.dumps(result))
-            os.replace(tmp, folder / f"{tc.pid}.json")
-        except OSError as exc:
+            self.results.write(tc.agent, owner, tc.pid, result)
+        except (OSError, ValueError, ResultsDirError) as exc:
             self.journal.emit("result.error", f"could not write the result file for {tc.id}: {exc}", level="warn", tool_call=tc.id)
 
     def end_agent(self, agent: Agent, why: str) -> None:
@@ -608,6 +668,8 @@ class Manager:
             self.journal.emit("cgroup.error", f"could not remove {agent.cgroup}: {exc}", level="warn", agent=agent.name)
         self.by_runtime_id.pop(agent.runtime_id, None)
         self._update_gate()
+        if self.results is not None:
+            self.results.forget(agent.name)
         self.store.put_agent(agent.record())
         self.journal.emit("agent.ended", f"agent {agent.name} ended: {why}", agent=agent.name)
         done = [a for a in self.agents.values() if a.state == "done"]

@@ -22,10 +22,11 @@ class Agent:
     created: float = field(default_factory=time.time)
     ended: float | None = None
     runtime_id: int = 0  # v2 cgroup id of agents/<name>/runtime (the exec gate's key)
+    cgroup_id: int = 0  # v2 cgroup id of agents/<name>: who is inside this agent (agent_of_pid)
     pending_intents: list[tuple[float, Intent]] = field(default_factory=list)
 
     def record(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k not in ("runtime_id", "pending_intents")}
+        return {k: v for k, v in asdict(self).items() if k not in ("runtime_id", "cgroup_id", "pending_intents")}
 
 
 @dataclass

@@ -25,6 +25,7 @@ def readopt(manager: Manager) -> dict:
             driver.create(runtime)
             driver.create(f"{agent.cgroup}/tools")
         agent.runtime_id = driver.cgroup_id(runtime)
+        agent.cgroup_id = driver.cgroup_id(agent.cgroup)
         agent.next_seq = max(agent.next_seq, manager.store.max_seq(agent.name) + 1)  # next_seq is not written per tool call
         manager.agents[agent.name] = agent
         manager.by_runtime_id[agent.runtime_id] = agent.name

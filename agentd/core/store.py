@@ -126,6 +126,11 @@ class Store:
             (a["name"], a["uid"], a["main_pid"], a["main_start"], a["policy"], a["cgroup"], a["next_seq"], a["state"], a["created"], a.get("ended")),
         )
 
+    def agent_uid(self, name: str) -> int | None:
+        """The uid that owns the name (its record's), None for a name never used."""
+        row = self._exec("SELECT uid FROM agents WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row else None
+
     def agents(self, live_only: bool = False) -> list[dict]:
         sql = "SELECT * FROM agents" + (" WHERE state = 'live'" if live_only else "") + " ORDER BY created"
         return [dict(r) for r in self._exec(sql).fetchall()]

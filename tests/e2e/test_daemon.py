@@ -103,7 +103,7 @@ def test_tool_calls_are_placed_and_enforced_by_the_kernel(daemon):
     explain = json.loads(daemon.agentctl("explain", calls[2]["id"], "--json").stdout)
     assert any(d["kind"] == "toolcall.killed" for d in explain["decisions"])
     # The agent's structured result file says what happened and what to retry with.
-    result = json.loads((daemon.state / "results" / "t1" / f"{calls[2]['pid']}.json").read_text())
+    result = json.loads((daemon.dir / "results" / "t1" / f"{calls[2]['pid']}.json").read_text())
     assert result["outcome"] == "killed" and "retry_with" in result
     # Nothing left behind: tool cgroups removed as each tool call ended.
     from agentd.cgroups.detect import open_driver

@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -30,11 +31,12 @@ class DaemonThread:
     """The real Daemon (cn_proc tracker, no GPU) on its own loop in a thread."""
 
     def __init__(self, tmp: str, leaf: str):
-        self.config = DaemonConfig(socket_path=os.path.join(tmp, "run", "agentd.sock"), state_dir=_p(tmp, "state"),
+        self.config = DaemonConfig(socket_path=Path(tmp, "run", "agentd.sock"), state_dir=Path(tmp, "state"),
                                    policy_dir=None, cgroup_leaf=leaf, tracker="cn_proc", move_self=False, gpu=False,
                                    socket_group="nogroup", kinds=(PROBE,))
         self.loop = asyncio.new_event_loop()
         self.daemon: Daemon | None = None
+        self.error: BaseException | None = None
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -50,12 +52,14 @@ class DaemonThread:
 
         try:
             self.loop.run_until_complete(main())
+        except BaseException as exc:  # reported by __enter__
+            self.error = exc
         finally:
             self._started.set()
 
     def __enter__(self):
         self._thread.start()
-        assert self._started.wait(60) and self.daemon is not None
+        assert self._started.wait(60) and self.error is None, f"the daemon did not start: {self.error!r}"
         return self
 
     def __exit__(self, *exc):
@@ -65,12 +69,6 @@ class DaemonThread:
     @property
     def probe(self):
         return self.daemon.kinds.kinds[0]
-
-
-def _p(*parts):
-    from pathlib import Path
-
-    return Path(*parts)
 
 
 @pytest.fixture
@@ -114,8 +112,8 @@ def as_nobody(fn):
 def test_kind_commands_hooks_status_and_readopt_through_the_real_daemon(tmp):
     d, leaf = tmp
     with DaemonThread(d, leaf) as dt:
-        client = ApiClient(dt.config.socket_path)
-        sock = dt.config.socket_path
+        client = ApiClient(str(dt.config.socket_path))
+        sock = str(dt.config.socket_path)
         # GET for anyone, with the caller as the daemon saw it.
         assert client.kind_get("probe", "show", who="root") == {"uid": 0, "role": "admin", "who": "root"}
         assert as_nobody(lambda: ApiClient(sock).kind_get("probe", "show")) == {"uid": NOBODY, "role": "user", "who": None}

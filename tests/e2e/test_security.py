@@ -1,0 +1,336 @@
+"""Attacks on the root daemon by a local user (uid 65534) and by a non-root agent, performed
+for real against the daemon as a process (issue 8, items 1-5 and 8). Each test fails on a
+daemon without the defence it checks:
+
+1. a non-root agent plants symlinks where root writes its result files;
+2. a user with a delegated cgroup makes <it>/agents/victim/x, moves in, and asks for the
+   victim's tool calls and declares intents for it;
+3. a caller exits between its request's headers and its body and a root process is given
+   its pid (through ns_last_pid) before the body arrives;
+4. a user registers the name of another uid's ended agent, then reads its history;
+5. a user reads the state directory (argv of every agent);
+8. a second daemon is started on the same state directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from agentd.tracking import procfs
+from benchmarks.daemon_process import BIN, REPO, DaemonProcess, parse_lines
+
+pytestmark = [pytest.mark.kernel, pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the daemon, and setpriv to uid 65534")]
+
+NOBODY = 65534
+AGENTS = Path(__file__).parent / "agents"
+AS_NOBODY = ["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups", "--"]
+SECRET = "s3cret-token-" + uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def daemon():
+    d = DaemonProcess(tracker="auto")
+    try:
+        d.start()
+        os.chmod(d.socket, 0o666)  # every local user may connect (as with --socket-group users)
+        yield d
+    finally:
+        d.cleanup()
+
+
+def nobody_env(d: DaemonProcess) -> dict:
+    return {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "AGENTD_SOCKET": str(d.socket), "HOME": "/"}
+
+
+def probe(d: DaemonProcess, *requests: str, preexec=None) -> list[dict]:
+    """tests/e2e/agents/probe.py as uid 65534: one JSON answer per request."""
+    out = subprocess.run([*AS_NOBODY, sys.executable, str(AGENTS / "probe.py"), *requests], env=nobody_env(d),
+                         capture_output=True, text=True, timeout=60, preexec_fn=preexec)
+    assert out.returncode == 0, out.stderr
+    return parse_lines(out.stdout)
+
+
+def wait_for(pred, timeout: float = 20, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def agent_record(d: DaemonProcess, name: str) -> dict | None:
+    return next((a for a in d.client.agents() if a["name"] == name), None)
+
+
+def run_root_agent_with_secret(d: DaemonProcess, name: str, *, stay: bool) -> subprocess.Popen:
+    """A root agent whose one tool call has a secret in its argv; it then sleeps or ends."""
+    steps = [json.dumps(["sh", "-c", "true", SECRET])]
+    proc = d.spawn_agent(name, AGENTS / "scripted.py", *steps)
+    if stay:
+        return proc
+    proc.communicate(timeout=60)
+    return proc
+
+
+# --- 1. results ---------------------------------------------------------------------------
+
+ATTACK_RESULTS = r"""
+# The agent's runtime (uid 65534): a first tool call makes agentd create the results folder,
+# a second plants links where root writes its result (.<pid>.json.tmp, then <pid>.json).
+target="$1"
+sh -c 'true'
+i=0; while [ ! -d "$AGENTD_RESULTS_DIR" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+sh -c 'ln -s "$1" "$AGENTD_RESULTS_DIR/.$$.json.tmp" 2>/dev/null && echo planted-tmp
+       ln -s "$1" "$AGENTD_RESULTS_DIR/$$.json" 2>/dev/null && echo planted-final
+       echo "pid=$$"' tool "$target"
+"""
+
+
+def test_an_agent_cannot_make_root_write_through_its_symlinks(daemon):
+    secret_dir = daemon.dir / "root-only"
+    secret_dir.mkdir(mode=0o700)
+    target = secret_dir / "precious"
+    target.write_text("root's data\n")
+    script = daemon.dir / "attack.sh"
+    script.write_text(ATTACK_RESULTS)
+    os.chmod(script, 0o755)
+    r = subprocess.run([*AS_NOBODY, str(BIN / "agentctl"), "--socket", str(daemon.socket), "run", "--name", "evil",
+                        "--", "sh", str(script), str(target)], env=nobody_env(daemon), capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "planted" not in r.stdout  # the agent cannot even create a name in its results folder
+    pid = int(r.stdout.split("pid=")[1].split()[0])
+    calls = wait_for(lambda: [c for c in daemon.toolcalls("evil") if c["pid"] == pid and c["state"] == "done"],
+                     what="the planting tool call to end")
+    result = daemon.dir / "results" / "evil" / f"{pid}.json"
+    wait_for(result.exists, what=f"{result}")
+    assert target.read_text() == "root's data\n"  # root did not write through a link
+    st = result.lstat()
+    assert stat.S_ISREG(st.st_mode) and st.st_uid == NOBODY and stat.S_IMODE(st.st_mode) == 0o400
+    assert json.loads(result.read_text())["tool_call"] == calls[0]["id"]
+    folder = result.parent.stat()
+    assert folder.st_uid == 0 and stat.S_IMODE(folder.st_mode) == 0o755
+    assert stat.S_IMODE(result.parent.parent.stat().st_mode) == 0o711
+    # The agent reads its own result; another uid cannot.
+    ok = subprocess.run([*AS_NOBODY, "cat", str(result)], capture_output=True, text=True)
+    assert ok.returncode == 0 and calls[0]["id"] in ok.stdout
+    other = subprocess.run(["setpriv", "--reuid", "65533", "--regid", "65533", "--clear-groups", "--", "cat", str(result)],
+                           capture_output=True, text=True)
+    assert other.returncode != 0 and "Permission denied" in other.stderr
+
+
+# --- 2. identity by cgroup id --------------------------------------------------------------
+
+
+def _own_v2_path() -> str:
+    with open("/proc/self/cgroup") as f:
+        return next(line[3:].strip() for line in f if line.startswith("0::"))
+
+
+@pytest.fixture
+def delegated():
+    """A cgroup under this test's own v2 cgroup, delegated to uid 65534 the way systemd
+    delegates user@.service: the directory and its cgroup.procs/subtree_control/threads."""
+    from tests.kernel.cgroup_fixtures import _force_remove
+
+    root = os.path.join(procfs.v2_mount(), _own_v2_path().lstrip("/"), f"deleg-{uuid.uuid4().hex[:8]}")
+    os.mkdir(root)
+    start = os.path.join(root, "start")
+    os.mkdir(start)
+    for d in (root, start):
+        for name in ("", "cgroup.procs", "cgroup.subtree_control", "cgroup.threads"):
+            os.chown(os.path.join(d, name), NOBODY, NOBODY)
+    try:
+        yield root
+    finally:
+        _force_remove(root)
+
+
+def test_a_delegated_cgroup_named_like_an_agent_is_not_that_agent(daemon, delegated):
+    # A root agent whose first tool call has a secret in its argv; it then sleeps (live).
+    victim = daemon.spawn_agent("victim", AGENTS / "scripted.py", json.dumps(["sh", "-c", "true", SECRET]),
+                                json.dumps(["sleep", "30"]))
+    try:
+        wait_for(lambda: len(daemon.toolcalls("victim")) == 2, what="the victim's tool calls")
+        fake = os.path.join(delegated, "agents", "victim", "x")
+
+        def into_delegated_cgroup() -> None:  # as root, before setpriv: where systemd puts a session
+            with open(os.path.join(delegated, "start", "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+
+        # The user makes <delegated>/agents/victim/x and moves itself in (it may: it owns
+        # both ends), then calls the API from there.
+        shell = (f'mkdir -p {fake} && echo $$ > {fake}/cgroup.procs && cat /proc/self/cgroup | grep ^0:: >&2 && '
+                 f'exec {sys.executable} {AGENTS / "probe.py"} toolcalls:victim events:victim '
+                 '\'intent:{"duration_s": 0.001, "tool": "sleep"}\'')
+        out = subprocess.run([*AS_NOBODY, "sh", "-c", shell], env=nobody_env(daemon), capture_output=True, text=True,
+                             timeout=60, preexec_fn=into_delegated_cgroup)
+        assert out.returncode == 0, out.stderr
+        assert "/agents/victim/x" in out.stderr  # the attacker really sat in the look-alike cgroup
+        toolcalls, events, intent = parse_lines(out.stdout)
+        assert toolcalls.get("status") == 403, toolcalls
+        assert events.get("status") == 403, events
+        assert intent.get("status") == 403 and "not inside a managed agent" in intent["message"], intent
+        assert SECRET not in out.stdout
+    finally:
+        victim.kill()
+        victim.communicate(timeout=10)
+
+
+# --- 3. registration and pid reuse --------------------------------------------------------
+
+
+def _reuse_pid(pid: int, argv: list[str], tries: int = 300) -> subprocess.Popen | None:
+    """Start argv (as root) with exactly `pid`, through ns_last_pid: what a user gets by
+    cycling through pids, in milliseconds. None when other processes keep taking it."""
+    for _ in range(tries):
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(pid - 1))
+        p = subprocess.Popen(argv)
+        if p.pid == pid:
+            return p
+        p.kill()
+        p.wait()
+    return None
+
+
+def test_a_pid_that_changes_hands_during_registration_is_not_registered(daemon):
+    body = json.dumps({"name": "stolen"}).encode()
+    head = (f"POST /v1/agents HTTP/1.1\r\nHost: agentd\r\nContent-Type: application/json\r\n"
+            f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    go_r, go_w = os.pipe()
+    res_r, res_w = os.pipe()
+    caller = os.fork()
+    if caller == 0:  # the caller: uid 65534, sends the headers and all but the body's last byte
+        try:
+            os.close(go_w)
+            os.close(res_r)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(str(daemon.socket))
+            s.sendall(head + body[:-1])
+            time.sleep(0.5)  # the daemon has read the headers and checked this process
+            if os.fork() == 0:  # a child keeps the connection; the caller itself exits
+                os.read(go_r, 1)
+                s.sendall(body[-1:])
+                s.settimeout(20)
+                answer = b""
+                while chunk := s.recv(65536):  # Connection: close: the answer ends at EOF
+                    answer += chunk
+                os.write(res_w, answer)
+        except BaseException as e:  # noqa: BLE001 - reported through the pipe
+            os.write(res_w, repr(e).encode())
+        os._exit(0)
+    os.close(go_r)
+    os.close(res_w)
+    os.waitpid(caller, 0)  # the caller exited and is reaped: its pid is free
+    root_proc = _reuse_pid(caller, ["sleep", "60"])
+    try:
+        if root_proc is None:
+            os.write(go_w, b"x")
+            pytest.skip(f"could not get pid {caller} back for a root process (a busy host took it)")
+        assert os.stat(f"/proc/{root_proc.pid}").st_uid == 0
+        os.write(go_w, b"x")  # now the body's last byte arrives
+        with os.fdopen(res_r, "rb") as f:
+            answer = f.read().decode(errors="replace")
+        assert answer.startswith("HTTP/1.1 "), answer
+        status = int(answer.split()[1])
+        assert status != 201, answer  # on the old daemon: 201, root's sleep in agent "stolen"
+        assert status in (403, 409) and ("peer_gone" in answer or "process_gone" in answer), answer
+        assert "/agents/" not in procfs.read_cgroup_v2(root_proc.pid)
+        assert agent_record(daemon, "stolen") is None
+    finally:
+        if root_proc is not None:
+            root_proc.kill()
+            root_proc.wait()
+        os.close(go_w)
+
+
+# --- 4. names have an owner ---------------------------------------------------------------
+
+
+def test_an_ended_agents_name_and_history_stay_with_its_owner(daemon):
+    proc = run_root_agent_with_secret(daemon, "shared", stay=False)
+    assert proc.returncode == 0
+    wait_for(lambda: (agent_record(daemon, "shared") or {}).get("state") == "done", what="agent shared to end")
+    old_calls = daemon.toolcalls("shared")
+    assert any(SECRET in c["argv"] for c in old_calls)
+    # uid 65534 asks for the name, then for its history.
+    r = subprocess.run([*AS_NOBODY, str(BIN / "agentctl"), "--socket", str(daemon.socket), "run", "--name", "shared",
+                        "--", "true"], env=nobody_env(daemon), capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "belongs to uid 0" in r.stderr, (r.returncode, r.stderr)
+    toolcalls, events = probe(daemon, "toolcalls:shared", "events:shared")
+    assert toolcalls.get("status") == 403 and events.get("status") == 403
+    record = agent_record(daemon, "shared")
+    assert record["uid"] == 0 and record["state"] == "done"  # not overwritten
+    # The owner itself may run the name again; its earlier tool calls stay as they were.
+    again = run_root_agent_with_secret(daemon, "shared", stay=False)
+    assert again.returncode == 0
+    calls = wait_for(lambda: (lambda cs: len(cs) > len(old_calls) and all(c["state"] == "done" for c in cs) and cs)(
+        daemon.toolcalls("shared")), what="the second run's tool call")
+    assert [c["id"] for c in calls][:len(old_calls)] == [c["id"] for c in old_calls]
+    assert len({c["id"] for c in calls}) == len(calls)
+
+
+# --- 5. the state directory ---------------------------------------------------------------
+
+
+def test_the_state_is_roots_alone():
+    d = DaemonProcess(tracker="auto")
+    try:
+        # Left by an older daemon under umask 022: a 0755 directory and a 0644 journal.
+        d.state.mkdir(mode=0o755)
+        os.chmod(d.state, 0o755)
+        (d.state / "journal.jsonl").write_text("")
+        os.chmod(d.state / "journal.jsonl", 0o644)
+        d.start()
+        os.chmod(d.socket, 0o666)
+        run_root_agent_with_secret(d, "private", stay=False)
+        assert stat.S_IMODE(d.state.stat().st_mode) == 0o700
+        for name in ("agentd.db", "agentd.db-wal", "journal.jsonl", "agentd.lock"):
+            st = (d.state / name).stat()
+            assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 0, name
+        for name in ("agentd.db", "agentd.db-wal", "journal.jsonl"):
+            r = subprocess.run([*AS_NOBODY, "cat", str(d.state / name)], capture_output=True)
+            assert r.returncode != 0 and b"Permission denied" in r.stderr and SECRET.encode() not in r.stdout, name
+        # The secret is there for root, so the reads above were refused, not empty.
+        assert SECRET in (d.state / "journal.jsonl").read_text() or SECRET.encode() in (d.state / "agentd.db-wal").read_bytes()
+    finally:
+        d.cleanup()
+
+
+# --- 8. one daemon per state directory ----------------------------------------------------
+
+
+def test_a_second_daemon_on_the_same_state_refuses_to_start(daemon):
+    second = DaemonProcess(tracker="auto")
+    second.state = daemon.state
+    try:
+        with pytest.raises(RuntimeError) as exc:
+            second.start(timeout=20)
+        line = str(exc.value)
+        assert "exited with 1" in line and "another agentd" in line and str(daemon.state) in line, line
+        errors = [l for l in second.log.read_text().splitlines() if l.strip()]
+        assert len(errors) == 1, errors  # one clear line, no traceback
+        # It stopped before touching anything: no cgroup root of its own, no socket.
+        assert not second.driver().exists("")
+        assert not second.socket.exists()
+        assert daemon.client.status()["pid"] == daemon.proc.pid  # the first one still serves
+    finally:
+        second.state = second.dir / "state"  # its cleanup must not touch the first one's state
+        second.cleanup()
