@@ -500,3 +500,36 @@ def _steps_to(job: Job, want: int, now: float, why: str, numbers: dict, gp) -> l
 
 def _gib(n: int | float) -> str:
     return f"{n / 2**30:.2f} GiB"
+
+
+# ------------------------------------------------------------------ CPU side
+def choose_cpus(cls: JobClass, local: tuple, online: tuple, kept: set, node_of=lambda cpu: 0) -> tuple[tuple, tuple, str]:
+    """The cpuset of a job: (cpus, mems, note). `local` are the CPUs near its GPUs (PCI
+    locality), `kept` the cores latency-critical jobs keep apart. A latency-critical class
+    with cpu_cores takes cores from the top of the local set (best-effort jobs, given the
+    rest, start from the bottom), so the two rarely meet even before the cores are kept."""
+    pool = tuple(local) if cls.numa_local and local else tuple(online)
+    note = "" if cls.numa_local and local else ("GPU locality unknown: CPUs from every node" if cls.numa_local else "")
+    free = [c for c in pool if c not in kept]
+    if not free:
+        free, note = list(pool), (note + "; " if note else "") + "every local core is kept by a latency-critical job: shared"
+    want = cls.cpu_cores
+    if want and len(free) < want:
+        note = (note + "; " if note else "") + f"{len(free)} of {want} cores free"
+    if want:
+        pick = free[-want:] if cls.latency_critical else free[:want]
+    else:
+        pick = free
+    cpus = tuple(sorted(pick))
+    mems = tuple(sorted({node_of(c) for c in cpus}))
+    return cpus, mems, note
+
+
+def kept_cores(state: ColoState, policy: ColocationPolicy, cpus_of=lambda j: ()) -> set:
+    """Cores that placed latency-critical jobs keep apart from everyone else."""
+    out: set = set()
+    for j in state.placed():
+        c = policy.job_class(j.job_class)
+        if c is not None and c.keeps_cores_apart and c.cpu_cores:
+            out.update(cpus_of(j))
+    return out
