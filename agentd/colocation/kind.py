@@ -358,7 +358,7 @@ class ColocationKind(Kind):
         self._save(job)
         level = "warn" if a.step in ("freeze", "sigterm", "sigkill") else "info"
         self.ctx.emit(a.step, f"{job.name}: {a.step.replace('_', ' ')} ({a.reason})", level=level, job=job.name,
-                      guard_level=m.LEVEL_NAMES[job.guard.level], **{k: v for k, v in a.numbers.items() if k != "job"})
+                      guard_level=m.LEVEL_NAMES[job.guard.level], **{k: v for k, v in a.numbers.items() if k not in ("job", "level", "agent", "tool_call")})
 
     # ------------------------------------------------------------------ ends
     def _reap(self, now: float) -> None:

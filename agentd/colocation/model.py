@@ -411,7 +411,9 @@ def gpu_pressure(state: ColoState, g: GpuView, policy: ColocationPolicy, now: fl
             if _flag(state, f"{g.index}:slo:{r.name}", val is not None and val > rc.slo_tpot_ms,
                      val is None or val <= rc.slo_tpot_ms * gp.slo_clear_ratio):
                 out.append({"reason": "slo", "min_level": CPU_LOWERED,
-                            "text": f"{r.name} reports {r.slo_value:g} ms per token > SLO {rc.slo_tpot_ms:g} ms",
+                            "text": f"{r.name} reports {r.slo_value:g} ms per token" + (
+                                f" > SLO {rc.slo_tpot_ms:g} ms" if r.slo_value > rc.slo_tpot_ms else
+                                f", not yet under {gp.slo_clear_ratio:g} x SLO {rc.slo_tpot_ms:g} ms"),
                             "numbers": {"gpu": g.index, "job": r.name, "tpot_ms": r.slo_value,
                                         "slo_tpot_ms": rc.slo_tpot_ms}})
         if rc.util_ceiling_pct and g.util is not None:
@@ -478,7 +480,7 @@ def guard(state: ColoState, gpus: list[GpuView], policy: ColocationPolicy, now: 
             gs.last_step = now
             gs.clear_since = now
             actions.append(GuardAction(j.name, step, f"pressure on GPU(s) {', '.join(map(str, j.gpus))} gone "
-                                       f"for {gp.hold_s:g} s", {"hold_s": gp.hold_s, "level": LEVEL_NAMES[gs.level]}))
+                                       f"for {gp.hold_s:g} s", {"hold_s": gp.hold_s}))
     return state, actions
 
 
