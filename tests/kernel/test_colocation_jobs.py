@@ -228,6 +228,17 @@ def test_run_class_places_real_processes_with_env_cpuset_and_weight(env):
                               "colocation", "explain", "tr"], cwd=REPO, capture_output=True, text=True,
                              env={**os.environ, "PYTHONPATH": REPO})
         assert out.returncode == 0 and "tr (training): placed" in out.stdout and "GPU 0: fits" in out.stdout, out
+        # agentctl gpu asks the daemon's sampler (simulated GPUs, labelled) and shows who holds what
+        out = subprocess.run([sys.executable, "-m", "cli.agentctl", "--socket", str(dt.config.socket_path),
+                              "gpu", "--json"], cwd=REPO, capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": REPO})
+        import json
+
+        snap = json.loads(out.stdout)
+        assert snap["source"] == "daemon" and snap["backend"] == "simulated" and len(snap["gpus"]) == 2
+        assert {j["name"] for j in snap["jobs"]} == {"inf", "tr"}
+        status = client.status()["kinds"]["colocation"]
+        assert {j["name"] for j in status["jobs"]} == {"inf", "tr"}
         # bad input: more GPUs than exist, an absurd size, a malformed config -> clear 400s, nothing placed
         bad = subprocess.run([sys.executable, "-m", "cli.agentctl", "--socket", str(dt.config.socket_path), "run",
                               "--class", "training", "--gpus", "3", "--estimate-bytes", "1G", "--", "true"],
