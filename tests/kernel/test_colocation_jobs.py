@@ -359,3 +359,19 @@ def test_memory_pressure_freezes_the_best_effort_job_that_outgrew_its_estimate(e
         dt.daemon.gpu.nvml.procs = {0: [(inf.pid, 18 * G), (tr.pid, 4 * G)]}
         wait_for(lambda: "frozen 0" in fs.read(driver.knob_path("jobs/tr", "cgroup.events")), what="thawed")
         assert advancing(tr.pid)
+
+
+def test_a_restarted_daemon_readopts_running_jobs_and_drops_gone_ones(env):
+    d, leaf, procs = env
+    with DaemonThread(d, leaf) as dt:
+        keep = run_job(dt, procs, "training", "keep", "import time; time.sleep(60)")
+        gone = run_job(dt, procs, "training", "gone", "import time; time.sleep(60)")
+        for p, n in ((keep, "keep"), (gone, "gone")):
+            wait_for(lambda p=p, n=n: (cgroup_v2(p.pid) or "").endswith(f"/jobs/{n}") and execd(p.pid), what=n)
+    gone.kill()  # ends while no daemon runs
+    gone.wait(5)
+    with DaemonThread(d, leaf) as dt2:
+        assert dt2.daemon.kind_readopt == {"colocation": {"jobs": 1, "gone": 1}}
+        rows = ApiClient(dt2.config.socket_path).kind_get("colocation", "jobs")
+        assert [(r["name"], r["state"], r["pid"]) for r in rows] == [("keep", "placed", keep.pid)]
+        assert not dt2.daemon.driver.exists("jobs/gone")
