@@ -6,7 +6,8 @@ Admission (`admit`): the job's predicted peak is the estimate's HIGH end (ranges
 the estimators stand behind). A GPU fits when
 
     predicted peak + sum over residents of max(live, predicted peak) + memory used by
-    processes that are no job + the largest headroom of the classes involved <= capacity
+    processes that are no job + the largest headroom of the classes involved
+    <= capacity x the guard's memory high mark (never plan what the guard would undo)
 
 and the predicted slowdown (agentd.gpu.utilization.colocation_slowdown; time-sliced upper
 bound, or the MPS bound when an MPS daemon is configured) stays within the bound of every
@@ -22,7 +23,9 @@ below a low mark; a latency-critical job's reported time per output token above 
 until below clear_ratio x SLO; the GPU's utilization above an LC job's ceiling). Under
 pressure the lowest-priority best-effort job on that GPU is stepped: lower cpu weight ->
 freeze -> SIGTERM (thawed so it can exit) -> SIGKILL after a grace period. Memory pressure
-starts at freeze: cpu weight does not stop allocations. One step per step_s; when the
+starts at freeze (cpu weight does not stop allocations), and above the critical mark at
+SIGTERM (a frozen job keeps its memory; only an exit frees it). Under memory pressure a job
+holding more than it predicted is stepped first, whatever its class: it broke its word. One step per step_s; when the
 pressure has been gone for hold_s, one step is undone (thaw, then the cpu weight).
 """
 
@@ -81,6 +84,7 @@ class GuardState:
     last_step: float = 0.0
     clear_since: float | None = None
     term_at: float | None = None
+    freezes: int = 0  # each new freeze doubles the calm it takes to thaw (no flapping)
 
 
 @dataclass
@@ -142,6 +146,7 @@ class Job:
 class ColoState:
     jobs: dict = field(default_factory=dict)  # name -> Job
     pressure: dict = field(default_factory=dict)  # "<gpu>:<reason>" -> bool (hysteresis memory)
+    seen_peak: dict = field(default_factory=dict)  # job name -> most bytes it held above its prediction
 
     def placed(self) -> list[Job]:
         return [j for j in self.jobs.values() if j.state == PLACED]
@@ -193,11 +198,14 @@ def check_gpu(state: ColoState, job: Job, g: GpuView, policy: ColocationPolicy, 
     headroom = max([cls.memory_headroom] + [_class(policy, r.job_class).memory_headroom for r in residents
                                             if policy.job_class(r.job_class)])
     need = job.peak_bytes + committed + others + headroom
-    v.update(total_bytes=g.total, used_bytes=g.used, committed_bytes=committed, other_bytes=others,
-             headroom_bytes=headroom, predicted_bytes=job.peak_bytes, need_bytes=need, free_after_bytes=g.total - need)
-    if need > g.total:
+    # plan no higher than the guard's high mark, or the guard would act on jobs that keep their word
+    cap = int(g.total * min(100.0, policy.guard.memory_high_pct) / 100.0)
+    v.update(total_bytes=g.total, usable_bytes=cap, used_bytes=g.used, committed_bytes=committed, other_bytes=others,
+             headroom_bytes=headroom, predicted_bytes=job.peak_bytes, need_bytes=need, free_after_bytes=cap - need)
+    if need > cap:
         v["reason"] = (f"GPU {g.index}: predicted peak {_gib(job.peak_bytes)} + residents {_gib(committed)} + other "
-                       f"{_gib(others)} + headroom {_gib(headroom)} = {_gib(need)} > {_gib(g.total)}")
+                       f"{_gib(others)} + headroom {_gib(headroom)} = {_gib(need)} > {_gib(cap)} "
+                       f"({policy.guard.memory_high_pct:g}% of {_gib(g.total)})")
         return v
     if residents:
         util_res = _others_util(residents, g.index)
@@ -264,10 +272,10 @@ def admit(state: ColoState, job: Job, gpus: list[GpuView], policy: ColocationPol
                                   f"{', '.join(sorted(policy.classes)) or 'none'})")
     if job.gpus_wanted > len(gpus):
         return Decision("refuse", f"{job.name} asks for {job.gpus_wanted} GPUs; this host has {len(gpus)}")
-    largest = max((g.total for g in gpus), default=0)
+    largest = int(max((g.total for g in gpus), default=0) * min(100.0, policy.guard.memory_high_pct) / 100.0)
     if job.peak_bytes + cls.memory_headroom > largest:
         return Decision("refuse", f"predicted peak {_gib(job.peak_bytes)} + headroom {_gib(cls.memory_headroom)} "
-                                  f"exceeds the largest GPU ({_gib(largest)}) even when it is empty")
+                                  f"exceeds the largest GPU's usable {_gib(largest)} even when it is empty")
     verdicts = [check_gpu(state, job, g, policy, now) for g in gpus]
     views = {g.index: g for g in gpus}
     fitting = [v for v in verdicts if v["fits"]]
@@ -291,10 +299,22 @@ def admit(state: ColoState, job: Job, gpus: list[GpuView], policy: ColocationPol
                     verdicts=tuple(verdicts))
 
 
+def apply_seen_peak(state: ColoState, job: Job) -> bool:
+    """A job that held more than it predicted last time is planned at what it held (a
+    job that lies about its size is believed once)."""
+    seen = state.seen_peak.get(job.name, 0)
+    if seen > job.peak_bytes:
+        job.source += f"; raised from {job.peak_bytes} to the {seen} bytes it held last time"
+        job.peak_bytes = seen
+        return True
+    return False
+
+
 def submit(state: ColoState, job: Job, gpus: list[GpuView], policy: ColocationPolicy, now: float) -> Decision:
     """A new job: place it (state PLACED), queue it (QUEUED, with its position) or refuse it.
     It may start at once only on GPUs that no queued job of its priority or higher waits
     for (the same rule the queue runs by: no overtaking onto a waiting job's GPUs)."""
+    apply_seen_peak(state, job)
     d = admit(state, job, gpus, policy, now)
     if d.action == "refuse":
         return d
@@ -324,8 +344,8 @@ def _wanted(d: Decision, job: Job) -> set[int]:
     no GPU: that can last as long as the resident does."""
     if d.action == "place":
         return set(d.gpus)
-    short = sorted((v for v in d.verdicts if v.get("need_bytes", 0) > v.get("total_bytes", 0)),
-                   key=lambda v: (v["need_bytes"] - v["total_bytes"], v["gpu"]))
+    short = sorted((v for v in d.verdicts if v.get("need_bytes", 0) > v.get("usable_bytes", 0)),
+                   key=lambda v: (v["need_bytes"] - v["usable_bytes"], v["gpu"]))
     return {v["gpu"] for v in short[:job.gpus_wanted]}
 
 
@@ -397,7 +417,7 @@ def gpu_pressure(state: ColoState, g: GpuView, policy: ColocationPolicy, now: fl
         pct = 100.0 * g.used / g.total
         committed = sum(r.committed_on(g.index) for r in state.residents(g.index))
         if _flag(state, f"{g.index}:memory", pct >= gp.memory_high_pct, pct < gp.memory_low_pct):
-            out.append({"reason": "memory", "min_level": FROZEN,
+            out.append({"reason": "memory", "min_level": TERMINATING if pct >= gp.memory_critical_pct else FROZEN,
                         "text": f"GPU {g.index} memory {pct:.1f}% in use (high mark {gp.memory_high_pct:g}%)",
                         "numbers": {"gpu": g.index, "used_bytes": g.used, "total_bytes": g.total,
                                     "used_pct": round(pct, 2), "committed_bytes": committed}})
@@ -430,7 +450,7 @@ def gpu_pressure(state: ColoState, g: GpuView, policy: ColocationPolicy, now: fl
 def _target_order(policy: ColocationPolicy, jobs: list[Job], gpu: int) -> list[Job]:
     def key(j: Job):
         c = policy.job_class(j.job_class)
-        return (c.priority if c else 0, not j.over_estimate, -j.live_on(gpu), j.name)
+        return (not j.over_estimate, c.priority if c else 0, -j.live_on(gpu), j.name)
     return sorted(jobs, key=key)
 
 
@@ -440,13 +460,21 @@ def guard(state: ColoState, gpus: list[GpuView], policy: ColocationPolicy, now: 
     pressured: set[str] = set()
     for g in gpus:
         for r in state.residents(g.index):  # a job above its prediction: remembered, targeted first
-            r.over_estimate = r.live_on(g.index) > r.peak_bytes or r.over_estimate
+            live = r.live_on(g.index)
+            if live > r.peak_bytes:
+                r.over_estimate = True
+                state.seen_peak[r.name] = max(state.seen_peak.get(r.name, 0), live)
+                while len(state.seen_peak) > 1000:
+                    state.seen_peak.pop(next(iter(state.seen_peak)))
         pressures = gpu_pressure(state, g, policy, now)
         if not pressures:
             continue
+        memory = any(p["reason"] == "memory" for p in pressures)
+        # best-effort jobs; under memory pressure also a latency-critical job that holds more
+        # than it predicted: it broke its word, and only stopping it protects its neighbours
         victims = [j for j in state.residents(g.index)
-                   if policy.job_class(j.job_class) and not policy.job_class(j.job_class).latency_critical
-                   and j.guard.level < TERMINATING]
+                   if policy.job_class(j.job_class) and j.guard.level < TERMINATING
+                   and (not policy.job_class(j.job_class).latency_critical or (memory and j.over_estimate))]
         if not victims:
             continue
         target = _target_order(policy, victims, g.index)[0]
@@ -474,13 +502,14 @@ def guard(state: ColoState, gpus: list[GpuView], policy: ColocationPolicy, now: 
             continue
         if gs.clear_since is None:
             gs.clear_since = now
-        if now - gs.clear_since >= gp.hold_s and now - gs.last_step >= gp.hold_s:
+        hold = gp.hold_s * min(64, 2 ** max(0, gs.freezes - 1))
+        if now - gs.clear_since >= hold and now - gs.last_step >= hold:
             step = "thaw" if gs.level == FROZEN else "restore_cpu"
             gs.level -= 1
             gs.last_step = now
             gs.clear_since = now
             actions.append(GuardAction(j.name, step, f"pressure on GPU(s) {', '.join(map(str, j.gpus))} gone "
-                                       f"for {gp.hold_s:g} s", {"hold_s": gp.hold_s}))
+                                       f"for {hold:g} s", {"hold_s": hold, "freezes": gs.freezes}))
     return state, actions
 
 
@@ -492,6 +521,8 @@ def _steps_to(job: Job, want: int, now: float, why: str, numbers: dict, gp) -> l
             continue  # straight to freeze: a lower cpu weight does not stop allocations
         out.append(GuardAction(job.name, names[level], why, {**numbers, "cpu_weight": gp.lowered_cpu_weight}
                                if level == CPU_LOWERED else numbers))
+    if job.guard.level < FROZEN <= want:
+        job.guard.freezes += 1
     job.guard.level = min(want, TERMINATING)
     job.guard.last_step = now
     job.guard.clear_since = None

@@ -76,6 +76,7 @@ class JobClass:
 class GuardPolicy:
     memory_high_pct: float = 95.0  # GPU memory in use at which the guard steps in
     memory_low_pct: float = 88.0  # ... and below which the pressure is gone (hysteresis)
+    memory_critical_pct: float = 98.0  # OOM is imminent: SIGTERM the best-effort job at once
     slo_clear_ratio: float = 0.9  # an SLO report this far under the target clears the pressure
     slo_report_ttl_s: float = 30.0  # an SLO report older than this no longer counts
     step_s: float = 5.0  # pressure that lasts this long after a step takes the next one
@@ -134,6 +135,7 @@ _GUARD = Mapping(
     {
         "memory_high_pct": Scalar("number", minimum=10, maximum=100),
         "memory_low_pct": Scalar("number", minimum=5, maximum=100),
+        "memory_critical_pct": Scalar("number", minimum=10, maximum=100),
         "slo_clear_ratio": Scalar("number", minimum=0.1, maximum=1.0),
         "slo_report_ttl_s": Scalar("number", minimum=0.1, maximum=3600),
         "step_s": Scalar("number", minimum=0.05, maximum=3600),

@@ -35,7 +35,7 @@ def test_an_empty_gpu_takes_a_job_and_memory_decides_on_the_high_end():
     d = m.submit(s, job("c", peak=70 * G), gpus(), POLICY, 2)
     assert d.action == "queue" and d.position == 1 and "predicted peak 70.00 GiB" in d.reason
     v0 = next(v for v in d.verdicts if v["gpu"] == 0)
-    assert v0["need_bytes"] == 70 * G + 70 * G + G // 2 + G and not v0["fits"]
+    assert v0["need_bytes"] == 70 * G + 70 * G + G // 2 + G and v0["usable_bytes"] == 76 * G and not v0["fits"]
 
 
 def test_impossible_requests_are_refused_not_queued():
@@ -192,8 +192,11 @@ def test_the_guard_never_touches_latency_critical_jobs_and_prefers_the_liar():
     assert steps(acts) == [("tr2", "freeze")] and s.jobs["tr2"].over_estimate
     s2 = m.ColoState()
     m.submit(s2, job("inf", cls="inference", peak=20 * G), gpus(1), POLICY, 0)
-    _, acts = m.guard(s2, gpus(1, used=79 * G), POLICY, 5.0)
-    assert acts == []
+    _, acts = m.guard(s2, gpus(1, used=77 * G), POLICY, 5.0)
+    assert acts == []  # an honest latency-critical job is never stepped
+    s2.jobs["inf"].live_bytes = {"0": 60 * G}  # ... but one holding 3x its prediction is, under memory pressure
+    _, acts = m.guard(s2, gpus(1, used=77 * G), POLICY, 6.0)
+    assert steps(acts) == [("inf", "freeze")]
 
 
 def test_util_ceiling_pressure():
@@ -211,3 +214,35 @@ def test_util_ceiling_pressure():
     assert acts == [] and s.jobs["tr"].guard.clear_since == 21.0
     _, acts = m.guard(s, gpus(1, util=0.6), pol, 31.0)
     assert steps(acts) == [("tr", "thaw")]
+
+
+def test_a_job_that_lied_is_planned_at_what_it_held_next_time():
+    s = _shared()
+    s.jobs["tr"].live_bytes = {"0": 30 * G}  # predicted 10
+    m.guard(s, gpus(1), POLICY, 1.0)
+    assert s.seen_peak["tr"] == 30 * G
+    del s.jobs["tr"]
+    again = job("tr", peak=10 * G, util=0.1)
+    m.submit(s, again, gpus(1), POLICY, 2.0)
+    assert again.peak_bytes == 30 * G and "held last time" in again.source
+
+
+def test_each_new_freeze_doubles_the_calm_needed_to_thaw():
+    s = _shared()
+    hot, calm = gpus(1, used=78 * G), gpus(1, used=40 * G)
+    m.guard(s, hot, POLICY, 0.0)  # freeze 1
+    m.guard(s, calm, POLICY, 1.0)
+    _, acts = m.guard(s, calm, POLICY, 11.0)
+    assert steps(acts) == [("tr", "thaw")] and acts[0].numbers["hold_s"] == 10
+    m.guard(s, hot, POLICY, 12.0)  # freeze 2 (from cpu_lowered, memory: straight to freeze)
+    m.guard(s, calm, POLICY, 13.0)
+    _, acts = m.guard(s, calm, POLICY, 23.0)
+    assert acts == []  # 10 s is no longer enough
+    _, acts = m.guard(s, calm, POLICY, 33.5)
+    assert steps(acts) == [("tr", "thaw")] and acts[0].numbers["hold_s"] == 20
+
+
+def test_memory_above_the_critical_mark_terminates_at_once():
+    s = _shared()
+    _, acts = m.guard(s, gpus(1, used=79 * G), POLICY, 0.0)  # 98.75 % >= 98 %
+    assert steps(acts) == [("tr", "freeze"), ("tr", "sigterm")] and s.jobs["tr"].guard.term_at == 0.0
