@@ -59,6 +59,9 @@ class ColocationKind(Kind):
                              "GPUs are time-sliced")
 
     def readopt(self) -> dict[str, int]:
+        for key, value in self.ctx.state.items("peak:"):
+            if isinstance(value, int) and value > 0:
+                self.state.seen_peak[key[len("peak:"):]] = value
         kept = dropped = 0
         for key, value in list(self.ctx.state.items("job:")):
             try:
@@ -101,6 +104,10 @@ class ColocationKind(Kind):
         for j in self.state.placed():
             seen = by_job.get(j.name, {"bytes": {}, "util": {}})
             j.live_bytes, j.live_util = seen["bytes"], seen["util"]
+            most = max(j.live_bytes.values(), default=0)
+            if most > j.peak_bytes and most > self.state.seen_peak.get(j.name, 0):
+                self.state.seen_peak[j.name] = most  # planned at this next time (model.apply_seen_peak)
+                self.ctx.state.put(f"peak:{j.name}", most)
             if not j.over_estimate and any(b > j.peak_bytes for b in j.live_bytes.values()):
                 self.ctx.emit("over_estimate", f"{j.name} holds {max(j.live_bytes.values())} bytes on a GPU, above "
                               f"its predicted peak {j.peak_bytes}", level="warn", job=j.name,
