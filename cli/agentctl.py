@@ -445,8 +445,20 @@ EXPLAIN_KEYS = ("id", "agent", "name", "tool", "argv", "state", "outcome", "reas
 @json_option
 @pass_state
 def explain(state: State, tool_call: str) -> None:
-    """Why each decision on TOOL_CALL was taken, with the numbers."""
-    data = state.client.explain(tool_call)
+    """Why each decision on TOOL_CALL (or GPU job) was taken, with the numbers."""
+    try:
+        data = state.client.explain(tool_call)
+    except ApiClientError as e:
+        if e.status != 404:
+            raise
+        try:  # not a tool call: perhaps a job of the colocation kind
+            state.client.kind_get("colocation", "explain", name=tool_call)
+        except ApiClientError:
+            raise e from None
+        from cli.colocation_commands import explain as job_explain
+
+        click.get_current_context().invoke(job_explain, job=tool_call, as_json=state.json)
+        return
     if state.json:
         emit_json(data)
         return

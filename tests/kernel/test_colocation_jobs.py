@@ -31,6 +31,7 @@ from agentd.cgroups.parse import weight_to_shares
 from agentd.core.daemon import Daemon, DaemonConfig
 from agentd.kinds.registry import KindEntry
 from agentd.tracking import procfs
+from tests.e2e.test_kind_routes import as_nobody
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the daemon needs root (cgroups, peer credentials)")
 
@@ -228,6 +229,17 @@ def test_run_class_places_real_processes_with_env_cpuset_and_weight(env):
                               "colocation", "explain", "tr"], cwd=REPO, capture_output=True, text=True,
                              env={**os.environ, "PYTHONPATH": REPO})
         assert out.returncode == 0 and "tr (training): placed" in out.stdout and "GPU 0: fits" in out.stdout, out
+        out = subprocess.run([sys.executable, "-m", "cli.agentctl", "--socket", str(dt.config.socket_path),
+                              "explain", "inf"], cwd=REPO, capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": REPO})
+        assert out.returncode == 0 and "inf (inference): placed" in out.stdout, out
+        # another uid sees none of root's jobs and cannot report for them
+        sock = str(dt.config.socket_path)
+        assert as_nobody(lambda: ApiClient(sock).kind_get("colocation", "jobs")) == []
+        assert as_nobody(lambda: ApiClient(sock).kind_get("colocation", "explain", name="inf")) == ("error", 404,
+                                                                                                  "unknown_job")
+        assert as_nobody(lambda: ApiClient(sock).kind_post("colocation", "slo", {"name": "inf", "tpot_ms": 1.0})) == \
+            ("error", 404, "unknown_job")
         # agentctl gpu asks the daemon's sampler (simulated GPUs, labelled) and shows who holds what
         out = subprocess.run([sys.executable, "-m", "cli.agentctl", "--socket", str(dt.config.socket_path),
                               "gpu", "--json"], cwd=REPO, capture_output=True, text=True,
