@@ -213,6 +213,9 @@ def _render_top(snap: dict) -> str:
              render.table(snap["agents"], _columns(snap["agents"], AGENT_COLUMNS)), "",
              "LIVE TOOL CALLS",
              render.table(snap["tool_calls"], _columns(snap["tool_calls"], CALL_COLUMNS))]
+    jobs = (((snap.get("status") or {}).get("kinds") or {}).get("colocation") or {}).get("jobs")
+    if jobs:  # GPU jobs of the colocation kind
+        parts += ["", "GPU JOBS", render.table(jobs, _columns(jobs, ("name", "class", "state", "gpus", "pid", "guard")))]
     return "\n".join(parts)
 
 

@@ -39,6 +39,7 @@ class ColocationKind(Kind):
         self._last_check = 0.0
         self._seq = 0
         self.ended: dict[str, dict] = {}  # the last jobs that ended or were refused, for explain
+        self.unhealthy: set[int] = set()
 
     # ------------------------------------------------------------------ hooks
     def attach(self, ctx) -> None:
@@ -88,11 +89,17 @@ class ColocationKind(Kind):
         self.views = m.gpu_views(snapshot, self._numa_of)
         if not getattr(snapshot, "available", False):
             return
-        for g in snapshot.gpus:
-            if g.xid_events or g.health != "ok":
-                for j in self.state.residents(g.index):
-                    self.ctx.emit("gpu_unhealthy", f"GPU {g.index} that {j.name} runs on: {g.health}", level="warn",
-                                  job=j.name, gpu=g.index, health=g.health, xid=list(g.xid_events))
+        for g in snapshot.gpus:  # journal a GPU going bad (Xid, ECC, lost) once, with the jobs on it
+            bad = bool(g.xid_events) or g.health != "ok"
+            if bad and g.index not in self.unhealthy:
+                self.ctx.emit("gpu_unhealthy", f"GPU {g.index} {g.health}; no new job goes there", level="warn",
+                              gpu=g.index, health=g.health, xid=list(g.xid_events),
+                              jobs=[j.name for j in self.state.residents(g.index)])
+            if bad:
+                self.unhealthy.add(g.index)
+            elif g.index in self.unhealthy:
+                self.unhealthy.discard(g.index)
+                self.ctx.emit("gpu_healthy", f"GPU {g.index} is healthy again", gpu=g.index)
         by_job: dict[str, dict] = {}
         for p in snapshot.processes():
             name = self._job_of_cgroup(p.cgroup)

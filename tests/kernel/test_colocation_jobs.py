@@ -233,6 +233,10 @@ def test_run_class_places_real_processes_with_env_cpuset_and_weight(env):
                               "explain", "inf"], cwd=REPO, capture_output=True, text=True,
                              env={**os.environ, "PYTHONPATH": REPO})
         assert out.returncode == 0 and "inf (inference): placed" in out.stdout, out
+        out = subprocess.run([sys.executable, "-m", "cli.agentctl", "--socket", str(dt.config.socket_path),
+                              "top", "--once"], cwd=REPO, capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": REPO})
+        assert out.returncode == 0 and "GPU JOBS" in out.stdout and "inference" in out.stdout, out
         # another uid sees none of root's jobs and cannot report for them
         sock = str(dt.config.socket_path)
         assert as_nobody(lambda: ApiClient(sock).kind_get("colocation", "jobs")) == []
