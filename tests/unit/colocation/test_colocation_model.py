@@ -246,3 +246,15 @@ def test_memory_above_the_critical_mark_terminates_at_once():
     s = _shared()
     _, acts = m.guard(s, gpus(1, used=79 * G), POLICY, 0.0)  # 98.75 % >= 98 %
     assert steps(acts) == [("tr", "freeze"), ("tr", "sigterm")] and s.jobs["tr"].guard.term_at == 0.0
+
+
+def test_an_unhealthy_gpu_takes_no_job_and_gpu_views_come_from_a_snapshot():
+    from agentd.gpu.sampler import FakeNvmlBackend, NvmlSampler
+
+    snap = NvmlSampler(backend=FakeNvmlBackend(gpus=2, xids={1: [79]})).sample()  # simulated Xid 79 on GPU 1
+    views = m.gpu_views(snap, lambda uuid: 0)
+    assert [v.healthy for v in views] == [True, False] and views[0].uuid == "GPU-simulated-0000"
+    s = m.ColoState()
+    m.submit(s, job("a", peak=60 * G), views, POLICY, 0)
+    d = m.submit(s, job("b", peak=60 * G), views, POLICY, 1)
+    assert d.action == "queue" and "GPU 1 is not healthy (degraded: Xid 79)" in d.reason
