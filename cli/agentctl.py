@@ -213,6 +213,9 @@ def _render_top(snap: dict) -> str:
              render.table(snap["agents"], _columns(snap["agents"], AGENT_COLUMNS)), "",
              "LIVE TOOL CALLS",
              render.table(snap["tool_calls"], _columns(snap["tool_calls"], CALL_COLUMNS))]
+    jobs = (((snap.get("status") or {}).get("kinds") or {}).get("colocation") or {}).get("jobs")
+    if jobs:  # GPU jobs of the colocation kind
+        parts += ["", "GPU JOBS", render.table(jobs, _columns(jobs, ("name", "class", "state", "gpus", "pid", "guard")))]
     return "\n".join(parts)
 
 
@@ -309,16 +312,48 @@ def events(state: State, follow: bool, agent: str | None, level: str, limit: int
                                 "allow_interspersed_args": False})
 @click.option("--policy", "-p", help="The policy the agent runs under (default: the daemon's).")
 @click.option("--name", "-N", help="The agent's name (default: chosen by agentd).")
+@click.option("--class", "job_class", metavar="CLASS",
+              help="Run COMMAND as a GPU job of this co-location class instead of as an agent.")
+@click.option("--gpus", type=click.IntRange(1, 64), default=1, show_default=True, help="With --class: GPUs it needs.")
+@click.option("--model-config", type=click.Path(dir_okay=False), help="With --class: the model's HF config.json.")
+@click.option("--estimate-bytes", type=SIZE, help="With --class: its peak GPU memory per GPU (e.g. 20G).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @json_option
 @pass_state
-def run(state: State, policy: str | None, name: str | None, command: tuple[str, ...]) -> None:
+def run(state: State, policy: str | None, name: str | None, job_class: str | None, gpus: int,
+        model_config: str | None, estimate_bytes: int | None, command: tuple[str, ...]) -> None:
     """Run COMMAND as a managed agent: agentctl registers itself, then becomes COMMAND.
 
     \b
     Example: agentctl run --name coder -- python my_agent.py
+    With --class, COMMAND is a GPU job: agentd places this process in jobs/<name> on GPUs
+    that fit it (or it waits its turn), then COMMAND runs with CUDA_VISIBLE_DEVICES set.
+    \b
+    Example: agentctl run --class training --estimate-bytes 20G -- python train.py
     If COMMAND cannot be started the exit code is 127 (not found) or 126 (not executable).
     """
+    if job_class:
+        from cli.colocation_commands import admit_and_wait, read_model_config
+
+        if (model_config is None) == (estimate_bytes is None):
+            raise click.UsageError("with --class give exactly one of --model-config FILE or --estimate-bytes SIZE")
+        body: dict[str, Any] = {"class": job_class, "gpus": gpus}
+        if name:
+            body["name"] = name
+        if model_config:
+            body["model_config"] = read_model_config(model_config)
+        else:
+            body["estimate_bytes"] = estimate_bytes
+        job = admit_and_wait(state.client, body, state.json)
+        if state.json:
+            click.echo(json.dumps(job, default=str), err=True)
+        else:
+            click.echo(f"agentctl: running {command[0]} as job {job['name']} (pid {os.getpid()}) on GPU "
+                       f"{','.join(map(str, job.get('gpus') or []))}, cpus {job.get('cpus')}", err=True)
+        os.environ.update({str(k): str(v) for k, v in (job.get("env") or {}).items()})
+        os.environ["AGENTD_SOCKET"] = state.socket_path
+        _exec(command)
+        return
     agent = state.client.register_agent(name=name, policy=policy)
     agent_name = str(agent.get("name", name or "?")) if isinstance(agent, dict) else str(agent)
     if state.json:
@@ -331,6 +366,10 @@ def run(state: State, policy: str | None, name: str | None, command: tuple[str, 
     if isinstance(agent, dict) and agent.get("results_dir"):
         # Where agentd leaves a structured result per tool call (<pid>.json).
         os.environ["AGENTD_RESULTS_DIR"] = str(agent["results_dir"])
+    _exec(command)
+
+
+def _exec(command: tuple[str, ...]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     try:
@@ -409,8 +448,20 @@ EXPLAIN_KEYS = ("id", "agent", "name", "tool", "argv", "state", "outcome", "reas
 @json_option
 @pass_state
 def explain(state: State, tool_call: str) -> None:
-    """Why each decision on TOOL_CALL was taken, with the numbers."""
-    data = state.client.explain(tool_call)
+    """Why each decision on TOOL_CALL (or GPU job) was taken, with the numbers."""
+    try:
+        data = state.client.explain(tool_call)
+    except ApiClientError as e:
+        if e.status != 404:
+            raise
+        try:  # not a tool call: perhaps a job of the colocation kind
+            state.client.kind_get("colocation", "explain", name=tool_call)
+        except ApiClientError:
+            raise e from None
+        from cli.colocation_commands import explain as job_explain
+
+        click.get_current_context().invoke(job_explain, job=tool_call, as_json=state.json)
+        return
     if state.json:
         emit_json(data)
         return

@@ -230,14 +230,80 @@ def render_table(snap) -> str:
     return "\n".join(lines)
 
 
+def snapshot_from_json(d: dict):
+    """A GpuSnapshot back from its to_json() form (what the daemon's status carries)."""
+    from agentd.gpu.sampler import GpuInfo, GpuProcess, GpuSnapshot, MigInstance
+
+    gpus = []
+    for g in d.get("gpus") or []:
+        g = dict(g)
+        g["processes"] = [GpuProcess(**p) for p in g.get("processes") or []]
+        g["mig"] = [MigInstance(**x) for x in g.get("mig") or []]
+        gpus.append(GpuInfo(**g))
+    fields = {k: v for k, v in d.items() if k not in ("gpus", "degraded")}
+    return GpuSnapshot(**fields, gpus=gpus)
+
+
+def daemon_view(socket_path: str | None):
+    """(snapshot, jobs) from the running daemon's sampler, or None when no daemon answers
+    (or the caller may not read its status: then NVML is read here)."""
+    if not socket_path or not os.path.exists(socket_path):
+        return None
+    from agentd.api.client import ApiClient, ApiClientError
+
+    try:
+        status = ApiClient(socket_path).status()
+    except (ApiClientError, OSError):
+        return None
+    snap = ((status.get("gpu") or {}).get("snapshot")) if isinstance(status, dict) else None
+    if not snap:
+        return None
+    jobs = ((status.get("kinds") or {}).get("colocation") or {}).get("jobs") or []
+    return snapshot_from_json(snap), jobs
+
+
+def render_jobs_line(jobs: list) -> str:
+    placed = [j for j in jobs if j.get("state") == "placed"]
+    waiting = [j for j in jobs if j.get("state") == "queued"]
+    parts = [f"{j['name']} ({j.get('class')}) on GPU {','.join(map(str, j.get('gpus') or []))}"
+             + (f" [{j['guard']}]" if j.get("guard") not in (None, "normal") else "") for j in placed]
+    line = "jobs: " + ("; ".join(parts) if parts else "none placed")
+    if waiting:
+        line += f"; {len(waiting)} waiting: " + ", ".join(j["name"] for j in waiting)
+    return line
+
+
 @click.command("gpu")
 @click.option("--once", is_flag=True, help="print one table and exit")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True, help="refresh period (s)")
 @click.option("--simulate-gpus", type=click.IntRange(min=0), default=0,
               help="show N simulated GPUs (fake NVML backend, clearly labelled)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON snapshot (implies --once)")
-def gpu(once, interval, simulate_gpus, as_json):
-    """Live GPUs and GPU processes: memory, utilization, and which agentd unit each belongs to."""
+@click.pass_context
+def gpu(ctx, once, interval, simulate_gpus, as_json):
+    """Live GPUs and GPU processes: memory, utilization, and which agentd unit or job each
+    belongs to. Asks the running daemon's sampler; reads NVML itself when no daemon runs."""
+    root = ctx.find_root().obj
+    socket_path = getattr(root, "socket_path", None)
+    view = None if simulate_gpus else daemon_view(socket_path)
+    if view is not None:
+        try:
+            while True:
+                snap, jobs = view
+                if as_json:
+                    click.echo(json.dumps({**snap.to_json(), "source": "daemon", "jobs": jobs}, sort_keys=True,
+                                          default=str))
+                    return
+                text = f"from agentd's sampler ({socket_path})\n" + render_table(snap) + "\n" + render_jobs_line(jobs)
+                if once:
+                    click.echo(text)
+                    return
+                click.echo("\x1b[H\x1b[2J" + text + f"\n\nrefreshing every {interval:g} s; Ctrl-C to stop", nl=False)
+                time.sleep(interval)
+                view = daemon_view(socket_path) or view
+        except KeyboardInterrupt:
+            click.echo("")
+            return
     sampler = _sampler(simulate_gpus)
     ok, line = sampler.probe()
     if not ok:

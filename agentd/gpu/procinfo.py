@@ -17,7 +17,7 @@ from pathlib import Path
 
 PROC = Path("/proc")
 AGENTD_UNIT_DIRS = ("agents",)  # the contract: paths containing /agents/
-AGENTD_OTHER_UNIT_DIRS = ("inference", "training")  # only under a root whose path names agentd
+AGENTD_OTHER_UNIT_DIRS = ("inference", "training", "jobs")  # jobs/<name>: agentd.colocation  # only under a root whose path names agentd
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ class KindEntry:
 
 KINDS: tuple[KindEntry, ...] = (
     KindEntry("budget", "agentd.budget"),
+    KindEntry("colocation", "agentd.colocation", "cli.colocation_commands"),
 )
 
 
