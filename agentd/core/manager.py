@@ -425,6 +425,8 @@ class Manager:
             knobs = tool_limits_for_driver(resolved.limits, self.driver.kind)
             if self.v1 and tc.ladder.granted:
                 knobs.memory_max = resolved.limits.memory_max  # already past memory_high: keep the grant's meaning
+            elif tc.ladder.granted and knobs.memory_high is not None:
+                knobs.memory_high = max(knobs.memory_high, escalation.v2_grant_target(resolved.limits) or 0)  # keep the v2 grant
             try:
                 self.driver.apply_limits(tc.cgroup, knobs)
             except (CgroupError, OSError) as exc:
@@ -513,6 +515,7 @@ class Manager:
         tc.peak_bytes = max(tc.peak_bytes, st.memory_peak, st.memory_current)
         tc.cpu_s = max(tc.cpu_s, st.cpu_usage_us / 1e6)
         sample = Sample(now=now, memory_current=st.memory_current, memory_peak=tc.peak_bytes, memory_limit=st.memory_limit,
+                        memory_high=st.memory_high,
                         pids_max_events=st.pids_max_events, pids_current=st.pids_current,
                         high_events=st.memory_events.get("high", 0), oom_kill_events=st.memory_events.get("oom_kill", 0),
                         under_oom=bool(st.memory_events.get("under_oom", 0)),
@@ -543,6 +546,8 @@ class Manager:
         elif action.kind == "set_memory_limit":
             swap = tc.resolved.limits.swap_max
             self.driver.apply_limits(tc.cgroup, Limits(memory_max=action.value, swap_max=swap if swap is not None else 0, oom_pause=True))
+        elif action.kind == "set_memory_high":
+            self.driver.apply_limits(tc.cgroup, Limits(memory_high=action.value))
         elif action.kind == "hold":
             tc.state = "frozen"  # v1: the kernel already holds it at its limit (under_oom); the freezer cannot take it
         elif action.kind == "freeze":
