@@ -594,3 +594,31 @@ def test_oom_victim(tracker, memory_cgroup, children):
     assert ev.comm.startswith("python")
     end = rec.wait(lambda e: e.kind is K.EXIT and e.pid == p.pid)
     assert end.exit_code == signal.SIGKILL
+
+
+FIXTURE_TRACEFS = Path(__file__).resolve().parents[1] / "unit" / "tracking" / "tracefs"
+
+
+@pytest.mark.parametrize("btf", ["btf", "no_btf"])
+@pytest.mark.parametrize("kernel", ["5.15", "6.1", "6.8", "6.12", "6.18"])
+def test_the_program_for_each_supported_kernel_compiles_and_passes_the_verifier(kernel, btf):
+    """The C rendered from another kernel's format files (committed copies) compiles with
+    BCC and every program passes this kernel's verifier (tracepoint context reads are
+    bounds-checked, not layout-checked, so loading without attaching is meaningful)."""
+    from agentd.tracking import bpf_source as src
+    from agentd.tracking.bpf_backend import _compile
+    from agentd.tracking.tp_format import read_format
+
+    layouts = {}
+    for tp in src.ALL_TRACEPOINTS:
+        layout = read_format(tp.category, tp.event, dirs=(str(FIXTURE_TRACEFS / kernel),))
+        if layout is not None:
+            layouts[tp.event] = layout
+    offsets = kernel_facts().offsets if btf == "btf" else {}
+    program = src.render_program(TrackerOptions(exit_code=True), src.load_template(), src.KernelFacts(layouts, offsets))
+    bpf = _compile(program.text, ["-w"])
+    try:
+        for tp in program.tracepoints:
+            bpf.load_func(tp.fn_name.encode(), bcc.BPF.TRACEPOINT)
+    finally:
+        bpf.cleanup()
