@@ -17,6 +17,7 @@ memory_max once, and at memory_max freezes, then kills.
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field, replace
 
 from agentd.policy.schema import Escalation, ResourceLimits
@@ -194,14 +195,30 @@ def step(state: LadderState, s: Sample, limits: ResourceLimits, esc: Escalation,
     return state, actions
 
 
+def describe_exit(exit_code: int) -> str:
+    """exit_code as the manager keeps it: >= 0 an exit status, < 0 minus the signal number."""
+    if exit_code >= 0:
+        return f"exited with status {exit_code}"
+    try:
+        name = signal.Signals(-exit_code).name
+    except ValueError:
+        name = f"signal {-exit_code}"
+    return f"ended by {name} (signal {-exit_code}), not by agentd"
+
+
 def finish(state: LadderState, exit_code: int | None) -> LadderState:
-    """The tool call's last process exited: settle its outcome."""
+    """The tool call's last process exited: settle its outcome. A non-zero exit (or a signal
+    agentd did not send) inside its limits is `failed`, even after a throttled burst: the
+    agent needs to know its command did not succeed."""
     if state.stage == "killed":
         return replace(state, stage="done")
-    if state.throttled:
+    if exit_code not in (None, 0):
+        reason = describe_exit(exit_code)
+        if state.throttled:
+            reason += f" ({state.reason or 'after its memory burst was throttled'})"
+        outcome = "failed"
+    elif state.throttled:
         outcome, reason = "throttled", state.reason or "completed after its memory burst was throttled"
-    elif exit_code not in (None, 0):
-        outcome, reason = "failed", f"exited with status {exit_code}"
     else:
         outcome, reason = "ok", "completed within its limits"
     return replace(state, stage="done", outcome=outcome, reason=reason)

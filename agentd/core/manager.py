@@ -50,6 +50,7 @@ RUNTIME_OOM_SCORE_ADJ = -900
 TOOLCALL_OOM_SCORE_ADJ = {"high": 100, "normal": 400, "low": 800}
 PENDING_INTENT_TTL_S = 30.0  # an intent declared over the API applies to the next tool call within this time
 FINISHED_AGENT_KEEP = 200
+EXIT_EVENT_GRACE_S = 1.0  # how long an emptied tool call waits for its leader's exit event (exit code)
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class Manager:
         self.lock = threading.Lock()
         self.host_budget: int | None = None
         self._budget_paused_since: float | None = None
+        self._empty_since: dict[str, float] = {}  # tool call id -> when its cgroup was first seen empty
 
     # ------------------------------------------------------------------ agents
     def register_agent(self, pid: int, uid: int, name: str | None, policy: str | None) -> Agent:
@@ -527,6 +529,12 @@ class Manager:
             self._apply(tc, action)
         if not final and not st.populated and not tc.leader_exited and self._put_back(tc, tc.pid):
             return  # empty only because its leader moved itself out (the attach event may still be queued)
+        if not final and not st.populated and not tc.leader_exited and self.tracker is not None:
+            # The leader's exit event (its exit code) may still be on its way from the tracker.
+            first = self._empty_since.setdefault(tc.id, now)
+            if now - first < EXIT_EVENT_GRACE_S:
+                return
+        self._empty_since.pop(tc.id, None)
         if final or not st.populated:  # the last sample still counted its events; now settle it
             self._finish(tc, now, populated=st.populated)
             return

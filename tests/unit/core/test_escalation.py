@@ -172,3 +172,18 @@ def test_v2_burst_that_fits_after_grant_is_throttled():
     state, out, _ = _psi_run(state, 0.0, 6, 256 * M, 256 * M)
     assert state.granted
     assert finish(state, 0).outcome == "throttled" and "granted" in finish(state, 0).reason
+
+
+def test_non_zero_exit_inside_limits_is_failed_with_its_code():
+    quiet, _ = run([sample(0.2)])
+    done = finish(quiet, 2)
+    assert (done.outcome, done.reason) == ("failed", "exited with status 2")
+    killed_outside = finish(quiet, -9)
+    assert killed_outside.outcome == "failed" and "SIGKILL" in killed_outside.reason
+    throttled, _ = run([sample(0.2, cur=300 * M, high_events=2)])
+    assert finish(throttled, 0).outcome == "throttled"
+    failed = finish(throttled, 1)
+    assert failed.outcome == "failed" and failed.reason.startswith("exited with status 1 (") and "memory_high" in failed.reason
+    # agentd's own kill stays a kill whatever the status (SIGKILL from cgroup.kill)
+    state, _ = run([sample(30), sample(61)])
+    assert finish(state, -9).outcome == "killed"
