@@ -78,7 +78,10 @@ def _compile(text: str, cflags: list[str], attach: tuple[src.Tracepoint, ...] = 
     if failure is not None:
         if bpf is not None:
             bpf.cleanup()
-        if str(failure).startswith("Failed to compile"):
+        headers = next((ln.strip() for ln in output.splitlines() if "Unable to find kernel headers" in ln), None)
+        if str(failure).startswith("Failed to compile") and headers:
+            why = f"BCC could not compile the tracker: {headers.split('. Try')[0]} (install the headers package of the running kernel)"
+        elif str(failure).startswith("Failed to compile"):
             why = f"BCC could not compile the tracker: {_first_error_line(output or str(failure))}"
         elif where != "compile":
             why = f"BCC could not attach the tracker to {where}: {_first_error_line(str(failure) + chr(10) + output)}"

@@ -39,3 +39,17 @@ def test_demo_json_contract():
     own = [l for l in open("/proc/self/cgroup") if l.startswith("0::")][0][3:].strip().rstrip("/")
     for mount in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
         assert not os.path.exists(f"{mount}{own}/agentd-demo/agents/demo")
+
+
+def test_demo_json_with_a_tracker_that_cannot_load_fails_with_the_reason_and_clean_stdout(tmp_path):
+    """No kernel headers (BCC_KERNEL_SOURCE at an empty folder): libbcc prints "Unable to
+    find kernel headers" on its stdout; it must not reach ours, and --tracker bpf must fail."""
+    env = {**os.environ, "BCC_KERNEL_SOURCE": str(tmp_path)}
+    proc = subprocess.run([str(AGENTD), "demo", "--json", "--tracker", "bpf"], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode != 0
+    assert proc.stdout == ""
+    assert "--tracker bpf cannot run here: BCC could not compile the tracker: Unable to find kernel headers" in proc.stderr
+    own = [l for l in open("/proc/self/cgroup") if l.startswith("0::")][0][3:].strip().rstrip("/")
+    for mount in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
+        assert not os.path.exists(f"{mount}{own}/agentd-demo/agents")
