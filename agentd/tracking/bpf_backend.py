@@ -87,7 +87,9 @@ def _compile(text: str, cflags: list[str], attach: tuple[src.Tracepoint, ...] = 
             why = f"BCC could not attach the tracker to {where}: {_first_error_line(str(failure) + chr(10) + output)}"
         else:  # compiled, but the kernel refused to load or attach a program
             why = f"BCC could not load the tracker: {_first_error_line(str(failure) + chr(10) + output)}"
-        raise BackendUnavailable(why) from failure
+        exc = BackendUnavailable(why)
+        exc.compiler_output = output  # the whole log (the verifier's, on a load failure)
+        raise exc from failure
     if output.strip():
         log.debug("BCC compiler output: %s", output.strip())
     return bpf

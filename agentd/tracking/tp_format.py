@@ -122,7 +122,10 @@ def struct_name(layout: Layout) -> str:
 
 
 def render_struct(layout: Layout) -> str:
-    """A packed C struct with every field at its format-file offset (padding made explicit)."""
+    """A C struct with every field at its format-file offset: gaps are explicit padding, the
+    rest is the kernel's own natural alignment (not packed: clang would then read each
+    field byte by byte, and older verifiers lose the bounds of a __data_loc offset put
+    together that way). The static asserts make any disagreement a compile error."""
     lines = [f"struct {struct_name(layout)} {{"]
     at = 0
     for i, f in enumerate(layout.fields):
@@ -132,7 +135,7 @@ def render_struct(layout: Layout) -> str:
             lines.append(f"    u8 __pad{i}[{f.offset - at}];")
         lines.append(f"    {_c_member(f)};")
         at = f.offset + f.size
-    lines.append("} __attribute__((packed));")
+    lines.append("};")
     for f in layout.fields:
         member = f"data_loc_{f.name}" if f.data_loc else f.name
         lines.append(f"_Static_assert(__builtin_offsetof(struct {struct_name(layout)}, {member}) == {f.offset}, "
@@ -145,7 +148,7 @@ def render_string_reader(layout: Layout, f: Field) -> str:
     macro = f"AGENTD_STR_{layout.event}_{f.name}(dst, len)"
     if f.data_loc:
         return (f"#define {macro} bpf_probe_read_kernel_str((void *)(dst), (len), "
-                f"(char *)args + (args->data_loc_{f.name} & 0xFFFF))\n")
+                f"(char *)args + (u16)(args->data_loc_{f.name} & 0xFFFF))\n")
     return f"#define {macro} bpf_probe_read_kernel_str((void *)(dst), (len), args->{f.name})\n"
 
 

@@ -45,7 +45,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-KERNEL_DIR = REPO / ".vm" / "kernel"
+# AGENTD_VM_KERNEL_DIR boots another unpacked kernel (scripts/vm-setup.sh: .vm/kernel-6.1).
+KERNEL_DIR = Path(os.environ.get("AGENTD_VM_KERNEL_DIR") or REPO / ".vm" / "kernel").resolve()
 GUEST_RUNNER = Path(__file__).resolve().parent / "guest_run.sh"
 SETUP_HINT = "run `bash scripts/vm-setup.sh` as root"
 
