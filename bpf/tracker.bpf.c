@@ -90,6 +90,11 @@ BPF_TABLE("lru_hash", u32, u32, fatal_sent, 16384);
 #if AGENTD_WATCH_SUBTREE
 BPF_CGROUP_ARRAY(watch_root, 1);
 #endif
+#if !AGENTD_GROUP_DEAD_FIELD && AGENTD_TASK_SIGNAL_OFF >= 0
+// Two last threads exiting at once can both see signal->live at 0: the first to insert
+// its tgid here reports the exit. A fork that reuses the pid clears the entry.
+BPF_TABLE("lru_hash", u32, u8, exit_reported, 16384);
+#endif
 
 static __always_inline void stat_inc(int slot)
 {
@@ -180,6 +185,9 @@ AGENTD_TP(task_newtask)
 AGENTD_TP(sched_process_fork)
 {
     u32 child = args->child_pid;
+#if !AGENTD_GROUP_DEAD_FIELD && AGENTD_TASK_SIGNAL_OFF >= 0
+    exit_reported.delete(&child);
+#endif
     u64 *flags = clone_flags.lookup(&child);
     if (flags) {
         u64 f = *flags;
@@ -333,6 +341,9 @@ AGENTD_TP(sched_process_exit)
         if (bpf_probe_read_kernel(&sig, sizeof(sig), (void *)(task + AGENTD_TASK_SIGNAL_OFF)) || !sig)
             return 0;
         if (bpf_probe_read_kernel(&live, sizeof(live), (void *)(sig + AGENTD_SIGNAL_LIVE_OFF)) || live != 0)
+            return 0;
+        u8 one = 1;
+        if (exit_reported.insert(&tgid, &one) != 0)  // another thread of it reported already
             return 0;
     }
 #else
