@@ -80,8 +80,10 @@ class TrackerOptions:
     ringbuf_pages: int = 512  # 2 MiB: ~32,000 fork/exit records (64 B) or ~6,500 with a path
     gate_ringbuf_pages: int = 64  # 256 KiB for gated execs only: ~800 stopped execs in flight
     gate: bool = True
-    # Voluntary exit codes need a syscall tracepoint (exit_group), which slows every
-    # syscall on the host while loaded; signal deaths are known without it.
+    # Where the kernel has BTF, every exit's code is read from task_struct.exit_code and
+    # this option does nothing. Without BTF, voluntary exit codes need a syscall tracepoint
+    # (exit_group), which slows every syscall on the host while loaded; signal deaths are
+    # known without it.
     exit_code: bool = False
     watch_subtree: bool = False  # fork/exec/exit only under one cgroup (set after load)
     # Wake the consumer every Nth ordinary event per CPU; the rest wait for its poll
