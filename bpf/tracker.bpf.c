@@ -20,7 +20,7 @@
 //   AGENTD_HEAD_SIZE           sizeof(struct event_head) on the Python side, asserted below
 //   AGENTD_EVENT_SIZE          sizeof(struct event) on the Python side, asserted below
 //   AGENTD_GATE                1: exec gate on (gated_cgroups is consulted at every exec)
-//   AGENTD_EXIT_CODE           1: also the code of voluntary exits (a syscall tracepoint)
+//   AGENTD_EXIT_CODE           the option as asked; AGENTD_EXIT_GROUP_CODES says whether it applies
 //   AGENTD_WATCH_SUBTREE       1: fork/exec/exit only for tasks under the cgroup in watch_root[0]
 //   AGENTD_V2_ROOT             hierarchy id of the v2 (default) hierarchy for cgroup_attach_task
 //   AGENTD_WAKE_EVERY          wake the consumer every Nth ordinary event per CPU (1: every one)
