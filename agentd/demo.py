@@ -54,7 +54,7 @@ def summary_rows(records: list[dict]) -> list[dict]:
         wall = (r.get("ended") or time.time()) - r["started"]
         rows.append({"name": r["name"], "command": short_command(r["argv"])[:60], "cgroup": r["cgroup"], "peak_bytes": r["peak_bytes"],
                      "cpu_s": r["cpu_s"], "wall_s": round(wall, 3), "outcome": r["outcome"] or r["state"], "reason": r["reason"] or "",
-                     "limits": r["limits"]})
+                     "exit_code": r.get("exit_code"), "limits": r["limits"]})
     return rows
 
 
@@ -87,7 +87,16 @@ async def _run(as_json: bool, tracker: str, trace: str | None, speed: float, out
     if not as_json:
         daemon.journal.listeners.append(_live_printer(out, t0))
         print("agentd demo: the daemon with its default policy (policies/default.yaml) and a scripted coding agent", file=out)
-    await daemon.start()
+    try:
+        await daemon.start()
+    except BaseException:  # e.g. --tracker bpf that cannot load: leave nothing behind
+        daemon.abort()
+        try:
+            daemon.driver.remove("")
+        except OSError:
+            pass
+        shutil.rmtree(state, ignore_errors=True)
+        raise
     if not as_json:
         for line in daemon.lines.values():
             print(f"  {line}", file=out)

@@ -36,8 +36,9 @@ class ProcEvent:
                      (the child's at birth). Threads are never reported.
       EXEC           pid (the tgid), old_pid, comm (new image), filename, cgroup_id, gated.
       EXIT           pid = tgid, once per process (last thread), comm; exit_code when
-                     exit_code_known: signal deaths always, voluntary exits only with the bpf
-                     option exit_code=True (cn_proc: always).
+                     exit_code_known: always where the kernel has BTF (bpf reads
+                     task_struct.exit_code) and with cn_proc; without BTF, signal deaths
+                     always, voluntary exits only with the bpf option exit_code=True.
       OOM_VICTIM     pid = victim, comm; tgid/cgroup_id are those of the task that hit OOM.
       CGROUP_ATTACH  pid = moved task (per thread), cgroup_id/cgroup_path = destination (v2
                      only), tgid = the writer, self_move when the writer is the moved task.

@@ -75,8 +75,14 @@ def demo(as_json, tracker, trace, speed) -> None:
     """Run the daemon with its default policy on the bundled demo agent."""
     from agentd.demo import run_demo
 
+    from agentd.tracking.backend import BackendUnavailable
+
     _need_root()
-    sys.exit(run_demo(as_json=as_json, tracker=tracker, trace=trace, speed=speed))
+    try:
+        code = run_demo(as_json=as_json, tracker=tracker, trace=trace, speed=speed)
+    except BackendUnavailable as exc:  # --tracker bpf|cn_proc that cannot run: say why, exit non-zero
+        raise click.ClickException(f"agentd demo could not start: {exc}") from exc
+    sys.exit(code)
 
 
 if __name__ == "__main__":

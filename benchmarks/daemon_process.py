@@ -32,7 +32,7 @@ toolcalls:
 
 class DaemonProcess:
     def __init__(self, tracker: str = "auto", policy: str = TEST_POLICY, policies: dict[str, str] | None = None,
-                 extra_args: tuple[str, ...] = ()):
+                 extra_args: tuple[str, ...] = (), env: dict | None = None):
         self.dir = Path(tempfile.mkdtemp(prefix="agentd-e2e-"))
         os.chmod(self.dir, 0o755)
         self.leaf = f"agentd-test-{uuid.uuid4().hex[:8]}"
@@ -46,6 +46,7 @@ class DaemonProcess:
             (self.policy_dir / f"{name}.yaml").write_text(text)
         self.tracker = tracker
         self.extra_args = list(extra_args)
+        self.env = env  # None: this process's environment
         self.proc: subprocess.Popen | None = None
         self.log = self.dir / "daemon.log"
         self.client = ApiClient(str(self.socket), timeout=10)
@@ -56,7 +57,7 @@ class DaemonProcess:
         argv = [str(BIN / "agentd"), "run", "--socket", str(self.socket), "--state-dir", str(self.state),
                 "--policy-dir", str(self.policy_dir), "--default-policy", str(self.default_policy),
                 "--cgroup-leaf", self.leaf, "--tracker", self.tracker, *self.extra_args]
-        self.proc = subprocess.Popen(argv, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(argv, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

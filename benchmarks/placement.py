@@ -507,7 +507,7 @@ def main(argv=None) -> int:
     for k, v in prog1.items():
         d_cnt = v["run_cnt"] - prog0.get(k, {}).get("run_cnt", 0)
         if d_cnt:
-            short = k.replace("tracepoint__", "")
+            short = k.replace("agentd__", "").replace("tracepoint__", "")
             metrics[f"bpf_ns_per_run_{short}"] = round((v["run_time_ns"] - prog0.get(k, {}).get("run_time_ns", 0)) / d_cnt, 1)
     for k, v in sys_cost.items():
         metrics[f"getppid_ns_{k}"] = round(v, 1)

@@ -1,9 +1,13 @@
 // agentd process tracker: fork / exec / exit / OOM victim / cgroup attach through a ring
 // buffer, and the exec gate (SIGSTOP at exec for tasks in gated v2 cgroups).
 //
-// Compiled by BCC against headers that do NOT match the running kernel, so this file reads
-// no kernel struct field: only tracepoint arguments (BCC builds them from the running
-// kernel's tracefs format files) and helpers.
+// Compiled by BCC against headers that do NOT match the running kernel, so this file names
+// no kernel struct field: it reads tracepoint arguments through structs rendered from the
+// running kernel's tracefs format files (agentd/tracking/tp_format.py: one
+// `struct agentd_args_<event>`, AGENTD_HAS_<event>_<field> per field present, and
+// AGENTD_STR_<event>_<field>(dst, len) per string, stored inline or as __data_loc), helpers,
+// and, where BTF gives them, byte offsets into task_struct (AGENTD_TASK_*_OFF).
+// Each program is attached by user space (AGENTD_ATTACH_<event> says which are).
 //
 // Two ring buffers: `events` for everything ordinary and `gate_events` for gated execs only,
 // so that a flood of forks and exits can never take the room a stopped process needs to be
@@ -16,10 +20,19 @@
 //   AGENTD_HEAD_SIZE           sizeof(struct event_head) on the Python side, asserted below
 //   AGENTD_EVENT_SIZE          sizeof(struct event) on the Python side, asserted below
 //   AGENTD_GATE                1: exec gate on (gated_cgroups is consulted at every exec)
-//   AGENTD_EXIT_CODE           1: also the code of voluntary exits (a syscall tracepoint)
+//   AGENTD_EXIT_CODE           the option as asked; AGENTD_EXIT_GROUP_CODES says whether it applies
 //   AGENTD_WATCH_SUBTREE       1: fork/exec/exit only for tasks under the cgroup in watch_root[0]
 //   AGENTD_V2_ROOT             hierarchy id of the v2 (default) hierarchy for cgroup_attach_task
 //   AGENTD_WAKE_EVERY          wake the consumer every Nth ordinary event per CPU (1: every one)
+//   AGENTD_TASK_EXIT_CODE_OFF  offset of task_struct.exit_code (BTF), -1: piece it together
+//                              from signal tracepoints (AGENTD_SIGNAL_EXIT_CODES)
+//   AGENTD_GROUP_DEAD_FIELD    1: sched_process_exit has group_dead (6.16+); else
+//   AGENTD_TASK_SIGNAL_OFF / AGENTD_SIGNAL_LIVE_OFF  task->signal->live == 0 marks the last
+//                              thread (BTF); both -1: the thread group leader's exit counts
+//   AGENTD_SIGNAL_EXIT_CODES   1: signal_generate / signal_deliver remember fatal signals
+//   AGENTD_EXIT_GROUP_CODES    1: also exit_group(2) codes (a syscall tracepoint)
+
+#define AGENTD_TP(ev) int agentd__##ev(struct agentd_args_##ev *args)
 
 #define AGENTD_FORK 1
 #define AGENTD_EXEC 2
@@ -70,10 +83,17 @@ BPF_PERCPU_ARRAY(stats, u64, STAT_SLOTS);
 BPF_HASH(gated_cgroups, u64, u8, 4096);
 BPF_PERCPU_ARRAY(since_wake, u32, 1);
 BPF_TABLE("lru_hash", u32, u64, clone_flags, 16384);
+#if AGENTD_SIGNAL_EXIT_CODES
 BPF_TABLE("lru_hash", u32, u32, exit_codes, 16384);
 BPF_TABLE("lru_hash", u32, u32, fatal_sent, 16384);
+#endif
 #if AGENTD_WATCH_SUBTREE
 BPF_CGROUP_ARRAY(watch_root, 1);
+#endif
+#if !AGENTD_GROUP_DEAD_FIELD && AGENTD_TASK_SIGNAL_OFF >= 0
+// Two last threads exiting at once can both see signal->live at 0: the first to insert
+// its tgid here reports the exit. A fork that reuses the pid clears the entry.
+BPF_TABLE("lru_hash", u32, u8, exit_reported, 16384);
 #endif
 
 static __always_inline void stat_inc(int slot)
@@ -154,7 +174,7 @@ static __always_inline void submit(void *rec)
 
 // Thread creations are not processes. task_newtask carries the clone flags of the new
 // task (keyed by its tid); sched_process_fork, which fires later, looks them up.
-TRACEPOINT_PROBE(task, task_newtask)
+AGENTD_TP(task_newtask)
 {
     u32 child = args->pid;
     u64 flags = args->clone_flags;
@@ -162,9 +182,12 @@ TRACEPOINT_PROBE(task, task_newtask)
     return 0;
 }
 
-TRACEPOINT_PROBE(sched, sched_process_fork)
+AGENTD_TP(sched_process_fork)
 {
     u32 child = args->child_pid;
+#if !AGENTD_GROUP_DEAD_FIELD && AGENTD_TASK_SIGNAL_OFF >= 0
+    exit_reported.delete(&child);
+#endif
     u64 *flags = clone_flags.lookup(&child);
     if (flags) {
         u64 f = *flags;
@@ -181,12 +204,12 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
         return 0;
     h->pid = args->child_pid;
     h->ppid = h->tgid;
-    TP_DATA_LOC_READ_STR(h->comm, child_comm, sizeof(h->comm));
+    AGENTD_STR_sched_process_fork_child_comm(h->comm, sizeof(h->comm));
     submit(h);
     return 0;
 }
 
-TRACEPOINT_PROBE(sched, sched_process_exec)
+AGENTD_TP(sched_process_exec)
 {
     struct event *e;
 #if AGENTD_GATE
@@ -197,7 +220,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
             fill(&e->h, AGENTD_EXEC);
             e->h.pid = args->pid;
             e->h.ppid = args->old_pid;
-            TP_DATA_LOC_READ_STR(e->path, filename, sizeof(e->path));
+            AGENTD_STR_sched_process_exec_filename(e->path, sizeof(e->path));
             // Delivered on the way back to user space: the new image runs no instruction.
             if (bpf_send_signal(AGENTD_SIGSTOP) == 0)
                 e->h.flags |= AGENTD_F_GATED;
@@ -222,20 +245,22 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
         return 0;
     e->h.pid = args->pid;
     e->h.ppid = args->old_pid;
-    TP_DATA_LOC_READ_STR(e->path, filename, sizeof(e->path));
+    AGENTD_STR_sched_process_exec_filename(e->path, sizeof(e->path));
     submit(e);
     return 0;
 }
 
-// sched_process_exit has no exit code, and this kernel has no kprobes and refuses fentry:
-// the code is remembered per process where it is decided, then read at the exit.
+// sched_process_exit has no exit code. do_exit() stores it in task_struct.exit_code (a wait
+// status) before the tracepoint fires, so where BTF says where that field is, the exit
+// program reads it from the current task: every exit, no other program.
 //
-// Signal deaths (always on; signal tracepoints cost nothing to other processes).
-// Voluntary exits only with AGENTD_EXIT_CODE: exit_group(2) is a syscall, and enabling any
-// syscall tracepoint sends EVERY task's syscalls through the traced path (measured here:
-// getppid 166 -> 206 ns host-wide), a price the daemon should choose to pay.
-#if AGENTD_EXIT_CODE
-TRACEPOINT_PROBE(syscalls, sys_enter_exit_group)
+// Without BTF, and this kernel has no kprobes and refuses fentry: the code is remembered
+// per process where it is decided, then read at the exit. Signal deaths always (signal
+// tracepoints cost nothing to other processes); voluntary exits only with AGENTD_EXIT_CODE:
+// exit_group(2) is a syscall, and enabling any syscall tracepoint sends EVERY task's
+// syscalls through the traced path (measured here: getppid 166 -> 206 ns host-wide).
+#if AGENTD_EXIT_GROUP_CODES
+AGENTD_TP(sys_enter_exit_group)
 {
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     u32 c = ((u32)args->error_code & 0xff) << 8;
@@ -244,6 +269,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_exit_group)
 }
 #endif
 
+#if AGENTD_SIGNAL_EXIT_CODES
 // Signals whose default action terminates the process (signal(7)).
 #define AGENTD_FATAL_DEFAULT ((1u << 1) | (1u << 2) | (1u << 3) | (1u << 4) | (1u << 5) | \
     (1u << 6) | (1u << 7) | (1u << 8) | (1u << 9) | (1u << 10) | (1u << 11) | (1u << 12) | \
@@ -259,7 +285,7 @@ static __always_inline int fatal_by_default(int sig)
 // A fatal signal with its default action is turned into a group exit when it is sent
 // (complete_signal), and every thread then dequeues SIGKILL: the signal that decided the
 // exit is only visible here, at generation. Remember the last one sent to each target.
-TRACEPOINT_PROBE(signal, signal_generate)
+AGENTD_TP(signal_generate)
 {
     if (args->result != 0 || !fatal_by_default(args->sig))  // 0 = TRACE_SIGNAL_DELIVERED
         return 0;
@@ -269,7 +295,7 @@ TRACEPOINT_PROBE(signal, signal_generate)
     return 0;
 }
 
-TRACEPOINT_PROBE(signal, signal_deliver)
+AGENTD_TP(signal_deliver)
 {
     int sig = args->sig;
     if (!fatal_by_default(sig))
@@ -296,19 +322,46 @@ TRACEPOINT_PROBE(signal, signal_deliver)
     exit_codes.insert(&tgid, &c);  // BPF_NOEXIST: an exit_group code or earlier signal wins
     return 0;
 }
+#endif  // AGENTD_SIGNAL_EXIT_CODES
 
-TRACEPOINT_PROBE(sched, sched_process_exit)
+AGENTD_TP(sched_process_exit)
 {
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
     // One event per process: when its last thread exits.
+#if AGENTD_GROUP_DEAD_FIELD
     if (!args->group_dead)
         return 0;
-    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+#elif AGENTD_TASK_SIGNAL_OFF >= 0
+    // do_exit() has already counted this thread out of signal->live (group_dead = it hit 0).
+    {
+        u64 task = bpf_get_current_task();
+        u64 sig = 0;
+        int live = 1;
+        if (bpf_probe_read_kernel(&sig, sizeof(sig), (void *)(task + AGENTD_TASK_SIGNAL_OFF)) || !sig)
+            return 0;
+        if (bpf_probe_read_kernel(&live, sizeof(live), (void *)(sig + AGENTD_SIGNAL_LIVE_OFF)) || live != 0)
+            return 0;
+        u8 one = 1;
+        if (exit_reported.insert(&tgid, &one) != 0)  // another thread of it reported already
+            return 0;
+    }
+#else
+    if ((u32)id != tgid)  // no way to see the last thread: the leader's exit stands for it
+        return 0;
+#endif
+#if AGENTD_TASK_EXIT_CODE_OFF >= 0
+    u32 c = 0;
+    u64 task_ = bpf_get_current_task();
+    int have_code = bpf_probe_read_kernel(&c, sizeof(c), (void *)(task_ + AGENTD_TASK_EXIT_CODE_OFF)) == 0;
+#else
     u32 *code = exit_codes.lookup(&tgid);
     u32 c = code ? *code : 0;
     int have_code = code != 0;
     if (code)
         exit_codes.delete(&tgid);
     fatal_sent.delete(&tgid);
+#endif
     if (!watched())
         return 0;
     struct event_head *h = reserve_head(AGENTD_EXIT);
@@ -319,23 +372,28 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
         h->exit_code = c;
         h->flags |= AGENTD_F_EXIT_CODE;
     }
-    bpf_probe_read_kernel_str(h->comm, sizeof(h->comm), args->comm);
-    submit(h);
+    submit(h);  // comm: fill() took the exiting task's own
     return 0;
 }
 
-TRACEPOINT_PROBE(oom, mark_victim)
+#ifdef AGENTD_ATTACH_mark_victim
+AGENTD_TP(mark_victim)
 {
     struct event_head *h = reserve_head(AGENTD_OOM_VICTIM);
     if (!h)
         return 0;
     h->pid = args->pid;
-    TP_DATA_LOC_READ_STR(h->comm, comm, sizeof(h->comm));
+#ifdef AGENTD_HAS_mark_victim_comm
+    AGENTD_STR_mark_victim_comm(h->comm, sizeof(h->comm));
+#else
+    h->comm[0] = 0;  // before 6.8 mark_victim carries only the pid
+#endif
     submit(h);
     return 0;
 }
+#endif
 
-TRACEPOINT_PROBE(cgroup, cgroup_attach_task)
+AGENTD_TP(cgroup_attach_task)
 {
     // v1 hierarchies fire too; only the v2 one carries the ids the gate and tree use.
     if (args->dst_root != AGENTD_V2_ROOT)
@@ -347,8 +405,8 @@ TRACEPOINT_PROBE(cgroup, cgroup_attach_task)
     e->h.cgroup_id = args->dst_id;
     if (args->pid == e->h.tgid || args->pid == (u32)bpf_get_current_pid_tgid())
         e->h.flags |= AGENTD_F_SELF_MOVE;
-    TP_DATA_LOC_READ_STR(e->h.comm, comm, sizeof(e->h.comm));
-    TP_DATA_LOC_READ_STR(e->path, dst_path, sizeof(e->path));
+    AGENTD_STR_cgroup_attach_task_comm(e->h.comm, sizeof(e->h.comm));
+    AGENTD_STR_cgroup_attach_task_dst_path(e->path, sizeof(e->path));
     submit(e);
     return 0;
 }

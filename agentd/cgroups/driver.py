@@ -32,6 +32,7 @@ class CgroupStats:
     memory_current: int = 0
     memory_peak: int = 0  # memory.peak (v2) or memory.max_usage_in_bytes (v1); 0 if unknown
     memory_limit: int | None = None  # hard limit in force, None for unlimited
+    memory_high: int | None = None  # v2 memory.high in force (the throttle point), None for unlimited or v1
     memory_events: dict[str, int] = field(default_factory=dict)  # v2 memory.events; v1: oom/oom_kill/max from failcnt/oom_control
     cpu_usage_us: int = 0
     pids_current: int = 0

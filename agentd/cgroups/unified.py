@@ -63,7 +63,13 @@ class UnifiedTree(fs.Hierarchy):
     def freeze(self, rel: str, wait_s: float = FREEZE_WAIT_S) -> None:
         """Freeze rel's subtree and wait (bounded) until the kernel reports it frozen."""
         fs.write(self.file(rel, "cgroup.freeze"), "1")
-        if not fs.wait_events_key(self.file(rel, "cgroup.events"), "frozen", 1, wait_s):
+        if fs.wait_events_key(self.file(rel, "cgroup.events"), "frozen", 1, wait_s):
+            return
+        try:
+            cancelled = fs.read(self.file(rel, "cgroup.freeze")).strip() == "0"
+        except CgroupError:
+            cancelled = True  # the cgroup is gone: nothing is left to freeze
+        if not cancelled:  # thawed meanwhile (the decision changed): not a failure
             raise CgroupError(errno.ETIMEDOUT, f"{self.dir(rel)} did not report frozen within {wait_s:.1f} s")
 
     def thaw(self, rel: str) -> None:

@@ -161,6 +161,8 @@ class V2Driver(UnifiedBackedDriver):
             s.memory_peak = int(text)
         if (text := opt("memory.max")) is not None:
             s.memory_limit = parse_size(text)
+        if (text := opt("memory.high")) is not None:
+            s.memory_high = parse_size(text)
         if (text := opt("memory.events")) is not None:
             s.memory_events = parse_flat_keyed(text)
         if (text := opt("pids.current")) is not None:

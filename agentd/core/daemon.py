@@ -156,6 +156,8 @@ class Daemon:
         try:
             self.tracker, line = open_backend(self.config.tracker, bpf_factory=_bpf_backend)
         except BackendUnavailable as exc:
+            if self.config.tracker != "auto":  # asked for by name: no silent start without it
+                raise BackendUnavailable(f"--tracker {self.config.tracker} cannot run here: {exc}") from exc
             self.lines["tracker"] = f"tracker: none ({exc}); only agents launched through agentctl run are placed"
             self.degraded.append(self.lines["tracker"])
             return

@@ -5,8 +5,11 @@ take. The daemon feeds it a Sample of the tool call's cgroup every tick and carr
 actions; nothing here touches the kernel, so every path is unit-tested with a fake clock.
 
 cgroup v2: the kernel throttles at memory.high; agentd watches the tool call's PSI memory
-`full` share and freezes it when it stays above the threshold for `sustain_s`, then kills it
-if it is still stuck `freeze_s` later (or thaws it if the agent raised its limit).
+`full` share. The first time it stays above the threshold for `sustain_s`, agentd grants
+headroom once (memory.high raised toward memory_max); the next time it freezes the tool
+call, then kills it if it is still stuck `freeze_s` later (or thaws it if the agent raised
+its limit). A frozen tool call counts as relieved only against the limit it is held at:
+memory.high on v2 (it never gets near memory.max there), the hard limit on v1.
 cgroup v1 (hybrid): no memory.high. The limit starts at memory_high with oom_kill_disable,
 so the kernel pauses the tool call there (under_oom); agentd grants headroom up to
 memory_max once, and at memory_max freezes, then kills.
@@ -14,6 +17,7 @@ memory_max once, and at memory_max freezes, then kills.
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field, replace
 
 from agentd.policy.schema import Escalation, ResourceLimits
@@ -26,6 +30,7 @@ class Sample:
     memory_current: int
     memory_peak: int
     memory_limit: int | None  # the hard limit in force (v1: the pause point)
+    memory_high: int | None = None  # v2: memory.high in force (the throttle point); None on v1 or unlimited
     high_events: int = 0  # v2 memory.events high (cumulative)
     oom_kill_events: int = 0  # memory.events oom_kill (cumulative)
     under_oom: bool = False  # v1: paused at the limit
@@ -37,7 +42,7 @@ class Sample:
 
 @dataclass(frozen=True)
 class Action:
-    kind: str  # "journal", "set_memory_limit", "freeze", "hold" (v1: the kernel holds it), "thaw", "kill"
+    kind: str  # "journal", "set_memory_limit" (v1), "set_memory_high" (v2), "freeze", "hold" (v1: the kernel holds it), "thaw", "kill"
     reason: str = ""
     value: int | None = None
     level: str = "info"
@@ -51,7 +56,8 @@ class LadderState:
     throttled: bool = False
     over_since: float | None = None  # when PSI full went above the threshold
     frozen_at: float | None = None
-    granted: bool = False  # v1: the one-time grant was used
+    granted: bool = False  # the one-time grant was used (v1: limit raised; v2: memory.high raised)
+    held_at: int | None = None  # the limit the tool call was held at when it was frozen
     last_psi_us: int | None = None
     last_now: float | None = None
     high_seen: int = 0
@@ -64,6 +70,24 @@ class LadderState:
 
 def _journal(kind: str, message: str, level: str = "info", **data) -> Action:
     return Action("journal", reason=kind, level=level, data={"message": message, **data})
+
+
+def held_limit(s: Sample, *, v1: bool) -> int | None:
+    """The limit that holds the tool call back: memory.high on v2 (the kernel throttles
+    there, far below memory.max), the hard limit (the pause point) on v1."""
+    if not v1 and s.memory_high is not None:
+        return s.memory_high
+    return s.memory_limit
+
+
+def v2_grant_target(limits: ResourceLimits) -> int | None:
+    """Where the one-time v2 grant moves memory.high: seven eighths of the way from
+    memory_high to memory_max, so a runaway is throttled (and then frozen) again below the
+    hard limit instead of meeting the kernel's OOM killer there. None: nothing to grant."""
+    high, top = limits.memory_high, limits.memory_max
+    if high is None or top is None or top <= high:
+        return None
+    return high + (top - high) * 7 // 8
 
 
 def step(state: LadderState, s: Sample, limits: ResourceLimits, esc: Escalation, *, v1: bool) -> tuple[LadderState, list[Action]]:
@@ -99,13 +123,14 @@ def step(state: LadderState, s: Sample, limits: ResourceLimits, esc: Escalation,
     if state.stage == "frozen":
         # Thaw when the limit was raised above what the tool call uses (the agent asked
         # for more within the ceiling); kill when the grace ran out.
-        relieved = s.memory_limit is None or s.memory_current < s.memory_limit * 0.95
+        held = held_limit(s, v1=v1)
+        relieved = held is None or (s.memory_current < held * 0.95 and (state.held_at is None or held > state.held_at))
         if relieved and not s.under_oom:
-            state = replace(state, stage="running", frozen_at=None, over_since=None)
+            state = replace(state, stage="running", frozen_at=None, over_since=None, held_at=None)
             return state, [_journal("toolcall.thawed", "the tool call's limit was raised; thawed it", **figures), Action("thaw")]
         if s.now - (state.frozen_at or s.now) >= esc.freeze_s:
             reason = (f"held for {esc.freeze_s:g} s at {format_size(s.memory_current)} of its "
-                      f"{format_size(s.memory_limit)} limit with no relief; killed the tool call (the agent keeps running)")
+                      f"{format_size(held)} limit with no relief; killed the tool call (the agent keeps running)")
             state = replace(state, stage="killed", outcome="killed", reason=reason, limit=state.limit or "memory_max")
             return state, [_journal("toolcall.killed", reason, "warn", limit=state.limit, **figures), Action("kill", reason=reason)]
         return state, []
@@ -138,7 +163,8 @@ def step(state: LadderState, s: Sample, limits: ResourceLimits, esc: Escalation,
             return state, actions
         reason = (f"held by the kernel at its memory_max {format_size(s.memory_limit)}; "
                   f"it will be killed in {esc.freeze_s:g} s unless its limit is raised")
-        state = replace(state, stage="frozen", frozen_at=s.now, throttled=True, outcome="frozen", reason=reason, limit="memory_max")
+        state = replace(state, stage="frozen", frozen_at=s.now, throttled=True, outcome="frozen", reason=reason, limit="memory_max",
+                        held_at=s.memory_limit)
         actions.append(_journal("toolcall.frozen", reason, "warn", limit="memory_max", **figures))
         actions.append(Action("hold"))
         return state, actions
@@ -146,10 +172,22 @@ def step(state: LadderState, s: Sample, limits: ResourceLimits, esc: Escalation,
     if psi_pct >= esc.psi_full_pct:
         over_since = state.over_since if state.over_since is not None else s.now
         state = replace(state, over_since=over_since)
-        if s.now - over_since >= esc.sustain_s:
+        target = v2_grant_target(limits) if not v1 else None
+        held = held_limit(s, v1=v1)
+        if s.now - over_since >= esc.sustain_s and not state.granted and target is not None and (held is None or held < target):
+            # v2's counterpart of the v1 grant: one raise of memory.high toward memory_max.
+            state = replace(state, throttled=True, granted=True, over_since=None, limit="memory_high",
+                            reason=f"completed; throttled at memory_high {format_size(held)} and granted up to {format_size(target)}")
+            actions.append(_journal("toolcall.throttled",
+                                    f"memory stalled {psi_pct:.0f}% of the time (PSI full) at its memory_high {format_size(held)}; "
+                                    f"granted headroom up to {format_size(target)} (its memory_max is {format_size(limits.memory_max)})",
+                                    limit="memory_high", granted=target, **figures))
+            actions.append(Action("set_memory_high", value=target))
+        elif s.now - over_since >= esc.sustain_s:
             reason = (f"memory stalled {psi_pct:.0f}% of the time (PSI full) for {s.now - over_since:.1f} s; "
                       f"froze the tool call and will kill it in {esc.freeze_s:g} s unless its limit is raised")
-            state = replace(state, stage="frozen", frozen_at=s.now, outcome="frozen", reason=reason, limit="memory_high")
+            state = replace(state, stage="frozen", frozen_at=s.now, outcome="frozen", reason=reason, limit="memory_high",
+                            held_at=held)
             actions.append(_journal("toolcall.frozen", reason, "warn", limit="memory_high", **figures))
             actions.append(Action("freeze"))
     elif state.over_since is not None:
@@ -157,14 +195,30 @@ def step(state: LadderState, s: Sample, limits: ResourceLimits, esc: Escalation,
     return state, actions
 
 
+def describe_exit(exit_code: int) -> str:
+    """exit_code as the manager keeps it: >= 0 an exit status, < 0 minus the signal number."""
+    if exit_code >= 0:
+        return f"exited with status {exit_code}"
+    try:
+        name = signal.Signals(-exit_code).name
+    except ValueError:
+        name = f"signal {-exit_code}"
+    return f"ended by {name} (signal {-exit_code}), not by agentd"
+
+
 def finish(state: LadderState, exit_code: int | None) -> LadderState:
-    """The tool call's last process exited: settle its outcome."""
+    """The tool call's last process exited: settle its outcome. A non-zero exit (or a signal
+    agentd did not send) inside its limits is `failed`, even after a throttled burst: the
+    agent needs to know its command did not succeed."""
     if state.stage == "killed":
         return replace(state, stage="done")
-    if state.throttled:
+    if exit_code not in (None, 0):
+        reason = describe_exit(exit_code)
+        if state.throttled:
+            reason += f" ({state.reason or 'after its memory burst was throttled'})"
+        outcome = "failed"
+    elif state.throttled:
         outcome, reason = "throttled", state.reason or "completed after its memory burst was throttled"
-    elif exit_code not in (None, 0):
-        outcome, reason = "failed", f"exited with status {exit_code}"
     else:
         outcome, reason = "ok", "completed within its limits"
     return replace(state, stage="done", outcome=outcome, reason=reason)

@@ -51,6 +51,7 @@ TOOLCALL_OOM_SCORE_ADJ = {"high": 100, "normal": 400, "low": 800}
 PENDING_INTENT_TTL_S = 30.0  # an intent declared over the API applies to the next tool call within this time
 FINISHED_AGENT_KEEP = 200
 MAX_CGROUP_DEPTH = 64  # ancestors looked at when finding a caller's agent
+EXIT_EVENT_GRACE_S = 1.0  # how long an emptied tool call waits for its leader's exit event (exit code)
 
 
 class NameTaken(FileExistsError):
@@ -105,6 +106,7 @@ class Manager:
         # Guards what the tracker's thread (place_gated) and the loop both change:
         # next_seq and pending intents.
         self.lock = threading.Lock()
+        self._empty_since: dict[str, float] = {}  # tool call id -> when its cgroup was first seen empty
 
     # ------------------------------------------------------------------ agents
     def register_agent(self, pid: int, uid: int, name: str | None, policy: str | None,
@@ -492,6 +494,8 @@ class Manager:
             knobs = tool_limits_for_driver(resolved.limits, self.driver.kind)
             if self.v1 and tc.ladder.granted:
                 knobs.memory_max = resolved.limits.memory_max  # already past memory_high: keep the grant's meaning
+            elif tc.ladder.granted and knobs.memory_high is not None:
+                knobs.memory_high = max(knobs.memory_high, escalation.v2_grant_target(resolved.limits) or 0)  # keep the v2 grant
             try:
                 self.driver.apply_limits(tc.cgroup, knobs)
             except (CgroupError, OSError) as exc:
@@ -524,6 +528,7 @@ class Manager:
         tc.peak_bytes = max(tc.peak_bytes, st.memory_peak, st.memory_current)
         tc.cpu_s = max(tc.cpu_s, st.cpu_usage_us / 1e6)
         sample = Sample(now=now, memory_current=st.memory_current, memory_peak=tc.peak_bytes, memory_limit=st.memory_limit,
+                        memory_high=st.memory_high,
                         pids_max_events=st.pids_max_events, pids_current=st.pids_current,
                         high_events=st.memory_events.get("high", 0), oom_kill_events=st.memory_events.get("oom_kill", 0),
                         under_oom=bool(st.memory_events.get("under_oom", 0)),
@@ -535,6 +540,12 @@ class Manager:
             self._apply(tc, action)
         if not final and not st.populated and not tc.leader_exited and self._put_back(tc, tc.pid):
             return  # empty only because its leader moved itself out (the attach event may still be queued)
+        if not final and not st.populated and not tc.leader_exited and self.tracker is not None:
+            # The leader's exit event (its exit code) may still be on its way from the tracker.
+            first = self._empty_since.setdefault(tc.id, now)
+            if now - first < EXIT_EVENT_GRACE_S:
+                return
+        self._empty_since.pop(tc.id, None)
         if final or not st.populated:  # the last sample still counted its events; now settle it
             self._finish(tc, now, populated=st.populated)
             return
@@ -554,6 +565,8 @@ class Manager:
         elif action.kind == "set_memory_limit":
             swap = tc.resolved.limits.swap_max
             self.driver.apply_limits(tc.cgroup, Limits(memory_max=action.value, swap_max=swap if swap is not None else 0, oom_pause=True))
+        elif action.kind == "set_memory_high":
+            self.driver.apply_limits(tc.cgroup, Limits(memory_high=action.value))
         elif action.kind == "hold":
             tc.state = "frozen"  # v1: the kernel already holds it at its limit (under_oom); the freezer cannot take it
         elif action.kind == "freeze":

@@ -45,32 +45,51 @@ def _first_error_line(text: str) -> str:
     return lines[0] if lines else "no compiler output"
 
 
-def _compile(text: str, cflags: list[str]):
-    """BPF(text=...) with the compiler's stderr captured, so a failure can name its cause."""
+def _compile(text: str, cflags: list[str], attach: tuple[src.Tracepoint, ...] = ()):
+    """BPF(text=...) and its tracepoint attachments with libbcc's stdout and stderr captured:
+    a failure can name its cause, and nothing libbcc prints ("Unable to find kernel
+    headers", warnings) reaches the daemon's stdout (`agentd demo --json` is JSON)."""
     try:
         from bcc import BPF  # Debian's python3-bpfcc
     except ImportError as exc:
         raise BackendUnavailable(f"BCC is not importable: {exc}") from exc
+    sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(2)
+    saved = (os.dup(1), os.dup(2))
+    where = "compile"
     with tempfile.TemporaryFile(mode="w+b") as err:
+        os.dup2(err.fileno(), 1)
         os.dup2(err.fileno(), 2)
         try:
             bpf = BPF(text=text.encode(), cflags=cflags)
+            for tp in attach:
+                where = f"{tp.category}:{tp.event}"
+                bpf.attach_tracepoint(tp=where.encode(), fn_name=tp.fn_name.encode())
             failure = None
         except Exception as exc:  # BCC raises bare Exception for compile and load errors
-            bpf, failure = None, exc
+            bpf, failure = locals().get("bpf"), exc
         finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
         err.seek(0)
         output = err.read().decode(errors="replace")
     if failure is not None:
-        if str(failure).startswith("Failed to compile"):
+        if bpf is not None:
+            bpf.cleanup()
+        headers = next((ln.strip() for ln in output.splitlines() if "Unable to find kernel headers" in ln), None)
+        if str(failure).startswith("Failed to compile") and headers:
+            why = f"BCC could not compile the tracker: {headers.split('. Try')[0]} (install the headers package of the running kernel)"
+        elif str(failure).startswith("Failed to compile"):
             why = f"BCC could not compile the tracker: {_first_error_line(output or str(failure))}"
+        elif where != "compile":
+            why = f"BCC could not attach the tracker to {where}: {_first_error_line(str(failure) + chr(10) + output)}"
         else:  # compiled, but the kernel refused to load or attach a program
             why = f"BCC could not load the tracker: {_first_error_line(str(failure) + chr(10) + output)}"
-        raise BackendUnavailable(why) from failure
+        exc = BackendUnavailable(why)
+        exc.compiler_output = output  # the whole log (the verifier's, on a load failure)
+        raise exc from failure
     if output.strip():
         log.debug("BCC compiler output: %s", output.strip())
     return bpf
@@ -125,6 +144,7 @@ class BpfBackend(TrackerBackend):
         guard: bool = True,
         template: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        facts: Callable[[], src.KernelFacts] = src.kernel_facts,
     ) -> None:
         self.options = options or src.TrackerOptions()
         self.options.check()
@@ -135,6 +155,7 @@ class BpfBackend(TrackerBackend):
         # the very processes it places (e.g. -10; None leaves the daemon's own priority).
         self.consumer_nice = consumer_nice
         self._template = template
+        self._facts = facts  # tests narrow it to load the no-BTF or older-kernel variants
         self._want_guard = guard and self.options.gate
         self._guard: GateGuard | None = None
         self._clock = clock
@@ -149,10 +170,13 @@ class BpfBackend(TrackerBackend):
         self._final_stats = {name: 0 for name in src.STAT_NAMES.values()}
         self.gate_timeouts = 0
         self.sink_errors = 0
+        self.exit_codes = ""  # after load: where exit codes come from (bpf_source.Program)
+        self.group_exit = ""
 
     # -- life cycle -------------------------------------------------------------------
 
-    def source(self) -> str:
+    def program(self) -> src.Program:
+        """The program rendered for the running kernel's tracepoint layouts and BTF."""
         if self._template is not None:
             template = self._template
         else:
@@ -160,17 +184,25 @@ class BpfBackend(TrackerBackend):
                 template = src.load_template()
             except OSError as exc:
                 raise BackendUnavailable(f"the tracker's BPF source is missing: {exc}") from exc
-        return src.render_tracker_source(self.options, template)
+        try:
+            return src.render_program(self.options, template, self._facts())
+        except ValueError as exc:  # KernelMismatch, FormatError
+            raise BackendUnavailable(f"the tracker does not fit this kernel: {exc}") from exc
+
+    def source(self) -> str:
+        return self.program().text
 
     def load(self) -> None:
         """Compile and attach (events wait in the ring buffer until start). Idempotent."""
         if self._bpf is not None:
             return
-        text = self.source()
+        program = self.program()
         if self.debug:
-            print(text, file=sys.stderr)
+            print(program.text, file=sys.stderr)
         # -w: the Debian 6.1 headers produce warnings unrelated to this program.
-        self._bpf = _compile(text, ["-w"])
+        self._bpf = _compile(program.text, ["-w"], program.tracepoints)
+        self.exit_codes = program.exit_codes
+        self.group_exit = program.group_exit
 
     def start(self, sink: EventSink) -> None:
         if self._thread is not None:

@@ -1,9 +1,10 @@
 """The tracker's BPF program text and the event layout it shares with Python.
 
-`render_tracker_source(opts)` is pure: checked options in, C text out. The C template
-(bpf/tracker.bpf.c) asserts at compile time that its `struct event_head` and `struct event`
-have the sizes of the ctypes `RawHead` and `RawEvent` below, so the two sides cannot drift
-apart silently.
+`render_program(opts, template, facts)` is pure: checked options and the running kernel's
+facts (tracepoint layouts from tracefs, struct offsets from BTF; see `kernel_facts`) in, C
+text and the tracepoints to attach out. The C template (bpf/tracker.bpf.c) asserts at
+compile time that its `struct event_head` and `struct event` have the sizes of the ctypes
+`RawHead` and `RawEvent` below, so the two sides cannot drift apart silently.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agentd.events import ProcEventKind
+from agentd.tracking import btf
+from agentd.tracking.tp_format import Layout, read_format, render_layouts
 
 PATH_LEN = 256
 COMM_LEN = 16
@@ -77,8 +80,10 @@ class TrackerOptions:
     ringbuf_pages: int = 512  # 2 MiB: ~32,000 fork/exit records (64 B) or ~6,500 with a path
     gate_ringbuf_pages: int = 64  # 256 KiB for gated execs only: ~800 stopped execs in flight
     gate: bool = True
-    # Voluntary exit codes need a syscall tracepoint (exit_group), which slows every
-    # syscall on the host while loaded; signal deaths are known without it.
+    # Where the kernel has BTF, every exit's code is read from task_struct.exit_code and
+    # this option does nothing. Without BTF, voluntary exit codes need a syscall tracepoint
+    # (exit_group), which slows every syscall on the host while loaded; signal deaths are
+    # known without it.
     exit_code: bool = False
     watch_subtree: bool = False  # fork/exec/exit only under one cgroup (set after load)
     # Wake the consumer every Nth ordinary event per CPU; the rest wait for its poll
@@ -108,6 +113,122 @@ def source_path() -> Path:
         if (d / "tracker.bpf.c").is_file():
             return d / "tracker.bpf.c"
     raise FileNotFoundError("tracker.bpf.c not found in " + ", ".join(map(str, candidates)))
+
+
+class KernelMismatch(ValueError):
+    """The running kernel lacks a tracepoint or field the tracker cannot do without."""
+
+
+@dataclass(frozen=True)
+class Tracepoint:
+    category: str
+    event: str
+    fields: tuple[str, ...]  # the fields the program reads (all must be present)
+
+    @property
+    def fn_name(self) -> str:
+        return f"agentd__{self.event}"
+
+
+# Always attached (the tracker is useless without them) ...
+CORE_TRACEPOINTS = (
+    Tracepoint("task", "task_newtask", ("pid", "clone_flags")),
+    Tracepoint("sched", "sched_process_fork", ("child_pid", "child_comm")),
+    Tracepoint("sched", "sched_process_exec", ("pid", "old_pid", "filename")),
+    Tracepoint("sched", "sched_process_exit", ()),
+    Tracepoint("cgroup", "cgroup_attach_task", ("dst_root", "dst_id", "pid", "dst_path", "comm")),
+)
+OOM_TRACEPOINT = Tracepoint("oom", "mark_victim", ("pid",))  # attached when the kernel has it
+# ... and, only where BTF gives no task_struct.exit_code, the exit code pieced together:
+SIGNAL_TRACEPOINTS = (
+    Tracepoint("signal", "signal_generate", ("sig", "pid", "result")),
+    Tracepoint("signal", "signal_deliver", ("sig", "sa_handler")),
+)
+EXIT_GROUP_TRACEPOINT = Tracepoint("syscalls", "sys_enter_exit_group", ("error_code",))
+ALL_TRACEPOINTS = (*CORE_TRACEPOINTS, OOM_TRACEPOINT, *SIGNAL_TRACEPOINTS, EXIT_GROUP_TRACEPOINT)
+
+BTF_WANTED = {"task_struct": {"exit_code", "signal"}, "signal_struct": {"live"}}
+
+
+@dataclass(frozen=True)
+class KernelFacts:
+    """What the program must fit: tracepoint layouts by event name, and byte offsets of
+    task_struct.exit_code / task_struct.signal / signal_struct.live where BTF has them."""
+
+    layouts: dict[str, Layout]
+    offsets: dict[str, int]
+
+
+def kernel_facts() -> KernelFacts:
+    """Read the running kernel's tracefs format files and BTF (tens of milliseconds)."""
+    layouts = {}
+    for tp in ALL_TRACEPOINTS:
+        layout = read_format(tp.category, tp.event)
+        if layout is not None:
+            layouts[tp.event] = layout
+    found = btf.read_member_offsets(BTF_WANTED) or {}
+    task, sig = found.get("task_struct", {}), found.get("signal_struct", {})
+    offsets = {}
+    if "exit_code" in task:
+        offsets["exit_code"] = task["exit_code"]
+    if "signal" in task and "live" in sig:
+        offsets["signal"], offsets["live"] = task["signal"], sig["live"]
+    return KernelFacts(layouts, offsets)
+
+
+@dataclass(frozen=True)
+class Program:
+    text: str
+    tracepoints: tuple[Tracepoint, ...]  # attach each: tp "category:event" -> fn_name
+    exit_codes: str  # "task" (every exit, from task_struct.exit_code), "signals", "signals+exit_group"
+    group_exit: str  # how the last thread's exit is known: "tracepoint", "signal_live", "leader"
+
+
+def plan_tracepoints(opts: TrackerOptions, facts: KernelFacts) -> tuple[tuple[Tracepoint, ...], str, str]:
+    """Which tracepoints to attach and how exits are read, or KernelMismatch naming what is missing."""
+    chosen = list(CORE_TRACEPOINTS)
+    if OOM_TRACEPOINT.event in facts.layouts:
+        chosen.append(OOM_TRACEPOINT)
+    if "exit_code" in facts.offsets:
+        exit_codes = "task"
+    else:
+        chosen += SIGNAL_TRACEPOINTS
+        exit_codes = "signals"
+        if opts.exit_code and EXIT_GROUP_TRACEPOINT.event in facts.layouts:
+            chosen.append(EXIT_GROUP_TRACEPOINT)
+            exit_codes = "signals+exit_group"
+    for tp in chosen:
+        layout = facts.layouts.get(tp.event)
+        if layout is None:
+            raise KernelMismatch(f"the kernel has no tracepoint {tp.category}:{tp.event} (no format file in tracefs)")
+        missing = [f for f in tp.fields if layout.field(f) is None]
+        if missing:
+            raise KernelMismatch(f"tracepoint {tp.category}:{tp.event} has no field {', '.join(missing)} on this kernel")
+    exit_layout = facts.layouts["sched_process_exit"]
+    if exit_layout.field("group_dead") is not None:
+        group_exit = "tracepoint"
+    elif "signal" in facts.offsets:
+        group_exit = "signal_live"
+    else:
+        group_exit = "leader"
+    return tuple(chosen), exit_codes, group_exit
+
+
+def render_program(opts: TrackerOptions, template: str, facts: KernelFacts) -> Program:
+    """The C text for this kernel and the tracepoints it attaches to (pure)."""
+    tracepoints, exit_codes, group_exit = plan_tracepoints(opts, facts)
+    kernel = {
+        "AGENTD_TASK_EXIT_CODE_OFF": facts.offsets.get("exit_code", -1) if exit_codes == "task" else -1,
+        "AGENTD_TASK_SIGNAL_OFF": facts.offsets.get("signal", -1) if group_exit == "signal_live" else -1,
+        "AGENTD_SIGNAL_LIVE_OFF": facts.offsets.get("live", -1) if group_exit == "signal_live" else -1,
+        "AGENTD_GROUP_DEAD_FIELD": int(group_exit == "tracepoint"),
+        "AGENTD_SIGNAL_EXIT_CODES": int(exit_codes != "task"),
+        "AGENTD_EXIT_GROUP_CODES": int(exit_codes == "signals+exit_group"),
+    }
+    head = "".join(f"#define {k} {int(v)}\n" for k, v in kernel.items())
+    head += "".join(f"#define AGENTD_ATTACH_{tp.event} 1\n" for tp in tracepoints)
+    head += render_layouts([facts.layouts[tp.event] for tp in tracepoints])
+    return Program(render_tracker_source(opts, head + template), tracepoints, exit_codes, group_exit)
 
 
 def render_tracker_source(opts: TrackerOptions, template: str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from benchmarks.daemon_process import DaemonProcess, parse_lines
+from benchmarks.daemon_process import BIN, DaemonProcess, parse_lines
 
 pytestmark = [pytest.mark.kernel, pytest.mark.skipif(os.geteuid() != 0, reason="the daemon needs root")]
 
@@ -350,3 +351,47 @@ def test_no_gpu_is_one_clear_line_and_the_daemon_runs_on(daemon):
         pytest.skip("this host has an NVIDIA GPU")
     assert status["gpu"]["line"].startswith("gpu: ") and "off" in status["gpu"]["line"]
     assert status["gpu"]["line"] in status["degraded"]
+
+
+def test_a_failing_command_is_failed_with_its_exit_code_everywhere(daemon):
+    """`agentctl run -- bash -c 'ls /nonexistent; ...'` with the BPF tracker: the ls tool
+    call is `failed` with exit code 2 (read by the kernel-side exit program) in the store,
+    the journal, `agentctl explain` and the agent's result file; a killed one says so."""
+    assert daemon.client.status()["tracker"]["backend"] == "bpf"
+    proc = subprocess.run([str(BIN / "agentctl"), "--socket", str(daemon.socket), "run", "--name", "lsfail", "--",
+                           "bash", "-c", "ls /nonexistent; sh -c 'kill -TERM $$'; exit 0"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    ls_call, sh_call = wait_done(daemon, "lsfail", 2)
+    assert (ls_call["name"], ls_call["outcome"], ls_call["exit_code"]) == ("ls", "failed", 2), ls_call
+    assert ls_call["reason"] == "exited with status 2"
+    assert (sh_call["outcome"], sh_call["exit_code"]) == ("failed", -15) and "SIGTERM" in sh_call["reason"], sh_call
+    events = parse_lines(daemon.agentctl("events", "--agent", "lsfail", "--json").stdout)
+    end = [e for e in events if e["kind"] == "toolcall.end" and e["tool_call"] == ls_call["id"]][0]
+    assert end["data"]["outcome"] == "failed" and end["data"]["exit_code"] == 2
+    explain = json.loads(daemon.agentctl("explain", ls_call["id"], "--json").stdout)
+    assert explain["tool_call"]["outcome"] == "failed" and explain["tool_call"]["exit_code"] == 2
+    text = daemon.agentctl("explain", ls_call["id"]).stdout
+    assert "failed" in text and "exit_code" in text
+    result = json.loads((daemon.dir / "results" / "lsfail" / f"{ls_call['pid']}.json").read_text())
+    assert (result["outcome"], result["exit_code"]) == ("failed", 2)
+
+
+def test_tracker_bpf_that_cannot_load_refuses_to_start_and_auto_falls_back(tmp_path):
+    broken = tmp_path / "bpf"
+    broken.mkdir()
+    (broken / "tracker.bpf.c").write_text("int broken( { return 0; }\n")
+    env = {**os.environ, "AGENTD_BPF_DIR": str(broken)}
+    d = DaemonProcess(tracker="bpf", env=env)
+    try:
+        with pytest.raises(RuntimeError, match=r"agentd exited with 1: .*--tracker bpf cannot run here: BCC could not compile"):
+            d.start(timeout=60)
+    finally:
+        d.cleanup()
+    d = DaemonProcess(tracker="auto", env=env)
+    try:
+        d.start(timeout=60)
+        line = [ln for ln in d.client.status()["lines"] if ln.startswith("tracker:")][0]
+        assert line.startswith("tracker: cn_proc (BCC could not compile the tracker"), line
+    finally:
+        d.cleanup()

@@ -20,11 +20,11 @@ AGENTD = Path(sys.executable).parent / "agentd"
 def test_demo_json_contract():
     proc = subprocess.run([str(AGENTD), "demo", "--json"], capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout)  # all of stdout: libbcc's own messages go elsewhere
     assert result["agent_exit"] == 0
     calls = result["tool_calls"]
     for call in calls:
-        assert {"name", "cgroup", "peak_bytes", "cpu_s", "wall_s", "outcome", "reason"} <= call.keys()
+        assert {"name", "cgroup", "peak_bytes", "cpu_s", "wall_s", "outcome", "reason", "exit_code"} <= call.keys()
         assert call["outcome"] in ("ok", "throttled", "frozen", "killed", "failed")
         assert call["cgroup"].startswith("agents/demo/tools/")
     by_name = {c["name"]: c for c in calls}
@@ -33,9 +33,23 @@ def test_demo_json_contract():
     assert by_name["python-runaway.py"]["peak_bytes"] >= 256 << 20
     assert by_name["server"]["outcome"] == "killed" and "timeout" in by_name["server"]["reason"]
     assert by_name["forkstorm"]["outcome"] == "throttled" and "pids_max" in by_name["forkstorm"]["reason"]
-    assert by_name["git"]["outcome"] == "ok"
+    assert by_name["git"]["outcome"] == "ok" and by_name["git"]["exit_code"] == 0
     assert len({c["cgroup"] for c in calls}) == len(calls)  # one cgroup per tool call
     # Nothing of the demo is left in the kernel.
     own = [l for l in open("/proc/self/cgroup") if l.startswith("0::")][0][3:].strip().rstrip("/")
     for mount in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
         assert not os.path.exists(f"{mount}{own}/agentd-demo/agents/demo")
+
+
+def test_demo_json_with_a_tracker_that_cannot_load_fails_with_the_reason_and_clean_stdout(tmp_path):
+    """No kernel headers (BCC_KERNEL_SOURCE at an empty folder): libbcc prints "Unable to
+    find kernel headers" on its stdout; it must not reach ours, and --tracker bpf must fail."""
+    env = {**os.environ, "BCC_KERNEL_SOURCE": str(tmp_path)}
+    proc = subprocess.run([str(AGENTD), "demo", "--json", "--tracker", "bpf"], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode != 0
+    assert proc.stdout == ""
+    assert "--tracker bpf cannot run here: BCC could not compile the tracker: Unable to find kernel headers" in proc.stderr
+    own = [l for l in open("/proc/self/cgroup") if l.startswith("0::")][0][3:].strip().rstrip("/")
+    for mount in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
+        assert not os.path.exists(f"{mount}{own}/agentd-demo/agents")

@@ -189,3 +189,31 @@ def test_pri_watcher_without_a_loop_calls_back_in_its_thread(unified_v2_driver, 
     finally:
         w.close()
         os.close(fd)
+
+
+def test_a_freeze_cancelled_by_a_thaw_is_not_a_failure(unified_v2_driver, children, monkeypatch):
+    """The ladder may thaw a tool call while its freeze still waits for `frozen 1` (a task in
+    a memory.high penalty sleep freezes late): that freeze was cancelled, not failed. A freeze
+    that simply never completes still raises."""
+    from agentd.cgroups import fs, unified
+
+    drv = unified_v2_driver
+    drv.create("w")
+    p = children.python(BUSY)
+    assert drv.move(p.pid, "w")
+    children.go(p)
+    freeze_file = os.path.join(drv.tree.dir("w"), "cgroup.freeze")
+
+    def thawed_during_the_wait(events_file, key, want, timeout_s):
+        fs.write(freeze_file, "0")  # what the ladder's thaw does from the loop meanwhile
+        return False
+
+    monkeypatch.setattr(unified.fs, "wait_events_key", thawed_during_the_wait)
+    drv.freeze("w")  # no "did not report frozen" error
+    assert fs.read(freeze_file).strip() == "0"
+    monkeypatch.setattr(unified.fs, "wait_events_key", lambda *a: False)
+    with pytest.raises(CgroupError, match="did not report frozen"):
+        drv.freeze("w")
+    monkeypatch.undo()
+    drv.thaw("w")
+    drv.kill("w")

@@ -30,7 +30,8 @@ pytestmark = [
 bcc = pytest.importorskip("bcc", reason="BCC (python3-bpfcc) is not importable")
 
 from agentd.tracking.bpf_backend import BpfBackend  # noqa: E402
-from agentd.tracking.bpf_source import TrackerOptions  # noqa: E402
+from agentd.tracking.bpf_source import KernelFacts, TrackerOptions, kernel_facts  # noqa: E402
+from agentd.tracking.tp_format import Layout  # noqa: E402
 
 V2 = Path(procfs.v2_mount())
 
@@ -167,9 +168,32 @@ def tracker():
         backend.stop()
 
 
+def without_btf(**drop_fields):
+    """This kernel's facts as a kernel without BTF (and, per tracepoint, without some fields)
+    would give them: the exit code is then pieced together from signal tracepoints."""
+    def facts():
+        real = kernel_facts()
+        layouts = dict(real.layouts)
+        for event, names in drop_fields.items():
+            lay = layouts[event]
+            layouts[event] = Layout(lay.category, lay.event, tuple(f for f in lay.fields if f.name not in names))
+        return KernelFacts(layouts, {})
+    return facts
+
+
 @pytest.fixture
 def tracker_with_exit_codes():
-    backend, rec = started(TrackerOptions(exit_code=True))
+    """No BTF, voluntary codes through the exit_group syscall tracepoint."""
+    backend, rec = started(TrackerOptions(exit_code=True), facts=without_btf())
+    try:
+        yield backend, rec
+    finally:
+        backend.stop()
+
+
+@pytest.fixture
+def tracker_without_btf():
+    backend, rec = started(gate_timeout_s=30.0, facts=without_btf())
     try:
         yield backend, rec
     finally:
@@ -197,9 +221,18 @@ def test_fork_exec_exit_of_a_known_child(tracker_with_exit_codes, cgroups, child
     assert fork.ts_ns < exe.ts_ns < grandchild.ts_ns < end.ts_ns
 
 
+@pytest.mark.parametrize("variant", ["btf", "signals"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_exit_code_of_a_killed_process(tracker, children, sig):
-    _, rec = tracker  # signal deaths are known without the exit_code option
+def test_exit_code_of_a_killed_process(children, sig, variant):
+    # signal deaths are known without the exit_code option, with BTF or without
+    backend, rec = started(facts=kernel_facts if variant == "btf" else without_btf())
+    try:
+        _check_killed(rec, children, sig)
+    finally:
+        backend.stop()
+
+
+def _check_killed(rec, children, sig):
     p = children.spawn(["/bin/sleep", "30"])
     rec.wait(lambda e: e.kind is K.EXEC and e.pid == p.pid)
     p.send_signal(sig)
@@ -217,12 +250,58 @@ THREADED_EXIT = (
 )
 
 
-def test_voluntary_exit_of_a_threaded_process_is_not_a_kill(tracker, children):
-    _, rec = tracker
+def test_voluntary_exit_of_a_threaded_process_is_not_a_kill(tracker_without_btf, children):
+    _, rec = tracker_without_btf
     p = children.spawn([sys.executable, "-c", THREADED_EXIT])
     assert p.wait(timeout=10) == 4
     end = rec.wait(lambda e: e.kind is K.EXIT and e.pid == p.pid)
-    assert not end.exit_code_known  # voluntary codes need TrackerOptions(exit_code=True)
+    assert not end.exit_code_known  # without BTF voluntary codes need TrackerOptions(exit_code=True)
+
+
+def test_exit_codes_from_the_task_with_btf(tracker, children):
+    """BTF's task_struct.exit_code: every exit's wait status, read by the exit program
+    itself (no syscall tracepoint): a child exiting 3, a threaded exit_group(4), one
+    killed by SIGKILL, bash's `ls /nonexistent` (2)."""
+    backend, rec = tracker
+    assert backend.exit_codes == "task"
+    cases = [(["/bin/sh", "-c", "exit 3"], 3 << 8), ([sys.executable, "-c", THREADED_EXIT], 4 << 8),
+             (["/bin/sh", "-c", "kill -KILL $$"], signal.SIGKILL),
+             (["/bin/bash", "-c", "ls /nonexistent"], 2 << 8)]
+    for argv, status in cases:
+        p = children.spawn(argv, stderr=subprocess.DEVNULL)
+        p.wait(timeout=10)
+        end = rec.wait(lambda e: e.kind is K.EXIT and e.pid == p.pid)
+        assert end.exit_code_known and end.exit_code == status, argv
+    # bash runs a lone command in its own process: the exit status above is ls's
+    assert rec.wait(lambda e: e.kind is K.EXEC and e.pid == p.pid and e.filename.endswith("/ls"))
+    assert os.waitstatus_to_exitcode(end.exit_code) == 2
+
+
+def test_one_exit_event_per_process_without_group_dead(children):
+    """Kernels before ~6.16 have no group_dead: the last thread is found through BTF
+    (signal->live) or, without BTF, the leader's exit stands for the process."""
+    for facts, how in ((without_btf(sched_process_exit={"group_dead"}), "leader"),
+                       (lambda: _drop_group_dead(kernel_facts()), "signal_live")):
+        backend, rec = started(facts=facts)
+        try:
+            assert backend.group_exit == how
+            p = children.spawn([sys.executable, "-c", THREADED_EXIT])
+            assert p.wait(timeout=10) == 4
+            rec.wait(lambda e: e.kind is K.EXIT and e.pid == p.pid)
+            q = subprocess.Popen(["/bin/true"])  # delivered after: proves the ones before were too
+            q.wait()
+            rec.wait(lambda e: e.kind is K.EXIT and e.pid == q.pid)
+            exits = rec.find(lambda e: e.kind is K.EXIT and e.tgid == p.pid)
+            assert len(exits) == 1 and exits[0].pid == p.pid, (how, exits)
+        finally:
+            backend.stop()
+
+
+def _drop_group_dead(real):
+    lay = real.layouts["sched_process_exit"]
+    layouts = {**real.layouts, "sched_process_exit": Layout(lay.category, lay.event,
+                                                            tuple(f for f in lay.fields if f.name != "group_dead"))}
+    return KernelFacts(layouts, real.offsets)
 
 
 def test_voluntary_exit_code_with_the_option(tracker_with_exit_codes, children):
@@ -233,8 +312,16 @@ def test_voluntary_exit_code_with_the_option(tracker_with_exit_codes, children):
     assert end.exit_code_known and os.waitstatus_to_exitcode(end.exit_code) == 4
 
 
-def test_handled_sigterm_then_normal_exit_is_not_a_kill(tracker, children):
-    _, rec = tracker
+@pytest.mark.parametrize("variant", ["btf", "signals"])
+def test_handled_sigterm_then_normal_exit_is_not_a_kill(children, variant):
+    backend, rec = started(facts=kernel_facts if variant == "btf" else without_btf())
+    try:
+        _check_handled_sigterm(rec, children, variant)
+    finally:
+        backend.stop()
+
+
+def _check_handled_sigterm(rec, children, variant):
     code = (
         "import os, signal, threading, time\n"
         "signal.signal(signal.SIGTERM, lambda *a: None)\n"
@@ -248,7 +335,10 @@ def test_handled_sigterm_then_normal_exit_is_not_a_kill(tracker, children):
     p.send_signal(signal.SIGTERM)
     assert p.wait(timeout=10) == 2
     end = rec.wait(lambda e: e.kind is K.EXIT and e.pid == p.pid)
-    assert not end.exit_code_known  # not "killed by SIGTERM": the handler took it
+    if variant == "btf":
+        assert end.exit_code_known and end.exit_code == 2 << 8  # exit 2, not "killed by SIGTERM"
+    else:
+        assert not end.exit_code_known  # not "killed by SIGTERM": the handler took it
 
 
 def test_threads_are_not_reported_as_forks(tracker):
@@ -461,7 +551,8 @@ def test_debug_prints_the_rendered_program(capsys):
     backend.load()
     backend.stop()
     err = capsys.readouterr().err
-    assert "#define AGENTD_GATE 1" in err and "TRACEPOINT_PROBE(sched, sched_process_exec)" in err
+    assert "#define AGENTD_GATE 1" in err and "AGENTD_TP(sched_process_exec)" in err
+    assert "struct agentd_args_sched_process_fork {" in err
 
 
 def test_compile_failure_names_the_first_error():
@@ -470,9 +561,13 @@ def test_compile_failure_names_the_first_error():
     backend = BpfBackend(template="int broken( { return 0; }\n")
     with pytest.raises(BackendUnavailable, match=r"^BCC could not compile the tracker: .*error"):
         backend.load()
-    # Compiles, but the kernel has no such tracepoint to attach to.
-    backend = BpfBackend(template="TRACEPOINT_PROBE(sched, agentd_no_such_event) { return 0; }\n")
-    with pytest.raises(BackendUnavailable, match=r"^BCC could not load the tracker: .*agentd_no_such_event"):
+    # Compiles, but lacks a program the tracker attaches.
+    backend = BpfBackend(template="int agentd__unused(void *ctx) { return 0; }\n")
+    with pytest.raises(BackendUnavailable, match=r"^BCC could not attach the tracker to task:task_newtask: "):
+        backend.load()
+    # The kernel lacks a field the program cannot do without.
+    backend = BpfBackend(facts=without_btf(sched_process_exec={"old_pid"}))
+    with pytest.raises(BackendUnavailable, match=r"does not fit this kernel: .*sched_process_exec has no field old_pid"):
         backend.load()
 
 
@@ -499,3 +594,31 @@ def test_oom_victim(tracker, memory_cgroup, children):
     assert ev.comm.startswith("python")
     end = rec.wait(lambda e: e.kind is K.EXIT and e.pid == p.pid)
     assert end.exit_code == signal.SIGKILL
+
+
+FIXTURE_TRACEFS = Path(__file__).resolve().parents[1] / "unit" / "tracking" / "tracefs"
+
+
+@pytest.mark.parametrize("btf", ["btf", "no_btf"])
+@pytest.mark.parametrize("kernel", ["5.15", "6.1", "6.8", "6.12", "6.18"])
+def test_the_program_for_each_supported_kernel_compiles_and_passes_the_verifier(kernel, btf):
+    """The C rendered from another kernel's format files (committed copies) compiles with
+    BCC and every program passes this kernel's verifier (tracepoint context reads are
+    bounds-checked, not layout-checked, so loading without attaching is meaningful)."""
+    from agentd.tracking import bpf_source as src
+    from agentd.tracking.bpf_backend import _compile
+    from agentd.tracking.tp_format import read_format
+
+    layouts = {}
+    for tp in src.ALL_TRACEPOINTS:
+        layout = read_format(tp.category, tp.event, dirs=(str(FIXTURE_TRACEFS / kernel),))
+        if layout is not None:
+            layouts[tp.event] = layout
+    offsets = kernel_facts().offsets if btf == "btf" else {}
+    program = src.render_program(TrackerOptions(exit_code=True), src.load_template(), src.KernelFacts(layouts, offsets))
+    bpf = _compile(program.text, ["-w"])
+    try:
+        for tp in program.tracepoints:
+            bpf.load_func(tp.fn_name.encode(), bcc.BPF.TRACEPOINT)
+    finally:
+        bpf.cleanup()

@@ -15,9 +15,9 @@ LISTING = os.environ.get("AGENTD_VM_COLLECT") == "1"
 
 if IN_VM or LISTING:
     # Inside the VM (or listing its tests): never boot a VM from the VM.
-    collect_ignore = ["test_vm.py", "test_harness.py", "harness.py"]
+    collect_ignore = ["test_vm.py", "test_vm_kernels.py", "test_harness.py", "harness.py", "tracker_check.py"]
 else:
-    collect_ignore = ["guest", "harness.py"]
+    collect_ignore = ["guest", "harness.py", "tracker_check.py"]
 
 
 def pytest_terminal_summary(terminalreporter):

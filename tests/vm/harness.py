@@ -45,7 +45,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-KERNEL_DIR = REPO / ".vm" / "kernel"
+# AGENTD_VM_KERNEL_DIR boots another unpacked kernel (scripts/vm-setup.sh: .vm/kernel-6.1).
+KERNEL_DIR = Path(os.environ.get("AGENTD_VM_KERNEL_DIR") or REPO / ".vm" / "kernel").resolve()
 GUEST_RUNNER = Path(__file__).resolve().parent / "guest_run.sh"
 SETUP_HINT = "run `bash scripts/vm-setup.sh` as root"
 
@@ -111,17 +112,19 @@ def _venv_bin() -> Path:
     return REPO / ".venv" / "bin"
 
 
-def find_kernel() -> tuple[Path, str]:
+def find_kernel(kernel_dir: Path | None = None) -> tuple[Path, str]:
     """(vmlinuz path, kernel release) of the unpacked kernel, or VMError."""
-    imgs = sorted((KERNEL_DIR / "boot").glob("vmlinuz-*"))
-    if not imgs or not (KERNEL_DIR / ".complete").exists():
-        raise VMError(f"no VM kernel in {KERNEL_DIR}: {SETUP_HINT}")
+    kernel_dir = kernel_dir or KERNEL_DIR
+    imgs = sorted((kernel_dir / "boot").glob("vmlinuz-*"))
+    if not imgs or not (kernel_dir / ".complete").exists():
+        raise VMError(f"no VM kernel in {kernel_dir}: {SETUP_HINT}")
     img = imgs[-1]
     return img, img.name[len("vmlinuz-"):]
 
 
-def preflight() -> tuple[Path, str, Path]:
+def preflight(kernel_dir: Path | None = None) -> tuple[Path, str, Path]:
     """Check that everything needed to boot is here; (vng, kernel release, vmlinuz)."""
+    kernel_dir = kernel_dir or KERNEL_DIR
     vng = _venv_bin() / "vng"
     if not vng.exists():
         raise VMError(f"virtme-ng (vng) is not installed in {vng.parent}: {SETUP_HINT}")
@@ -129,9 +132,9 @@ def preflight() -> tuple[Path, str, Path]:
         raise VMError(f"qemu-system-x86_64 is missing (Debian package qemu-system-x86): {SETUP_HINT}")
     if shutil.which("busybox") is None:
         raise VMError(f"busybox is missing (Debian package busybox-static): {SETUP_HINT}")
-    img, kver = find_kernel()
-    if not (KERNEL_DIR / "lib" / "modules" / kver / "modules.dep").exists():
-        raise VMError(f"modules of {kver} are missing in {KERNEL_DIR}: {SETUP_HINT}")
+    img, kver = find_kernel(kernel_dir)
+    if not (kernel_dir / "lib" / "modules" / kver / "modules.dep").exists():
+        raise VMError(f"modules of {kver} are missing in {kernel_dir}: {SETUP_HINT}")
     return vng, kver, img
 
 
@@ -220,6 +223,7 @@ def boot_and_run(
     cwd: str | os.PathLike | None = None,
     files_dir: str | os.PathLike | None = None,
     qemu_opts: list[str] | None = None,
+    kernel_dir: str | os.PathLike | None = None,
 ) -> GuestResult:
     """Boot the VM once, run `command` as root in it (cwd: the repository), power off.
 
@@ -227,7 +231,7 @@ def boot_and_run(
     started, does not boot, crashes or runs past `timeout` seconds (boot included). A
     command that runs and fails is not an error: see GuestResult.rc.
     """
-    vng, kver, img = preflight()
+    vng, kver, img = preflight(Path(kernel_dir).resolve() if kernel_dir else None)
     if numa and cpus < 2:
         raise VMError("numa=True needs cpus >= 2")
     rw = Path(files_dir) if files_dir else Path(tempfile.mkdtemp(prefix="agentd-vm-"))

@@ -1,7 +1,7 @@
 """The burst ladder (throttle -> freeze -> kill) with a fake clock: every rung, both
 cgroup versions, and that the agent runtime is never a target (actions name no cgroup)."""
 
-from agentd.core.escalation import LadderState, Sample, finish, step
+from agentd.core.escalation import LadderState, Sample, finish, step, v2_grant_target
 from agentd.policy.schema import Escalation, ResourceLimits
 
 M = 1 << 20
@@ -114,3 +114,76 @@ def test_fork_refusals_are_reported_once():
 def test_done_state_is_terminal():
     state = LadderState(started=0.0, stage="killed")
     assert step(state, sample(100, oom_kill_events=9), LIMITS, ESC, v1=False) == (state, [])
+
+
+def _psi_run(state, t0, n, cur, high, psi0=0, tick=0.5):
+    """n ticks at 60 % PSI full on v2, the tool call sitting at `cur` under memory.high `high`."""
+    out, psi = [], psi0
+    for i in range(1, n + 1):
+        psi += int(tick * 0.6 * 1e6)
+        state, actions = step(state, sample(t0 + i * tick, cur=cur, limit=512 * M, psi_us=psi, memory_high=high), LIMITS, ESC, v1=False)
+        out.append((actions, state))
+    return state, out, psi
+
+
+def test_v2_frozen_at_memory_high_is_not_relieved_far_below_memory_max():
+    # The VM's endless ladder: frozen at memory.high (256M), current 255M, memory.max 512M.
+    # 255M < 0.95 x 512M, yet nothing was relieved: the tool call is held at memory.high.
+    state = LadderState(started=0.0, stage="frozen", frozen_at=10.0, last_now=10.0, last_psi_us=0, held_at=256 * M,
+                        granted=True, outcome="frozen", limit="memory_high")
+    s = sample(10.3, cur=255 * M, limit=512 * M, memory_high=256 * M)
+    state, actions = step(state, s, LIMITS, ESC, v1=False)
+    assert actions == [] and state.stage == "frozen"
+    state, actions = step(state, sample(13.1, cur=255 * M, limit=512 * M, memory_high=256 * M), LIMITS, ESC, v1=False)
+    assert kinds(actions) == ["toolcall.killed", "kill"]
+    assert "256.0M limit" in state.reason or "256M limit" in state.reason
+
+
+def test_v2_frozen_thaws_when_memory_high_is_raised():
+    state = LadderState(started=0.0, stage="frozen", frozen_at=10.0, last_now=10.0, last_psi_us=0, held_at=256 * M)
+    state, actions = step(state, sample(10.5, cur=255 * M, limit=512 * M, memory_high=400 * M), LIMITS, ESC, v1=False)
+    assert kinds(actions) == ["toolcall.thawed", "thaw"] and state.stage == "running"
+
+
+def test_v2_ladder_throttled_granted_frozen_killed():
+    # A runaway at memory.high: throttled (high events), then PSI sustained -> one grant of
+    # memory.high toward memory_max, PSI sustained again at the new high -> freeze -> kill.
+    target = v2_grant_target(LIMITS)
+    assert 256 * M < target < 512 * M
+    state = LadderState(started=0.0)
+    state, a = step(state, sample(0.5, cur=256 * M, memory_high=256 * M, high_events=3), LIMITS, ESC, v1=False)
+    assert kinds(a) == ["toolcall.throttled"]
+    state, out, psi = _psi_run(state, 0.5, 6, 256 * M, 256 * M)
+    flat = [a for acts, _ in out for a in acts]
+    assert [a.kind for a in flat if a.kind != "journal"] == ["set_memory_high"]
+    assert flat[-1].value == target and state.granted and state.stage == "running"
+    state, out, psi = _psi_run(state, 3.5, 6, target, target, psi0=psi)
+    flat = [a for acts, _ in out for a in acts]
+    assert [a.kind for a in flat if a.kind != "journal"] == ["freeze"]
+    assert state.stage == "frozen" and state.held_at == target
+    state, out, _ = _psi_run(state, 6.5, 8, target, target, psi0=psi)
+    flat = [a.kind for acts, _ in out for a in acts]
+    assert "thaw" not in flat and flat[-1] == "kill"
+    assert finish(state, None).outcome == "killed"
+
+
+def test_v2_burst_that_fits_after_grant_is_throttled():
+    state = LadderState(started=0.0)
+    state, out, _ = _psi_run(state, 0.0, 6, 256 * M, 256 * M)
+    assert state.granted
+    assert finish(state, 0).outcome == "throttled" and "granted" in finish(state, 0).reason
+
+
+def test_non_zero_exit_inside_limits_is_failed_with_its_code():
+    quiet, _ = run([sample(0.2)])
+    done = finish(quiet, 2)
+    assert (done.outcome, done.reason) == ("failed", "exited with status 2")
+    killed_outside = finish(quiet, -9)
+    assert killed_outside.outcome == "failed" and "SIGKILL" in killed_outside.reason
+    throttled, _ = run([sample(0.2, cur=300 * M, high_events=2)])
+    assert finish(throttled, 0).outcome == "throttled"
+    failed = finish(throttled, 1)
+    assert failed.outcome == "failed" and failed.reason.startswith("exited with status 1 (") and "memory_high" in failed.reason
+    # agentd's own kill stays a kill whatever the status (SIGKILL from cgroup.kill)
+    state, _ = run([sample(30), sample(61)])
+    assert finish(state, -9).outcome == "killed"
