@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 from agentd.api.contract import ApiError
 from agentd.core.toolcall_rules import IntentInvalid, parse_intent
 from agentd.policy.loader import PolicyInvalid
+from agentd.policy.parse_worker import ParseTimeout
+from agentd.policy.problems import Problem
 from agentd.policy.schema import valid_name
 
 if TYPE_CHECKING:
@@ -130,12 +132,23 @@ class DaemonController:
         return {"id": tc.id, "state": "killing"}
 
     # ------------------------------------------------------------------ policies
-    def policy_validate(self, text: str, filename: str) -> list[dict]:
-        return [p.to_json() for p in self.d.policies.validate(text, filename)]
-
-    def policy_apply(self, text: str, filename: str) -> dict:
+    async def _parse(self, text: str, filename: str):
+        """Parse in a worker process with a time limit: the event loop never parses."""
         try:
-            policy = self.d.policies.apply(text, filename)
+            return await self.d.parse_workers.parse(text, filename)
+        except ParseTimeout as exc:
+            problem = Problem(filename, 0, "", str(exc))
+            raise ApiError(400, "policy_invalid", f"{filename} is not a valid policy: {exc}", "text", [problem.to_json()]) from None
+
+    async def policy_validate(self, text: str, filename: str) -> list[dict]:
+        return [p.to_json() for p in (await self._parse(text, filename))[1]]
+
+    async def policy_apply(self, text: str, filename: str) -> dict:
+        parsed, problems = await self._parse(text, filename)
+        try:
+            if problems:
+                raise PolicyInvalid(problems)
+            policy = self.d.policies.apply(text, filename, parsed=parsed)
         except PolicyInvalid as exc:
             raise ApiError(400, "policy_invalid", f"{filename} is not a valid policy; nothing changed", "text",
                            [p.to_json() for p in exc.problems]) from None
@@ -153,9 +166,12 @@ class DaemonController:
     def policy_list(self) -> list[dict]:
         return [{"name": p.name, "source": p.source} for p in self.d.policies.policies.values()]
 
-    def policy_diff(self, text: str, filename: str) -> dict:
+    async def policy_diff(self, text: str, filename: str) -> dict:
+        parsed, problems = await self._parse(text, filename)
         try:
-            return {"diff": self.d.policies.diff(text, filename)}
+            if problems:
+                raise PolicyInvalid(problems)
+            return {"diff": self.d.policies.diff(text, filename, parsed=parsed)}
         except PolicyInvalid as exc:
             raise ApiError(400, "policy_invalid", f"{filename} is not a valid policy", "text", [p.to_json() for p in exc.problems]) from None
 
