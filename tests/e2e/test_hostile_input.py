@@ -141,3 +141,20 @@ def test_users_holding_every_stream_cannot_refuse_root(daemon):
         for _, p in procs:
             p.kill()
             p.wait()
+
+
+def test_the_daemon_starts_with_a_bad_policy_file_and_says_so_loudly():
+    d = DaemonProcess(tracker="cn_proc", policies={
+        "good": "version: 1\nname: good\n",
+        "deep": "version: 1\nname: deep\nx: " + "[" * 100_000 + "\n",
+    })
+    try:
+        d.start()
+        names = {p["name"] for p in d.client.policies()}
+        assert "good" in names and "deep" not in names
+        errors = [e for e in d.client.recent_events(level="error") if e["kind"] == "policy.skipped"]
+        assert len(errors) == 1 and f"{d.policy_dir}/deep.yaml:3" in errors[0]["message"]
+        assert any("policy" in line for line in d.client.status().get("degraded", [])), d.client.status()
+        assert "deep.yaml:3" in d.log.read_text()  # logged as well as journaled
+    finally:
+        d.cleanup()
