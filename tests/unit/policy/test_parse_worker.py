@@ -1,0 +1,93 @@
+"""Policy parsing in worker processes: answers like parse_text, a parse past its time limit
+is killed (the worker replaced), and workers run as nobody when started by root."""
+
+import asyncio
+import os
+import time
+
+import pytest
+
+from agentd.paths import DEFAULT_POLICY
+from agentd.policy.parse_worker import ParseTimeout, ParseWorkers
+
+SLOW = "version: 1\nname: big\nagents: [" + ",".join(["1"] * 99_000) + "]\n"  # ~0.4 s to parse
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_a_worker_answers_like_the_loader_and_is_reused():
+    async def go():
+        pool = ParseWorkers(workers=2, timeout_s=10)
+        try:
+            policy, problems = await pool.parse(DEFAULT_POLICY.read_text(), "d.yaml")
+            assert policy.name == "default" and problems == []
+            _, problems = await pool.parse("[" * 100_000, "deep.yaml")
+            assert problems[0].file == "deep.yaml" and problems[0].line == 1
+            t0 = time.monotonic()
+            await pool.parse(DEFAULT_POLICY.read_text(), "d.yaml")
+            warm_ms = (time.monotonic() - t0) * 1000
+            assert pool.stats["worker_starts"] == 1 and warm_ms < 200
+        finally:
+            await pool.close()
+
+    run(go())
+
+
+def test_a_parse_past_its_time_limit_is_killed_and_the_pool_goes_on():
+    async def go():
+        pool = ParseWorkers(workers=1, timeout_s=0.05)
+        try:
+            with pytest.raises(ParseTimeout, match="longer than 0.05 s"):
+                await pool.parse(SLOW, "slow.yaml")
+            worker_pids = [w.proc.pid for w in pool._all]
+            assert worker_pids == []  # the overrunning worker is gone (killed and reaped)
+            pool.timeout_s = 10
+            policy, _ = await pool.parse(DEFAULT_POLICY.read_text(), "d.yaml")
+            assert policy.name == "default"
+            assert pool.stats["timeouts"] == 1 and pool.stats["worker_starts"] == 2
+        finally:
+            await pool.close()
+
+    run(go())
+
+
+def test_the_event_loop_runs_while_a_worker_parses():
+    async def go():
+        pool = ParseWorkers(workers=1, timeout_s=10)
+        ticks = []
+
+        async def ticker():
+            while True:
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.01)
+
+        t = asyncio.create_task(ticker())
+        try:
+            await pool.parse(SLOW, "slow.yaml")
+        finally:
+            t.cancel()
+            await pool.close()
+        gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+        assert max(gaps) < 0.15, f"the loop stalled {max(gaps):.2f} s"
+
+    run(go())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="privileges are dropped only when started by root")
+def test_workers_run_as_nobody_with_bounded_memory():
+    async def go():
+        pool = ParseWorkers(workers=1, timeout_s=10)
+        try:
+            await pool.parse("version: 1\nname: x\n", "x.yaml")
+            (worker,) = pool._all
+            status = open(f"/proc/{worker.proc.pid}/status").read()
+            uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+            assert uid_line.split()[1:] == ["65534"] * 4
+            limits = open(f"/proc/{worker.proc.pid}/limits").read()
+            assert "Max address space" in limits and str(1 << 30) in limits
+        finally:
+            await pool.close()
+
+    run(go())
