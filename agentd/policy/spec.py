@@ -24,13 +24,14 @@ _SIZE_PATTERN = r"^\s*\d+(\.\d+)?\s*([KMGTkmgt]?)(i?[Bb])?\s*$"  # for the JSON 
 
 def parse_size(text: str | int | float) -> int:
     """A policy size: '512M' -> 536870912 (binary units, as everywhere in agentd), at most 1P."""
+    given = text
     if isinstance(text, float) and not isinstance(text, bool):
-        if not math.isfinite(text):
-            raise ValueError(f"expected a size between 0 and 1P, got {text!r}")
+        if not math.isfinite(text) or text > MAX_SIZE_BYTES:
+            raise ValueError(f"expected a size between 0 and 1P, got {given!r}")
         text = int(text)
     value = units.parse_size(text)
     if value > MAX_SIZE_BYTES:
-        raise ValueError(f"expected a size between 0 and 1P, got {text!r}")
+        raise ValueError(f"expected a size between 0 and 1P, got {given!r}")
     return value
 
 

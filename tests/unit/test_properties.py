@@ -30,6 +30,7 @@ scalars = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-(10**40), max_value=10**40),
     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=40),
     st.sampled_from(["512M", "1G", "2", "0.5", "-1", "1P", "2P", ".inf", ".nan", "1e400", "9" * 60,
+                     "9" * 400 + "M", "1" * 70, 1e308, -0.0, 2**64,
                      "(a)\\1", "(?=x)", "^(\\w+\\s?)+$", "pytest", "low", "high", "", "~"]),
 )
 KEYS = ["version", "name", "priority", "agents", "agent", "toolcalls", "defaults", "ceiling",
@@ -169,3 +170,16 @@ def test_any_json_is_a_body_or_a_4xx(value, spec):
 @given(st.integers(min_value=1, max_value=5000), st.sampled_from(["[", '{"a":']), SPECS)
 def test_deep_json_is_a_4xx(depth, opener, spec):
     _body_or_4xx(opener.encode() * depth, spec)
+
+
+@FAST
+@given(st.sampled_from(["memory", "cpu", "duration_s", "pids"]),
+       st.one_of(st.text(alphabet="0123456789.eEkKmMgGtTiIbB -+", max_size=500), st.floats(), st.integers(),
+                 st.sampled_from(["9" * 400 + "M", "9" * 5000, "1e309", "inf", "nan"])))
+def test_any_intent_number_or_size_is_a_value_or_a_clean_error(key, value):
+    try:
+        intent = parse_intent({key: value})
+    except IntentInvalid as exc:
+        assert exc.field == key and str(exc).startswith(key)
+        return
+    assert isinstance(getattr(intent, key), (int, float))
