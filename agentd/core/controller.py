@@ -74,6 +74,9 @@ class DaemonController:
         out["agentd_toolcalls_live"] = float(len(self.m.toolcalls))
         out["agentd_tracker_events_lost_total"] = float(self.d.tracker.lost_events()) if self.d.tracker else 0.0
         out["agentd_journal_dropped_total"] = float(self.d.journal.dropped)
+        out["agentd_store_writes_deferred_total"] = float(self.d.store.stats["writes_deferred"])
+        out["agentd_store_writes_pending"] = float(self.d.store.pending_writes)
+        out["agentd_policy_parse_timeouts_total"] = float(self.d.parse_workers.stats["timeouts"])
         snap = self.d.gpu_snapshot
         for gpu in (snap.gpus if snap is not None else []):
             label = f'{{gpu="{gpu.index}"}}'

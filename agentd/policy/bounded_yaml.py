@@ -21,7 +21,7 @@ import yaml
 from agentd.policy.problems import Problem
 
 MAX_DEPTH = 32
-MAX_NODES = 100_000
+MAX_NODES = 25_000  # the largest valid policy (500 tools, 500 agents) has about 14,000
 MAX_SCALAR_CHARS = 64 * 1024
 MAX_INT_DIGITS = 30
 
