@@ -44,6 +44,7 @@ def _drop_privileges() -> None:
 
     resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY_BYTES, WORKER_MEMORY_BYTES))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    os.nice(10)  # a long parse must not take CPU from the daemon's event loop
     if os.geteuid() == 0:
         os.setgroups([])
         os.setgid(NOBODY)

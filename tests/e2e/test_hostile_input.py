@@ -63,7 +63,9 @@ def test_sixteen_hostile_validators_do_not_stall_root_or_get_a_500(daemon):
     poller.start()
     names = ["deep_flow", "deep_block", "long_int", "inf", "many", "redos", "deep_json", "deep_json_intent"]
     try:
-        procs = [as_user(NOBODY, sys.executable, str(HOSTILE), str(daemon.socket), *names,
+        # nice 19: what is measured is the daemon's event loop, not 16 interpreters starting
+        # at once on a small machine
+        procs = [as_user(NOBODY, "nice", "-n", "19", sys.executable, str(HOSTILE), str(daemon.socket), *names,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(16)]
         results = []
         for p in procs:
@@ -75,6 +77,8 @@ def test_sixteen_hostile_validators_do_not_stall_root_or_get_a_500(daemon):
         stop.set()
         poller.join()
     statuses = [status for _, status in results]
+    print(f"root status: {len(latencies)} requests, max {max(latencies) * 1000:.1f} ms; answers "
+          f"{sorted((s, statuses.count(s)) for s in set(statuses))}")
     assert len(statuses) == 16 * len(names)
     assert all(s < 500 for s in statuses), results
     assert max(latencies) < 1.0, f"root's GET /v1/status waited {max(latencies):.2f} s"

@@ -76,7 +76,7 @@ def test_the_event_loop_runs_while_a_worker_parses():
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="privileges are dropped only when started by root")
-def test_workers_run_as_nobody_with_bounded_memory():
+def test_workers_run_as_nobody_niced_with_bounded_memory():
     async def go():
         pool = ParseWorkers(workers=1, timeout_s=10)
         try:
@@ -87,6 +87,8 @@ def test_workers_run_as_nobody_with_bounded_memory():
             assert uid_line.split()[1:] == ["65534"] * 4
             limits = open(f"/proc/{worker.proc.pid}/limits").read()
             assert "Max address space" in limits and str(1 << 30) in limits
+            stat = open(f"/proc/{worker.proc.pid}/stat").read().rsplit(")", 1)[1].split()
+            assert int(stat[16]) == os.getpriority(os.PRIO_PROCESS, 0) + 10  # field 19: nice
         finally:
             await pool.close()
 
