@@ -142,6 +142,8 @@ class DaemonController:
         except ParseTimeout as exc:
             problem = Problem(filename, 0, "", str(exc))
             raise ApiError(400, "policy_invalid", f"{filename} is not a valid policy: {exc}", "text", [problem.to_json()]) from None
+        except OSError as exc:  # no worker could be started
+            raise ApiError(503, "parser_unavailable", f"agentd could not start a policy parse worker: {exc}") from None
 
     async def policy_validate(self, text: str, filename: str) -> list[dict]:
         return [p.to_json() for p in (await self._parse(text, filename))[1]]

@@ -46,9 +46,13 @@ def _drop_privileges() -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     os.nice(10)  # a long parse must not take CPU from the daemon's event loop
     if os.geteuid() == 0:
-        os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+        except PermissionError:  # a unit without CAP_SETUID/CAP_SETGID: still bounded, as root
+            print("agentd parse worker: cannot switch to uid nobody (no CAP_SETUID/CAP_SETGID); "
+                  "parsing with the daemon's uid", file=sys.stderr, flush=True)
 
 
 def _serve(stdin, stdout) -> None:
@@ -134,8 +138,9 @@ class ParseWorkers:
             except (asyncio.IncompleteReadError, BrokenPipeError, ConnectionResetError, pickle.PickleError, EOFError):
                 self.stats["worker_deaths"] += 1
                 await self._retire(worker)
-                return None, [Problem(filename, 0, "", "the policy could not be parsed within agentd's "
-                                      "memory bound; expected a smaller policy")]
+                return None, [Problem(filename, 0, "", f"the parse worker ended before answering (exit status "
+                                      f"{worker.proc.returncode}): the policy may need more than agentd's memory "
+                                      "bound; expected a smaller policy, or see the daemon's log")]
             except BaseException:  # cancelled mid-call: the worker's stream is out of step
                 await self._retire(worker)
                 raise

@@ -93,3 +93,22 @@ def test_workers_run_as_nobody_niced_with_bounded_memory():
             await pool.close()
 
     run(go())
+
+
+def test_a_worker_that_dies_mid_parse_is_a_clean_problem_and_is_replaced():
+    async def go():
+        pool = ParseWorkers(workers=1, timeout_s=10)
+        try:
+            await pool.parse("version: 1\nname: x\n", "x.yaml")
+            (worker,) = pool._all
+            parse = asyncio.create_task(pool.parse(SLOW, "slow.yaml"))
+            await asyncio.sleep(0.05)
+            os.kill(worker.proc.pid, 9)  # as the kernel does to a worker over its memory bound
+            policy, problems = await parse
+            assert policy is None and "ended before answering (exit status -9)" in problems[0].message
+            policy, _ = await pool.parse("version: 1\nname: y\n", "y.yaml")
+            assert policy.name == "y" and pool.stats["worker_deaths"] == 1
+        finally:
+            await pool.close()
+
+    run(go())
