@@ -544,7 +544,10 @@ def policy_validate(state: State, files: tuple[str, ...], quiet: bool) -> None:
 
 
 def _read(path: str) -> tuple[str, str]:
-    return Path(path).read_text(encoding="utf-8"), os.path.basename(path)
+    try:
+        return Path(path).read_text(encoding="utf-8"), os.path.basename(path)
+    except UnicodeDecodeError:
+        raise click.ClickException(f"{path}: not UTF-8 text; expected a YAML policy file") from None
 
 
 @policy.command("apply")

@@ -56,6 +56,8 @@ class Controller(Protocol):
     def cancel_tool_call(self, ident: str, reason: str) -> dict: ...
 
     # --- policies ------------------------------------------------------------------------
+    # validate, apply and diff may be coroutines (the daemon's parse in a worker process
+    # with a time limit, off the event loop); the server awaits them when they are.
     def policy_validate(self, text: str, filename: str) -> list[dict]: ...  # problems; [] when valid
     def policy_apply(self, text: str, filename: str) -> dict: ...  # raises ApiError 400 policy_invalid
     def policy_get(self, name: str) -> dict: ...

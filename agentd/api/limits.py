@@ -16,6 +16,15 @@ class ApiLimits:
     rate_per_s: float = 100.0  # sustained
     rate_burst: float = 400.0  # at once
     max_streams: int = 64  # open event streams, all callers together (503 beyond)
+    max_streams_per_uid: int = 8  # one non-admin uid's share of them (429 beyond)
+    streams_kept_for_admins: int = 8  # of max_streams, only admins may open these
+    stream_idle_timeout_s: float = 600.0  # a non-admin stream that carried no event this long ends
+    # Policy parsing (validate, diff) by non-admins: it runs in a worker process, but each
+    # parse still costs a worker for up to its time limit. Admins are not limited here.
+    policy_rate_per_s: float = 1.0
+    policy_rate_burst: float = 8.0
+    policy_parses_per_uid: int = 1  # at once (429 beyond)
+    policy_parses_non_admin: int = 2  # all non-admins together; the pool keeps one for admins
     max_connections_per_uid: int = 256  # open connections of one uid (answered 503 and closed)
     stream_queue: int = 2048  # events buffered per follower before the oldest are dropped
     write_timeout_s: float = 5.0  # a client that reads nothing for this long is dropped

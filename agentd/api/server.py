@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import enum
+import inspect
 import json
 import logging
 import os
@@ -254,7 +256,9 @@ class _Follower:
     """
 
     def __init__(self, queue: asyncio.Queue, visible: Callable[[dict], bool], size: int,
-                 stats: ApiStats):
+                 stats: ApiStats, uid: int = 0, admin: bool = True):
+        self.uid = uid
+        self.admin = admin
         self.queue = queue
         self.visible = visible
         self.buf: collections.deque = collections.deque()
@@ -317,6 +321,9 @@ class ApiServer:
         self.rate = RateLimiter(limits.rate_per_s, limits.rate_burst, limits.max_buckets,
                                 clock)
         self.followers: set[_Follower] = set()
+        self.policy_rate = RateLimiter(limits.policy_rate_per_s, limits.policy_rate_burst,
+                                       limits.max_buckets, clock)
+        self._policy_parses: collections.Counter = collections.Counter()  # non-admin, per uid
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(controller, self.stats))
         self._runners: list[web.AppRunner] = []
@@ -629,11 +636,8 @@ class ApiServer:
             return (level_at_least(ev.get("level", "info"), level)
                     and (agent is None or ev.get("agent") == agent) and see(ev.get("agent")))
 
-        if follow and len(self.followers) >= self.limits.max_streams:
-            self.stats.streams_refused += 1
-            raise ApiError(503, "too_many_streams",
-                           f"agentd already serves {len(self.followers)} event streams (the "
-                           "limit); close one or retry later")
+        if follow:
+            self._admit_stream(caller)
         recent = []
         if limit:
             getter = getattr(self.controller, "recent_events", None)
@@ -642,12 +646,39 @@ class ApiServer:
         if not follow:
             text = "".join(dumps(e) + "\n" for e in recent)
             return web.Response(text=text, content_type=NDJSON)
-        return await self._follow(request, agent, level, visible, recent)
+        return await self._follow(request, agent, level, visible, recent, caller)
+
+    def _admit_stream(self, caller: Caller) -> None:
+        """Streams are shared out: a uid gets at most max_streams_per_uid, and the last
+        streams_kept_for_admins are admins' only, so no user can take root's stream."""
+        lim = self.limits
+        if caller.role != "admin":
+            mine = sum(1 for f in self.followers if f.uid == caller.peer.uid and not f.admin)
+            if mine >= lim.max_streams_per_uid:
+                self.stats.streams_refused += 1
+                raise ApiError(429, "too_many_streams",
+                               f"uid {caller.peer.uid} already has {mine} event streams open (the "
+                               "limit per user); close one first")
+            shared = lim.max_streams - lim.streams_kept_for_admins
+            if sum(1 for f in self.followers if not f.admin) >= shared:
+                self.stats.streams_refused += 1
+                raise ApiError(503, "too_many_streams",
+                               f"agentd already serves {shared} event streams to users (the limit; "
+                               "the rest are kept for admins); retry later")
+        if len(self.followers) >= lim.max_streams:
+            self.stats.streams_refused += 1
+            raise ApiError(503, "too_many_streams",
+                           f"agentd already serves {len(self.followers)} event streams (the "
+                           "limit); close one or retry later")
 
     async def _follow(self, request: web.Request, agent: str | None, level: str,
-                      visible: Callable[[dict], bool], recent: list[dict]) -> web.StreamResponse:
+                      visible: Callable[[dict], bool], recent: list[dict],
+                      caller: Caller) -> web.StreamResponse:
         queue = self.controller.subscribe(agent, level)
-        follower = _Follower(queue, visible, self.limits.stream_queue, self.stats)
+        follower = _Follower(queue, visible, self.limits.stream_queue, self.stats,
+                             caller.peer.uid, caller.role == "admin")
+        idle_limit = None if follower.admin else self.limits.stream_idle_timeout_s
+        last_sent = time.monotonic()
         follower.buf.extend(recent)
         self.followers.add(follower)
         self.stats.streams_open = len(self.followers)
@@ -660,6 +691,10 @@ class ApiServer:
                     break
                 lines = follower.take()
                 if not lines:
+                    if idle_limit is not None and time.monotonic() - last_sent > idle_limit:
+                        log.info("Closed an event stream of uid %d: no event for %.0f s.",
+                                 follower.uid, idle_limit)
+                        break
                     follower.wake.clear()
                     try:
                         await asyncio.wait_for(follower.wake.wait(), 1.0)
@@ -669,6 +704,7 @@ class ApiServer:
                 await asyncio.wait_for(resp.write(("\n".join(lines) + "\n").encode()),
                                        self.limits.write_timeout_s)
                 self.stats.stream_events_sent += len(lines)
+                last_sent = time.monotonic()
         except asyncio.TimeoutError:
             self.stats.stream_write_timeouts += 1
             log.warning("Dropped an event stream: the client read nothing for %.0f s.",
@@ -699,22 +735,53 @@ class ApiServer:
         return json_response(self.controller.policy_get(name))
 
     async def h_policy_validate(self, request: web.Request) -> web.Response:
-        body = await self._body(request, POLICY_BODY)
-        self.require(request, Action.POLICY_VALIDATE)
-        problems = self.controller.policy_validate(body["text"], body["filename"])
+        caller = self.require(request, Action.POLICY_VALIDATE)
+        with self._policy_parse(caller):
+            body = await self._body(request, POLICY_BODY)
+            problems = await _result(self.controller.policy_validate(body["text"], body["filename"]))
         return json_response({"valid": not problems, "problems": problems})
 
     async def h_policy_apply(self, request: web.Request) -> web.Response:
         caller = self.require(request, Action.POLICY_APPLY)
         body = await self._body(request, POLICY_BODY)
-        result = self.controller.policy_apply(body["text"], body["filename"])
+        result = await _result(self.controller.policy_apply(body["text"], body["filename"]))
         log.info("Applied policy file %s for %s.", body["filename"], caller.describe())
         return json_response(result)
 
     async def h_policy_diff(self, request: web.Request) -> web.Response:
-        self.require(request, Action.POLICY_READ)
-        body = await self._body(request, POLICY_BODY)
-        return json_response(self.controller.policy_diff(body["text"], body["filename"]))
+        caller = self.require(request, Action.POLICY_READ)
+        with self._policy_parse(caller):
+            body = await self._body(request, POLICY_BODY)
+            return json_response(await _result(self.controller.policy_diff(body["text"],
+                                                                           body["filename"])))
+
+    @contextlib.contextmanager
+    def _policy_parse(self, caller: Caller):
+        """A non-admin's policy parse: rate-limited per uid, one at a time per uid, and a
+        bounded number at once for all non-admins (the parse pool keeps a worker for admins)."""
+        if caller.role == "admin":
+            yield
+            return
+        uid, lim = caller.peer.uid, self.limits
+        wait = self.policy_rate.check(uid)
+        if wait > 0:
+            self.stats.rate_limited += 1
+            raise ApiError(429, "rate_limited",
+                           f"too many policy validations from uid {uid}; retry in {wait:.2f} s",
+                           details={"retry_after_s": round(wait, 3)})
+        if (self._policy_parses[uid] >= lim.policy_parses_per_uid
+                or sum(self._policy_parses.values()) >= lim.policy_parses_non_admin):
+            self.stats.rate_limited += 1
+            raise ApiError(429, "rate_limited",
+                           f"agentd is already parsing a policy for uid {uid} or for other users; "
+                           "retry in a second", details={"retry_after_s": 1.0})
+        self._policy_parses[uid] += 1
+        try:
+            yield
+        finally:
+            self._policy_parses[uid] -= 1
+            if self._policy_parses[uid] <= 0:
+                del self._policy_parses[uid]
 
     async def h_metrics(self, request: web.Request) -> web.Response:
         self.require(request, Action.METRICS)
@@ -726,6 +793,12 @@ class ApiServer:
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+
+async def _result(value: Any) -> Any:
+    """A controller method's result: the daemon's policy methods are coroutines (they parse
+    in a worker process), a fake controller's may be plain values."""
+    return await value if inspect.isawaitable(value) else value
 
 
 def _resolve(group: str | int | None, what: str) -> int | None:

@@ -3,9 +3,11 @@ API client and the CLI."""
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_MAX_SIZE_CHARS = 64  # a longer size is a typo or an attack (and would be a float infinity)
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", re.IGNORECASE)
 
 
@@ -17,10 +19,15 @@ def parse_size(text: str | int) -> int:
         if text < 0:
             raise ValueError(f"a size cannot be negative, got {text}")
         return text
-    m = _SIZE.fullmatch(str(text))
+    text = str(text)
+    m = _SIZE.fullmatch(text) if len(text) <= _MAX_SIZE_CHARS else None
     if not m:
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise ValueError(f"expected a size such as 512M, 2G or 1048576, got {shown!r}")
+    value = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if not math.isfinite(value):  # '9' * 400 + 'M' is a float infinity
         raise ValueError(f"expected a size such as 512M, 2G or 1048576, got {text!r}")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    return int(value)
 
 
 def format_size(n: int | float | None) -> str:

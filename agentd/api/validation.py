@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -61,12 +62,64 @@ def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
     return isinstance(value, types)
 
 
+MAX_JSON_DEPTH = 32  # nesting of a request body; no route needs more than 3
+MAX_JSON_NUMBER_DIGITS = 30  # longer integers cost seconds to convert (and 4,300 digits raise)
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_JSON_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def _json_depth(raw: bytes) -> int:
+    """The deepest nesting of brackets outside strings, found without parsing (linear)."""
+    depth = deepest = 0
+    for m in _JSON_BRACKET.finditer(_JSON_STRING.sub(b"", raw)):
+        if m.group() in (b"[", b"{"):
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_JSON_DEPTH:
+                    break
+        else:
+            depth -= 1
+    return deepest
+
+
+def _json_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_JSON_NUMBER_DIGITS:
+        raise ApiError(400, "invalid_json",
+                       f"the request body has a number of {len(text.lstrip('-'))} digits; "
+                       f"expected at most {MAX_JSON_NUMBER_DIGITS}")
+    return int(text)
+
+
+def _json_float(text: str) -> float:
+    if sum(c.isdigit() for c in text) > MAX_JSON_NUMBER_DIGITS:
+        raise ApiError(400, "invalid_json",
+                       f"the request body has a number {text[:40]!r}...; expected at most "
+                       f"{MAX_JSON_NUMBER_DIGITS} digits")
+    value = float(text)
+    if not math.isfinite(value):
+        raise ApiError(400, "invalid_json", f"the request body has the number {text[:40]!r}, "
+                       "which is out of range; JSON numbers must be finite")
+    return value
+
+
+def _json_constant(name: str) -> None:
+    raise ApiError(400, "invalid_json", f"the request body has {name}; JSON numbers must be finite")
+
+
 def parse_json_body(raw: bytes) -> dict:
-    """A request body to a JSON object; an empty body is {}."""
+    """A request body to a JSON object; an empty body is {}.
+
+    Bounded before parsing (nesting) and while parsing (number digits, NaN/Infinity):
+    a hostile body is a 400, never a RecursionError or a ValueError (a 500)."""
     if not raw.strip():
         return {}
+    if _json_depth(raw) > MAX_JSON_DEPTH:
+        raise ApiError(400, "invalid_json",
+                       f"the request body is nested deeper than {MAX_JSON_DEPTH} levels")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_int=_json_int, parse_float=_json_float,
+                          parse_constant=_json_constant)
     except UnicodeDecodeError:
         raise ApiError(400, "invalid_json", "the request body is not UTF-8 text") from None
     except json.JSONDecodeError as e:
@@ -74,8 +127,15 @@ def parse_json_body(raw: bytes) -> dict:
             400, "invalid_json", f"the request body is not valid JSON: {e.msg} "
             f"at line {e.lineno} column {e.colno}"
         ) from None
+    except (RecursionError, ValueError):  # belt and braces: the checks above should catch it
+        raise ApiError(400, "invalid_json", "the request body is not JSON agentd can read") from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_body", "the request body must be a JSON object")
+    try:  # a lone surrogate (\\ud800) would fail later, when the text is written or logged
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, "invalid_json", "the request body has a string that is not valid "
+                       "Unicode (a lone surrogate escape)") from None
     return body
 
 

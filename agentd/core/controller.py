@@ -12,6 +12,8 @@ from agentd.api.contract import ApiError
 from agentd.core.manager import NameTaken
 from agentd.core.toolcall_rules import IntentInvalid, parse_intent
 from agentd.policy.loader import PolicyInvalid
+from agentd.policy.parse_worker import ParseTimeout
+from agentd.policy.problems import Problem
 from agentd.policy.schema import valid_name
 
 if TYPE_CHECKING:
@@ -73,6 +75,9 @@ class DaemonController:
         out["agentd_toolcalls_live"] = float(len(self.m.toolcalls))
         out["agentd_tracker_events_lost_total"] = float(self.d.tracker.lost_events()) if self.d.tracker else 0.0
         out["agentd_journal_dropped_total"] = float(self.d.journal.dropped)
+        out["agentd_store_writes_deferred_total"] = float(self.d.store.stats["writes_deferred"])
+        out["agentd_store_writes_pending"] = float(self.d.store.pending_writes)
+        out["agentd_policy_parse_timeouts_total"] = float(self.d.parse_workers.stats["timeouts"])
         snap = self.d.gpu_snapshot
         for gpu in (snap.gpus if snap is not None else []):
             label = f'{{gpu="{gpu.index}"}}'
@@ -139,12 +144,25 @@ class DaemonController:
         return {"id": tc.id, "state": "killing"}
 
     # ------------------------------------------------------------------ policies
-    def policy_validate(self, text: str, filename: str) -> list[dict]:
-        return [p.to_json() for p in self.d.policies.validate(text, filename)]
-
-    def policy_apply(self, text: str, filename: str) -> dict:
+    async def _parse(self, text: str, filename: str, want_policy: bool = True):
+        """Parse in a worker process with a time limit: the event loop never parses."""
         try:
-            policy = self.d.policies.apply(text, filename)
+            return await self.d.parse_workers.parse(text, filename, want_policy)
+        except ParseTimeout as exc:
+            problem = Problem(filename, 0, "", str(exc))
+            raise ApiError(400, "policy_invalid", f"{filename} is not a valid policy: {exc}", "text", [problem.to_json()]) from None
+        except OSError as exc:  # no worker could be started
+            raise ApiError(503, "parser_unavailable", f"agentd could not start a policy parse worker: {exc}") from None
+
+    async def policy_validate(self, text: str, filename: str) -> list[dict]:
+        return [p.to_json() for p in (await self._parse(text, filename, want_policy=False))[1]]
+
+    async def policy_apply(self, text: str, filename: str) -> dict:
+        parsed, problems = await self._parse(text, filename)
+        try:
+            if problems:
+                raise PolicyInvalid(problems)
+            policy = self.d.policies.apply(text, filename, parsed=parsed)
         except PolicyInvalid as exc:
             raise ApiError(400, "policy_invalid", f"{filename} is not a valid policy; nothing changed", "text",
                            [p.to_json() for p in exc.problems]) from None
@@ -162,9 +180,12 @@ class DaemonController:
     def policy_list(self) -> list[dict]:
         return [{"name": p.name, "source": p.source} for p in self.d.policies.policies.values()]
 
-    def policy_diff(self, text: str, filename: str) -> dict:
+    async def policy_diff(self, text: str, filename: str) -> dict:
+        parsed, problems = await self._parse(text, filename)
         try:
-            return {"diff": self.d.policies.diff(text, filename)}
+            if problems:
+                raise PolicyInvalid(problems)
+            return {"diff": self.d.policies.diff(text, filename, parsed=parsed)}
         except PolicyInvalid as exc:
             raise ApiError(400, "policy_invalid", f"{filename} is not a valid policy", "text", [p.to_json() for p in exc.problems]) from None
 

@@ -17,6 +17,7 @@ from agentd import __version__
 from agentd.cgroups.detect import move_self_to_daemon_cgroup, open_driver
 from agentd.core.controller import DaemonController
 from agentd.core.journal import Journal
+from agentd.policy.parse_worker import ParseWorkers
 from agentd.core.manager import Manager
 from agentd.core.procinfo import is_stopped
 from agentd.core.readopt import readopt
@@ -96,6 +97,13 @@ class Daemon:
         self.store = Store(config.state_dir / "agentd.db")
         self.journal = Journal(self.store, jsonl=config.state_dir / "journal.jsonl")
         self.policies = PolicySet(config.policy_dir, config.default_policy, require_root_owned=config.require_root_owned_policies)
+        for problem in self.policies.skipped:  # one bad file must not keep the daemon down
+            self.journal.emit("policy.skipped", f"policy file left out at start-up; running with the others: {problem}",
+                              level="error", problem=problem.to_json())
+        if self.policies.skipped:
+            self.degraded.append(f"policies: {len(self.policies.skipped)} problem(s) in the policy directory; "
+                                 "see the journal (policy.skipped)")
+        self.parse_workers = ParseWorkers()  # API policy parsing, off the event loop
         self.manager = Manager(self.driver, self.store, self.journal, self.policies.get, results=self.results,
                                all_policies=lambda: list(self.policies.policies.values()))
         self.controller = DaemonController(self)
@@ -275,6 +283,7 @@ class Daemon:
                     except ProcessLookupError:
                         pass
         self.kinds.stop(revert=False)
+        await self.parse_workers.close()
         self.journal.emit("daemon.stopped", "agentd stopped; managed agents keep running and will be re-adopted at the next start")
         self.journal.close()
         self.store.close()

@@ -5,18 +5,33 @@ last transactions, and the kernel's cgroups, which re-adoption reads, would be g
 
 Records are rotated: only the newest MAX_EVENTS events and MAX_DONE_TOOLCALLS finished
 tool calls are kept, so the file (and the daemon's memory) stays flat over time.
+
+A busy database (another process holding its write lock: a backup, an operator's sqlite3
+shell) must neither fail a placement nor stall the event loop. A write waits at most
+BUSY_TIMEOUT_MS for the lock; if it is still held, the write (and every later one, to keep
+their order) goes to a queue that a writer thread, with its own connection, commits as soon
+as the lock is free. Reads are not blocked by a writer in WAL mode; while writes are queued
+they see the database as it was. Only queued writes can be lost to a SIGKILL.
 """
 
 from __future__ import annotations
 
+import collections
 import json
+import logging
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 MAX_EVENTS = 20_000
 MAX_DONE_TOOLCALLS = 5_000
+BUSY_TIMEOUT_MS = 20  # the longest a write may hold up its caller (the event loop)
+WRITER_RETRY_S = (0.005, 0.05)  # the writer thread's pause between attempts, growing
+OPEN_TIMEOUT_S = 10.0  # start-up may wait for the lock: nothing runs yet
+
+log = logging.getLogger("agentd.store")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS agents (
@@ -79,36 +94,89 @@ def _decode(row: sqlite3.Row) -> dict:
     return out
 
 
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
+def _commit(db: sqlite3.Connection, ops: list[tuple[str, tuple]]) -> None:
+    """One write or a group of them, all or nothing."""
+    if len(ops) == 1:
+        db.execute(*ops[0])
+        return
+    db.execute("BEGIN IMMEDIATE")  # takes the write lock first: busy here means nothing ran
+    try:
+        for sql, args in ops:
+            db.execute(sql, args)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
 class Store:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = path
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=OPEN_TIMEOUT_S)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         self._inserts = 0
+        last = self._db.execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        self._next_event_seq = max(last, row[0] if row else 0) + 1  # given here: a queued event has its seq too
+        self._batch: list | None = None  # writes of the open transaction()
+        self._batch_thread: int | None = None
+        self._pending: collections.deque[list] = collections.deque()  # writes waiting for the lock
+        self._wake = threading.Condition(self._lock)
+        self._writer: threading.Thread | None = None
+        self._closing = False
+        self.stats = {"writes_deferred": 0, "writer_retries": 0, "writes_failed": 0}
 
     def close(self) -> None:
+        self.flush(timeout=5.0)
         with self._lock:
+            self._closing = True
+            self._wake.notify_all()
+            if self._pending:
+                log.error("Closing the store with %d writes still queued behind a held database lock; "
+                          "they are lost.", len(self._pending))
             self._db.close()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until no write is queued (True) or the timeout passes (False)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._wake.wait(min(left, 0.05))
+        return True
+
+    @property
+    def pending_writes(self) -> int:
+        return len(self._pending)
 
     @contextmanager
     def transaction(self):
         """Group writes into one commit (one WAL write instead of several)."""
         with self._lock:
-            if self._db.in_transaction:
+            if self._batch is not None and self._batch_thread == threading.get_ident():
                 yield
                 return
-            self._db.execute("BEGIN")
+            self._batch, self._batch_thread = [], threading.get_ident()
             try:
                 yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                ops = self._batch
+            finally:
+                self._batch, self._batch_thread = None, None
+            if ops:
+                self._submit(ops)
 
     def max_seq(self, agent: str) -> int:
         row = self._exec("SELECT MAX(seq) FROM toolcalls WHERE agent = ?", (agent,)).fetchone()
@@ -118,9 +186,73 @@ class Store:
         with self._lock:
             return self._db.execute(sql, args)
 
+    def _write(self, sql: str, args: tuple = ()) -> None:
+        with self._lock:
+            if self._batch is not None and self._batch_thread == threading.get_ident():
+                self._batch.append((sql, args))
+                return
+            self._submit([(sql, args)])
+
+    def _submit(self, ops: list) -> None:
+        with self._lock:
+            if not self._pending:
+                try:
+                    _commit(self._db, ops)
+                    return
+                except sqlite3.OperationalError as exc:
+                    if not _busy(exc):
+                        raise
+            if not self._pending:
+                log.warning("The database is locked by another process; writes are queued until it is free.")
+            self._pending.append(ops)
+            self.stats["writes_deferred"] += 1
+            self._wake.notify_all()
+            if self._writer is None or not self._writer.is_alive():
+                self._writer = threading.Thread(target=self._drain, name="agentd-store-writer", daemon=True)
+                self._writer.start()
+
+    def _drain(self) -> None:
+        """The writer thread: commit queued writes in order, with its own connection, so that
+        waiting for the lock blocks no one else."""
+        # SQLite's own busy wait sleeps in whole seconds where it was built without usleep:
+        # the thread polls instead, so the queue drains within WRITER_RETRY_S[1] of the release
+        db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=0)
+        pause = WRITER_RETRY_S[0]
+        try:
+            while True:
+                with self._lock:
+                    while not self._pending and not self._closing:
+                        if not self._wake.wait(5.0) and not self._pending:
+                            self._writer = None  # idle: it ends; the next busy write starts another
+                            return
+                    if self._closing:
+                        return
+                    ops = self._pending[0]
+                try:
+                    _commit(db, ops)
+                except sqlite3.OperationalError as exc:
+                    if _busy(exc):
+                        self.stats["writer_retries"] += 1
+                        time.sleep(pause)
+                        pause = min(pause * 2, WRITER_RETRY_S[1])
+                        continue
+                    log.error("A queued write failed and is dropped: %s", exc)
+                    self.stats["writes_failed"] += 1
+                except sqlite3.Error as exc:
+                    log.error("A queued write failed and is dropped: %s", exc)
+                    self.stats["writes_failed"] += 1
+                pause = WRITER_RETRY_S[0]
+                with self._lock:
+                    self._pending.popleft()  # only now: until it is in, later writes queue behind it
+                    if not self._pending:
+                        log.info("The database is free again; the queued writes are in.")
+                    self._wake.notify_all()
+        finally:
+            db.close()
+
     # ------------------------------------------------------------------ agents
     def put_agent(self, a: dict) -> None:
-        self._exec(
+        self._write(
             "INSERT OR REPLACE INTO agents(name, uid, main_pid, main_start, policy, cgroup, next_seq, state, created, ended)"
             " VALUES (?,?,?,?,?,?,?,?,?,?)",
             (a["name"], a["uid"], a["main_pid"], a["main_start"], a["policy"], a["cgroup"], a["next_seq"], a["state"], a["created"], a.get("ended")),
@@ -138,7 +270,7 @@ class Store:
     # ------------------------------------------------------------------ tool calls
     def put_toolcall(self, t: dict) -> None:
         values = tuple(json.dumps(t.get(c)) if c in _JSON_COLUMNS else t.get(c) for c in _TOOLCALL_COLUMNS)
-        self._exec(f"INSERT OR REPLACE INTO toolcalls({', '.join(_TOOLCALL_COLUMNS)}) VALUES ({', '.join('?' * len(_TOOLCALL_COLUMNS))})", values)
+        self._write(f"INSERT OR REPLACE INTO toolcalls({', '.join(_TOOLCALL_COLUMNS)}) VALUES ({', '.join('?' * len(_TOOLCALL_COLUMNS))})", values)
 
     def toolcalls(self, agent: str | None = None, live_only: bool = False, limit: int = 1000) -> list[dict]:
         where, args = [], []
@@ -156,14 +288,18 @@ class Store:
 
     # ------------------------------------------------------------------ events
     def append_event(self, ev: dict) -> int:
-        cur = self._exec(
-            "INSERT INTO events(ts, level, kind, agent, tool_call, message, data) VALUES (?,?,?,?,?,?,?)",
-            (ev["ts"], ev["level"], ev["kind"], ev.get("agent"), ev.get("tool_call"), ev["message"], json.dumps(ev.get("data") or {})),
-        )
-        self._inserts += 1
-        if self._inserts % 1000 == 0:
-            self.rotate()
-        return int(cur.lastrowid)
+        with self._lock:
+            seq = self._next_event_seq
+            self._next_event_seq += 1
+            self._write(
+                "INSERT INTO events(seq, ts, level, kind, agent, tool_call, message, data) VALUES (?,?,?,?,?,?,?,?)",
+                (seq, ev["ts"], ev["level"], ev["kind"], ev.get("agent"), ev.get("tool_call"), ev["message"],
+                 json.dumps(ev.get("data") or {})),
+            )
+            self._inserts += 1
+            if self._inserts % 1000 == 0:
+                self.rotate()
+        return seq
 
     def events(self, *, tool_call: str | None = None, agent: str | None = None, after: int = 0, limit: int = 500) -> list[dict]:
         where, args = ["seq > ?"], [after]
@@ -177,8 +313,8 @@ class Store:
         return [_decode(r) for r in self._exec(sql, (*args, limit)).fetchall()][::-1]
 
     def rotate(self) -> None:
-        self._exec("DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - ?", (MAX_EVENTS,))
-        self._exec(
+        self._write("DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - ?", (MAX_EVENTS,))
+        self._write(
             "DELETE FROM toolcalls WHERE state = 'done' AND id NOT IN "
             "(SELECT id FROM toolcalls WHERE state = 'done' ORDER BY ended DESC LIMIT ?)",
             (MAX_DONE_TOOLCALLS,),

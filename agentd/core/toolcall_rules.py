@@ -12,6 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from agentd.policy import patterns
 from agentd.policy.schema import Match, Policy, ResourceLimits, ToolRule, valid_name
 from agentd.policy.spec import parse_size
 
@@ -67,7 +68,7 @@ def rule_matches(match: Match, *, name: str, comm: str, exe: str | None, argv: l
         (match.cgroup, cgroup),
     )
     for pattern, value in checks:
-        if pattern is not None and not re.search(pattern, value):
+        if pattern is not None and not patterns.search(pattern, value):  # RE2: linear time
             return False
     return match.uid is None or match.uid == uid
 

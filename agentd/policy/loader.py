@@ -1,7 +1,8 @@
 """Policy files in, typed Policy out, or a list of Problems (file, line, key, expected).
 
-Hostile input is refused before it is built: files over MAX_POLICY_BYTES, YAML anchors and
-aliases (billion laughs), non-core tags (!!python/...), nesting deeper than MAX_DEPTH.
+Hostile input is refused before it is built: files over MAX_POLICY_BYTES here, and while
+the parser streams (bounded_yaml): nesting, scalar length, integer digits, anchors and
+aliases (billion laughs), non-core tags (!!python/...).
 """
 
 from __future__ import annotations
@@ -9,15 +10,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import yaml
-
+from agentd.policy import bounded_yaml
 from agentd.policy.problems import Problem
 from agentd.policy.schema import KIND_SECTIONS, POLICY_SPEC, Policy, ResourceLimits, ToolCallPolicy
 
 MAX_POLICY_BYTES = 1 << 20
-MAX_DEPTH = 32
-_CORE_TAG_PREFIX = "tag:yaml.org,2002:"
-_CORE_TAGS = {_CORE_TAG_PREFIX + t for t in ("str", "int", "float", "bool", "null", "map", "seq")}
+MAX_DEPTH = bounded_yaml.MAX_DEPTH
 
 
 class PolicyInvalid(ValueError):
@@ -26,48 +24,11 @@ class PolicyInvalid(ValueError):
         super().__init__("; ".join(str(p) for p in problems))
 
 
-def _compose(text: str, file: str, problems: list[Problem]) -> yaml.Node | None:
-    try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
-            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
-                problems.append(Problem(file, event.start_mark.line + 1, "", "YAML anchors and aliases are not allowed in policies"))
-                return None
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problems.append(Problem(file, mark.line + 1 if mark else 0, "", f"not valid YAML: {exc.problem or exc}"))
-        return None
-    except yaml.YAMLError as exc:
-        problems.append(Problem(file, 0, "", f"not valid YAML: {exc}"))
-        return None
-    if node is None:
-        problems.append(Problem(file, 0, "", "the file is empty; expected a mapping with version and name"))
-        return None
-    _check_tags(node, file, problems, 0)
-    return None if problems else node
-
-
-def _check_tags(node: yaml.Node, file: str, problems: list[Problem], depth: int) -> None:
-    if depth > MAX_DEPTH:
-        problems.append(Problem(file, node.start_mark.line + 1, "", f"nested deeper than {MAX_DEPTH} levels"))
-        return
-    if node.tag not in _CORE_TAGS:
-        problems.append(Problem(file, node.start_mark.line + 1, "", f"tag {node.tag!r} is not allowed; use plain YAML values"))
-        return
-    children = []
-    if isinstance(node, yaml.MappingNode):
-        children = [n for pair in node.value for n in pair]
-    elif isinstance(node, yaml.SequenceNode):
-        children = node.value
-    for child in children:
-        _check_tags(child, file, problems, depth + 1)
-
-
 def parse_text(text: str, filename: str) -> tuple[Policy | None, list[Problem]]:
     problems: list[Problem] = []
     if len(text.encode("utf-8", "replace")) > MAX_POLICY_BYTES:
         return None, [Problem(filename, 0, "", f"file is larger than {MAX_POLICY_BYTES} bytes")]
-    node = _compose(text, filename, problems)
+    node, problems = bounded_yaml.compose(text, filename)
     if node is None:
         return None, problems
     values = POLICY_SPEC.check(node, "", problems, filename)

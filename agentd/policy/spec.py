@@ -8,13 +8,14 @@ nothing).
 
 from __future__ import annotations
 
-import re
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import yaml
 
 from agentd.api import units
+from agentd.policy.patterns import PatternInvalid, compile_pattern
 from agentd.policy.problems import Problem
 
 MAX_SIZE_BYTES = 1 << 50  # 1 PiB: anything above is a typo, not a policy
@@ -23,11 +24,14 @@ _SIZE_PATTERN = r"^\s*\d+(\.\d+)?\s*([KMGTkmgt]?)(i?[Bb])?\s*$"  # for the JSON 
 
 def parse_size(text: str | int | float) -> int:
     """A policy size: '512M' -> 536870912 (binary units, as everywhere in agentd), at most 1P."""
+    given = text
     if isinstance(text, float) and not isinstance(text, bool):
+        if not math.isfinite(text) or text > MAX_SIZE_BYTES:
+            raise ValueError(f"expected a size between 0 and 1P, got {given!r}")
         text = int(text)
     value = units.parse_size(text)
     if value > MAX_SIZE_BYTES:
-        raise ValueError(f"expected a size between 0 and 1P, got {text!r}")
+        raise ValueError(f"expected a size between 0 and 1P, got {given!r}")
     return value
 
 
@@ -36,8 +40,14 @@ def _line(node: yaml.Node) -> int:
 
 
 def _scalar_value(node: yaml.Node) -> Any:
-    """Resolve a scalar node to a Python value with the safe constructor's rules."""
-    return yaml.constructor.SafeConstructor().construct_object(node)
+    """Resolve a scalar node to a Python value with the safe constructor's rules.
+
+    bounded_yaml already refused long numbers; a value the constructor still cannot
+    build (a malformed timestamp, say) is a ValueError, reported like any bad value."""
+    try:
+        return yaml.constructor.SafeConstructor().construct_object(node)
+    except (ValueError, OverflowError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read the value {node.value[:80]!r}: {exc}") from None
 
 
 class Spec:
@@ -66,10 +76,9 @@ class Scalar(Spec):
         if not isinstance(node, yaml.ScalarNode):
             self._problem(problems, file, node, path, f"expected {self._expected()}, got a {_node_kind(node)}")
             return None
-        raw = _scalar_value(node)
         try:
-            value = self._convert(raw)
-        except ValueError as exc:
+            value = self._convert(_scalar_value(node))
+        except (ValueError, OverflowError) as exc:
             self._problem(problems, file, node, path, str(exc))
             return None
         return value
@@ -103,8 +112,8 @@ class Scalar(Spec):
                 raise ValueError(f"expected an integer, got {raw!r}")
             return self._range(raw)
         if k == "number":
-            if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw != raw:
-                raise ValueError(f"expected a number, got {raw!r}")
+            if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
+                raise ValueError(f"expected a finite number, got {raw!r}")
             return self._range(float(raw))
         if k == "size":
             return self._range(parse_size(raw))
@@ -113,9 +122,9 @@ class Scalar(Spec):
             raise ValueError(f"expected at most {self.max_len} characters, got {len(text)}")
         if k == "regex":
             try:
-                re.compile(text)
-            except re.error as exc:
-                raise ValueError(f"expected a regular expression, got {text!r} ({exc})") from None
+                compile_pattern(text)
+            except PatternInvalid as exc:
+                raise ValueError(str(exc)) from None
             return text
         if k == "enum":
             if text not in self.choices:
