@@ -1,0 +1,174 @@
+"""Thin effects: move a process's pages at a rate limit (and back), one proactive reclaim
+step on a cgroup, and the Settings the kind changes through ctx.changes (so every value is
+saved before it is written and put back on revert): cgroup knobs come from
+agentd.kinds.settings.CgroupKnob; the weighted-interleave weights are host files here.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from agentd.cgroups import fs
+from agentd.tiers import numa
+from agentd.tiers.model import Move
+
+BATCH_PAGES = 512  # pages per move_pages call (2 MiB of 4 KiB pages)
+
+
+@dataclass
+class MoveResult:
+    moved_bytes: int = 0  # pages that changed node
+    seen_bytes: int = 0  # resident pages looked at
+    seconds: float = 0.0
+    calls: int = 0
+    errors: dict[str, int] = field(default_factory=dict)  # message -> pages
+    exited: bool = False
+    runs: list[tuple[int, int, int]] = field(default_factory=list)  # (addr, pages, original node) of moved pages
+
+    @property
+    def mb_s(self) -> float:
+        return self.moved_bytes / (1 << 20) / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict:
+        return {"moved_bytes": self.moved_bytes, "seen_bytes": self.seen_bytes, "seconds": round(self.seconds, 4),
+                "mb_s": round(self.mb_s, 1), "calls": self.calls, "errors": dict(self.errors), "exited": self.exited}
+
+
+def _add_run(runs: list, addr: int, node: int, page: int) -> None:
+    if runs and runs[-1][2] == node and runs[-1][0] + runs[-1][1] * page == addr:
+        a, n, nd = runs[-1]
+        runs[-1] = (a, n + 1, nd)
+    else:
+        runs.append((addr, 1, node))
+
+
+class RateLimiter:
+    """Keeps bytes/elapsed at or under rate (MB/s) by sleeping; rate 0 = unlimited."""
+
+    def __init__(self, rate_mb_s: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.rate = rate_mb_s * (1 << 20)
+        self.clock, self.sleep = clock, sleep
+        self.t0 = clock()
+        self.done = 0
+
+    def account(self, nbytes: int) -> None:
+        self.done += nbytes
+        if self.rate <= 0:
+            return
+        ahead = self.done / self.rate - (self.clock() - self.t0)
+        if ahead > 0:
+            self.sleep(ahead)
+
+
+def move_ranges(pid: int, moves: list[Move] | tuple[Move, ...], rate_mb_s: float, interval_ms: float = 0.0,
+                page: int = os.sysconf("SC_PAGE_SIZE"),
+                record: bool = True, deadline_s: float = 600.0) -> MoveResult:
+    """move_pages over each range in batches, no faster than rate_mb_s (counting the pages
+    actually moved), pausing interval_ms between batches. Records where each moved page
+    was (runs), so `restore_runs` can put it back. Stops cleanly when the process exits."""
+    res = MoveResult()
+    limiter = RateLimiter(rate_mb_s)
+    t0 = time.monotonic()
+    for mv in moves:
+        for base in range(mv.start, mv.end, BATCH_PAGES * page):
+            addrs = list(range(base, min(mv.end, base + BATCH_PAGES * page), page))
+            try:
+                before = numa.move_pages(pid, addrs, None)
+                present = [(a, b) for a, b in zip(addrs, before) if b >= 0 and b != mv.node]
+                res.seen_bytes += sum(1 for b in before if b >= 0) * page
+                if not present:
+                    continue
+                after = numa.move_pages(pid, [a for a, _ in present], mv.node)
+                res.calls += 2
+            except numa.NumaError as exc:
+                if exc.errno == errno.ESRCH:
+                    res.exited = True
+                    res.seconds = time.monotonic() - t0
+                    return res
+                res.errors[str(exc)] = res.errors.get(str(exc), 0) + len(addrs)
+                continue
+            moved = 0
+            for (a, was), now in zip(present, after):
+                if now == mv.node:
+                    moved += 1
+                    if record:
+                        _add_run(res.runs, a, was, page)
+                elif now < 0:
+                    msg = numa.describe_errno(now)
+                    res.errors[msg] = res.errors.get(msg, 0) + 1
+            res.moved_bytes += moved * page
+            limiter.account(moved * page)
+            if interval_ms > 0:
+                time.sleep(interval_ms / 1000)
+            if time.monotonic() - t0 > deadline_s:
+                res.errors["stopped at the deadline"] = 1
+                res.seconds = time.monotonic() - t0
+                return res
+    res.seconds = time.monotonic() - t0
+    return res
+
+
+def restore_runs(pid: int, runs: list[tuple[int, int, int]], rate_mb_s: float = 0.0,
+                 page: int = os.sysconf("SC_PAGE_SIZE")) -> MoveResult:
+    """Put pages back on the nodes they were on (the runs move_ranges recorded)."""
+    moves = [Move(addr, addr + n * page, node, n * page) for addr, n, node in runs]
+    return move_ranges(pid, moves, rate_mb_s, page=page, record=False)
+
+
+def reclaim(driver, cgroup: str, nbytes: int) -> tuple[int, str]:
+    """One proactive reclaim step: (bytes asked, how). cgroup v2 memory.reclaim (EAGAIN when
+    the kernel could not find that much: reported, not raised); a v1 memory cgroup has no
+    memory.reclaim: its limit is lowered below usage for a moment and put back."""
+    try:
+        path = driver.knob_path(cgroup, "memory.reclaim")
+    except OSError:
+        path = None
+    if path and os.path.exists(path):
+        try:
+            fs.write(path, str(nbytes))
+            return nbytes, "memory.reclaim"
+        except OSError as exc:
+            if exc.errno == errno.EAGAIN:
+                return 0, "memory.reclaim (EAGAIN: less was reclaimable)"
+            raise
+    return reclaim_v1(driver, cgroup, nbytes)
+
+
+def reclaim_v1(driver, cgroup: str, nbytes: int) -> tuple[int, str]:
+    limit_path = driver.knob_path(cgroup, "memory.limit_in_bytes")
+    usage = int(fs.read(driver.knob_path(cgroup, "memory.usage_in_bytes")).strip())
+    old = fs.read(limit_path).strip()
+    target = max(1 << 20, usage - nbytes)
+    try:
+        try:
+            fs.write(limit_path, str(target))
+            how = "v1 limit lowered"
+        except OSError as exc:  # EBUSY: the kernel could not get under it (anon memory, no swap)
+            how = f"v1 limit lowered (partial: {exc.strerror})"
+    finally:
+        fs.write(limit_path, old)
+    after = int(fs.read(driver.knob_path(cgroup, "memory.usage_in_bytes")).strip())
+    return max(0, usage - after), how
+
+
+class InterleaveWeight:
+    """A Setting: /sys/kernel/mm/mempolicy/weighted_interleave/node<N> (global weights the
+    kernel's weighted interleave uses); target "node<N>"."""
+
+    name = "sysfs:weighted_interleave"
+
+    def __init__(self, root: str = "/sys/kernel/mm/mempolicy/weighted_interleave"):
+        self.root = root
+
+    def read(self, target: str) -> str:
+        with open(os.path.join(self.root, target), encoding="ascii") as f:
+            return f.read().strip()
+
+    def write(self, target: str, value: str) -> None:
+        with open(os.path.join(self.root, target), "w", encoding="ascii") as f:
+            f.write(str(value))
