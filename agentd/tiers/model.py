@@ -16,6 +16,7 @@ from agentd.tiers.policy import MAX_WEIGHT, Reclaim, TierClass, TiersSection
 MIN_FREE_BYTES = 64 << 20  # a node with less free memory is "empty": never a placement target
 RATIO_TOLERANCE = 0.05  # a VMA within 5 points of its target split is left alone
 RECHECK_S = 30.0  # how often a placed process is looked at again (new allocations)
+SETTLE_S = 2.0  # how soon a process whose pages were just moved is looked at again
 
 
 # ----------------------------------------------------------------------------- placement
@@ -368,7 +369,11 @@ class PlannerInput:
 
 def decide(state: PlannerState, inp: PlannerInput, sections: dict[str, TiersSection],
            now: float) -> tuple[PlannerState, list]:
+    """One round. A bind's cpuset.mems is written only once the cgroup's pages are where
+    the plan says: on cgroup v2 a cpuset.mems change migrates every page at once
+    (memory_migrate), which would bypass the migration rate limit."""
     actions: list = []
+    knob_actions: list = []
     placed = dict(state.placed)
     knobs = set(state.knobs)
     reclaim = dict(state.reclaim)
@@ -377,6 +382,8 @@ def decide(state: PlannerState, inp: PlannerInput, sections: dict[str, TiersSect
                                                       if topo.nodes[n].free_bytes >= MIN_FREE_BYTES]
     live = set()
     seen_cgroups = set()
+    unsettled: set[str] = set()  # cgroups with pages still to move (or not yet looked at)
+    binds: dict[str, tuple[str, str]] = {}  # cgroup -> (nodes, reason)
     for proc in inp.procs:
         found = find_class(sections, proc)
         if found is None:
@@ -388,16 +395,16 @@ def decide(state: PlannerState, inp: PlannerInput, sections: dict[str, TiersSect
             continue
         psi = inp.psi.get(proc.cgroup)
 
-        def knob(file: str, value: str, reason: str) -> None:
-            k = (proc.cgroup, file, value)
+        def knob(file: str, value: str, reason: str, cgroup: str = proc.cgroup) -> None:
+            k = (cgroup, file, value)
             if k not in knobs:
                 knobs.add(k)
-                actions.append(SetKnob(proc.cgroup, file, value, reason))
+                knob_actions.append(SetKnob(cgroup, file, value, reason))
 
         if proc.cgroup not in seen_cgroups:
             seen_cgroups.add(proc.cgroup)
             if plan.mode == "bind" and inp.cpuset:
-                knob("cpuset.mems", ",".join(map(str, plan.nodes)), f"class {cls.name}: bind")
+                binds[proc.cgroup] = (",".join(map(str, plan.nodes)), f"class {cls.name}: bind")
             if cls.memory_high is not None:
                 knob("memory.high", str(cls.memory_high), f"class {cls.name}: memory_high")
             if cls.reclaim is not None:
@@ -413,16 +420,30 @@ def decide(state: PlannerState, inp: PlannerInput, sections: dict[str, TiersSect
 
         sig = (cls.name, plan.mode, tuple(sorted(plan.weights.items())))
         prev = placed.get(proc.key)
-        due = prev is None or prev[0] != sig or now - prev[1] >= RECHECK_S
+        due = prev is None or prev[0] != sig or now - prev[1] >= prev[2]
         vmas = inp.vmas.get(proc.key)
-        if not due or vmas is None or not cls.migrate.existing:
+        if not cls.migrate.existing or cls.migrate.rate_mb_s == 0:
+            continue  # the kernel moves them (cpuset.mems) or only new pages follow the plan
+        if vmas is None:
+            if prev is None or prev[0] != sig:
+                unsettled.add(proc.cgroup)
+            continue
+        if not due:
             continue
         moves = plan_moves(plan, vmas, inp.page_size, cls.top_tier_max, local_nodes, far_nodes)
         if guard_blocks(cls, psi):
             moves = [m for m in moves if m.node not in far_nodes]
-        placed[proc.key] = (sig, now)
+        # moved: look again soon (settle, then cpuset.mems); placed: every RECHECK_S
+        placed[proc.key] = (sig, now, SETTLE_S if moves else RECHECK_S)
         if moves:
+            unsettled.add(proc.cgroup)
             actions.append(MigrateProc(proc.pid, proc.start, cls.name, tuple(moves), cls.migrate.rate_mb_s,
                                        cls.migrate.interval_ms))
+    for cgroup, (nodes, reason) in binds.items():
+        if cgroup not in unsettled:
+            k = (cgroup, "cpuset.mems", nodes)
+            if k not in knobs:
+                knobs.add(k)
+                knob_actions.append(SetKnob(cgroup, "cpuset.mems", nodes, reason))
     placed = {k: v for k, v in placed.items() if k in live}
-    return PlannerState(placed, frozenset(knobs), reclaim), actions
+    return PlannerState(placed, frozenset(knobs), reclaim), knob_actions + actions
