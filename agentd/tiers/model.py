@@ -429,6 +429,8 @@ def decide(state: PlannerState, inp: PlannerInput, sections: dict[str, TiersSect
                 unsettled.add(proc.cgroup)
             continue
         if not due:
+            if prev[2] == SETTLE_S:  # pages were just moved: not yet looked at again
+                unsettled.add(proc.cgroup)
             continue
         moves = plan_moves(plan, vmas, inp.page_size, cls.top_tier_max, local_nodes, far_nodes)
         if guard_blocks(cls, psi):
