@@ -1,7 +1,7 @@
 """Thin effects: move a process's pages at a rate limit (and back), one proactive reclaim
 step on a cgroup, and the Settings the kind changes through ctx.changes (so every value is
-saved before it is written and put back on revert): cgroup knobs come from
-agentd.kinds.settings.CgroupKnob; the weighted-interleave weights are host files here.
+saved before it is written and put back on revert): cgroup knobs (TierKnob) and the
+host's weighted-interleave weights (InterleaveWeight).
 """
 
 from __future__ import annotations
@@ -172,3 +172,20 @@ class InterleaveWeight:
     def write(self, target: str, value: str) -> None:
         with open(os.path.join(self.root, target), "w", encoding="ascii") as f:
             f.write(str(value))
+
+
+class TierKnob:
+    """A cgroup knob Setting (as agentd.kinds.settings.CgroupKnob) that can also write back an
+    empty value: cpuset.mems of a v2 cgroup reads "" when it inherits its parent's, and a
+    zero-length write() never reaches the kernel, so "" is written as a newline."""
+
+    def __init__(self, driver, file: str):
+        self.driver = driver
+        self.file = file
+        self.name = f"cgroup:{file}"
+
+    def read(self, target: str) -> str:
+        return fs.read(self.driver.knob_path(target, self.file)).strip()
+
+    def write(self, target: str, value: str) -> None:
+        fs.write(self.driver.knob_path(target, self.file), str(value) or "\n")
