@@ -211,17 +211,17 @@ def plan_moves(plan: NodePlan, vmas: list[Vma], page: int, top_tier_max: int | N
     fractions = plan.fractions()
     if plan.mode in ("bind", "interleave", "weighted_interleave") and fractions:
         for v in vmas:
-            if not v.resident:
+            resident = v.resident
+            if not resident:
                 continue
             if plan.mode == "bind":
                 if all(n in fractions for n, c in v.pages.items() if c):
                     continue
-            else:
-                have = {n: v.pages.get(n, 0) / v.resident for n in set(v.pages) | set(fractions)}
-                if all(abs(have.get(n, 0) - fractions.get(n, 0)) <= RATIO_TOLERANCE for n in have):
-                    continue
+            elif all(abs(v.pages.get(n, 0) / resident - fractions.get(n, 0.0)) <= RATIO_TOLERANCE
+                     for n in set(v.pages) | fractions.keys()):
+                continue
             for start, end, node, frac in _split(v, fractions, page):
-                moves.append(Move(start, end, node, int(v.resident * frac) * page))
+                moves.append(Move(start, end, node, int(resident * frac) * page))
     if top_tier_max is not None:
         far = sorted(far_nodes)
         local = set(local_nodes)
@@ -383,6 +383,7 @@ def decide(state: PlannerState, inp: PlannerInput, sections: dict[str, TiersSect
     live = set()
     seen_cgroups = set()
     unsettled: set[str] = set()  # cgroups with pages still to move (or not yet looked at)
+    plans: dict[int, NodePlan] = {}  # one plan per class per round
     binds: dict[str, tuple[str, str]] = {}  # cgroup -> (nodes, reason)
     for proc in inp.procs:
         found = find_class(sections, proc)
@@ -390,7 +391,9 @@ def decide(state: PlannerState, inp: PlannerInput, sections: dict[str, TiersSect
             continue
         _, cls = found
         live.add(proc.key)
-        plan = plan_class(cls, topo)
+        plan = plans.get(id(cls))
+        if plan is None:
+            plan = plans[id(cls)] = plan_class(cls, topo)
         if plan.error:
             continue
         psi = inp.psi.get(proc.cgroup)

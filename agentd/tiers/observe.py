@@ -54,7 +54,9 @@ def parse_numa_maps(text: str, ends: dict[int, int] | None = None, page: int = P
             end = ends[start]
         else:
             end = start + sum(pages.values()) * page
-        anon = any(p.startswith("anon=") for p in parts) or "heap" in parts or "stack" in parts
+        # anonymous mappings only: a file mapping with copied-on-write pages also shows
+        # anon=, but its page-cache pages are shared and sit wherever they were read
+        anon = not any(p.startswith("file=") for p in parts)
         out.append(Vma(start, end, pages, anon))
     return out
 

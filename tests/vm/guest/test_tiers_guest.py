@@ -160,7 +160,9 @@ def test_weighted_interleave_at_the_policys_ratio_and_the_weights_put_back(numa_
         _wait_line(proc, "done")
         nodes = list(_page_nodes(proc.pid).values())
         share0 = nodes.count(0) / len(nodes)
-        assert 0.65 <= share0 <= 0.85 and nodes.count(2) / len(nodes) >= 0.15, (share0, len(nodes))
+        maps = [ln for ln in Path(f"/proc/{proc.pid}/numa_maps").read_text().splitlines() if "file=" not in ln]
+        weights_now = {n: (base / f"node{n}").read_text().strip() for n in (0, 2)}
+        assert 0.65 <= share0 <= 0.85 and nodes.count(2) / len(nodes) >= 0.15, (share0, len(nodes), weights_now, maps)
     finally:
         proc.kill()
         proc.wait()
@@ -217,7 +219,7 @@ def test_the_kind_moves_a_jobs_pages_far_at_its_rate_and_removing_the_policy_res
     try:
         _wait_line(proc, "done")
         before = _page_nodes(proc.pid)
-        assert before and set(before.values()) == {0}
+        assert before and set(before.values()) == {0}, Path(f"/proc/{proc.pid}/numa_maps").read_text()
         host.on_policy([policy])
         assert _tick_until(host, lambda: any(e["kind"] == "tier.migrated" for e in events), 120)
         [mig] = [e["data"] for e in events if e["kind"] == "tier.migrated"][:1]
