@@ -175,9 +175,11 @@ class InterleaveWeight:
 
 
 class TierKnob:
-    """A cgroup knob Setting (as agentd.kinds.settings.CgroupKnob) that can also write back an
-    empty value: cpuset.mems of a v2 cgroup reads "" when it inherits its parent's, and a
-    zero-length write() never reaches the kernel, so "" is written as a newline."""
+    """A cgroup knob Setting (as agentd.kinds.settings.CgroupKnob) that can also put back an
+    empty cpuset: cpuset.mems of a v2 cgroup reads "" while it inherits its parent's. A
+    zero-length write() never reaches the kernel, so "" is written as a newline; and the
+    kernel refuses an empty cpuset while the cgroup has tasks (ENOSPC), so then the
+    parent's effective set is written: the same nodes, now spelled out."""
 
     def __init__(self, driver, file: str):
         self.driver = driver
@@ -188,4 +190,15 @@ class TierKnob:
         return fs.read(self.driver.knob_path(target, self.file)).strip()
 
     def write(self, target: str, value: str) -> None:
-        fs.write(self.driver.knob_path(target, self.file), str(value) or "\n")
+        path = self.driver.knob_path(target, self.file)
+        value = str(value)
+        if value or not self.file.startswith("cpuset."):
+            fs.write(path, value)
+            return
+        try:
+            fs.write(path, "\n")
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            parent = target.rsplit("/", 1)[0] if "/" in target else ""
+            fs.write(path, fs.read(self.driver.knob_path(parent, self.file + ".effective")).strip())
