@@ -83,7 +83,14 @@ def move_ranges(pid: int, moves: list[Move] | tuple[Move, ...], rate_mb_s: float
                 res.seen_bytes += sum(1 for b in before if b >= 0) * page
                 if not present:
                     continue
-                after = numa.move_pages(pid, [a for a, _ in present], mv.node)
+                targets = [a for a, _ in present]
+                after = numa.move_pages(pid, targets, mv.node)
+                # a huge page moves whole at its first address; the kernel reports its other
+                # pages EBUSY (already isolated): ask again where they are now
+                if any(s < 0 for s in after):
+                    after = [s if s >= 0 else (q if q == mv.node else s)
+                             for s, q in zip(after, numa.move_pages(pid, targets, None))]
+                    res.calls += 1
                 res.calls += 2
             except numa.NumaError as exc:
                 if exc.errno == errno.ESRCH:

@@ -213,6 +213,7 @@ def test_the_kind_moves_a_jobs_pages_far_at_its_rate_and_removing_the_policy_res
         f"      placement: {{mode: bind, weights: {{cxl: 1}}}}\n      migrate: {{rate_mb_s: {rate}}}\n"))
     cg = Path(drv.tree.file("jobs/mover", "cgroup.procs")).parent
     mems_before = (cg / "cpuset.mems").read_text().strip()
+    effective_before = (cg / "cpuset.mems.effective").read_text().strip()
     # started inside the cgroup (v2 charges pages where they were first touched)
     proc = _in_cgroup(cg, ["numactl", "--membind=0", *alloc_argv(32, step_mb=8, hold=True)])
     drv.test_procs.append(proc)
