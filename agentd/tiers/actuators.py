@@ -65,57 +65,84 @@ class RateLimiter:
             self.sleep(ahead)
 
 
+def _batches(start: int, end: int, page: int):
+    for base in range(start, end, BATCH_PAGES * page):
+        yield list(range(base, min(end, base + BATCH_PAGES * page), page))
+
+
+class _Exited(Exception):
+    pass
+
+
+def _query(pid: int, addrs: list[int], res: MoveResult) -> list[int]:
+    try:
+        res.calls += 1
+        return numa.move_pages(pid, addrs, None)
+    except numa.NumaError as exc:
+        if exc.errno == errno.ESRCH:
+            raise _Exited() from None
+        raise
+
+
 def move_ranges(pid: int, moves: list[Move] | tuple[Move, ...], rate_mb_s: float, interval_ms: float = 0.0,
                 page: int = os.sysconf("SC_PAGE_SIZE"),
                 record: bool = True, deadline_s: float = 600.0) -> MoveResult:
     """move_pages over each range in batches, no faster than rate_mb_s (counting the pages
     actually moved), pausing interval_ms between batches. Records where each moved page
-    was (runs), so `restore_runs` can put it back. Stops cleanly when the process exits."""
+    was (runs), so `restore_runs` can put it back. Stops cleanly when the process exits.
+
+    Each range's pages are located first: a huge page moves whole at its first address,
+    possibly from a neighbouring batch (the kernel reports its other pages EBUSY), so a
+    page counts as moved when it is on the target now and was elsewhere before."""
     res = MoveResult()
     limiter = RateLimiter(rate_mb_s)
     t0 = time.monotonic()
-    for mv in moves:
-        for base in range(mv.start, mv.end, BATCH_PAGES * page):
-            addrs = list(range(base, min(mv.end, base + BATCH_PAGES * page), page))
-            try:
-                before = numa.move_pages(pid, addrs, None)
-                present = [(a, b) for a, b in zip(addrs, before) if b >= 0 and b != mv.node]
-                res.seen_bytes += sum(1 for b in before if b >= 0) * page
-                if not present:
+    try:
+        for mv in moves:
+            orig: dict[int, int] = {}
+            for addrs in _batches(mv.start, mv.end, page):
+                for a, n in zip(addrs, _query(pid, addrs, res)):
+                    if n >= 0:
+                        orig[a] = n
+            res.seen_bytes += len(orig) * page
+            for addrs in _batches(mv.start, mv.end, page):
+                todo = [a for a in addrs if orig.get(a, mv.node) != mv.node]
+                if not todo:
                     continue
-                targets = [a for a, _ in present]
-                after = numa.move_pages(pid, targets, mv.node)
-                # a huge page moves whole at its first address; the kernel reports its other
-                # pages EBUSY (already isolated): ask again where they are now
-                if any(s < 0 for s in after):
-                    after = [s if s >= 0 else (q if q == mv.node else s)
-                             for s, q in zip(after, numa.move_pages(pid, targets, None))]
-                    res.calls += 1
-                res.calls += 2
-            except numa.NumaError as exc:
-                if exc.errno == errno.ESRCH:
-                    res.exited = True
-                    res.seconds = time.monotonic() - t0
-                    return res
-                res.errors[str(exc)] = res.errors.get(str(exc), 0) + len(addrs)
-                continue
-            moved = 0
-            for (a, was), now in zip(present, after):
-                if now == mv.node:
-                    moved += 1
-                    if record:
-                        _add_run(res.runs, a, was, page)
-                elif now < 0:
-                    msg = numa.describe_errno(now)
-                    res.errors[msg] = res.errors.get(msg, 0) + 1
-            res.moved_bytes += moved * page
-            limiter.account(moved * page)
-            if interval_ms > 0:
-                time.sleep(interval_ms / 1000)
-            if time.monotonic() - t0 > deadline_s:
-                res.errors["stopped at the deadline"] = 1
-                res.seconds = time.monotonic() - t0
-                return res
+                now = _query(pid, todo, res)
+                pending = [a for a, n in zip(todo, now) if n >= 0 and n != mv.node]
+                status = {}
+                if pending:
+                    try:
+                        res.calls += 1
+                        status = dict(zip(pending, numa.move_pages(pid, pending, mv.node)))
+                    except numa.NumaError as exc:
+                        if exc.errno == errno.ESRCH:
+                            raise _Exited() from None
+                        res.errors[str(exc)] = res.errors.get(str(exc), 0) + len(pending)
+                        continue
+                moved = 0
+                for a, n in zip(todo, _query(pid, todo, res)):
+                    if n == mv.node:
+                        moved += 1
+                        if record:
+                            _add_run(res.runs, a, orig[a], page)
+                    elif status.get(a, 0) < 0 and status[a] != -errno.EBUSY:
+                        msg = numa.describe_errno(status[a])
+                        res.errors[msg] = res.errors.get(msg, 0) + 1
+                    elif n >= 0:
+                        res.errors["stayed where it was"] = res.errors.get("stayed where it was", 0) + 1
+                res.moved_bytes += moved * page
+                limiter.account(moved * page)
+                if interval_ms > 0:
+                    time.sleep(interval_ms / 1000)
+                if time.monotonic() - t0 > deadline_s:
+                    res.errors["stopped at the deadline"] = 1
+                    break
+    except _Exited:
+        res.exited = True
+    except numa.NumaError as exc:
+        res.errors[str(exc)] = res.errors.get(str(exc), 0) + 1
     res.seconds = time.monotonic() - t0
     return res
 
