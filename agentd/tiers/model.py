@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 from math import gcd
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 from agentd.tiers.policy import MAX_WEIGHT, Reclaim, TierClass, TiersSection
 
@@ -167,11 +167,10 @@ def find_class(sections: dict[str, TiersSection], proc: ManagedProc) -> tuple[st
 # ----------------------------------------------------------------------------- migration
 
 
-@dataclass(frozen=True)
-class Vma:
+class Vma(NamedTuple):  # tuples: the planner makes tens of thousands per round
     start: int
     end: int
-    pages: dict[int, int]  # node -> resident pages (numa_maps N<node>=<pages>)
+    pages: dict  # node -> resident pages (numa_maps N<node>=<pages>)
     anon: bool = True
 
     @property
@@ -179,8 +178,7 @@ class Vma:
         return sum(self.pages.values())
 
 
-@dataclass(frozen=True)
-class Move:
+class Move(NamedTuple):
     """Move the resident pages of [start, end) to `node` (move_pages)."""
 
     start: int
