@@ -187,6 +187,13 @@ class TiersKind(Kind):
         self._post(self._decide, inp, now)
 
     def _decide(self, inp: PlannerInput, now: float) -> None:
+        try:
+            self._decide_round(inp, now)
+        except Exception as exc:  # called from a worker's hand-back, outside the host's guard
+            log.exception("tiers: a round failed")
+            self._round_failed(f"decision failed: {exc}")
+
+    def _decide_round(self, inp: PlannerInput, now: float) -> None:
         self.topology = inp.topology
         self.counters["rounds_total"] += 1
         self.planner, actions = model.decide(self.planner, inp, self.sections, now)
@@ -219,6 +226,12 @@ class TiersKind(Kind):
 
     def _acted(self, results: list) -> None:
         self._busy = False
+        try:
+            self._journal_results(results)
+        except Exception:
+            log.exception("tiers: journaling a round's results failed")
+
+    def _journal_results(self, results: list) -> None:
         for a, res, err in results:
             if isinstance(a, MigrateProc):
                 key = f"{a.pid}:{a.start}"
