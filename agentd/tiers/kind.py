@@ -239,7 +239,11 @@ class TiersKind(Kind):
                     self.ctx.emit("migrate_failed", f"pid {a.pid} (class {a.cls}): {err}", level="warn", pid=a.pid)
                     self.counters["migration_errors_total"] += 1
                     continue
-                if res.runs:
+                if res.runs and (self.suspended or not self.sections):
+                    # the policy went away while this move ran: put these pages back too
+                    self.ctx.run_blocking(self._restore_pages, {key: {"pid": a.pid, "runs": res.runs}},
+                                          "the policy went away during the move")
+                elif res.runs:
                     saved = self.runs.setdefault(key, {"pid": a.pid, "runs": []})
                     saved["runs"] = (saved["runs"] + [list(r) for r in res.runs])[:MAX_RUNS_SAVED]
                     self.ctx.state.put(f"runs:{key}", saved)
