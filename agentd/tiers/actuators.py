@@ -154,22 +154,33 @@ def restore_runs(pid: int, runs: list[tuple[int, int, int]], rate_mb_s: float = 
     return move_ranges(pid, moves, rate_mb_s, page=page, record=False)
 
 
-def reclaim(driver, cgroup: str, nbytes: int) -> tuple[int, str]:
+def reclaim(driver, cgroup: str, nbytes: int, swappiness: int | None = None) -> tuple[int, str]:
     """One proactive reclaim step: (bytes asked, how). cgroup v2 memory.reclaim (EAGAIN when
-    the kernel could not find that much: reported, not raised); a v1 memory cgroup has no
-    memory.reclaim: its limit is lowered below usage for a moment and put back."""
+    the kernel could not find that much: reported, not raised), with swappiness= where the
+    kernel takes it (older kernels refuse the key with EINVAL: retried without, said so);
+    a v1 memory cgroup has no memory.reclaim: its limit is lowered below usage for a moment
+    and put back."""
     try:
         path = driver.knob_path(cgroup, "memory.reclaim")
     except OSError:
         path = None
     if path and os.path.exists(path):
-        try:
-            fs.write(path, str(nbytes))
-            return nbytes, "memory.reclaim"
-        except OSError as exc:
-            if exc.errno == errno.EAGAIN:
-                return 0, "memory.reclaim (EAGAIN: less was reclaimable)"
-            raise
+        how = "memory.reclaim"
+        request = str(nbytes)
+        if swappiness is not None:
+            request += f" swappiness={swappiness}"
+            how += f" swappiness={swappiness}"
+        for attempt in (0, 1):
+            try:
+                fs.write(path, request)
+                return nbytes, how
+            except OSError as exc:
+                if exc.errno == errno.EAGAIN:
+                    return 0, how + " (EAGAIN: less was reclaimable)"
+                if exc.errno == errno.EINVAL and swappiness is not None and attempt == 0:
+                    request, how = str(nbytes), "memory.reclaim (this kernel takes no swappiness=)"
+                    continue
+                raise
     return reclaim_v1(driver, cgroup, nbytes)
 
 

@@ -219,7 +219,7 @@ class TiersKind(Kind):
                     results.append((a, actuators.move_ranges(a.pid, a.moves, a.rate_mb_s, a.interval_ms,
                                                              page=observe.PAGE), ""))
                 elif isinstance(a, ReclaimCgroup):
-                    results.append((a, actuators.reclaim(self.ctx.driver, a.cgroup, a.bytes), ""))
+                    results.append((a, actuators.reclaim(self.ctx.driver, a.cgroup, a.bytes, a.swappiness), ""))
             except Exception as exc:
                 results.append((a, None, str(exc)))
         self._post(self._acted, results)

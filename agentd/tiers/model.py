@@ -345,6 +345,7 @@ class ReclaimCgroup:
     bytes: int
     cls: str
     reason: str
+    swappiness: int | None = None
 
 
 @dataclass(frozen=True)
@@ -417,7 +418,8 @@ def decide(state: PlannerState, inp: PlannerInput, sections: dict[str, TiersSect
                                           inp.swapped.get(proc.cgroup, 0), now, cls.guard.psi_some_pct)
                 reclaim[proc.cgroup] = rs
                 if step is not None:
-                    actions.append(ReclaimCgroup(proc.cgroup, step.bytes, cls.name, step.reason))
+                    actions.append(ReclaimCgroup(proc.cgroup, step.bytes, cls.name, step.reason,
+                                                 cls.reclaim.swappiness))
 
         sig = (cls.name, plan.mode, tuple(sorted(plan.weights.items())))
         prev = placed.get(proc.key)

@@ -13,7 +13,7 @@ in what proportion, and how its cold memory is pushed out.
             fallback: local             # a far tier that is missing/empty: local | refuse
           top_tier_max: 4G              # local-tier bytes per process; the rest moves far
           migrate: {rate_mb_s: 200, interval_ms: 20}
-          reclaim: {to: swap, budget: 2G, psi_target_pct: 0.5, step: 64M, interval_s: 5}
+          reclaim: {to: swap, budget: 2G, psi_target_pct: 0.5, step: 64M, interval_s: 5, swappiness: 100}
           guard: {psi_some_pct: 10}     # stop demoting/reclaiming while the workload stalls this much
           memory_high: 8G
 
@@ -70,6 +70,7 @@ class Reclaim:
     psi_target_pct: float = 0.5  # memory "some" avg10 the workload may stall
     step: int = 32 << 20  # bytes per memory.reclaim write at zero pressure
     interval_s: float = 5.0
+    swappiness: int | None = None  # memory.reclaim's swappiness= (None: the cgroup's own)
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,9 @@ _RECLAIM = Mapping(
      "budget": Scalar("size", description="most bytes pushed out (memory.swap.max or memory.zswap.max)"),
      "psi_target_pct": Scalar("number", minimum=0.01, maximum=50, description="memory 'some' avg10 target"),
      "step": Scalar("size", description="bytes per memory.reclaim write at zero pressure"),
-     "interval_s": Scalar("number", minimum=0.5, maximum=3600)},
+     "interval_s": Scalar("number", minimum=0.5, maximum=3600),
+     "swappiness": Scalar("int", minimum=0, maximum=200,
+                          description="memory.reclaim swappiness= (0: file pages only, 200: anon first)")},
     required=("budget",),
     build=lambda v: Reclaim(**v),
     extra=[lambda v: [("step", "expected a step of at least 1M")] if v.get("step", 1 << 20) < (1 << 20) else []],

@@ -72,3 +72,35 @@ def test_an_exited_process_stops_the_move(monkeypatch):
     monkeypatch.setattr(numa, "move_pages", k.move_pages)
     res = actuators.move_ranges(99, [Move(0x1000 * P, 0x1008 * P, 2, 0)], rate_mb_s=0)
     assert res.exited and res.moved_bytes == 0
+
+
+class FileDriver:
+    """knob_path onto files in a folder; memory.reclaim refuses keys like an old kernel."""
+
+    def __init__(self, root, refuse_keys: bool):
+        self.root = root
+        self.refuse_keys = refuse_keys
+
+    def knob_path(self, rel, name):
+        return str(self.root / name)
+
+
+def test_reclaim_step_with_swappiness_and_the_fallback_for_kernels_without_it(tmp_path, monkeypatch):
+    from agentd.cgroups import fs
+
+    (tmp_path / "memory.reclaim").write_text("")
+    written = []
+
+    def write(path, value):
+        if " swappiness=" in value and refuse[0]:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        written.append(value)
+
+    refuse = [False]
+    monkeypatch.setattr(fs, "write", write)
+    drv = FileDriver(tmp_path, False)
+    assert actuators.reclaim(drv, "jobs/a", 8 << 20, swappiness=100) == (8 << 20, "memory.reclaim swappiness=100")
+    assert written == [f"{8 << 20} swappiness=100"]
+    refuse[0] = True
+    got, how = actuators.reclaim(drv, "jobs/a", 8 << 20, swappiness=100)
+    assert got == 8 << 20 and "takes no swappiness" in how and written[-1] == str(8 << 20)
