@@ -187,17 +187,24 @@ class Move(NamedTuple):
     est_bytes: int
 
 
-def _split(vma: Vma, fractions: dict[int, float], page: int) -> list[tuple[int, int, int, float]]:
-    """[start, end) cut into one page-aligned run per node, sized by the node's fraction."""
+def _split(vma: Vma, cuts: list[tuple[int, float, float]], page: int) -> list[tuple[int, int, int, float]]:
+    """[start, end) cut into one page-aligned run per node, sized by the node's fraction;
+    cuts = (node, fraction, cumulative fraction) in node order."""
     npages = (vma.end - vma.start) // page
-    out, at, acc = [], vma.start, 0.0
-    items = sorted(fractions.items())
-    for i, (node, frac) in enumerate(items):
-        acc += frac
-        end = vma.end if i == len(items) - 1 else vma.start + round(npages * acc) * page
+    out, at, last = [], vma.start, len(cuts) - 1
+    for i, (node, frac, acc) in enumerate(cuts):
+        end = vma.end if i == last else vma.start + round(npages * acc) * page
         if end > at:
             out.append((at, end, node, frac))
         at = end
+    return out
+
+
+def _cuts(fractions: dict[int, float]) -> list[tuple[int, float, float]]:
+    out, acc = [], 0.0
+    for node, frac in sorted(fractions.items()):
+        acc += frac
+        out.append((node, frac, acc))
     return out
 
 
@@ -207,6 +214,7 @@ def plan_moves(plan: NodePlan, vmas: list[Vma], page: int, top_tier_max: int | N
     interleave: each VMA split at the ratio) and under its top-tier cap."""
     moves: list[Move] = []
     fractions = plan.fractions()
+    cuts = _cuts(fractions)
     if plan.mode in ("bind", "interleave", "weighted_interleave") and fractions:
         for v in vmas:
             resident = v.resident
@@ -218,7 +226,7 @@ def plan_moves(plan: NodePlan, vmas: list[Vma], page: int, top_tier_max: int | N
             elif all(abs(v.pages.get(n, 0) / resident - fractions.get(n, 0.0)) <= RATIO_TOLERANCE
                      for n in set(v.pages) | fractions.keys()):
                 continue
-            for start, end, node, frac in _split(v, fractions, page):
+            for start, end, node, frac in _split(v, cuts, page):
                 moves.append(Move(start, end, node, int(resident * frac) * page))
     if top_tier_max is not None:
         far = sorted(far_nodes)
