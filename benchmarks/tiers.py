@@ -133,7 +133,7 @@ def _in_cgroup(cg: Path, argv: list[str], **kw) -> subprocess.Popen:
 
 
 def _holder(cg: Path, sweep: str, mb: int, reads: int, hot_pct: int, membind: str | None):
-    argv = ([f"numactl", f"--membind={membind}"] if membind else []) + [sweep, str(mb), str(reads), str(hot_pct)]
+    argv = (["numactl", f"--membind={membind}"] if membind else []) + [sweep, str(mb), str(reads), str(hot_pct)]
     p = _in_cgroup(cg, argv)
     addr = int(p.stdout.readline())
     assert p.stdout.readline().strip() == "ready"

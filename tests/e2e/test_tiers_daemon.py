@@ -18,7 +18,7 @@ import pytest
 from agentd.api.client import ApiClient
 from agentd.cgroups import fs
 from agentd.kinds.registry import KindEntry
-from tests.e2e.test_kind_routes import NOBODY, DaemonThread, as_nobody, tmp  # noqa: F401 - fixture
+from tests.e2e.test_kind_routes import DaemonThread, as_nobody, tmp  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the daemon needs root (cgroups, peer credentials)")
 REPO = Path(__file__).resolve().parents[2]

@@ -8,7 +8,6 @@ import errno
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ import pytest
 from agentd.cgroups import fs
 from agentd.tiers import actuators, numa, observe
 from agentd.tiers.model import Move
-from tests.kernel.cgroup_fixtures import children, driver, needs_root, wait_for  # noqa: F401 - fixtures
+from tests.kernel.cgroup_fixtures import children, driver, needs_root  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.kernel]
 PAGE = os.sysconf("SC_PAGE_SIZE")
