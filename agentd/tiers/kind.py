@@ -98,7 +98,7 @@ class TiersKind(Kind):
                 if plan.error:
                     self.refused[f"{policy}/{cls.name}"] = plan.error
         if not self.sections:
-            if had or self.ctx.changes.saved() or self.runs:
+            if had or self.ctx.changes.saved() or self.runs or any(True for _ in self.ctx.state.items("runs:")):
                 self._revert("the tiers policy was removed")
             return
         self._apply_host_settings()
@@ -323,8 +323,9 @@ class TiersKind(Kind):
         """Settings back (newest first), then pages back where they were."""
         self.ctx.changes.revert_all(reason=reason)
         runs, self.runs = self.runs, {}
-        for key in list(runs):
-            self.ctx.state.delete(f"runs:{key}")
+        for key, value in list(self.ctx.state.items("runs:")):  # also a previous daemon's (before readopt)
+            runs.setdefault(key[len("runs:"):], value)
+            self.ctx.state.delete(key)
         if runs:
             if blocking:
                 self._restore_pages(runs, reason)
