@@ -240,7 +240,9 @@ def test_the_kind_moves_a_jobs_pages_far_at_its_rate_and_removing_the_policy_res
         assert not kind.ctx.changes.saved() and not [e for e in events if e["kind"] == "tier.revert_failed"]
         assert any(e["kind"] == "tier.restored" for e in events)
         after = _page_nodes(proc.pid)
-        assert after == before  # restore_exact: page for page
+        # restore_exact: every page that was there is back on its node, page for page (pages
+        # that appeared since - khugepaged fills the holes of a range it collapses - are new)
+        assert {a: after.get(a) for a in before} == before
     finally:
         proc.kill()
 
