@@ -51,7 +51,8 @@ TOOLCALL_OOM_SCORE_ADJ = {"high": 100, "normal": 400, "low": 800}
 PENDING_INTENT_TTL_S = 30.0  # an intent declared over the API applies to the next tool call within this time
 FINISHED_AGENT_KEEP = 200
 MAX_CGROUP_DEPTH = 64  # ancestors looked at when finding a caller's agent
-EXIT_EVENT_GRACE_S = 1.0  # how long an emptied tool call waits for its leader's exit event (exit code)
+EXIT_EVENT_GRACE_S = 5.0  # how long an emptied tool call waits for its leader's exit event (exit code); the event
+# normally comes within milliseconds and ends the wait, so only a loaded host ever waits long
 
 
 class NameTaken(FileExistsError):

@@ -27,6 +27,7 @@ class KindEntry:
 KINDS: tuple[KindEntry, ...] = (
     KindEntry("budget", "agentd.budget"),
     KindEntry("colocation", "agentd.colocation", "cli.colocation_commands"),
+    KindEntry("tiers", "agentd.tiers", "cli.tiers_commands"),
 )
 
 
