@@ -1,9 +1,22 @@
 """Re-adoption after a restart or a crash: take back every agent and tool call the store
-knows, check them against the kernel, and leave nothing stopped, frozen or orphaned."""
+knows, check them against the kernel, and leave nothing stopped, frozen or orphaned.
+
+A crash can fall between a decision the old daemon carried out in the kernel and the record
+of it (or the other way round). Each such gap is closed here so that every tool call held or
+frozen when the daemon died is decided by the new one, never left held or frozen:
+- the record says killed but processes remain: the kill is carried out again;
+- the kernel has the tool call frozen but its record does not: thawed, and the ladder decides
+  again from fresh samples (held or frozen with a record: the ladder resumes at its stage and
+  kills when the grace that started before the crash runs out);
+- a policy applied just before the crash, its file written but live tool calls not yet
+  re-evaluated: every tool call gets the limits the policies on disk give it.
+"""
 
 from __future__ import annotations
 
 from agentd.core.escalation import LadderState
+from agentd.cgroups.driver import CgroupError
+from agentd.cgroups import fs
 from agentd.core.manager import Manager, populated
 from agentd.core.model import Agent, ToolCall
 from agentd.core.procinfo import alive, is_stopped
@@ -16,7 +29,8 @@ def readopt(manager: Manager) -> dict:
     """After a restart (or a crash): take back every agent and tool call the store knows,
     check them against the kernel, and leave nothing stopped, frozen or orphaned."""
     counts = {"agents": 0, "toolcalls": 0, "finished_while_down": 0, "orphan_cgroups": 0, "released": 0,
-              "adopted_unplaced": 0, "agents_ended": 0}
+              "adopted_unplaced": 0, "agents_ended": 0,
+              "held": 0, "kills_resumed": 0, "thawed_unrecorded": 0, "limits_updated": 0}
     driver = manager.driver
     for rec in manager.store.agents(live_only=True):
         agent = Agent(**{k: rec[k] for k in ("name", "uid", "main_pid", "main_start", "policy", "cgroup", "next_seq", "state", "created", "ended")})
@@ -45,6 +59,7 @@ def readopt(manager: Manager) -> dict:
             continue
         manager.toolcalls[tc.id] = tc
         counts["toolcalls"] += 1
+        _close_gap(manager, tc, counts)
     for agent in list(manager.agents.values()):
         known = {tc.cgroup for tc in manager.toolcalls.values() if tc.agent == agent.name}
         tools = f"{agent.cgroup}/tools"
@@ -83,4 +98,27 @@ def readopt(manager: Manager) -> dict:
             counts["agents_ended"] += 1
             manager.end_agent(agent, "its main process exited while agentd was down")
     manager._update_gate()
+    counts["limits_updated"] = manager.reevaluate()
     return counts
+
+
+def _close_gap(manager: Manager, tc: ToolCall, counts: dict) -> None:
+    """The kernel state of a re-adopted tool call against its record (see the module doc)."""
+    driver = manager.driver
+    if tc.ladder.stage == "killed":
+        counts["kills_resumed"] += 1
+        driver.kill(tc.cgroup)  # the tick then finishes it once its cgroup is empty
+    elif tc.ladder.stage == "frozen":
+        counts["held"] += 1  # the ladder resumes: thaw on relief, kill when its grace runs out
+    elif _freeze_requested(manager, tc.cgroup):
+        counts["thawed_unrecorded"] += 1
+        driver.thaw(tc.cgroup)
+
+
+def _freeze_requested(manager: Manager, rel: str) -> bool:
+    """cgroup.freeze, not cgroup.events frozen: on hybrid a freeze written while a process is
+    paused at its v1 limit stays requested and takes hold later."""
+    try:
+        return fs.read(manager.driver.knob_path(rel, "cgroup.freeze")).strip() == "1"
+    except (CgroupError, OSError):
+        return False
