@@ -129,8 +129,12 @@ def at_gate(daemon, agents: dict[str, int], timeout: float) -> Hit | None:
             for pid in read_pids(path):
                 if pid != agents[name] and proc_state(pid) == "T":
                     kill(daemon)
-                    still = proc_state(pid) == "T" and pid in read_pids(path)
-                    return Hit("gate", still, {"agent": name, "pid": pid})
+                    # A hit when the daemon died before it placed and continued the exec: it
+                    # is still in the runtime cgroup (stopped, or continued by the gate guard
+                    # that outlives the daemon) or still stopped.
+                    unplaced = pid in read_pids(path)
+                    stopped = proc_state(pid) == "T"
+                    return Hit("gate", unplaced or stopped, {"agent": name, "pid": pid, "unplaced": unplaced, "stopped": stopped})
     return None
 
 

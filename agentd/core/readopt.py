@@ -83,15 +83,18 @@ def readopt(manager: Manager) -> dict:
             manager.store.put_toolcall(tc.record())
             agent.next_seq = max(agent.next_seq, tc.seq + 1)
         # A gated exec the old daemon stopped but never placed, or a tool call the agent
-        # started while no daemon watched (another program than the runtime's own).
-        main_exe = procfs.read_exe(agent.main_pid)
+        # started while no daemon watched, or one the gate guard continued when the old
+        # daemon died: it exec'd, so its program or its command line differs from the
+        # runtime's own (a forked, not exec'd child shares both; a python tool of a python
+        # agent shares the program only).
+        main_exe, main_argv = procfs.read_exe(agent.main_pid), procfs.read_cmdline(agent.main_pid)
         for pid in sorted(driver.procs(f"{agent.cgroup}/runtime")):
             if pid == agent.main_pid:
                 continue
             if is_stopped(pid):
                 counts["released"] += 1
                 manager.start_tool_call(agent, pid, gated=True)
-            elif procfs.read_exe(pid) not in (None, main_exe):
+            elif _execd(pid, main_exe, main_argv):
                 counts["adopted_unplaced"] += 1
                 manager.start_tool_call(agent, pid, gated=False)
         if not alive(agent.main_pid, agent.main_start):
@@ -100,6 +103,13 @@ def readopt(manager: Manager) -> dict:
     manager._update_gate()
     counts["limits_updated"] = manager.reevaluate()
     return counts
+
+
+def _execd(pid: int, main_exe: str | None, main_argv: list[str] | None) -> bool:
+    exe, argv = procfs.read_exe(pid), procfs.read_cmdline(pid)
+    if exe is None or argv is None:
+        return False  # gone, or a kernel thread
+    return exe != main_exe or (main_argv is not None and argv != main_argv)
 
 
 def _close_gap(manager: Manager, tc: ToolCall, counts: dict) -> None:

@@ -121,3 +121,23 @@ def test_a_policy_written_just_before_the_crash_reaches_live_tool_calls(daemon):
     assert daemon.client.status()["readopt"]["limits_updated"] == 1
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
+
+
+def test_a_python_tool_call_started_while_the_daemon_was_down_is_placed_after_the_restart(daemon):
+    """The agent runs python, and so does its tool call: same program, other command line.
+    (The gate guard continues an exec stopped at the gate when the daemon dies: it then
+    runs where this one runs, in the agent's runtime cgroup.)"""
+    nap = [PY, "-c", "import time; time.sleep(8)"]
+    proc = daemon.spawn_agent("py", AGENTS / "scripted.py", json.dumps(["sleep", "0.5"]), json.dumps(nap))
+    wait_for(lambda: call(daemon, "py", 1), 10, "the sleep placed")
+    daemon.kill9()
+    driver = daemon.driver()
+    runtime = "agents/py/runtime"
+    tool = wait_for(lambda: [p for p in driver.procs(runtime) if open(f"/proc/{p}/cmdline").read().split("\0")[1:2] == ["-c"]],
+                    10, "the python tool call running unplaced")[0]
+    daemon.start()
+    assert daemon.client.status()["readopt"]["adopted_unplaced"] == 1
+    assert "/agents/py/tools/" in open(f"/proc/{tool}/cgroup").read()
+    assert call(daemon, "py", 2)["argv"] == nap
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
