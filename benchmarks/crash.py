@@ -78,12 +78,27 @@ def wait_decided(daemon: DaemonProcess, held: dict[str, str], timeout: float) ->
     return len(held) - len(pending)
 
 
+def stuck(driver, agents: dict[str, int]) -> set:
+    """Tool cgroups held or frozen by the kernel, and processes stopped, right now."""
+    out = {("cgroup", rel) for rel in moments.held_toolcalls(driver, agents)}
+    for name in agents:
+        tools = f"agents/{name}/tools"
+        rels = [f"agents/{name}/runtime", *[f"{tools}/{c}" for c in (driver.children(tools) if driver.exists(tools) else [])]]
+        for rel in rels:
+            try:
+                pids = driver.procs(rel)
+            except OSError:
+                continue
+            out |= {("pid", pid) for pid in pids if moments.proc_state(pid) in ("T", "t")}
+    return out
+
+
 def check_after_restart(daemon: DaemonProcess, agents: dict[str, int], gated: list[int]) -> dict:
     """What the kernel holds that the restarted daemon does not account for."""
     time.sleep(1.0)  # a few ticks: finished tool calls settle, released execs get placed
     driver = daemon.driver()
     live = {c["cgroup"]: c for c in daemon.client.tool_calls(live=True)}
-    orphans = frozen = stopped = 0
+    orphans = 0
     for name in agents:
         tools = f"agents/{name}/tools"
         for child in driver.children(tools) if driver.exists(tools) else []:
@@ -93,13 +108,13 @@ def check_after_restart(daemon: DaemonProcess, agents: dict[str, int], gated: li
             time.sleep(0.5)  # not yet removed: give the tick one more chance
             if driver.exists(rel) and rel not in {c["cgroup"] for c in daemon.client.tool_calls(live=True)}:
                 orphans += 1
-        frozen += len(moments.held_toolcalls(driver, {name: 0}))
-        for rel in [f"agents/{name}/runtime", *[f"{tools}/{c}" for c in driver.children(tools)]]:
-            try:
-                pids = driver.procs(rel)
-            except OSError:
-                continue
-            stopped += sum(moments.proc_state(pid) in ("T", "t") for pid in pids)
+    # Held, frozen or stopped is normal for a moment (the bursts are held at memory_max for
+    # the grace, execs stop at the gate): left means still so after the grace and the gate's
+    # fail-open time have passed.
+    first = stuck(driver, agents)
+    if first:
+        time.sleep(FREEZE_S + 2.5)
+    left = first & stuck(driver, agents)
     # The exec stopped at the gate when the daemon died: placed now (or already done).
     unplaced = 0
     for pid in gated:
@@ -116,7 +131,8 @@ def check_after_restart(daemon: DaemonProcess, agents: dict[str, int], gated: li
             mismatch += fs_read(driver.knob_path(rel, "pids.max")) != want
         except OSError:
             pass  # ended meanwhile
-    return {"orphan_cgroups": orphans, "frozen_left": frozen + stopped, "gated_unplaced": unplaced, "policy_mismatch": mismatch}
+    return {"orphan_cgroups": orphans, "frozen_left": len(left), "left": sorted(map(str, left)), "gated_unplaced": unplaced,
+            "policy_mismatch": mismatch}
 
 
 def fs_read(path: str) -> str:

@@ -5,7 +5,7 @@ usage: crash_agent.py SECONDS [mix|rapid]
 mix: short tool calls, children, and memory bursts past memory_high (paused there and
 granted up to memory_max, then completed) and past memory_max (held there by the kernel,
 then killed by the daemon at the end of its grace), so the daemon can die while a tool call
-is held. rapid: `true` back to back, many execs stopped at the gate and many tool cgroups
+is held. rapid: short sleeps back to back, many execs stopped at the gate and many tool cgroups
 made per second, so the daemon can die while an exec is gated or between a tool cgroup's
 mkdir and its limits.
 """
@@ -26,7 +26,9 @@ steps = {
         (2, [sys.executable, "-c", burst.format(mb=70)]),  # past memory_high 48M, under memory_max 96M
         (2, [sys.executable, "-c", burst.format(mb=160)]),  # past memory_max: held, then killed
     ],
-    "rapid": [(8, ["true"]), (1, ["sh", "-c", "true"])],
+    # short, yet alive for a while after a kill at the gate (continued then by the gate
+    # guard), so the benchmark can see it was never placed
+    "rapid": [(8, ["sleep", "0.05"]), (1, ["sh", "-c", "sleep 0.05"])],
 }[mode]
 rng = random.Random()
 weights = [w for w, _ in steps]

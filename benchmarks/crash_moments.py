@@ -85,6 +85,14 @@ def read_pids(path: str) -> list[int]:
         return []
 
 
+def in_runtime(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            return any(line.startswith("0::") and line.rstrip().endswith("/runtime") for line in f)
+    except OSError:
+        return False
+
+
 def held_by_kernel(driver, rel: str) -> str | None:
     """'held' (paused at its v1 limit), 'frozen', or None."""
     try:
@@ -127,7 +135,9 @@ def at_gate(daemon, agents: dict[str, int], timeout: float) -> Hit | None:
     while time.monotonic() < deadline:
         for name, path in procs.items():
             for pid in read_pids(path):
-                if pid != agents[name] and proc_state(pid) == "T":
+                # Still stopped and still in the runtime: the daemon has not moved it yet
+                # (after the move only the SIGCONT is left: too late to aim at).
+                if pid != agents[name] and proc_state(pid) == "T" and in_runtime(pid):
                     kill(daemon)
                     # A hit when the daemon died before it placed and continued the exec: it
                     # is still in the runtime cgroup (stopped, or continued by the gate guard

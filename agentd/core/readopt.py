@@ -97,12 +97,32 @@ def readopt(manager: Manager) -> dict:
             elif _execd(pid, main_exe, main_argv):
                 counts["adopted_unplaced"] += 1
                 manager.start_tool_call(agent, pid, gated=False)
+        counts["orphan_cgroups"] += _remove_partial(driver, f"{agent.cgroup}/tools")
         if not alive(agent.main_pid, agent.main_start):
             counts["agents_ended"] += 1
             manager.end_agent(agent, "its main process exited while agentd was down")
     manager._update_gate()
     counts["limits_updated"] = manager.reevaluate()
     return counts
+
+
+def _remove_partial(driver, tools: str) -> int:
+    """Tool cgroups in v1 hierarchies only (the old daemon died between the mkdirs of one
+    tool cgroup, before the v2 one that lists it): removed, or they would stay forever, and
+    one that the new numbering reuses would be a half-made cpuset. A process in one (died
+    between the v1 and v2 moves) was placed anew above, so they are empty by now."""
+    listed = set(driver.children(tools)) if driver.exists(tools) else set()
+    removed = 0
+    for tree in getattr(driver, "v1", {}).values():
+        for child in fs.child_dirs(tree.dir(tools)):
+            if child in listed:
+                continue
+            try:
+                fs.rmdir_tree(tree.dir(f"{tools}/{child}"))
+                removed += 1
+            except OSError:
+                pass  # still in use: the next restart tries again
+    return removed
 
 
 def _execd(pid: int, main_exe: str | None, main_argv: list[str] | None) -> bool:
