@@ -60,6 +60,7 @@ def readopt(manager: Manager) -> dict:
         manager.toolcalls[tc.id] = tc
         counts["toolcalls"] += 1
         _close_gap(manager, tc, counts)
+    busy: list[str] = []
     for agent in list(manager.agents.values()):
         known = {tc.cgroup for tc in manager.toolcalls.values() if tc.agent == agent.name}
         tools = f"{agent.cgroup}/tools"
@@ -70,7 +71,12 @@ def readopt(manager: Manager) -> dict:
             counts["orphan_cgroups"] += 1
             pids = driver.procs(rel)
             if not pids:
-                driver.remove(rel)
+                try:
+                    driver.remove(rel)
+                except (CgroupError, OSError):
+                    # A process still in its v1 dirs: the old daemon died between the v1
+                    # and v2 moves. It runs in the runtime, is placed anew below, then this goes.
+                    busy.append(rel)
                 continue
             # Created just before the crash, record not yet written: adopt it as it is.
             seq_text, _, name = child.partition("-")
@@ -93,17 +99,35 @@ def readopt(manager: Manager) -> dict:
                 continue
             if is_stopped(pid):
                 counts["released"] += 1
-                manager.start_tool_call(agent, pid, gated=True)
+                _place(manager, agent, pid, gated=True)
             elif _execd(pid, main_exe, main_argv):
                 counts["adopted_unplaced"] += 1
-                manager.start_tool_call(agent, pid, gated=False)
+                _place(manager, agent, pid, gated=False)
         counts["orphan_cgroups"] += _remove_partial(driver, f"{agent.cgroup}/tools")
         if not alive(agent.main_pid, agent.main_start):
             counts["agents_ended"] += 1
             manager.end_agent(agent, "its main process exited while agentd was down")
+    for rel in busy:
+        try:
+            driver.remove(rel)
+        except (CgroupError, OSError) as exc:
+            manager.journal.emit("cgroup.error", f"could not remove {rel} at re-adoption: {exc}", level="warn")
     manager._update_gate()
     counts["limits_updated"] = manager.reevaluate()
     return counts
+
+
+def _place(manager: Manager, agent: Agent, pid: int, *, gated: bool) -> None:
+    """One process that cannot be placed must not keep the daemon from starting: it is
+    continued where it is, and said so."""
+    try:
+        manager.start_tool_call(agent, pid, gated=gated)
+    except (CgroupError, OSError) as exc:
+        manager.counters["placement_errors"] += 1
+        manager.journal.emit("toolcall.error", f"re-adoption could not place pid {pid} in a tool-call cgroup: {exc}; "
+                             "it runs on in the agent's runtime", level="error", agent=agent.name, pid=pid)
+        if gated:
+            manager._release(pid)
 
 
 def _remove_partial(driver, tools: str) -> int:
