@@ -145,6 +145,24 @@ def fs_read(path: str) -> str:
         return f.read().strip()
 
 
+def snapshot(daemon: DaemonProcess, agents: dict[str, int]) -> dict:
+    """What each agent was doing when its moment did not come: its processes and states."""
+    driver = daemon.driver()
+    out = {}
+    for name in agents:
+        rels = [f"agents/{name}/runtime", *[f"agents/{name}/tools/{c}" for c in driver.children(f"agents/{name}/tools")]]
+        procs = []
+        for rel in rels:
+            for pid in driver.procs(rel):
+                try:
+                    argv = open(f"/proc/{pid}/cmdline").read().split("\0")[:3]
+                except OSError:
+                    continue
+                procs.append({"cgroup": rel.split("/", 2)[2], "pid": pid, "state": moments.proc_state(pid), "argv": argv})
+        out[name] = procs
+    return out
+
+
 def kill_at(moment: str, daemon: DaemonProcess, agents: dict[str, int], rng: random.Random, applies: int) -> moments.Hit:
     hit = None
     if moment == "gate":
@@ -157,8 +175,9 @@ def kill_at(moment: str, daemon: DaemonProcess, agents: dict[str, int], rng: ran
         hit = moments.between_mkdir_and_limits(daemon, agents, MOMENT_TIMEOUT_S)
     if hit is None:  # random, or the moment did not come in time
         time.sleep(rng.uniform(0.3, 1.5))
+        seen = snapshot(daemon, agents) if moment != "random" else None
         moments.kill(daemon)
-        hit = moments.Hit("random", False, {"wanted": moment})
+        hit = moments.Hit("random", False, {"wanted": moment, **({"agents_then": seen} if seen else {})})
     return hit
 
 
