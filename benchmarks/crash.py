@@ -208,8 +208,14 @@ def main(argv: list[str] | None = None) -> int:
             mode = "rapid" if i == 0 else "mix"
             procs[f"{mode}{i}"] = daemon.spawn_agent(f"{mode}{i}", AGENT, str(cycles * 30 + 60), mode,
                                                      stdout=subprocess_devnull(), stderr=subprocess_devnull())
-        time.sleep(1.0)
-        agents = {a["name"]: a["main_pid"] for a in daemon.client.agents() if a["state"] == "live"}
+        deadline = time.monotonic() + 60  # agentctl run under load: registration takes a while
+        while True:
+            agents = {a["name"]: a["main_pid"] for a in daemon.client.agents() if a["state"] == "live"}
+            if set(agents) == set(procs) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        if set(agents) != set(procs):
+            raise RuntimeError(f"agents did not register within 60 s: {sorted(agents)} of {sorted(procs)}")
         applies = 0
         for cycle in range(1, cycles + 1):
             moment = ORDER[(cycle - 1) % len(ORDER)]

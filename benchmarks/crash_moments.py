@@ -86,11 +86,15 @@ def read_pids(path: str) -> list[int]:
 
 
 def in_runtime(pid: int) -> bool:
+    """In its agent's runtime in every hierarchy: the daemon has not begun to move it (on
+    hybrid it moves it into the v1 hierarchies first, the v2 one last)."""
     try:
         with open(f"/proc/{pid}/cgroup") as f:
-            return any(line.startswith("0::") and line.rstrip().endswith("/runtime") for line in f)
+            lines = f.read().splitlines()
     except OSError:
         return False
+    return (any(line.startswith("0::") and line.endswith("/runtime") for line in lines)
+            and not any("/tools/" in line for line in lines))
 
 
 def held_by_kernel(driver, rel: str) -> str | None:
