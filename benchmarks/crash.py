@@ -94,6 +94,12 @@ def stuck(driver, agents: dict[str, int]) -> set:
     return out
 
 
+def v1_only(driver, tools: str) -> set[str]:
+    listed = set(driver.children(tools)) if driver.exists(tools) else set()
+    return {f"{tree.controller}:{child}" for tree in getattr(driver, "v1", {}).values()
+            for child in fs.child_dirs(tree.dir(tools)) if child not in listed}
+
+
 def check_after_restart(daemon: DaemonProcess, agents: dict[str, int], gated: list[int]) -> dict:
     """What the kernel holds that the restarted daemon does not account for."""
     time.sleep(1.0)  # a few ticks: finished tool calls settle, released execs get placed
@@ -109,10 +115,12 @@ def check_after_restart(daemon: DaemonProcess, agents: dict[str, int], gated: li
             time.sleep(0.5)  # not yet removed: give the tick one more chance
             if driver.exists(rel) and rel not in {c["cgroup"] for c in daemon.client.tool_calls(live=True)}:
                 orphans += 1
-        # hybrid: a tool cgroup made in some v1 hierarchies only (a kill between its mkdirs)
-        listed = set(driver.children(tools)) if driver.exists(tools) else set()
-        for tree in getattr(driver, "v1", {}).values():
-            orphans += sum(child not in listed for child in fs.child_dirs(tree.dir(tools)))
+        # hybrid: a tool cgroup made in some v1 hierarchies only (a kill between its mkdirs;
+        # a placement in flight also has them for a moment, before its v2 one)
+        partial = v1_only(driver, tools)
+        if partial:
+            time.sleep(0.5)
+            orphans += len(partial & v1_only(driver, tools))
     # Held, frozen or stopped is normal for a moment (the bursts are held at memory_max for
     # the grace, execs stop at the gate): left means still so after the grace and the gate's
     # fail-open time have passed.

@@ -85,6 +85,14 @@ def read_pids(path: str) -> list[int]:
         return []
 
 
+def v2_cgroup(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            return next((line[3:].strip() for line in f if line.startswith("0::")), None)
+    except OSError:
+        return None
+
+
 def in_runtime(pid: int) -> bool:
     """In its agent's runtime in every hierarchy: the daemon has not begun to move it (on
     hybrid it moves it into the v1 hierarchies first, the v2 one last)."""
@@ -142,13 +150,19 @@ def at_gate(daemon, agents: dict[str, int], timeout: float) -> Hit | None:
                 # Still stopped and still in the runtime: the daemon has not moved it yet
                 # (after the move only the SIGCONT is left: too late to aim at).
                 if pid != agents[name] and proc_state(pid) == "T" and in_runtime(pid):
-                    kill(daemon)
-                    # A hit when the daemon died before it placed and continued the exec: it
-                    # is still in the runtime cgroup (stopped, or continued by the gate guard
-                    # that outlives the daemon) or still stopped.
-                    unplaced = pid in read_pids(path)
+                    # A hit when the daemon died before it placed the exec: where the exec
+                    # was last seen once the daemon was gone (the gate guard that outlives
+                    # the daemon continues it; a short one may then exit before we look, and
+                    # had it been placed, it would have been seen in its tool cgroup first).
+                    os.kill(daemon.proc.pid, signal.SIGKILL)
+                    last = None
+                    while daemon.proc.poll() is None:
+                        last = v2_cgroup(pid) or last
+                    last = v2_cgroup(pid) or last
                     stopped = proc_state(pid) == "T"
-                    return Hit("gate", unplaced or stopped, {"agent": name, "pid": pid, "unplaced": unplaced, "stopped": stopped})
+                    unplaced = last is not None and last.endswith("/runtime")
+                    return Hit("gate", unplaced, {"agent": name, "pid": pid, "unplaced": unplaced, "stopped": stopped,
+                                                  "exited": proc_state(pid) is None})
     return None
 
 
