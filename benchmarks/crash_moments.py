@@ -179,12 +179,15 @@ def while_held(daemon, agents: dict[str, int], timeout: float) -> Hit | None:
     return None
 
 
-def during_apply(daemon, policy_text: str, timeout: float, agentctl: str) -> Hit | None:
+def during_apply(daemon, policy_text: str, timeout: float, agentctl: str, at: str = "write") -> Hit | None:
+    """at "write": when the daemon creates the policy's temporary file (nothing is in force
+    yet); "rename": when it renames it into place (the file is the new policy, live tool
+    calls not yet re-evaluated)."""
     src = daemon.dir / "apply.yaml"
     src.write_text(policy_text)
     watch = Inotify()
     try:
-        watch.watch(str(daemon.policy_dir), IN_CREATE | IN_MOVED_TO | IN_CLOSE_WRITE)
+        watch.watch(str(daemon.policy_dir), IN_CREATE if at == "write" else IN_MOVED_TO)
         cli = subprocess.Popen([agentctl, "--socket", str(daemon.socket), "policy", "apply", str(src)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + timeout
@@ -192,7 +195,7 @@ def during_apply(daemon, policy_text: str, timeout: float, agentctl: str) -> Hit
             if watch.events(0.05):
                 kill(daemon)
                 out = cli.communicate(timeout=30)[0]
-                return Hit("apply", cli.returncode != 0, {"agentctl_rc": cli.returncode, "agentctl": out.strip()[-200:]})
+                return Hit("apply", cli.returncode != 0, {"at": at, "agentctl_rc": cli.returncode, "agentctl": out.strip()[-200:]})
         cli.communicate(timeout=30)
         return None
     finally:
