@@ -178,7 +178,9 @@ def kill_at(moment: str, daemon: DaemonProcess, agents: dict[str, int], rng: ran
     elif moment == "held":
         hit = moments.while_held(daemon, agents, MOMENT_TIMEOUT_S)
     elif moment == "apply":
-        hit = moments.during_apply(daemon, APPLIED[applies % 2], MOMENT_TIMEOUT_S, agentctl=str(BIN / "agentctl"),
+        # always a change from the policy in force, killed at the write or at the rename
+        text = next(t for t in APPLIED if t != policy_in_force(daemon))
+        hit = moments.during_apply(daemon, text, MOMENT_TIMEOUT_S, agentctl=str(BIN / "agentctl"),
                                    at=("write", "rename")[applies % 2])
     elif moment == "mkdir":
         hit = moments.between_mkdir_and_limits(daemon, agents, MOMENT_TIMEOUT_S)
