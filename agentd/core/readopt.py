@@ -14,9 +14,9 @@ frozen when the daemon died is decided by the new one, never left held or frozen
 
 from __future__ import annotations
 
-from agentd.core.escalation import LadderState
-from agentd.cgroups.driver import CgroupError
 from agentd.cgroups import fs
+from agentd.cgroups.driver import CgroupError
+from agentd.core.escalation import LadderState
 from agentd.core.manager import Manager, populated
 from agentd.core.model import Agent, ToolCall
 from agentd.core.procinfo import alive, is_stopped
@@ -85,6 +85,9 @@ def readopt(manager: Manager) -> dict:
             tc = ToolCall(f"{agent.name}/{child}", agent.name, int(seq_text) if seq_text.isdigit() else 0, name or child, rel,
                           pids[0], [], now, resolve_limits(policy, None, None), None, LadderState(started=now))
             driver.thaw(rel)
+            for pid in pids:  # moved, then the old daemon died before its SIGCONT (and the guard with it)
+                if is_stopped(pid):
+                    manager._release(pid)
             manager.toolcalls[tc.id] = tc
             manager.store.put_toolcall(tc.record())
             agent.next_seq = max(agent.next_seq, tc.seq + 1)
