@@ -67,16 +67,26 @@ def policy_in_force(daemon: DaemonProcess) -> str:
     return applied.read_text() if applied.exists() else daemon.default_policy.read_text()
 
 
+def stored_states(daemon: DaemonProcess, ids) -> dict[str, str]:
+    db = sqlite3.connect(f"file:{daemon.state / 'agentd.db'}?mode=ro", uri=True)
+    try:
+        return {i: st for i, st in db.execute(f"SELECT id, state FROM toolcalls WHERE id IN ({','.join('?' * len(ids))})",
+                                              list(ids))}
+    finally:
+        db.close()
+
+
 def wait_decided(daemon: DaemonProcess, held: dict[str, str], timeout: float) -> int:
-    """How many of the tool calls held at the kill the restarted daemon ended (killed, or let
-    finish) within its grace."""
-    pending = set(held)
+    """How many of the tool calls held at the kill the restarted daemon decided (its record
+    says done: killed at the end of its grace, or let finish) within the grace and a margin."""
+    if not held:
+        return 0
     deadline = time.monotonic() + timeout
-    while pending and time.monotonic() < deadline:
-        live = {c["id"] for c in daemon.client.tool_calls(live=True)}
-        pending &= live
+    while True:
+        done = sum(st == "done" for st in stored_states(daemon, held).values())
+        if done == len(held) or time.monotonic() > deadline:
+            return done
         time.sleep(0.2)
-    return len(held) - len(pending)
 
 
 def stuck(driver, agents: dict[str, int]) -> set:
