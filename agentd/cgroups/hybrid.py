@@ -29,7 +29,9 @@ class V1Tree(fs.Hierarchy):
         created = super().mkdirs(rel)
         if self.controller == "cpuset":
             # A v1 cpuset starts with empty cpus/mems and refuses tasks until both are set.
-            for path in created:
+            # A leaf that already existed may be one a daemon made and died before filling
+            # (a crash right after its mkdir): it is filled now, or no task could join it.
+            for path in created or [self.dir(rel)]:
                 parent = os.path.dirname(path)
                 for name in ("cpuset.cpus", "cpuset.mems"):
                     if not fs.read(os.path.join(path, name)).strip():

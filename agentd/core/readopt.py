@@ -1,8 +1,21 @@
 """Re-adoption after a restart or a crash: take back every agent and tool call the store
-knows, check them against the kernel, and leave nothing stopped, frozen or orphaned."""
+knows, check them against the kernel, and leave nothing stopped, frozen or orphaned.
+
+A crash can fall between a decision the old daemon carried out in the kernel and the record
+of it (or the other way round). Each such gap is closed here so that every tool call held or
+frozen when the daemon died is decided by the new one, never left held or frozen:
+- the record says killed but processes remain: the kill is carried out again;
+- the kernel has the tool call frozen but its record does not: thawed, and the ladder decides
+  again from fresh samples (held or frozen with a record: the ladder resumes at its stage and
+  kills when the grace that started before the crash runs out);
+- a policy applied just before the crash, its file written but live tool calls not yet
+  re-evaluated: every tool call gets the limits the policies on disk give it.
+"""
 
 from __future__ import annotations
 
+from agentd.cgroups import fs
+from agentd.cgroups.driver import CgroupError
 from agentd.core.escalation import LadderState
 from agentd.core.manager import Manager, populated
 from agentd.core.model import Agent, ToolCall
@@ -16,7 +29,8 @@ def readopt(manager: Manager) -> dict:
     """After a restart (or a crash): take back every agent and tool call the store knows,
     check them against the kernel, and leave nothing stopped, frozen or orphaned."""
     counts = {"agents": 0, "toolcalls": 0, "finished_while_down": 0, "orphan_cgroups": 0, "released": 0,
-              "adopted_unplaced": 0, "agents_ended": 0}
+              "adopted_unplaced": 0, "agents_ended": 0,
+              "held": 0, "kills_resumed": 0, "thawed_unrecorded": 0, "limits_updated": 0}
     driver = manager.driver
     for rec in manager.store.agents(live_only=True):
         agent = Agent(**{k: rec[k] for k in ("name", "uid", "main_pid", "main_start", "policy", "cgroup", "next_seq", "state", "created", "ended")})
@@ -45,6 +59,8 @@ def readopt(manager: Manager) -> dict:
             continue
         manager.toolcalls[tc.id] = tc
         counts["toolcalls"] += 1
+        _close_gap(manager, tc, counts)
+    busy: list[str] = []
     for agent in list(manager.agents.values()):
         known = {tc.cgroup for tc in manager.toolcalls.values() if tc.agent == agent.name}
         tools = f"{agent.cgroup}/tools"
@@ -55,7 +71,12 @@ def readopt(manager: Manager) -> dict:
             counts["orphan_cgroups"] += 1
             pids = driver.procs(rel)
             if not pids:
-                driver.remove(rel)
+                try:
+                    driver.remove(rel)
+                except (CgroupError, OSError):
+                    # A process still in its v1 dirs: the old daemon died between the v1
+                    # and v2 moves. It runs in the runtime, is placed anew below, then this goes.
+                    busy.append(rel)
                 continue
             # Created just before the crash, record not yet written: adopt it as it is.
             seq_text, _, name = child.partition("-")
@@ -64,23 +85,97 @@ def readopt(manager: Manager) -> dict:
             tc = ToolCall(f"{agent.name}/{child}", agent.name, int(seq_text) if seq_text.isdigit() else 0, name or child, rel,
                           pids[0], [], now, resolve_limits(policy, None, None), None, LadderState(started=now))
             driver.thaw(rel)
+            for pid in pids:  # moved, then the old daemon died before its SIGCONT (and the guard with it)
+                if is_stopped(pid):
+                    manager._release(pid)
             manager.toolcalls[tc.id] = tc
             manager.store.put_toolcall(tc.record())
             agent.next_seq = max(agent.next_seq, tc.seq + 1)
         # A gated exec the old daemon stopped but never placed, or a tool call the agent
-        # started while no daemon watched (another program than the runtime's own).
-        main_exe = procfs.read_exe(agent.main_pid)
+        # started while no daemon watched, or one the gate guard continued when the old
+        # daemon died: it exec'd, so its program or its command line differs from the
+        # runtime's own (a forked, not exec'd child shares both; a python tool of a python
+        # agent shares the program only).
+        main_exe, main_argv = procfs.read_exe(agent.main_pid), procfs.read_cmdline(agent.main_pid)
         for pid in sorted(driver.procs(f"{agent.cgroup}/runtime")):
             if pid == agent.main_pid:
                 continue
             if is_stopped(pid):
                 counts["released"] += 1
-                manager.start_tool_call(agent, pid, gated=True)
-            elif procfs.read_exe(pid) not in (None, main_exe):
+                _place(manager, agent, pid, gated=True)
+            elif _execd(pid, main_exe, main_argv):
                 counts["adopted_unplaced"] += 1
-                manager.start_tool_call(agent, pid, gated=False)
+                _place(manager, agent, pid, gated=False)
+        counts["orphan_cgroups"] += _remove_partial(driver, f"{agent.cgroup}/tools")
         if not alive(agent.main_pid, agent.main_start):
             counts["agents_ended"] += 1
             manager.end_agent(agent, "its main process exited while agentd was down")
+    for rel in busy:
+        try:
+            driver.remove(rel)
+        except (CgroupError, OSError) as exc:
+            manager.journal.emit("cgroup.error", f"could not remove {rel} at re-adoption: {exc}", level="warn")
     manager._update_gate()
+    counts["limits_updated"] = manager.reevaluate()
     return counts
+
+
+def _place(manager: Manager, agent: Agent, pid: int, *, gated: bool) -> None:
+    """One process that cannot be placed must not keep the daemon from starting: it is
+    continued where it is, and said so."""
+    try:
+        manager.start_tool_call(agent, pid, gated=gated)
+    except (CgroupError, OSError) as exc:
+        manager.counters["placement_errors"] += 1
+        manager.journal.emit("toolcall.error", f"re-adoption could not place pid {pid} in a tool-call cgroup: {exc}; "
+                             "it runs on in the agent's runtime", level="error", agent=agent.name, pid=pid)
+        if gated:
+            manager._release(pid)
+
+
+def _remove_partial(driver, tools: str) -> int:
+    """Tool cgroups in v1 hierarchies only (the old daemon died between the mkdirs of one
+    tool cgroup, before the v2 one that lists it): removed, or they would stay forever, and
+    one that the new numbering reuses would be a half-made cpuset. A process in one (died
+    between the v1 and v2 moves) was placed anew above, so they are empty by now."""
+    listed = set(driver.children(tools)) if driver.exists(tools) else set()
+    removed = 0
+    for tree in getattr(driver, "v1", {}).values():
+        for child in fs.child_dirs(tree.dir(tools)):
+            if child in listed:
+                continue
+            try:
+                fs.rmdir_tree(tree.dir(f"{tools}/{child}"))
+                removed += 1
+            except OSError:
+                pass  # still in use: the next restart tries again
+    return removed
+
+
+def _execd(pid: int, main_exe: str | None, main_argv: list[str] | None) -> bool:
+    exe, argv = procfs.read_exe(pid), procfs.read_cmdline(pid)
+    if exe is None or argv is None:
+        return False  # gone, or a kernel thread
+    return exe != main_exe or (main_argv is not None and argv != main_argv)
+
+
+def _close_gap(manager: Manager, tc: ToolCall, counts: dict) -> None:
+    """The kernel state of a re-adopted tool call against its record (see the module doc)."""
+    driver = manager.driver
+    if tc.ladder.stage == "killed":
+        counts["kills_resumed"] += 1
+        driver.kill(tc.cgroup)  # the tick then finishes it once its cgroup is empty
+    elif tc.ladder.stage == "frozen":
+        counts["held"] += 1  # the ladder resumes: thaw on relief, kill when its grace runs out
+    elif _freeze_requested(manager, tc.cgroup):
+        counts["thawed_unrecorded"] += 1
+        driver.thaw(tc.cgroup)
+
+
+def _freeze_requested(manager: Manager, rel: str) -> bool:
+    """cgroup.freeze, not cgroup.events frozen: on hybrid a freeze written while a process is
+    paused at its v1 limit stays requested and takes hold later."""
+    try:
+        return fs.read(manager.driver.knob_path(rel, "cgroup.freeze")).strip() == "1"
+    except (CgroupError, OSError):
+        return False

@@ -92,6 +92,23 @@ def test_create_in_every_hierarchy_copies_cpuset_and_remove_cleans(driver):
     drv.remove("agents")  # missing is fine
 
 
+def test_a_cpuset_left_half_made_by_a_crash_is_filled_when_created_again(driver, children):
+    """A daemon killed between a tool cgroup's mkdir and the writes that fill its v1 cpuset
+    leaves a cpuset with no cpus: the next create of that name must fill it, or no process
+    can join it (ENOSPC) and the restarted daemon could not place anything there."""
+    drv = _hybrid_or_skip(driver)
+    rel = "agents/a1/tools/0001-crashed"
+    drv.create("agents/a1/tools")
+    cs = drv.v1["cpuset"]
+    os.mkdir(cs.dir(rel))  # the dead daemon's mkdir, and nothing after it
+    assert _read(cs.file(rel, "cpuset.cpus")) == ""
+    drv.create(rel)
+    assert _read(cs.file(rel, "cpuset.cpus")) == _read(cs.file("", "cpuset.cpus")) != ""
+    assert _read(cs.file(rel, "cpuset.mems")) == _read(cs.file("", "cpuset.mems")) != ""
+    p = children.cmd(["sleep", "60"])
+    assert drv.move(p.pid, rel) is True
+
+
 def test_move_puts_pid_in_every_hierarchy_and_vanished_pid_is_false(driver, children):
     drv = _hybrid_or_skip(driver)
     drv.create("agents/a1/runtime")
