@@ -365,7 +365,7 @@ def test_a_failing_command_is_failed_with_its_exit_code_everywhere(daemon):
     ls_call, sh_call = wait_done(daemon, "lsfail", 2)
     assert (ls_call["name"], ls_call["outcome"], ls_call["exit_code"]) == ("ls", "failed", 2), ls_call
     assert ls_call["reason"] == "exited with status 2"
-    assert (sh_call["outcome"], sh_call["exit_code"]) == ("failed", -15) and "SIGTERM" in sh_call["reason"], sh_call
+    assert (sh_call["outcome"], sh_call["exit_code"]) == ("failed", -15) and "SIGTERM" in sh_call["reason"], json.dumps(sh_call)
     events = parse_lines(daemon.agentctl("events", "--agent", "lsfail", "--json").stdout)
     end = [e for e in events if e["kind"] == "toolcall.end" and e["tool_call"] == ls_call["id"]][0]
     assert end["data"]["outcome"] == "failed" and end["data"]["exit_code"] == 2
