@@ -107,7 +107,8 @@ class Manager:
         # Guards what the tracker's thread (place_gated) and the loop both change:
         # next_seq and pending intents.
         self.lock = threading.Lock()
-        self._empty_since: dict[str, float] = {}  # tool call id -> when its cgroup was first seen empty
+        # tool call id (or "agent:<name>") -> when its cgroup (or main process) was first seen gone
+        self._empty_since: dict[str, float] = {}
 
     # ------------------------------------------------------------------ agents
     def register_agent(self, pid: int, uid: int, name: str | None, policy: str | None,
@@ -518,6 +519,13 @@ class Manager:
             self._tick_toolcall(tc, now)
         for agent in list(self.agents.values()):
             if agent.state == "live" and not alive(agent.main_pid, agent.main_start):
+                # /proc can say so before the tracker has delivered the exits queued ahead of
+                # the main process's own (its tool calls' exit codes): wait for that event.
+                key = f"agent:{agent.name}"
+                first = self._empty_since.setdefault(key, now)
+                if self.tracker is not None and now - first < EXIT_EVENT_GRACE_S:
+                    continue
+                self._empty_since.pop(key, None)
                 self.end_agent(agent, "its main process is gone")
 
     def _tick_toolcall(self, tc: ToolCall, now: float, final: bool = False) -> None:
@@ -666,6 +674,7 @@ class Manager:
             self.journal.emit("result.error", f"could not write the result file for {tc.id}: {exc}", level="warn", tool_call=tc.id)
 
     def end_agent(self, agent: Agent, why: str) -> None:
+        self._empty_since.pop(f"agent:{agent.name}", None)
         for tc in [t for t in self.toolcalls.values() if t.agent == agent.name]:
             if populated(self.driver, tc.cgroup):
                 self.journal.emit("toolcall.orphans", f"agent {agent.name} ended ({why}) while tool call {tc.id} still ran; ended it",
