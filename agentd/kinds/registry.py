@@ -26,6 +26,7 @@ class KindEntry:
 
 KINDS: tuple[KindEntry, ...] = (
     # one line per policy kind, e.g. KindEntry("tiers", "agentd.tiers", "cli.tiers_commands"),
+    KindEntry("kv", "agentd.kv", "cli.kv_commands"),
 )
 
 

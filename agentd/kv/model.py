@@ -7,7 +7,8 @@ What a pin is worth, in seconds of the program's completion time:
     held(τ)   = pressure · hold_cost_per_s · (tokens / prefill rate) · E[min(remaining, τ)]
     keep      = max over τ of saved(τ) − held(τ)
     demote    = the same with host memory (free while the host budget lasts), minus the part of
-                the reload the prefetch cannot hide: max(0, bytes / host bandwidth − prefetch lead)
+                the reload the prefetch cannot hide, max(0, bytes / host bandwidth − prefetch lead),
+                and transfer_cost x the two copies' time
     free      = 0
 `remaining` is the tool call's conditional remaining time given how long it has run
 (agentd.kv.durations.Dist), which is why agentd re-decides while the tool runs instead of
@@ -46,6 +47,7 @@ class KvPolicy:
     host_budget_fraction: float = 1.0  # demoted bytes <= this share of the engine's host tier
     demote: bool = True
     host_gbps: float = 25.0  # host<->GPU copy bandwidth (PCIe 5.0 x16 pinned-memory copies, ~25 GB/s sustained)
+    transfer_cost: float = 1.0  # a copy's seconds, counted against demotion (the link and copy engine are shared)
     prefetch_lead_s: float = 0.05  # tool end -> next request: agentd's prefetch starts this much earlier
     resume_grace_s: float = 5.0  # after the tool ends, how long the pin waits for the next turn
     max_ttl_s: float = 600.0
@@ -112,7 +114,8 @@ def value_of_hold(inp: PinInput, policy: KvPolicy, ttl: float, *, elapsed: float
     if host:
         reload_s = inp.bytes / (policy.host_gbps * 1e9)
         saved -= max(0.0, reload_s - policy.prefetch_lead_s)  # the prefetch starts at the tool's end
-        return p * w * saved, p  # host memory is not what the GPU's other requests wait for
+        # Host memory is not what the GPU's other requests wait for; the two copies are.
+        return p * w * saved - policy.transfer_cost * 2 * reload_s, p
     # Once the tool has ended the next request is milliseconds away: the hold is about the lead.
     held = policy.prefetch_lead_s if inp.tool_ended else inp.dist.expected_remaining_capped(elapsed, ttl)
     pressure = max(policy.min_pressure, min(1.0, inp.pressure))
