@@ -172,6 +172,12 @@ class Dist:
     pmf: tuple[float, ...]
     weight: float = 0.0  # how many observations stand behind it (for display and confidence)
 
+    def __post_init__(self):
+        tail = [0.0] * (NBINS + 1)  # tail[i] = P(D > EDGES[i])
+        for i in range(NBINS - 1, -1, -1):
+            tail[i] = tail[i + 1] + self.pmf[i]
+        object.__setattr__(self, "_tail", tail)
+
     def survival(self, x: float) -> float:
         """P(D > x)."""
         if x <= EDGES[0]:
@@ -179,31 +185,39 @@ class Dist:
         if x >= HI_S:
             return 0.0
         i = bin_of(x)
-        above = sum(self.pmf[i + 1:])
-        lo, hi = EDGES[i], EDGES[i + 1]
-        frac = math.log(hi / x) / math.log(hi / lo)
-        return min(1.0, above + self.pmf[i] * frac)
+        frac = math.log(EDGES[i + 1] / x) / math.log(EDGES[i + 1] / EDGES[i])
+        return min(1.0, self._tail[i + 1] + self.pmf[i] * frac)
+
+    def inverse_survival(self, target: float) -> float:
+        """The x with P(D > x) = target (the smallest, for flat stretches)."""
+        tail = self._tail
+        if target >= tail[0]:
+            return EDGES[0]
+        lo, hi = 0, NBINS  # tail is non-increasing: find i with tail[i] > target >= tail[i+1]
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if tail[mid] > target:
+                lo = mid
+            else:
+                hi = mid
+        i = lo
+        p = self.pmf[i]
+        if p <= 0:
+            return EDGES[i + 1]
+        frac = (target - tail[i + 1]) / p  # share of the bin's mass above x
+        a, b = EDGES[i], EDGES[i + 1]
+        return b * (a / b) ** frac
 
     def cdf(self, x: float) -> float:
         return 1.0 - self.survival(x)
 
     def quantile(self, q: float) -> float:
-        q = min(max(q, 0.0), 1.0)
-        acc = 0.0
-        for i, p in enumerate(self.pmf):
-            if acc + p >= q and p > 0:
-                lo, hi = EDGES[i], EDGES[i + 1]
-                return lo * (hi / lo) ** ((q - acc) / p)
-            acc += p
-        return HI_S
+        return self.inverse_survival(1.0 - min(max(q, 0.0), 1.0))
 
     def mean(self) -> float:
         return sum(p * (EDGES[i + 1] - EDGES[i]) / math.log(EDGES[i + 1] / EDGES[i]) for i, p in enumerate(self.pmf))
 
     # --- given that it has already run for `elapsed` seconds
-    def _tail_ok(self, elapsed: float) -> float:
-        return self.survival(elapsed)
-
     def p_end_within(self, elapsed: float, t: float) -> float:
         """P(D <= elapsed + t | D > elapsed). Past everything ever seen, a Lindy tail: t / (elapsed + t)."""
         if t <= 0:
@@ -218,15 +232,7 @@ class Dist:
         s = self.survival(elapsed)
         if s < 1e-9:
             return max(elapsed, LO_S) * q / max(1e-9, 1 - q)  # the Lindy tail's quantile
-        target = s * (1 - q)
-        lo, hi = elapsed, HI_S
-        for _ in range(48):  # bisection on the monotone survival
-            mid = math.sqrt(max(lo, LO_S) * hi)
-            if self.survival(mid) > target:
-                lo = mid
-            else:
-                hi = mid
-        return max(0.0, hi - elapsed)
+        return max(0.0, self.inverse_survival(s * (1 - q)) - elapsed)
 
     def expected_remaining_capped(self, elapsed: float, cap: float, steps: int = 24) -> float:
         """E[min(D - elapsed, cap) | D > elapsed]: the seconds a pin with TTL `cap` is expected to be held."""

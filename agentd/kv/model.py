@@ -41,8 +41,8 @@ class KvPolicy:
 
     rule: str = "agentd"
     fixed_ttl_s: float = 2.0  # Continuum's public code
-    hold_cost_per_s: float = 1 / 30  # at full pressure a 30 s hold costs one re-prefill (see docs/kv.md)
-    min_pressure: float = 0.05  # memory is never quite free: another request may need it any moment
+    hold_cost_per_s: float = 2.0  # at full pressure a 0.5 s hold costs one re-prefill: chosen by kvttl --tune (docs/kv.md)
+    min_pressure: float = 0.01  # memory is never quite free: another request may need it any moment
     budget_fraction: float = 0.5  # pinned bytes on GPU <= this share of the engine's KV capacity
     host_budget_fraction: float = 1.0  # demoted bytes <= this share of the engine's host tier
     demote: bool = True

@@ -3,7 +3,7 @@
     kv:
       rule: agentd            # agentd | continuum | ttl_fixed | never | always
       budget_fraction: 0.5    # pinned GPU bytes <= this share of an engine's KV capacity
-      hold_cost_per_s: 0.033  # at full pressure a 30 s hold costs one re-prefill
+      hold_cost_per_s: 2.0    # at full pressure a 0.5 s hold costs one re-prefill
       demote: true
       host_gbps: 25
 

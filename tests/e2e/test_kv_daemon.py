@@ -60,7 +60,7 @@ def test_engine_protocol_bad_input_ownership_and_disconnect(tmp):
     with KvDaemon(d, leaf) as dt:
         sock = dt.config.socket_path
         kv = KvClient("e1", sock)
-        assert register(kv)["budget_bytes"] == 4 << 30
+        assert register(kv, host_bytes=0)["budget_bytes"] == 4 << 30  # no host tier: keep or free
         # Bad input is a 4xx with a field, and changes nothing.
         assert error_of(lambda: register(KvClient("e2", sock), bytes_per_token=-5)) == (400, "out_of_range")
         assert error_of(lambda: register(KvClient("../x", sock))) == (400, "invalid_name")
@@ -157,16 +157,17 @@ def test_duration_model_learns_from_real_tool_calls_and_pins_follow_them(tmp):
             # An engine's turn ends in the `sleep 4` just started: like the sleeps seen, it may end soon: keep.
             kv = KvClient("eng", sock)
             register(kv, capacity_bytes=64 << 30)
-            dec = kv.turn_ended("prog", tokens=30_000, tool_call=running["id"], pressure=1.0)
+            dec = kv.turn_ended("prog", tokens=30_000, tool_call=running["id"], pressure=0.0)
             assert dec["agent"] == "kva" and dec["tool_call"] == running["id"]
             assert dec["action"] == "keep" and dec["hints"]["vllm"]["tool_waiting"] is True
-            # Once it has outlived every sleep seen, the daemon re-decides on its own: demote to host.
-            deadline = time.monotonic() + 3.5
-            while time.monotonic() < deadline and [p["tier"] for p in kv.pins()["pins"]] != ["host"]:
-                time.sleep(0.1)
+            assert dec["expected_resume_s"] < 0.5
+            # Once it has outlived every sleep seen, and the engine is full, the answer is the host tier.
+            time.sleep(max(0.0, running["started"] + 1.5 - time.time()))
+            dec = kv.decide("prog", pressure=1.0)
+            assert dec["action"] == "demote" and dec["hints"]["vllm"]["kv_retention"] == "offload"
+            assert dec["expected_resume_s"] > 0.5 and dec["elapsed_s"] >= 1.4
             [pin] = kv.pins()["pins"]
             assert pin["tier"] == "host" and pin["state"] == "tool_running" and pin["tool_call"] == running["id"]
-            assert kv.decide("prog")["hints"]["vllm"]["kv_retention"] == "offload"
             # Another agent's tool call cannot be claimed for this program.
             assert error_of(lambda: kv.turn_ended("prog", tokens=30_000, tool_call=running["id"], agent="other")) \
                 == (403, "wrong_agent")
