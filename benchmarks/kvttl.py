@@ -54,7 +54,7 @@ import math
 import random
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from agentd.kv.durations import DurationModel, trace_keys

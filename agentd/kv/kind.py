@@ -15,8 +15,7 @@ import asyncio
 import time
 from collections import deque
 
-from agentd.api.contract import ApiError
-from agentd.api.validation import Field, check_name, check_toolcall_id
+from agentd.api.validation import Field, check_toolcall_id
 from agentd.kinds.contract import Access, Command, Kind
 from agentd.kv import hints as hint_forms
 from agentd.kv.durations import DurationModel, keys_for

@@ -18,7 +18,7 @@ import pytest
 from agentd.api.client import ApiClient, ApiClientError
 from agentd.kinds.registry import KindEntry
 from agentd.kv.client import KvClient
-from tests.e2e.test_kind_routes import NOBODY, DaemonThread, as_nobody, tmp  # noqa: F401 - tmp is a fixture
+from tests.e2e.test_kind_routes import DaemonThread, as_nobody, tmp  # noqa: F401 - tmp is a fixture
 
 pytestmark = [pytest.mark.kernel, pytest.mark.skipif(os.geteuid() != 0, reason="the daemon needs root")]
 
