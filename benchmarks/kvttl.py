@@ -59,14 +59,14 @@ from pathlib import Path
 
 from agentd.kv.durations import DurationModel, trace_keys
 from agentd.kv.ledger import Ledger, Pin
-from agentd.kv.model import KvPolicy, PinInput, decide
+from agentd.kv.model import KvPolicy, PinInput, decide, prefetch_now
 from benchmarks.results_file import write_result
 
 REPO = Path(__file__).resolve().parents[1]
 TRACES = REPO / "data" / "agent-traces" / "swe-agent-traces.json"
 
 POLICIES = ("nopin", "pin_budget", "ttl_fixed", "ttl_refresh", "learned_window", "continuum", "agentd")
-EXTRA = ("nopin_offload", "agentd_nodemote", "agentd_reqfcfs")
+EXTRA = ("nopin_offload", "agentd_nodemote", "agentd_reqfcfs", "agentd_noearly")
 
 # ---------------------------------------------------------------- engine (see the docstring)
 BYTES_PER_TOKEN = 327_680
@@ -248,8 +248,9 @@ class KvCode(Policy):
     """ttl_fixed, continuum and agentd: the real DurationModel, decide() and Ledger."""
 
     def __init__(self, sim, rule, model: DurationModel, per_tool: bool, demote=True, program_fcfs=True,
-                 kv: KvPolicy | None = None):
+                 kv: KvPolicy | None = None, early_prefetch=True):
         super().__init__(sim)
+        self.early_prefetch = early_prefetch
         self.kv = kv or KvPolicy()
         self.pol = KvPolicy(**{**self.kv.__dict__, "rule": rule, "demote": demote})
         self.model = model
@@ -321,6 +322,24 @@ class KvCode(Policy):
                 q = self.sim.by_name[pin.program]
                 if q.state == "tool" and now - q.decided_at >= self.pol.recheck_s:
                     self._decide(q, now, ended=False)
+            for pin in list(self.ledger.pins.values()):
+                q = self.sim.by_name[pin.program]
+                if pin.tier == "host" and q.state == "tool" and q.prefetch_at is None and self.early_prefetch \
+                        and prefetch_now(self.dist(q), now - q.tool_start, pin.bytes, self.pol):
+                    self.prefetch(q, now)
+
+    def prefetch(self, q: Prog, now: float) -> None:
+        """Copy the host copy back now; it takes GPU memory from the start of the copy."""
+        sim = self.sim
+        if q.gpu:  # the GPU copy was never evicted: nothing to copy, hold it
+            sim.pin(q, now + self.pol.max_ttl_s)
+            return
+        if sim.evict_for(q.ctx, q):
+            q.prefetch_at = now
+            q.gpu = q.ctx
+            sim.cached[q.spec.name] = q
+            q.reload_until = now + q.ctx * BYTES_PER_TOKEN / (HOST_GBPS * 1e9)
+            sim.pin(q, now + self.pol.max_ttl_s)
 
     def tool_ended(self, p, now):
         for tool, command, dur in p.spec.turns[p.k].tools:
@@ -328,7 +347,10 @@ class KvCode(Policy):
         if self.pol.rule == "agentd":
             for pin in self.ledger.tool_ended(p.spec.name, now, self.pol.resume_grace_s):
                 if pin.tier == "host":
-                    p.prefetch_at = now  # the kernel saw the tool end: copy the cache back now
+                    if p.prefetch_at is None:
+                        self.prefetch(p, now)  # the kernel saw the tool end: copy the cache back now
+                        if p.prefetch_at is None and p.host and not p.gpu:
+                            p.prefetch_at = now  # no GPU room yet: the copy starts at admission at the latest
                 else:
                     self.sim.pin(p, pin.expires)
 
@@ -398,7 +420,11 @@ class Sim:
                 del self.cached[p.spec.name]
             reuse = 0
             if p.k:
-                if p.gpu:
+                if p.gpu and p.prefetch_at is not None:  # agentd's prefetched copy (maybe still arriving)
+                    reuse = p.gpu
+                    self.stats.host_hits += 1
+                    self.stats.host_reload_s += max(0.0, p.reload_until - now)
+                elif p.gpu:
                     reuse = p.gpu
                     self.stats.hits += 1
                 elif p.host:
@@ -539,6 +565,8 @@ def make_policy(name: str, sim: Sim, train: list[dict], kv: KvPolicy | None = No
         return KvCode(sim, "agentd", trained_model(train, False), per_tool=False, kv=kv)
     if name == "agentd_nodemote":
         return KvCode(sim, "agentd", trained_model(train, False), per_tool=False, demote=False, kv=kv)
+    if name == "agentd_noearly":
+        return KvCode(sim, "agentd", trained_model(train, False), per_tool=False, kv=kv, early_prefetch=False)
     if name == "agentd_reqfcfs":
         return KvCode(sim, "agentd", trained_model(train, False), per_tool=False, program_fcfs=False, kv=kv)
     raise ValueError(name)
@@ -557,12 +585,19 @@ def arrivals_for(n: int, mean_gap: float, bursty: bool, seed: int) -> list[float
     return sorted(out[:n])
 
 
-def run_load(specs, train, mean_gap, bursty, policies, seed, horizon, kv=None) -> dict:
+def run_load(specs, train, mean_gap, bursty, policies, seed, horizon, kv=None, host_gbps=25.0) -> dict:
+    global HOST_GBPS
     arr = arrivals_for(len(specs), mean_gap, bursty, seed)
     out = {}
-    for name in policies:
-        sim = Sim(specs, arr)
-        out[name] = sim.run(make_policy(name, sim, train, kv), horizon)
+    HOST_GBPS = host_gbps
+    if host_gbps != KvPolicy().host_gbps:
+        kv = KvPolicy(**{**(kv or KvPolicy()).__dict__, "host_gbps": host_gbps})
+    try:
+        for name in policies:
+            sim = Sim(specs, arr)
+            out[name] = sim.run(make_policy(name, sim, train, kv), horizon)
+    finally:
+        HOST_GBPS = 25.0
     return out
 
 
@@ -590,15 +625,15 @@ def main(argv=None) -> int:
         return 0
     if args.quick:
         specs = [program_of(r, i) for i, r in held][:24]
-        loads = [(8.0, False), (4.0, False)]
+        loads = [(8.0, False, 25.0), (4.0, False, 25.0)]
     else:
         specs = [program_of(r, i) for i, r in held]
-        loads = [(60.0, False), (30.0, False), (15.0, False), (30.0, True)]
-    names = POLICIES + EXTRA
+        loads = [(60.0, False, 25.0), (30.0, False, 25.0), (15.0, False, 25.0), (30.0, True, 25.0), (30.0, False, 5.0)]
+    names = POLICIES + (("nopin_offload",) if args.quick else EXTRA)
     results = {}
-    for gap, bursty in loads:
-        label = f"{'bursty' if bursty else 'poisson'}_gap{gap:g}s"
-        results[label] = run_load(specs, train, gap, bursty, names, 11, 40000)
+    for gap, bursty, gbps in loads:
+        label = f"{'bursty' if bursty else 'poisson'}_gap{gap:g}s" + ("" if gbps == 25.0 else f"_host{gbps:g}GBps")
+        results[label] = run_load(specs, train, gap, bursty, names, 11, 40000, host_gbps=gbps)
     # headline metrics: the middle Poisson load (the second), plus every load under its label
     head = results[list(results)[1]]
     metrics = {}

@@ -23,7 +23,7 @@ from agentd.kv.engines import (MAX_BYTES_PER_TOKEN, MAX_CAPACITY_BYTES, MAX_ENGI
                                MAX_PROGRAMS_PER_ENGINE, MAX_TOKENS, Engine, Program, bad, check_int, check_num,
                                process_alive, process_start)
 from agentd.kv.ledger import Ledger, Pin
-from agentd.kv.model import KvPolicy, PinInput, decide
+from agentd.kv.model import KvPolicy, PinInput, decide, prefetch_now
 
 FAMILY = "exec"  # the kernel sees execs; traces' tool names are other families
 PERSIST_EVERY_S = 10.0
@@ -149,10 +149,11 @@ class KvKind(Kind):
                 self._released(pin, f"tool call {tc} was {outcome}", "release", now)
             return
         for pin in self.ledger.tool_ended(tc, now, self.policy.resume_grace_s):
-            if pin.tier == "host":
+            if pin.tier == "host" and not pin.prefetched:
                 self._notify(pin.engine, {"event": "prefetch", "program": pin.program, "tool_call": tc})
                 self.ctx.emit("prefetch", f"tool call {tc} ended: prefetch {pin.program}'s KV cache back to the GPU",
                               agent=pin.agent, tool_call=tc, engine=pin.engine, program=pin.program, bytes=pin.bytes)
+                pin.prefetched = True
             else:
                 self._notify(pin.engine, {"event": "tool_ended", "program": pin.program, "tool_call": tc,
                                           "ttl_s": self.policy.resume_grace_s})
@@ -172,6 +173,17 @@ class KvKind(Kind):
                 if pin is not None and pin.state == "tool_running" and (recheck or pin.expires <= now) \
                         and prog.tool_call in self.running:
                     self._decide_and_apply(prog, now, why="re-decided while the tool runs")
+                    pin = self.ledger.get(prog.engine, prog.program)
+                if pin is not None and pin.tier == "host" and not pin.prefetched and prog.tool_call in self.running:
+                    start, keys, _ = self.running[prog.tool_call]
+                    if prefetch_now(self.durations.dist(keys), now - start, pin.bytes, self.policy):
+                        pin.prefetched = True
+                        self._notify(pin.engine, {"event": "prefetch", "program": pin.program, "tool_call": pin.tool_call,
+                                                  "early": True})
+                        self.ctx.emit("prefetch", f"tool call {pin.tool_call} is likely to end within the copy time: "
+                                      f"prefetch {pin.program}'s KV cache back to the GPU now", agent=pin.agent,
+                                      tool_call=pin.tool_call, engine=pin.engine, program=pin.program, bytes=pin.bytes,
+                                      early=True)
         for pin in self.ledger.expire(now):
             self._released(pin, "its TTL expired", "expire", now)
         self._persist()

@@ -26,6 +26,7 @@ class Pin:
     agent: str | None = None
     tool_call: str | None = None
     state: str = "tool_running"  # tool_running | awaiting_turn (the tool ended; the next turn is due)
+    prefetched: bool = False  # a host-tier copy is on its way back to the GPU
 
     @property
     def key(self) -> tuple[str, str]:

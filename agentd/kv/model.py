@@ -4,7 +4,8 @@ out; no clock (times are arguments), no engine, no kernel.
 
 What a pin is worth, in seconds of the program's completion time:
     saved(τ)  = P(the next turn arrives within τ) · w · (tokens / prefill rate + readmission queueing)
-    held(τ)   = pressure · hold_cost_per_s · (tokens / prefill rate) · E[min(remaining, τ)]
+    held(τ)   = pressure · price · (tokens / prefill rate) · E[min(remaining, τ)]
+                price = hold_cost_per_s with a host tier to demote to, else hold_cost_no_host_per_s
     keep      = max over τ of saved(τ) − held(τ)
     demote    = the same with host memory (free while the host budget lasts), minus the part of
                 the reload the prefetch cannot hide, max(0, bytes / host bandwidth − prefetch lead),
@@ -14,7 +15,7 @@ What a pin is worth, in seconds of the program's completion time:
 (agentd.kv.durations.Dist), which is why agentd re-decides while the tool runs instead of
 fixing a TTL up front; w = min(1, expected remaining turns) (a final answer holds nothing).
 held(τ) prices GPU memory by what it would cost others: at full pressure, holding a cache
-for 1 / hold_cost_per_s seconds costs as much as re-prefilling it.
+for 1 / price seconds costs as much as re-prefilling it.
 
 Continuum's rules are options (policy `rule`):
   ttl_fixed   its public code: TTL 2 s, 0 when the tool's mean duration is over 2 s
@@ -41,7 +42,8 @@ class KvPolicy:
 
     rule: str = "agentd"
     fixed_ttl_s: float = 2.0  # Continuum's public code
-    hold_cost_per_s: float = 2.0  # at full pressure a 0.5 s hold costs one re-prefill: chosen by kvttl --tune (docs/kv.md)
+    hold_cost_per_s: float = 2.0  # with a host tier: at full pressure a 0.5 s hold costs one re-prefill (kvttl --tune)
+    hold_cost_no_host_per_s: float = 0.03  # without one (or demote off): freeing means re-prefilling (kvttl --tune)
     min_pressure: float = 0.01  # memory is never quite free: another request may need it any moment
     budget_fraction: float = 0.5  # pinned bytes on GPU <= this share of the engine's KV capacity
     host_budget_fraction: float = 1.0  # demoted bytes <= this share of the engine's host tier
@@ -49,6 +51,7 @@ class KvPolicy:
     host_gbps: float = 25.0  # host<->GPU copy bandwidth (PCIe 5.0 x16 pinned-memory copies, ~25 GB/s sustained)
     transfer_cost: float = 1.0  # a copy's seconds, counted against demotion (the link and copy engine are shared)
     prefetch_lead_s: float = 0.05  # tool end -> next request: agentd's prefetch starts this much earlier
+    early_prefetch_p: float = 0.5  # copy a demoted cache back once the tool likely ends within the copy's time
     resume_grace_s: float = 5.0  # after the tool ends, how long the pin waits for the next turn
     max_ttl_s: float = 600.0
     min_benefit_s: float = 0.01  # a pin worth less than this is not worth the bookkeeping
@@ -119,7 +122,9 @@ def value_of_hold(inp: PinInput, policy: KvPolicy, ttl: float, *, elapsed: float
     # Once the tool has ended the next request is milliseconds away: the hold is about the lead.
     held = policy.prefetch_lead_s if inp.tool_ended else inp.dist.expected_remaining_capped(elapsed, ttl)
     pressure = max(policy.min_pressure, min(1.0, inp.pressure))
-    cost = pressure * policy.hold_cost_per_s * inp.reprefill_s * held
+    # With a host tier the GPU copy's alternative is a cheap demotion, so GPU memory is dearer.
+    price = policy.hold_cost_per_s if (inp.host_available and policy.demote) else policy.hold_cost_no_host_per_s
+    cost = pressure * price * inp.reprefill_s * held
     return p * w * saved - cost, p
 
 
@@ -173,3 +178,10 @@ def decide(inp: PinInput, policy: KvPolicy) -> Decision:
                         f"tool likely runs {resume:.1f} s more: host memory, prefetch on its end", max(kv, 0.0), dv)
     why = "tool ended: next turn is near" if inp.tool_ended else f"P(resume within {best_keep[1]:.1f} s) = {best_keep[2]:.2f}"
     return Decision("keep", best_keep[1], kv, best_keep[2], resume, why, kv, max(dv, 0.0))
+
+
+def prefetch_now(dist: Dist, elapsed_s: float, bytes_: int, policy: KvPolicy) -> bool:
+    """Start copying a demoted cache back before the tool ends: once the tool is more likely than
+    early_prefetch_p to end within the copy's own time, the copy would otherwise be late."""
+    reload_s = bytes_ / (policy.host_gbps * 1e9)
+    return dist.p_end_within(elapsed_s, reload_s) >= policy.early_prefetch_p

@@ -10,7 +10,7 @@
 Defaults and why (docs/kv.md has the measurements): fixed_ttl_s 2 s is Continuum's public
 code; budget_fraction 0.5 is SGLang's pinned-ratio default order of magnitude (half the cache
 stays for the live batch); host_gbps 25 is a sustained PCIe 5.0 x16 pinned copy;
-hold_cost_per_s and prefetch_lead_s were chosen on the training half of the real traces
+hold_cost_per_s and hold_cost_no_host_per_s were chosen on the training half of the real traces
 (benchmarks/kvttl.py --tune) and evaluated on the other half; prior_median_s 2 s sits between
 the traces' median file tool (0.03 s) and median shell command (3.4 s) with a wide sigma.
 Pure: imports only agentd.policy.spec.
@@ -42,6 +42,8 @@ SPEC = Mapping({
     "fixed_ttl_s": Scalar("number", minimum=0, maximum=3600, description="the TTL of rule ttl_fixed (Continuum's code: 2)"),
     "hold_cost_per_s": Scalar("number", minimum=0, maximum=10,
                               description="price of holding GPU KV at full pressure, in re-prefills per second"),
+    "hold_cost_no_host_per_s": Scalar("number", minimum=0, maximum=10,
+                                      description="the same price when the engine has no host tier (or demote is off)"),
     "min_pressure": Scalar("number", minimum=0, maximum=1, description="the pressure assumed when the engine reports less"),
     "budget_fraction": Scalar("number", minimum=0, maximum=1, description="pinned GPU bytes <= this share of the engine's KV capacity"),
     "host_budget_fraction": Scalar("number", minimum=0, maximum=1, description="demoted bytes <= this share of the engine's host tier"),
@@ -49,6 +51,8 @@ SPEC = Mapping({
     "host_gbps": Scalar("number", minimum=0.1, maximum=2000, description="host<->GPU copy bandwidth, GB/s"),
     "transfer_cost": Scalar("number", minimum=0, maximum=100, description="seconds charged per second of host<->GPU copy when demoting"),
     "prefetch_lead_s": Scalar("number", minimum=0, maximum=60, description="tool end -> next request, the time a prefetch hides"),
+    "early_prefetch_p": Scalar("number", minimum=0, maximum=1,
+                               description="prefetch a demoted cache once the tool ends within the copy time with this probability"),
     "resume_grace_s": Scalar("number", minimum=0.1, maximum=3600, description="after the tool ends, how long a pin waits for the next turn"),
     "max_ttl_s": Scalar("number", minimum=1, maximum=86400, description="no pin lasts longer without a new decision"),
     "min_benefit_s": Scalar("number", minimum=0, maximum=60, description="pins expected to save less are not made"),
