@@ -124,3 +124,14 @@ def test_release_paths_and_counters():
     # GB·s: four 10 MiB pins for their lifetimes.
     assert led.counters.gpu_byte_s == pytest.approx(10 * MB * (11 + 10 + 12), rel=1e-6)
     assert led.counters.host_byte_s == pytest.approx(10 * MB * 11, rel=1e-6)
+
+
+def test_a_demoted_cache_is_prefetched_once_the_tool_likely_ends_within_the_copy_time():
+    from agentd.kv.model import prefetch_now
+
+    d = fixed(10.0)
+    pol = KvPolicy(host_gbps=1.0)
+    two_s = 2 * 10**9  # 2 s to copy back at 1 GB/s
+    assert not prefetch_now(d, 1.0, two_s, pol)  # 9 s to go: copying now would hold GPU memory for nothing
+    assert prefetch_now(d, 10.5, two_s, pol)  # (10 s lands in the 10-13.3 s bin) likely ending within the copy
+    assert not prefetch_now(d, 10.5, two_s, KvPolicy(host_gbps=1.0, early_prefetch_p=1.0))
