@@ -72,22 +72,43 @@ def register(s, **kw):
     return s.kind.api_register(ROOT, body)
 
 
-def test_learns_from_tool_calls_and_prefetches_a_demoted_cache_at_the_tools_end(tmp_path):
-    s = setup(tmp_path)
+def test_learns_from_tool_calls_and_prefetches_a_demoted_cache_before_the_tool_ends(tmp_path):
+    s = setup(tmp_path, KvPolicy(host_gbps=1.0))  # a slow host link: 5000 MiB take 5.2 s to copy back
     for i in range(20):
         start(s, f"a1/{i}-pytest", "a1", ["python", "-m", "pytest", "-x", "tests/unit/t.py"])
         s.clock.now += 30
         end(s, f"a1/{i}-pytest", "a1", 30.0)
     assert s.kind.learned == 20 and s.kind.durations.known("a1|exec|pytest -x tests/…") == 20
-    register(s, host_bytes=100_000 * MB, pressure=1.0)
+    register(s, host_bytes=100_000 * MB, pressure=1.0, prefill_tps=100.0)
     start(s, "a1/99-pytest", "a1", ["pytest", "-x", "tests/"])
     d = s.kind.api_turn_ended(ROOT, {"engine": "e", "program": "p", "tokens": 5000, "tool_call": "a1/99-pytest"})
     assert d["action"] == "demote" and 20 < d["expected_resume_s"] < 45
-    s.clock.now += 31
+    s.clock.now += 5
+    s.host.on_tick(s.clock.now)
+    assert not s.kind.notices.get("e")  # 25 s to go: not yet
+    s.clock.now += 22
+    s.host.on_tick(s.clock.now)
+    assert [(n["event"], n.get("early")) for n in s.kind.notices["e"]] == [("prefetch", True)]
+    s.clock.now += 4
     end(s, "a1/99-pytest", "a1", 31.0)
-    assert [n["event"] for n in s.kind.notices["e"]] == ["prefetch"]
-    assert any(e["kind"] == "kv.prefetch" for e in s.journal.events)
+    assert [n["event"] for n in s.kind.notices["e"]] == ["prefetch", "tool_ended"]  # not a second prefetch
+    assert [e["data"].get("early") for e in s.journal.events if e["kind"] == "kv.prefetch"] == [True]
     assert s.kind.api_next_turn(ROOT, {"engine": "e", "program": "p"})["outcome"] == "host_hit"
+
+
+def test_the_tools_end_prefetches_a_demoted_cache_when_no_early_prefetch_was_due(tmp_path):
+    s = setup(tmp_path)
+    for i in range(20):
+        start(s, f"a1/{i}-pytest", "a1", ["pytest", "-x", "tests/"])
+        s.clock.now += 30
+        end(s, f"a1/{i}-pytest", "a1", 30.0)
+    register(s, host_bytes=100_000 * MB, pressure=1.0)
+    start(s, "a1/99-pytest", "a1", ["pytest", "-x", "tests/"])
+    assert s.kind.api_turn_ended(ROOT, {"engine": "e", "program": "p", "tokens": 5000,
+                                        "tool_call": "a1/99-pytest"})["action"] == "demote"
+    s.clock.now += 3  # it ends early, well before any prefetch was due
+    end(s, "a1/99-pytest", "a1", 3.0)
+    assert [(n["event"], n.get("early")) for n in s.kind.notices["e"]] == [("prefetch", None)]
 
 
 def test_a_killed_tool_call_releases_its_pin_and_the_agent_binding_waits_for_the_next_call(tmp_path):
