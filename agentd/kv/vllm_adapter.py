@@ -8,12 +8,14 @@ what to report through the per-step metadata (`build_connector_meta` ->
 `bind_connector_metadata`). That is where a program's blocks can wait for its next turn:
 
   request_finished   -> agentd turn_ended(program, tokens, tool call)     keep: (True, params)
-  new request of the program (get_num_new_matched_tokens, scheduler side)
-                     -> agentd next_turn(program); the new request's prefix-cache lookup has
-                        already matched the held blocks; the old request id is released
+  on_new_request     -> the program's next turn arrived: agentd next_turn(program)
+  update_state_after_alloc
+                     -> the new request holds its blocks (its prefix-cache lookup matched the
+                        held ones): the old request id is released
   each step          -> expired holds, agentd's notices (evict / expire / release) and
                         re-decisions to free -> released ids in the step's metadata
-  get_finished       -> the worker reports the released ids: vLLM frees the blocks
+  get_finished       -> the worker reports the released ids (only ids vLLM has passed to it
+                        as finished, as the base class requires): vLLM frees the blocks
   scheduler hint     -> program_order(request): program-level FCFS key for a custom scheduler
 
 A request names its program in `kv_transfer_params["agentd"]` or `sampling_params.extra_args
@@ -61,6 +63,7 @@ class VllmKvTranslator:
     client: Any  # agentd.kv.client.KvClient (or anything with its methods)
     clock: Callable[[], float] = time.monotonic
     holds: dict[str, Hold] = field(default_factory=dict)  # program -> the finished request holding blocks
+    returning: dict[str, Hold] = field(default_factory=dict)  # new request id -> the hold it takes over
     releasing: set[str] = field(default_factory=set)  # request ids the workers are to report next step
     first_seen: dict[str, float] = field(default_factory=dict)  # program -> first arrival (program FCFS)
     errors: int = 0
@@ -92,8 +95,8 @@ class VllmKvTranslator:
         return True, params
 
     def new_request(self, request: Any) -> str | None:
-        """A request arrives: if its program holds blocks, this is the next turn. Returns the
-        outcome agentd recorded (hit / host_hit / miss) or None for requests without a program."""
+        """A request arrives (on_new_request): if its program holds blocks, this is the next turn.
+        Returns the outcome agentd recorded (hit / host_hit / miss), None without a program."""
         meta = program_meta(request)
         if meta is None:
             return None
@@ -101,12 +104,19 @@ class VllmKvTranslator:
         self.first_seen.setdefault(program, self.clock())
         hold = self.holds.pop(program, None)
         if hold is not None:
-            self.releasing.add(hold.request_id)  # the new request's prefix match now references the blocks
+            self.returning[request.request_id] = hold  # released once the new request has its blocks
         try:
             return self.client.next_turn(program)["outcome"]
         except Exception:
             self.errors += 1  # a first turn (404 unknown program) or agentd away
             return None
+
+    def allocated(self, request: Any) -> None:
+        """The new request has its blocks (update_state_after_alloc): its prefix-cache hit now
+        references the held blocks, so the finished request's hold can go."""
+        hold = self.returning.pop(getattr(request, "request_id", None), None)
+        if hold is not None:
+            self.releasing.add(hold.request_id)
 
     def step(self) -> set[str]:
         """Once per scheduler step: the request ids whose blocks are to be freed now."""
@@ -138,11 +148,25 @@ class VllmKvTranslator:
         first = self.first_seen.get(meta["program"], arrival) if meta else arrival
         return (first, arrival)
 
-    # ------------------------------------------------------------------ worker side
-    @staticmethod
-    def get_finished(released: set[str], finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
-        """What a worker reports: the held requests released this step are 'finished sending'."""
-        return (set(released) or None, None)
+
+
+@dataclass
+class WorkerReleases:
+    """The worker side: report a released request as finished sending, but only once vLLM has
+    named it among the finished requests (get_finished's contract)."""
+
+    finished: set[str] = field(default_factory=set)  # finished ids vLLM has passed, still held
+    pending: set[str] = field(default_factory=set)  # released by the scheduler, to report
+
+    def bind(self, released: Iterable[str]) -> None:
+        self.pending |= set(released)
+
+    def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
+        self.finished |= set(finished_req_ids)
+        out = self.pending & self.finished
+        self.pending -= out
+        self.finished -= out
+        return (out or None, None)
 
 
 def connector_class():
@@ -168,15 +192,17 @@ def connector_class():
             self.translator = None
             if role == KVConnectorRole.SCHEDULER:
                 self.translator = VllmKvTranslator(KvClient(extra.get("engine", "vllm"), extra.get("socket")))
-            self._released: set = set()
+            self.worker = WorkerReleases()
 
         # scheduler side
-        def get_num_new_matched_tokens(self, request, num_computed_tokens):
+        def on_new_request(self, request):
             self.translator.new_request(request)
-            return 0, False  # the held blocks are matched by vLLM's own prefix cache
+
+        def get_num_new_matched_tokens(self, request, num_computed_tokens):
+            return 0, False  # side-effect free: the held blocks are matched by vLLM's own prefix cache
 
         def update_state_after_alloc(self, request, blocks, num_external_tokens):
-            return None
+            self.translator.allocated(request)
 
         def build_connector_meta(self, scheduler_output):
             return AgentdMeta(released=self.translator.step())
@@ -187,12 +213,10 @@ def connector_class():
         # worker side
         def bind_connector_metadata(self, connector_metadata):
             super().bind_connector_metadata(connector_metadata)
-            self._released |= set(getattr(connector_metadata, "released", ()) or ())
+            self.worker.bind(getattr(connector_metadata, "released", ()) or ())
 
         def get_finished(self, finished_req_ids):
-            out = VllmKvTranslator.get_finished(self._released, finished_req_ids)
-            self._released = set()
-            return out
+            return self.worker.get_finished(finished_req_ids)
 
         def start_load_kv(self, forward_context, **kwargs):
             return None

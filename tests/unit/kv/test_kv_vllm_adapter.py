@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from agentd.kv.vllm_adapter import VllmKvTranslator, program_meta
+from agentd.kv.vllm_adapter import VllmKvTranslator, WorkerReleases, program_meta
 
 
 class FakeKv:
@@ -51,10 +51,20 @@ def test_keep_holds_blocks_until_the_next_turn_then_releases_the_old_request():
     assert kv.calls[0] == ("turn_ended", "prog", {"tokens": 1000, "tool_call": None, "pid": 4242, "agent": None,
                                                   "remaining_turns": None})
     assert tr.step() == set()  # still held
-    assert tr.new_request(req("r2", "prog")) == "hit"
-    assert tr.step() == {"r1"}  # the old request's blocks are freed after the new one matched them
-    assert VllmKvTranslator.get_finished({"r1"}, set()) == ({"r1"}, None)
-    assert VllmKvTranslator.get_finished(set(), {"x"}) == (None, None)
+    r2 = req("r2", "prog")
+    assert tr.new_request(r2) == "hit"
+    assert tr.step() == set()  # not before the new request has its blocks (its prefix hit holds them)
+    tr.allocated(r2)
+    assert tr.step() == {"r1"}
+    # The worker reports r1 only once vLLM has named it as finished.
+    w = WorkerReleases()
+    w.bind({"r1"})
+    assert w.get_finished(set()) == (None, None)
+    assert w.get_finished({"r1"}) == ({"r1"}, None)
+    assert w.get_finished({"r1"}) == (None, None)  # once
+    w.get_finished({"r7"})
+    w.bind({"r7"})
+    assert w.get_finished(set()) == ({"r7"}, None)  # named earlier, released later
 
 
 def test_free_and_demote_do_not_delay_and_unknown_requests_are_left_alone():
