@@ -30,6 +30,7 @@ PERSIST_EVERY_S = 10.0
 MAX_NOTICES = 256
 MAX_WATCH_S = 30.0
 ENDED_KEEP = 4096  # recently ended tool calls remembered (a turn_ended may come after the end)
+MAX_RUNNING = 65536
 
 
 class KvKind(Kind):
@@ -116,6 +117,8 @@ class KvKind(Kind):
         base = keys_for(agent, FAMILY, data.get("argv") or [])
         keys = base[:-2] + [f"{agent}|*"] + base[-2:]  # the agent's every tool, between program and family
         self.running[tc] = (float(ev.get("ts") or self.ctx.clock()), keys, agent)
+        while len(self.running) > MAX_RUNNING:  # an end we never saw (a restart): forget the oldest
+            self.running.pop(next(iter(self.running)))
         declared = self._declared_duration(tc)
         if declared is not None:
             self.durations.observe(keys[:1], declared, weight=0.25)  # an intent is a hint, not a measurement
