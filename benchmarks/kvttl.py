@@ -251,6 +251,8 @@ class KvCode(Policy):
                  kv: KvPolicy | None = None, early_prefetch=True):
         super().__init__(sim)
         self.early_prefetch = early_prefetch
+        # agentd with demotion runs on an engine with a host tier, whose LRU evictions go there too
+        self.offload_on_evict = rule == "agentd" and demote
         self.kv = kv or KvPolicy()
         self.pol = KvPolicy(**{**self.kv.__dict__, "rule": rule, "demote": demote})
         self.model = model

@@ -5,7 +5,7 @@ out; no clock (times are arguments), no engine, no kernel.
 What a pin is worth, in seconds of the program's completion time:
     saved(τ)  = P(the next turn arrives within τ) · w · (tokens / prefill rate + readmission queueing)
     held(τ)   = pressure · price · (tokens / prefill rate) · E[min(remaining, τ)]
-                price = hold_cost_per_s with a host tier to demote to, else hold_cost_no_host_per_s
+                price = hold_cost_per_s where a host copy is cheap (host_is_cheap), else hold_cost_no_host_per_s
     keep      = max over τ of saved(τ) − held(τ)
     demote    = the same with host memory (free while the host budget lasts), minus the part of
                 the reload the prefetch cannot hide, max(0, bytes / host bandwidth − prefetch lead),
@@ -122,10 +122,18 @@ def value_of_hold(inp: PinInput, policy: KvPolicy, ttl: float, *, elapsed: float
     # Once the tool has ended the next request is milliseconds away: the hold is about the lead.
     held = policy.prefetch_lead_s if inp.tool_ended else inp.dist.expected_remaining_capped(elapsed, ttl)
     pressure = max(policy.min_pressure, min(1.0, inp.pressure))
-    # With a host tier the GPU copy's alternative is a cheap demotion, so GPU memory is dearer.
-    price = policy.hold_cost_per_s if (inp.host_available and policy.demote) else policy.hold_cost_no_host_per_s
+    # Where the host tier makes losing the GPU copy cheap, GPU memory is dearer to hold.
+    price = policy.hold_cost_per_s if host_is_cheap(inp, policy) else policy.hold_cost_no_host_per_s
     cost = pressure * price * inp.reprefill_s * held
     return p * w * saved - cost, p
+
+
+def host_is_cheap(inp: PinInput, policy: KvPolicy) -> bool:
+    """A host copy costs (both copies, and the reload the prefetch cannot hide) under half a re-prefill."""
+    if not (inp.host_available and policy.demote):
+        return False
+    reload_s = inp.bytes / (policy.host_gbps * 1e9)
+    return policy.transfer_cost * 2 * reload_s + max(0.0, reload_s - policy.prefetch_lead_s) < 0.5 * inp.reprefill_s
 
 
 def _ttl_candidates(inp: PinInput, policy: KvPolicy, elapsed: float) -> list[float]:
