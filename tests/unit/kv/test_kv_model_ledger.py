@@ -135,3 +135,16 @@ def test_a_demoted_cache_is_prefetched_once_the_tool_likely_ends_within_the_copy
     assert not prefetch_now(d, 1.0, two_s, pol)  # 9 s to go: copying now would hold GPU memory for nothing
     assert prefetch_now(d, 10.5, two_s, pol)  # (10 s lands in the 10-13.3 s bin) likely ending within the copy
     assert not prefetch_now(d, 10.5, two_s, KvPolicy(host_gbps=1.0, early_prefetch_p=1.0))
+
+
+def test_gpu_memory_is_priced_by_whether_a_host_copy_would_be_cheap():
+    from agentd.kv.model import host_is_cheap
+
+    # 20k tokens x 160 KiB = 3.3 GB; re-prefill 4 s
+    assert host_is_cheap(inp(fixed(5.0), host_available=True), KvPolicy(host_gbps=25))  # 0.13 s a copy
+    assert not host_is_cheap(inp(fixed(5.0), host_available=True), KvPolicy(host_gbps=2))  # 1.6 s a copy
+    assert not host_is_cheap(inp(fixed(5.0), host_available=False), KvPolicy(host_gbps=25))
+    assert not host_is_cheap(inp(fixed(5.0), host_available=True), KvPolicy(host_gbps=25, demote=False))
+    # Same tool, same pressure: with a cheap host tier the GPU copy is let go (demoted), without one kept.
+    assert decide(inp(fixed(5.0), pressure=0.5, host_available=True), KvPolicy()).action == "demote"
+    assert decide(inp(fixed(5.0), pressure=0.5), KvPolicy()).action == "keep"
