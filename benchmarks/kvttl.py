@@ -36,8 +36,11 @@ Policies (all with LRU eviction of unpinned cached prefixes, as vLLM's prefix ca
   agentd          agentd.kv rule "agentd": per tool/command shape/agent distributions,
                   re-decided each second on the remaining time, demotion to host with
                   prefetch at the tool's end, program-level FCFS (the scheduling hint).
-  agentd_nodemote and agentd_reqfcfs (in the JSON) take out demotion and program FCFS,
-  to show what each contributes.
+  nopin_offload   LRU on an engine with a host tier (vLLM's CPU offload, LMCache): evicted
+                  prefixes go to host memory and come back on demand; the fair baseline for
+                  agentd's demotion, which runs on such an engine too.
+  agentd_nodemote, agentd_reqfcfs, agentd_noearly take out demotion (GPU-only engine),
+  program FCFS, and the predicted-end prefetch, to show what each contributes.
 
 Held out: the duration models of continuum, ttl_fixed, learned_window and agentd start
 from the runs with an even index in the trace file (their training half); the evaluated
@@ -650,6 +653,11 @@ def main(argv=None) -> int:
         best_other = min(res[n]["avg_jct_s"] for n in POLICIES if n != "agentd")
         metrics[f"agentd_speedup_vs_nopin_{label}"] = round(res["nopin"]["avg_jct_s"] / res["agentd"]["avg_jct_s"], 3)
         metrics[f"agentd_vs_best_other_{label}"] = round(best_other / res["agentd"]["avg_jct_s"], 3)
+        metrics[f"agentd_vs_nopin_offload_{label}"] = round(res["nopin_offload"]["avg_jct_s"] / res["agentd"]["avg_jct_s"], 3)
+        if "agentd_nodemote" in res:
+            metrics[f"agentd_nodemote_vs_continuum_{label}"] = round(
+                res["continuum"]["avg_jct_s"] / res["agentd_nodemote"]["avg_jct_s"], 3)
+        metrics[f"continuum_speedup_vs_nopin_{label}"] = round(res["nopin"]["avg_jct_s"] / res["continuum"]["avg_jct_s"], 3)
     params = {"quick": args.quick, "traces": str(args.traces.relative_to(REPO) if args.traces.is_relative_to(REPO) else args.traces),
               "programs": len(specs), "evaluated_runs": "odd indices of the trace file",
               "training_runs": "even indices (duration models' warm start, learned_window's fit, --tune)",
