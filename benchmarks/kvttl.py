@@ -373,7 +373,7 @@ class Sim:
         self.policy: Policy = NoPin(self)
         self.queue: list[Prog] = []
         self.running: list[Prog] = []
-        self.tools: list[tuple[float, int, Prog]] = []  # heap by tool end
+        self.tools: list[tuple[float, str, Prog]] = []  # heap by tool end (names break ties: runs repeat exactly)
         self.cached: dict[str, Prog] = {}  # programs with a GPU prefix, not running
         self.reserved = 0
 
@@ -467,7 +467,7 @@ class Sim:
                 self.policy.tool_ended(p, p.tool_end)
                 p.state = "returning"
                 p.req_arrival = p.tool_end + LEAD_S
-                heapq.heappush(self.tools, (p.req_arrival, id(p), p))
+                heapq.heappush(self.tools, (p.req_arrival, p.spec.name, p))
             elif p.state == "returning":
                 p.k += 1
                 self.policy.next_turn(p, now)
@@ -502,7 +502,7 @@ class Sim:
             p.gpu = p.ctx
             self.cached[p.spec.name] = p
             p.state, p.tool_start, p.tool_end = "tool", now, now + turn.tool_s
-            heapq.heappush(self.tools, (p.tool_end, id(p), p))
+            heapq.heappush(self.tools, (p.tool_end, p.spec.name, p))
             self.policy.turn_ended(p, now)
 
     def run(self, policy: Policy, horizon: float) -> dict:
