@@ -54,5 +54,9 @@ class KvClient:
     def watch(self, timeout_s: float = 2.0) -> list[dict]:
         return self._post("watch", timeout_s=float(timeout_s))["notices"]
 
+    def schedule(self, waiting: list[str]) -> dict:
+        """Program-level FCFS: {"order": [...], "pinned": [...]} for the programs waiting."""
+        return self._post("schedule", waiting=list(waiting))
+
     def pins(self) -> dict:
         return self.api.kind_get(KIND, "pins", engine=self.engine)

@@ -61,6 +61,7 @@ class Program:
     turn_ended_at: float | None = None  # None while a turn runs on the engine
     remaining_turns: float = 1.0
     waiting_for_tool: bool = False  # the turn ended; its tool call has not started yet
+    first_seen: float = 0.0  # the program's first turn end: its place in program-level FCFS
     last_action: str = "free"
     decided_at: float = 0.0
     last: dict = field(default_factory=dict)  # the last decision's JSON

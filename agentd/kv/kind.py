@@ -15,7 +15,7 @@ import asyncio
 import time
 from collections import deque
 
-from agentd.api.validation import Field, check_toolcall_id
+from agentd.api.validation import Field, check_name, check_toolcall_id
 from agentd.kinds.contract import Access, Command, Kind
 from agentd.kv import hints as hint_forms
 from agentd.kv.durations import DurationModel, keys_for
@@ -313,6 +313,9 @@ class KvKind(Kind):
             Command("watch", "POST", Access.USER, self.api_watch,
                     {"engine": Field(s, True, name=True), "timeout_s": Field(n)},
                     "wait for notices (prefetch on tool end, evictions, expiries)"),
+            Command("schedule", "POST", Access.USER, self.api_schedule,
+                    {"engine": Field(s, True, name=True), "waiting": Field((list,), True)},
+                    "program-level FCFS: the order to admit waiting requests' programs in, and which are pinned"),
             Command("pins", "GET", Access.USER, self.api_pins, {"engine": Field(s)},
                     "live pins, bytes, expected benefit, hit/miss counts"),
             Command("durations", "GET", Access.ADMIN, self.api_durations, {"limit": Field(s)},
@@ -426,7 +429,7 @@ class KvKind(Kind):
         if prog is None:
             if sum(1 for k in self.programs if k[0] == eng.name) >= MAX_PROGRAMS_PER_ENGINE:
                 raise bad("too_many_programs", f"engine {eng.name} has {MAX_PROGRAMS_PER_ENGINE} programs", None, 429)
-            prog = Program(eng.name, body["program"])
+            prog = Program(eng.name, body["program"], first_seen=self.ctx.clock())
         staged = Program(**{**prog.to_json()})
         self._bind_tool(caller, staged, body)  # raises before anything changes
         self._engine_reports(eng, body)
@@ -483,6 +486,22 @@ class KvKind(Kind):
         out = list(q)
         q.clear()
         return {"engine": eng.name, "notices": out}
+
+    def api_schedule(self, caller, body: dict) -> dict:
+        """Continuum's program-level FCFS as a hint: a returning turn goes before newcomers, in
+        the order its program first arrived; pinned (or demoted) programs are named."""
+        eng = self._engine_of(caller, body["engine"])
+        waiting = body["waiting"]
+        if len(waiting) > MAX_PROGRAMS_PER_ENGINE:
+            raise bad("out_of_range", f"at most {MAX_PROGRAMS_PER_ENGINE} waiting programs", "waiting")
+        for i, name in enumerate(waiting):
+            if not isinstance(name, str):
+                raise bad("invalid_type", f"waiting[{i}] must be a program name", "waiting")
+            check_name(name, f"waiting[{i}]")
+        known = {n: self.programs[(eng.name, n)].first_seen for n in waiting if (eng.name, n) in self.programs}
+        order = sorted(dict.fromkeys(waiting), key=lambda n: (n not in known, known.get(n, 0.0)))
+        pinned = [n for n in order if self.ledger.get(eng.name, n) is not None]
+        return {"engine": eng.name, "order": order, "pinned": pinned}
 
     def api_pins(self, caller, query: dict) -> dict:
         now = self.ctx.clock()

@@ -150,3 +150,18 @@ def test_durations_survive_a_restart(tmp_path):
     s.host.stop()
     s2 = setup(tmp_path)
     assert s2.kind.durations.known("exec|git diff") == 1
+
+
+def test_schedule_hint_is_program_level_fcfs(tmp_path):
+    s = setup(tmp_path)
+    register(s, pressure=0.0)
+    for name in ("old", "mid"):
+        s.kind.api_turn_ended(ROOT, {"engine": "e", "program": name, "tokens": 100})
+        s.clock.now += 10
+    s.kind.api_next_turn(ROOT, {"engine": "e", "program": "mid"})
+    out = s.kind.api_schedule(ROOT, {"engine": "e", "waiting": ["new", "mid", "old"]})
+    assert out["order"] == ["old", "mid", "new"] and out["pinned"] == ["old"]
+    for bad_list, code in ((["ok", 3], "invalid_type"), (["../x"], "invalid_name")):
+        with pytest.raises(ApiError) as e:
+            s.kind.api_schedule(ROOT, {"engine": "e", "waiting": bad_list})
+        assert (e.value.status, e.value.code) == (400, code)
