@@ -165,3 +165,18 @@ def test_schedule_hint_is_program_level_fcfs(tmp_path):
         with pytest.raises(ApiError) as e:
             s.kind.api_schedule(ROOT, {"engine": "e", "waiting": bad_list})
         assert (e.value.status, e.value.code) == (400, code)
+
+
+def test_every_decision_parameter_is_a_policy_key():
+    import dataclasses
+
+    from agentd.kv.policy import SPEC
+
+    assert {f.name for f in dataclasses.fields(KvPolicy)} == set(SPEC.fields)
+
+
+def test_an_intents_declared_duration_is_a_light_observation(tmp_path):
+    s = setup(tmp_path)
+    s.toolcalls["a1/1-build"] = SimpleNamespace(id="a1/1-build", agent="a1", pid=1, intent=SimpleNamespace(duration_s=120))
+    s.journal.emit("toolcall.start", "started", ts=s.clock.now, agent="a1", tool_call="a1/1-build", argv=["make", "all"])
+    assert s.kind.durations.known("a1|exec|make all") == 0.25 and s.kind.durations.known("exec|make all") == 0
