@@ -88,11 +88,25 @@ def test_engine_protocol_bad_input_ownership_and_disconnect(tmp):
         assert as_nobody(lambda: KvClient("e1", sock).decide("p1")) == ("error", 403, "not_your_engine")
         assert as_nobody(lambda: register(KvClient("e1", sock))) == ("error", 409, "engine_taken")
         assert as_nobody(lambda: KvClient("e9", sock).pins()["pins"]) == []
-        # A flood: the engine's rate bucket is empty -> 429, nothing recorded.
-        dt.kv.engines["e1"].tokens, dt.kv.engines["e1"].bucket_at = 0.0, time.monotonic() + 5
-        assert error_of(lambda: kv.turn_ended("p2", tokens=100)) == (429, "rate_limited")
-        assert ("e1", "p2") not in dt.kv.programs
-        dt.kv.engines["e1"].tokens, dt.kv.engines["e1"].bucket_at = 100.0, time.monotonic()
+        # A flood: with the allowance lowered to 5 events and 1/s, real requests over the socket
+        # get 429 once it is spent, and the refused ones record nothing.
+        import agentd.kv.engines as engines
+
+        old_rate = (engines.RATE_PER_S, engines.RATE_BURST)
+        engines.RATE_PER_S, engines.RATE_BURST = 1.0, 5.0
+        dt.kv.engines["e1"].tokens = 5.0
+        try:
+            answers = [error_of(lambda i=i: kv.turn_ended(f"flood{i}", tokens=100)) for i in range(12)]
+        finally:
+            engines.RATE_PER_S, engines.RATE_BURST = old_rate
+        assert answers[:5] == [None] * 5 and answers[5:].count((429, "rate_limited")) >= 6  # at most one refilled
+        refused = [f"flood{i}" for i, a in enumerate(answers) if a is not None]
+        assert not [p for p in refused if ("e1", p) in dt.kv.programs]
+        dt.kv.engines["e1"].tokens = 100.0
+        for i, a in enumerate(answers):
+            if a is None:
+                assert kv.next_turn(f"flood{i}", done=True)["outcome"] == "hit"
+        assert not [k for k in dt.kv.programs if k[1].startswith("flood")]
         # An engine that exits with pins held: they are released, and the journal says so.
         r, w = os.pipe()
         pid = os.fork()
@@ -122,10 +136,11 @@ def test_engine_protocol_bad_input_ownership_and_disconnect(tmp):
         out = subprocess.run([str(BIN / "agentctl"), "--socket", sock, "kv", "--json"], capture_output=True, text=True,
                              timeout=30)
         doc = json.loads(out.stdout)
-        assert doc["counters"]["hits"] == 1 and doc["counters"]["misses"] == 1 and doc["pins"][0]["program"] == "p3"
+        hits = 1 + answers.count(None)  # p1, and the flood programs let through
+        assert doc["counters"]["hits"] == hits and doc["counters"]["misses"] == 1 and doc["pins"][0]["program"] == "p3"
         status = ApiClient(sock).status()["kinds"]["kv"]
         assert status["pins"] == 1 and status["engines"] == 1
-        assert "agentd_kv_hits_total 1.0" in ApiClient(sock).metrics()
+        assert f"agentd_kv_hits_total {float(hits)}" in ApiClient(sock).metrics()
 
 
 def test_duration_model_learns_from_real_tool_calls_and_pins_follow_them(tmp):
