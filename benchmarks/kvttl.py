@@ -21,8 +21,9 @@ run; SWE-Bench Pro trajectories have median 29-78 steps, nilenso's analysis of 2
 SWE-agent trajectories); the prompt starts at 8,000 tokens (system prompt, tool schemas,
 issue) and grows by each turn's output (log-normal, median 120 tokens) and its tool results
 (per tool: Read 900, Bash 350, Grep 250, Glob 120, Edit/Write 120, TodoWrite 80, Task and
-web tools 1,500 tokens), so that a median run ends near 20k tokens, where Raju et al. (2026,
-arXiv 2602.16069) find successful mini-SWE-agent trajectories on SWE-bench Verified.
+web tools 1,500 tokens); runs end at 25k tokens (median; p10 13k, p90 62k), the order Raju
+et al. (2026, arXiv 2602.16069) report for SWE-bench Verified agents (successful mini-SWE-agent
+trajectories stay under 20k tokens).
 The agent sends its next request 50 ms after its tools end.
 
 Policies (all with LRU eviction of unpinned cached prefixes, as vLLM's prefix cache):
