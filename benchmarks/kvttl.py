@@ -607,11 +607,16 @@ def run_load(specs, train, mean_gap, bursty, policies, seed, horizon, kv=None, h
     return out
 
 
+def argv_only(args) -> bool:
+    return bool(getattr(args, "tune_only", None))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer programs and loads (under a minute)")
     ap.add_argument("--traces", type=Path, default=TRACES, help="a trace file in data/agent-traces' format")
     ap.add_argument("--tune", action="store_true", help="choose hold_cost_per_s on the training half only (no result file)")
+    ap.add_argument("--tune-only", choices=("agentd", "continuum"), help="with --tune: one policy's grid only")
     args = ap.parse_args(argv)
     runs = load_runs(args.traces)
     train = [r for i, r in enumerate(runs) if i % 2 == 0]
@@ -620,14 +625,18 @@ def main(argv=None) -> int:
     if args.tune:
         # Only the training half: its first 40 programs evaluated, the rest as the warm start.
         specs = [program_of(r, 2 * i) for i, r in enumerate(train)][:40]
-        for name in ("agentd", "continuum"):
+        names = ("agentd", "continuum") if not argv_only(args) else (args.tune_only,)
+        for name in names:
             for cost in (0.01, 0.03, 0.1, 0.3, 0.5, 1.0, 2.0):
-                kv = KvPolicy(hold_cost_per_s=cost)
+                # agentd (host tier, demotion on) is priced by hold_cost_per_s; the GPU-only
+                # continuum rule by hold_cost_no_host_per_s
+                kv = KvPolicy(hold_cost_per_s=cost) if name == "agentd" else KvPolicy(hold_cost_no_host_per_s=cost)
                 row = []
                 for gap in (8.0, 4.0):
                     res = run_load(specs, train[40:], gap, False, (name,), 7, 40000, kv)[name]
                     row.append(f"gap {gap:g} s: avg JCT {res['avg_jct_s']:.1f} s, p95 {res['p95_jct_s']:.1f} s")
-                print(f"{name} hold_cost_per_s={cost:.3f}: " + "; ".join(row), flush=True)
+                key = "hold_cost_per_s" if name == "agentd" else "hold_cost_no_host_per_s"
+                print(f"{name} {key}={cost:.3f}: " + "; ".join(row), flush=True)
         return 0
     if args.quick:
         specs = [program_of(r, i) for i, r in held][:24]
