@@ -28,6 +28,7 @@ KINDS: tuple[KindEntry, ...] = (
     KindEntry("budget", "agentd.budget"),
     KindEntry("colocation", "agentd.colocation", "cli.colocation_commands"),
     KindEntry("tiers", "agentd.tiers", "cli.tiers_commands"),
+    KindEntry("kv", "agentd.kv", "cli.kv_commands"),
 )
 
 

@@ -1,0 +1,233 @@
+"""vLLM adapter: hold a finished turn's KV blocks while its tool call runs, as agentd decides.
+
+vLLM (V1 engine) frees a request's KV blocks when it finishes, unless its KV connector's
+scheduler-side `request_finished(request, block_ids)` returns `(True, params)`; the blocks then
+stay allocated (and in the prefix cache) until a worker-side `get_finished(finished_req_ids)`
+reports the request id as finished sending. The connector's scheduler side hands the workers
+what to report through the per-step metadata (`build_connector_meta` ->
+`bind_connector_metadata`). That is where a program's blocks can wait for its next turn:
+
+  request_finished   -> agentd turn_ended(program, tokens, tool call)     keep: (True, params)
+  on_new_request     -> the program's next turn arrived: agentd next_turn(program)
+  update_state_after_alloc
+                     -> the new request holds its blocks (its prefix-cache lookup matched the
+                        held ones): the old request id is released
+  each step          -> expired holds, agentd's notices (evict / expire / release) and
+                        re-decisions to free -> released ids in the step's metadata
+  get_finished       -> the worker reports the released ids (only ids vLLM has passed to it
+                        as finished, as the base class requires): vLLM frees the blocks
+  scheduler hint     -> program_order(request): program-level FCFS key for a custom scheduler
+
+A request names its program in `kv_transfer_params["agentd"]` or `sampling_params.extra_args
+["agentd"]`: {"program": "...", "tool_call": "agent/3-pytest" | "pid": 1234 | "agent": "name",
+"remaining_turns": n}. Requests without it are left to vLLM.
+
+`VllmKvTranslator` is the translation logic, pure apart from the client it is given and the
+clock; it is what tests/unit/kv/test_kv_vllm_adapter.py exercises. `connector_class()` builds
+the KVConnectorBase_V1 subclass around it when vLLM is importable. That glue was written
+against vLLM's documented V1 connector interface but NOT run against vLLM here (vLLM is not
+installed in this environment): see docs/kv.md, "vLLM".
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+META_KEY = "agentd"
+
+
+def program_meta(request: Any) -> dict | None:
+    """The agentd block a request carries (kv_transfer_params first, then sampling extra_args)."""
+    for holder in (getattr(request, "kv_transfer_params", None),
+                   getattr(getattr(request, "sampling_params", None), "extra_args", None)):
+        if isinstance(holder, dict) and isinstance(holder.get(META_KEY), dict):
+            meta = holder[META_KEY]
+            if isinstance(meta.get("program"), str):
+                return meta
+    return None
+
+
+@dataclass
+class Hold:
+    request_id: str
+    program: str
+    deadline: float
+    action: str
+    num_blocks: int
+
+
+@dataclass
+class VllmKvTranslator:
+    client: Any  # agentd.kv.client.KvClient (or anything with its methods)
+    clock: Callable[[], float] = time.monotonic
+    holds: dict[str, Hold] = field(default_factory=dict)  # program -> the finished request holding blocks
+    returning: dict[str, Hold] = field(default_factory=dict)  # new request id -> the hold it takes over
+    releasing: set[str] = field(default_factory=set)  # request ids the workers are to report next step
+    first_seen: dict[str, float] = field(default_factory=dict)  # program -> first arrival (program FCFS)
+    errors: int = 0
+
+    # ------------------------------------------------------------------ scheduler side
+    def request_finished(self, request: Any, block_ids: Iterable[int]) -> tuple[bool, dict | None]:
+        meta = program_meta(request)
+        if meta is None:
+            return False, None
+        program = meta["program"]
+        tokens = int(getattr(request, "num_tokens", 0) or len(getattr(request, "prompt_token_ids", []) or []))
+        try:
+            d = self.client.turn_ended(program, tokens=max(1, tokens), tool_call=meta.get("tool_call"),
+                                       pid=meta.get("pid"), agent=meta.get("agent"),
+                                       remaining_turns=meta.get("remaining_turns"))
+        except Exception:  # agentd unreachable or refusing: vLLM's own behaviour (free now)
+            self.errors += 1
+            return False, None
+        old = self.holds.pop(program, None)
+        if old is not None:
+            self.releasing.add(old.request_id)
+        params = {META_KEY: {"action": d["action"], "ttl_s": d.get("ttl_s", 0.0), "hints": d.get("hints")}}
+        if d["action"] != "keep":
+            # demote: vLLM's offloading connector (or LMCache) keeps the host copy; agentd's
+            # prefetch notice tells the engine when to load it back. free: vLLM's LRU as usual.
+            return False, params
+        self.holds[program] = Hold(request.request_id, program, self.clock() + float(d.get("ttl_s", 0.0)), "keep",
+                                   len(list(block_ids)))
+        return True, params
+
+    def new_request(self, request: Any) -> str | None:
+        """A request arrives (on_new_request): if its program holds blocks, this is the next turn.
+        Returns the outcome agentd recorded (hit / host_hit / miss), None without a program."""
+        meta = program_meta(request)
+        if meta is None:
+            return None
+        program = meta["program"]
+        self.first_seen.setdefault(program, self.clock())
+        hold = self.holds.pop(program, None)
+        if hold is not None:
+            self.returning[request.request_id] = hold  # released once the new request has its blocks
+        try:
+            return self.client.next_turn(program)["outcome"]
+        except Exception:
+            self.errors += 1  # a first turn (404 unknown program) or agentd away
+            return None
+
+    def allocated(self, request: Any) -> None:
+        """The new request has its blocks (update_state_after_alloc): its prefix-cache hit now
+        references the held blocks, so the finished request's hold can go."""
+        hold = self.returning.pop(getattr(request, "request_id", None), None)
+        if hold is not None:
+            self.releasing.add(hold.request_id)
+
+    def step(self) -> set[str]:
+        """Once per scheduler step: the request ids whose blocks are to be freed now."""
+        now = self.clock()
+        for program, hold in list(self.holds.items()):
+            if hold.deadline <= now:
+                del self.holds[program]
+                self.releasing.add(hold.request_id)
+        try:
+            notices = self.client.watch(timeout_s=0.0)
+        except Exception:
+            self.errors += 1
+            notices = []
+        for n in notices:
+            if n.get("event") in ("evict", "expire", "release"):
+                hold = self.holds.pop(n.get("program"), None)
+                if hold is not None:
+                    self.releasing.add(hold.request_id)
+            elif n.get("event") == "tool_ended":
+                hold = self.holds.get(n.get("program"))
+                if hold is not None:
+                    hold.deadline = max(hold.deadline, now + float(n.get("ttl_s", 5.0)))
+        out, self.releasing = self.releasing, set()
+        return out
+
+    def program_order(self, request: Any, arrival: float) -> tuple[float, float]:
+        """Program-level FCFS (Continuum): a returning turn sorts by its program's first arrival."""
+        meta = program_meta(request)
+        first = self.first_seen.get(meta["program"], arrival) if meta else arrival
+        return (first, arrival)
+
+
+
+@dataclass
+class WorkerReleases:
+    """The worker side: report a released request as finished sending, but only once vLLM has
+    named it among the finished requests (get_finished's contract)."""
+
+    finished: set[str] = field(default_factory=set)  # finished ids vLLM has passed, still held
+    pending: set[str] = field(default_factory=set)  # released by the scheduler, to report
+
+    def bind(self, released: Iterable[str]) -> None:
+        self.pending |= set(released)
+
+    def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
+        self.finished |= set(finished_req_ids)
+        out = self.pending & self.finished
+        self.pending -= out
+        self.finished -= out
+        return (out or None, None)
+
+
+def connector_class():
+    """The KVConnectorBase_V1 subclass around VllmKvTranslator (needs vLLM importable).
+
+    Configure with --kv-transfer-config '{"kv_connector": "AgentdKVConnector", "kv_connector_module_path":
+    "agentd.kv.vllm_adapter", "kv_role": "kv_both", "kv_connector_extra_config": {"engine": "vllm-0"}}'
+    after `AgentdKVConnector = connector_class()` has run (vLLM loads the module by path).
+    """
+    from vllm.distributed.kv_transfer.kv_connector.v1.base import (KVConnectorBase_V1, KVConnectorMetadata,
+                                                                   KVConnectorRole)
+
+    from agentd.kv.client import KvClient
+
+    @dataclass
+    class AgentdMeta(KVConnectorMetadata):
+        released: set = field(default_factory=set)
+
+    class AgentdKVConnector(KVConnectorBase_V1):
+        def __init__(self, vllm_config, role, *args, **kwargs):
+            super().__init__(vllm_config, role, *args, **kwargs)
+            extra = getattr(vllm_config.kv_transfer_config, "kv_connector_extra_config", None) or {}
+            self.translator = None
+            if role == KVConnectorRole.SCHEDULER:
+                self.translator = VllmKvTranslator(KvClient(extra.get("engine", "vllm"), extra.get("socket")))
+            self.worker = WorkerReleases()
+
+        # scheduler side
+        def on_new_request(self, request):
+            self.translator.new_request(request)
+
+        def get_num_new_matched_tokens(self, request, num_computed_tokens):
+            return 0, False  # side-effect free: the held blocks are matched by vLLM's own prefix cache
+
+        def update_state_after_alloc(self, request, blocks, num_external_tokens):
+            self.translator.allocated(request)
+
+        def build_connector_meta(self, scheduler_output):
+            return AgentdMeta(released=self.translator.step())
+
+        def request_finished(self, request, block_ids):
+            return self.translator.request_finished(request, block_ids)
+
+        # worker side
+        def bind_connector_metadata(self, connector_metadata):
+            super().bind_connector_metadata(connector_metadata)
+            self.worker.bind(getattr(connector_metadata, "released", ()) or ())
+
+        def get_finished(self, finished_req_ids):
+            return self.worker.get_finished(finished_req_ids)
+
+        def start_load_kv(self, forward_context, **kwargs):
+            return None
+
+        def wait_for_layer_load(self, layer_name):
+            return None
+
+        def save_kv_layer(self, layer_name, kv_layer, attn_metadata, **kwargs):
+            return None
+
+        def wait_for_save(self):
+            return None
+
+    return AgentdKVConnector
