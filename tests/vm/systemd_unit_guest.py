@@ -1,0 +1,232 @@
+"""Runs inside the VM (tests/vm/test_systemd_unit_vm.py): the shipped unit under a real systemd.
+
+The guest's PID 1 is virtme-ng's init, so systemd (the host's /lib/systemd/systemd, seen
+through the read-only shared root) is started as PID 1 of a new pid and mount namespace,
+with `container=` set like systemd-nspawn does. The unit is installed by
+`agentctl install-service`, exactly as shipped, plus one drop-in that only shortens
+WatchdogSec (so a ping is seen in seconds). Then, through systemctl and agentctl run in
+systemd's namespaces:
+
+  start    `systemctl start agentd` returns once the daemon sent READY=1 (Type=notify)
+  caps     the daemon runs with the unit's CapabilityBoundingSet, the BPF tracker and
+           its exec gate loaded, and the seccomp filter on (Seccomp: 2)
+  watchdog systemd's WatchdogTimestamp advances: the daemon's WATCHDOG=1 pings arrive
+  apply    `agentctl policy apply` writes /etc/agentd/policies.d under ProtectSystem=strict
+  reload   a policy file dropped in /etc/agentd/policies.d and `systemctl reload agentd`
+           (SIGHUP -> RELOADING=1 ... READY=1): the daemon reports the new policy
+  results  a tool call of a non-root agent (uid 65534) gets its result file, 0400 and
+           owned by that uid, in /run/agentd/results/<agent>/
+
+Each check appends one JSON line to $AGENTD_VM_RESULTS/checks.jsonl; the systemd console
+log and the daemon's journal are left there too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+RW = Path(os.environ.get("AGENTD_VM_RESULTS", "/tmp"))
+BIN = Path(sys.executable).parent
+WRAPPER = Path("/usr/local/libexec/agentd-vm/agentd")  # /usr is a writable overlay in the guest
+WATCHDOG_S = 4
+NOBODY = 65534
+POLICY_APPLIED = """version: 1
+name: applied-by-api
+agent:
+  memory_max: 1G
+"""
+POLICY_DROPPED = """version: 1
+name: dropped-then-reload
+agent:
+  memory_max: 2G
+"""
+AGENT = """import os, subprocess, sys, time
+subprocess.run(["/bin/true"], check=True)
+d = os.environ["AGENTD_RESULTS_DIR"]
+for _ in range(100):
+    names = [n for n in os.listdir(d) if n.endswith(".json")]
+    if names:
+        break
+    time.sleep(0.1)
+print(d, names)
+"""
+
+SYSTEMD_PID = 0
+
+
+def check(name: str, ok: bool, **detail) -> bool:
+    with open(RW / "checks.jsonl", "a") as f:
+        f.write(json.dumps({"check": name, "ok": bool(ok), **detail}) + "\n")
+    print(("PASS " if ok else "FAIL ") + name, json.dumps(detail)[:2000], flush=True)
+    return ok
+
+
+def inside(*argv: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    """Run argv in systemd's pid and mount namespaces (as systemctl would on a booted host)."""
+    cmd = ["nsenter", "-t", str(SYSTEMD_PID), "-m", "-p", "--", *argv]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def show(*props: str) -> dict[str, str]:
+    r = inside("systemctl", "show", "agentd", "-p", ",".join(props))
+    return dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+
+
+def agentctl(*args: str, **kw) -> subprocess.CompletedProcess:
+    return inside(str(BIN / "python"), "-m", "cli.agentctl", *args, cwd=REPO,
+                  env={**os.environ, "PYTHONPATH": str(REPO)}, **kw)
+
+
+def install() -> None:
+    WRAPPER.parent.mkdir(parents=True, exist_ok=True)
+    # exec: the daemon keeps the pid systemd started (NotifyAccess=main)
+    WRAPPER.write_text(f"#!/bin/sh\nPYTHONPATH={REPO} PYTHONDONTWRITEBYTECODE=1 exec {sys.executable} -m agentd.main \"$@\"\n")
+    WRAPPER.chmod(0o755)
+    r = subprocess.run([str(BIN / "python"), "-m", "cli.agentctl", "install-service", "--exec", str(WRAPPER)],
+                       cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+    check("install-service", r.returncode == 0, out=r.stdout + r.stderr)
+    dropin = Path("/etc/systemd/system/agentd.service.d")
+    dropin.mkdir(parents=True, exist_ok=True)
+    (dropin / "vm-test.conf").write_text(f"[Service]\n# the test only: a ping every {WATCHDOG_S / 2}s\nWatchdogSec={WATCHDOG_S}s\n")
+    # What systemd boots to: nothing but a target; agentd is started by the test.
+    Path("/etc/systemd/system/agentd-vm.target").write_text("[Unit]\nDescription=agentd VM test\n")
+    shutil.rmtree("/etc/agentd/policies.d", ignore_errors=True)
+    shutil.rmtree("/var/lib/agentd", ignore_errors=True)
+
+
+def boot_systemd() -> subprocess.Popen:
+    global SYSTEMD_PID
+    env = {"container": "agentd-vm", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+    log = open(RW / "systemd.log", "wb")
+    proc = subprocess.Popen(["unshare", "--pid", "--mount", "--fork", "--mount-proc", "--propagation", "private",
+                             "/lib/systemd/systemd", "--system", "--unit=agentd-vm.target", "--log-target=console",
+                             "--show-status=no"],
+                            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not SYSTEMD_PID:
+        try:
+            kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        except OSError:
+            kids = []
+        if kids:
+            SYSTEMD_PID = int(kids[0])
+        time.sleep(0.1)
+    while time.monotonic() < deadline:
+        r = inside("systemctl", "is-system-running")
+        if r.stdout.strip() in ("running", "degraded"):
+            break
+        time.sleep(0.5)
+    r = inside("systemctl", "is-system-running")
+    check("systemd booted", r.stdout.strip() in ("running", "degraded"), state=r.stdout.strip(),
+          failed=inside("systemctl", "--failed", "--no-legend").stdout)
+    return proc
+
+
+def main() -> int:
+    install()
+    sysd = boot_systemd()
+    try:
+        run_checks()
+    finally:
+        j = inside("journalctl", "--no-pager", "-o", "short-monotonic", "-u", "agentd", "-n", "300")
+        (RW / "agentd.journal").write_text(j.stdout + j.stderr)
+        inside("systemctl", "poweroff", "--no-block")
+        try:
+            sysd.wait(30)
+        except subprocess.TimeoutExpired:
+            sysd.kill()
+    return 0
+
+
+def run_checks() -> None:
+    t0 = time.monotonic()
+    r = inside("systemctl", "start", "agentd", timeout=240)
+    start_s = time.monotonic() - t0
+    s = show("ActiveState", "SubState", "MainPID", "StatusText", "Type", "NotifyAccess", "WatchdogUSec",
+             "WatchdogTimestampMonotonic", "NRestarts", "Result")
+    check("start: READY=1 (Type=notify)", r.returncode == 0 and s.get("ActiveState") == "active" and s.get("SubState") == "running",
+          start_s=round(start_s, 1), show=s, err=r.stderr)
+    if s.get("ActiveState") != "active":
+        return
+    pid = s["MainPID"]
+    proc_status = inside("cat", f"/proc/{pid}/status").stdout
+    caps = {k: v.strip() for k, v in (line.split(":", 1) for line in proc_status.splitlines() if ":" in line)
+            if k in ("CapEff", "CapBnd", "CapPrm", "Seccomp", "NoNewPrivs")}
+    st = agentctl("--json", "status")
+    try:
+        status = json.loads(st.stdout)
+    except ValueError:
+        status = {}
+    tracker = status.get("tracker") or {}
+    check("caps: BPF tracker and exec gate under the unit's capabilities",
+          tracker.get("backend") == "bpf" and tracker.get("exec_gate") is True and caps.get("Seccomp") == "2",
+          caps=caps, tracker=tracker, degraded=status.get("degraded"), lines=status.get("lines"),
+          capabilities=status.get("capabilities"), err=st.stderr[-2000:])
+
+    before = int(s["WatchdogTimestampMonotonic"] or 0)
+    time.sleep(WATCHDOG_S * 0.75)
+    after = int(show("WatchdogTimestampMonotonic")["WatchdogTimestampMonotonic"] or 0)
+    time.sleep(WATCHDOG_S * 0.75)
+    later = int(show("WatchdogTimestampMonotonic")["WatchdogTimestampMonotonic"] or 0)
+    check("watchdog: WATCHDOG=1 pings arrive", before < after < later or (before < later and after in (before, later)),
+          before=before, after=after, later=later, usec=show("WatchdogUSec")["WatchdogUSec"])
+
+    pfile = Path("/tmp/applied-by-api.yaml")
+    pfile.write_text(POLICY_APPLIED)
+    ap = agentctl("policy", "apply", str(pfile))
+    on_disk = Path("/etc/agentd/policies.d/applied-by-api.yaml")
+    # the file is read in systemd's mount namespace: /etc is the same overlay there
+    seen = inside("cat", str(on_disk)).stdout
+    listed = agentctl("--json", "policy", "list").stdout
+    check("policy apply under ProtectSystem=strict", ap.returncode == 0 and "applied-by-api" in seen and "applied-by-api" in listed,
+          out=(ap.stdout + ap.stderr)[-2000:], on_disk=seen[:200], listed=listed[-2000:])
+
+    dropped = inside("sh", "-c", f"cat > /etc/agentd/policies.d/dropped-then-reload.yaml <<'EOF'\n{POLICY_DROPPED}EOF\n")
+    t1 = time.monotonic()
+    rl = inside("systemctl", "reload", "agentd")
+    reload_s = time.monotonic() - t1
+    s2 = show("ActiveState", "SubState", "MainPID", "NRestarts", "StatusText")
+    listed = agentctl("--json", "policy", "list").stdout
+    journal = inside("journalctl", "--no-pager", "-u", "agentd", "-o", "cat").stdout
+    check("reload: SIGHUP -> RELOADING=1 -> READY=1, new policy in force",
+          dropped.returncode == 0 and rl.returncode == 0 and s2.get("ActiveState") == "active" and s2.get("MainPID") == pid
+          and "dropped-then-reload" in listed and "Reloaded" in journal,
+          reload_s=round(reload_s, 2), show=s2, err=rl.stderr + dropped.stderr,
+          journal_tail=journal.splitlines()[-8:])
+
+    results_check()
+
+    s3 = show("NRestarts", "MainPID", "ActiveState")
+    check("no restart during the checks", s3.get("NRestarts") == "0" and s3.get("MainPID") == pid, show=s3)
+
+
+def results_check() -> None:
+    """A non-root agent's tool call gets its result file (CAP_CHOWN, RuntimeDirectory)."""
+    work = Path("/tmp/agentd-vm-agent")  # the agent runs in systemd's mount ns, beside the test
+    work.mkdir(mode=0o755, exist_ok=True)
+    (work / "agent.py").write_text(AGENT)
+    (work / "agent.py").chmod(0o644)
+    # every local user may connect, as with --socket-group users (tests/e2e/test_security.py)
+    inside("chmod", "0666", "/run/agentd/agentd.sock")
+    r = inside("setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups", "--",
+               str(BIN / "python"), "-m", "cli.agentctl", "run", "--name", "nobody-agent", "--",
+               sys.executable, str(work / "agent.py"), cwd=REPO, timeout=120,
+               env={"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "HOME": "/", "PYTHONDONTWRITEBYTECODE": "1"})
+    listing = inside("sh", "-c", "ls -ln /run/agentd/results/nobody-agent/ 2>&1; "
+                     "stat -c '%n %a %u' /run/agentd /run/agentd/results /run/agentd/results/nobody-agent").stdout
+    files = [line for line in listing.splitlines() if line.endswith(".json")]
+    check("results: a uid 65534 agent's result file, 0400, its own",
+          r.returncode == 0 and bool(files) and all(line.split()[:3] == ["-r--------", "1", str(NOBODY)] for line in files)
+          and ".json" in r.stdout,
+          out=(r.stdout + r.stderr)[-2000:], listing=listing)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
