@@ -1,0 +1,194 @@
+"""The calls that need each capability the unit keeps, made for real (one errno each).
+
+`python -m agentd.core.capprobe PID` (PID: a process of another uid) prints one JSON object {call: errno name or "ok"}; run under
+`setpriv --bounding-set=...` it shows which call fails without which capability on the
+running kernel (tests/kernel/test_unit_capabilities.py does, for every capability of
+systemd/agentd.service). Every call is the smallest form of one agentd makes: a BPF map and
+a tracepoint program, attached with perf_event_open; the proc connector; a signal to,
+an oom_score_adj of, a file chowned to another uid; a negative nice; kernel.task_delayacct.
+Everything made here is undone before it returns.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+
+NOBODY = 65534
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+SYS_BPF, SYS_PERF_EVENT_OPEN = 321, 298  # x86_64 (the unit sets SystemCallArchitectures=native)
+BPF_MAP_CREATE, BPF_PROG_LOAD = 0, 5
+BPF_MAP_TYPE_ARRAY, BPF_PROG_TYPE_TRACEPOINT = 2, 5
+PERF_TYPE_TRACEPOINT = 2
+PERF_EVENT_IOC_SET_BPF = 0x40042408
+TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+
+
+def _err(exc: BaseException) -> str:
+    code = getattr(exc, "errno", None)
+    return errno.errorcode.get(code, str(code)) if code else type(exc).__name__
+
+
+def _syscall(nr: int, *args) -> int:
+    r = _libc.syscall(nr, *args)
+    if r < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return r
+
+
+def bpf_map_create() -> int:
+    attr = ctypes.create_string_buffer(struct.pack("IIII", BPF_MAP_TYPE_ARRAY, 4, 4, 1), 128)
+    return _syscall(SYS_BPF, BPF_MAP_CREATE, attr, 128)
+
+
+def bpf_prog_load_tracepoint() -> int:
+    insns = ctypes.create_string_buffer(bytes([0xb7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0]), 16)
+    lic = ctypes.create_string_buffer(b"GPL")
+    attr = ctypes.create_string_buffer(struct.pack("IIQQ", BPF_PROG_TYPE_TRACEPOINT, 2, ctypes.addressof(insns),
+                                                   ctypes.addressof(lic)), 128)
+    return _syscall(SYS_BPF, BPF_PROG_LOAD, attr, 128)
+
+
+def tracepoint_id(name: str = "sched/sched_process_exec") -> int:
+    for root in TRACEFS:
+        try:
+            with open(f"{root}/events/{name}/id") as f:
+                return int(f.read())
+        except OSError:
+            continue
+    raise FileNotFoundError(errno.ENOENT, "no tracefs")
+
+
+def perf_event_open_tracepoint() -> int:
+    # perf_event_attr, first version (64 bytes): type, size, config, then zeros
+    attr = ctypes.create_string_buffer(struct.pack("IIQ", PERF_TYPE_TRACEPOINT, 64, tracepoint_id()), 64)
+    return _syscall(SYS_PERF_EVENT_OPEN, attr, -1, 0, -1, 8)  # all tasks, cpu 0, FD_CLOEXEC
+
+
+def _close(*fds: int) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def attach() -> None:
+    prog = bpf_prog_load_tracepoint()
+    ev = perf_event_open_tracepoint()
+    try:
+        import fcntl
+
+        fcntl.ioctl(ev, PERF_EVENT_IOC_SET_BPF, prog)
+    finally:
+        _close(ev, prog)
+
+
+def cn_proc_listen() -> None:
+    """PROC_CN_MCAST_LISTEN on the proc connector, as the cn_proc tracker does; the kernel
+    answers with an ack carrying the error (EPERM without CAP_NET_ADMIN)."""
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 11)  # NETLINK_CONNECTOR
+    try:
+        s.bind((0, 1))  # CN_IDX_PROC multicast group
+        s.settimeout(2)
+        op = struct.pack("I", 1)  # PROC_CN_MCAST_LISTEN
+        cn = struct.pack("IIIIHH", 1, 1, 0, 0, len(op), 0) + op
+        s.send(struct.pack("IHHII", 16 + len(cn), 3, 0, 0, 0) + cn)  # NLMSG_DONE
+        while True:
+            data = s.recv(4096)
+            what, = struct.unpack_from("I", data, 36)
+            if what == 0:  # PROC_EVENT_NONE: the ack
+                err, = struct.unpack_from("I", data, 52)
+                if err:
+                    raise OSError(err, os.strerror(err))
+                return
+    finally:
+        s.close()
+
+
+def kill_other_user(pid: int) -> None:
+    os.kill(pid, 0)  # the permission check of kill(2), without a signal
+
+
+def lower_oom_score_adj() -> None:
+    """Of a root process (an agent runtime launched by root): another uid's file is 0644
+    its own, which root cannot open for writing without CAP_DAC_OVERRIDE."""
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        with open(f"/proc/{child.pid}/oom_score_adj", "w") as f:
+            f.write("-100")  # lower than the inherited 0: needs CAP_SYS_RESOURCE
+    finally:
+        child.kill()
+        child.wait()
+
+
+def read_exe(pid: int) -> None:
+    os.readlink(f"/proc/{pid}/exe")
+
+
+def read_environ(pid: int) -> None:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        f.read(1)
+
+
+def negative_nice() -> None:
+    tid = __import__("threading").get_native_id()
+    old = os.getpriority(os.PRIO_PROCESS, tid)
+    os.setpriority(os.PRIO_PROCESS, tid, -10)
+    os.setpriority(os.PRIO_PROCESS, tid, old)
+
+
+def fchown_to_other_user() -> None:
+    with tempfile.TemporaryFile() as f:
+        os.fchown(f.fileno(), NOBODY, -1)
+
+
+def write_task_delayacct() -> None:
+    path = "/proc/sys/kernel/task_delayacct"
+    with open(path) as f:
+        value = f.read()
+    with open(path, "w") as f:  # the same value: nothing changes on the host
+        f.write(value)
+
+
+PROBES = {
+    "bpf(BPF_MAP_CREATE)": lambda: _close(bpf_map_create()),
+    "bpf(BPF_PROG_LOAD, tracepoint)": lambda: _close(bpf_prog_load_tracepoint()),
+    "perf_event_open(tracepoint)": lambda: _close(perf_event_open_tracepoint()),
+    "ioctl(PERF_EVENT_IOC_SET_BPF)": attach,
+    "cn_proc(PROC_CN_MCAST_LISTEN)": cn_proc_listen,
+    "kill(other uid)": kill_other_user,
+    "write(oom_score_adj, lower, root process)": lower_oom_score_adj,
+    "readlink(/proc/<other uid>/exe)": read_exe,
+    "open(/proc/<other uid>/environ)": read_environ,
+    "setpriority(nice -10)": negative_nice,
+    "fchown(other uid)": fchown_to_other_user,
+    "write(kernel.task_delayacct)": write_task_delayacct,
+}
+
+
+WITH_PID = {"kill(other uid)", "readlink(/proc/<other uid>/exe)",
+            "open(/proc/<other uid>/environ)"}
+
+
+def run(other_pid: int) -> dict[str, str]:
+    """other_pid: a process of another uid (not root), started by the caller."""
+    out = {}
+    for name, probe in PROBES.items():
+        try:
+            probe(other_pid) if name in WITH_PID else probe()
+            out[name] = "ok"
+        except Exception as exc:  # the errno is the result
+            out[name] = _err(exc)
+    return out
+
+
+if __name__ == "__main__":
+    json.dump(run(int(sys.argv[1])), sys.stdout)
+    print()
