@@ -61,9 +61,12 @@ print(d, names)
 SYSTEMD_PID = 0
 
 
+T0 = time.monotonic()
+
+
 def check(name: str, ok: bool, **detail) -> bool:
     with open(RW / "checks.jsonl", "a") as f:
-        f.write(json.dumps({"check": name, "ok": bool(ok), **detail}) + "\n")
+        f.write(json.dumps({"check": name, "ok": bool(ok), "t_s": round(time.monotonic() - T0, 1), **detail}) + "\n")
     print(("PASS " if ok else "FAIL ") + name, json.dumps(detail)[:2000], flush=True)
     return ok
 
@@ -77,6 +80,13 @@ def inside(*argv: str, timeout: float = 120, **kw) -> subprocess.CompletedProces
 def show(*props: str) -> dict[str, str]:
     r = inside("systemctl", "show", "agentd", "-p", ",".join(props))
     return dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+
+
+def notifications(pid: str) -> list[str]:
+    """What systemd got from the daemon over NOTIFY_SOCKET, in order (PID 1's debug log)."""
+    log = inside("journalctl", "--no-pager", "-o", "cat", "_PID=1").stdout
+    mark = f"agentd.service: Got notification message from PID {pid} ("
+    return [line.split(mark, 1)[1].rstrip(")") for line in log.splitlines() if mark in line]
 
 
 def agentctl(*args: str, **kw) -> subprocess.CompletedProcess:
@@ -106,8 +116,10 @@ def boot_systemd() -> subprocess.Popen:
     env = {"container": "agentd-vm", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
     log = open(RW / "systemd.log", "wb")
     proc = subprocess.Popen(["unshare", "--pid", "--mount", "--fork", "--mount-proc", "--propagation", "private",
-                             "/lib/systemd/systemd", "--system", "--unit=agentd-vm.target", "--log-target=console",
-                             "--show-status=no"],
+                             "/lib/systemd/systemd", "--system", "--unit=agentd-vm.target",
+                             # debug: PID 1 logs each sd_notify message it gets ("Got notification
+                             # message from PID n (RELOADING=1)"), the proof of the reload cycle
+                             "--log-level=debug", "--show-status=no"],
                             env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not SYSTEMD_PID:
@@ -175,8 +187,9 @@ def run_checks() -> None:
     after = int(show("WatchdogTimestampMonotonic")["WatchdogTimestampMonotonic"] or 0)
     time.sleep(WATCHDOG_S * 0.75)
     later = int(show("WatchdogTimestampMonotonic")["WatchdogTimestampMonotonic"] or 0)
-    check("watchdog: WATCHDOG=1 pings arrive", before < after < later or (before < later and after in (before, later)),
-          before=before, after=after, later=later, usec=show("WatchdogUSec")["WatchdogUSec"])
+    pings = [n for n in notifications(pid) if n.startswith("WATCHDOG=1")]
+    check("watchdog: WATCHDOG=1 pings arrive", before < after < later and len(pings) >= 2,
+          before=before, after=after, later=later, pings=len(pings), usec=show("WatchdogUSec")["WatchdogUSec"])
 
     pfile = Path("/tmp/applied-by-api.yaml")
     pfile.write_text(POLICY_APPLIED)
@@ -195,11 +208,14 @@ def run_checks() -> None:
     s2 = show("ActiveState", "SubState", "MainPID", "NRestarts", "StatusText")
     listed = agentctl("--json", "policy", "list").stdout
     journal = inside("journalctl", "--no-pager", "-u", "agentd", "-o", "cat").stdout
+    notes = notifications(pid)
+    hup = max((i for i, n in enumerate(notes) if n.startswith("RELOADING=1")), default=-1)
     check("reload: SIGHUP -> RELOADING=1 -> READY=1, new policy in force",
           dropped.returncode == 0 and rl.returncode == 0 and s2.get("ActiveState") == "active" and s2.get("MainPID") == pid
-          and "dropped-then-reload" in listed and "Reloaded" in journal,
-          reload_s=round(reload_s, 2), show=s2, err=rl.stderr + dropped.stderr,
-          journal_tail=journal.splitlines()[-8:])
+          and "dropped-then-reload" in listed and "policies reloaded" in journal
+          and hup >= 0 and any(n.startswith("READY=1") for n in notes[hup + 1:]),
+          reload_s=round(reload_s, 2), show=s2, err=rl.stderr + dropped.stderr, notifications=notes[-6:],
+          journal_tail=journal.splitlines()[-3:])
 
     results_check()
 
