@@ -173,6 +173,18 @@ PROBES = {
 }
 
 
+# capability of the unit -> the calls that fail without it
+NEEDED_FOR = {
+    "CAP_BPF": ["bpf(BPF_MAP_CREATE)", "bpf(BPF_PROG_LOAD, tracepoint)", "ioctl(PERF_EVENT_IOC_SET_BPF)"],
+    "CAP_PERFMON": ["bpf(BPF_PROG_LOAD, tracepoint)", "perf_event_open(tracepoint)"],
+    "CAP_NET_ADMIN": ["cn_proc(PROC_CN_MCAST_LISTEN)"],  # before Linux 6.6 only
+    "CAP_KILL": ["kill(other uid)"],
+    "CAP_SYS_PTRACE": ["readlink(/proc/<other uid>/exe)"],
+    "CAP_DAC_READ_SEARCH": ["open(/proc/<other uid>/environ)"],
+    "CAP_SYS_NICE": ["setpriority(nice -10)"],
+    "CAP_SYS_RESOURCE": ["write(oom_score_adj, lower, root process)"],
+    "CAP_CHOWN": ["fchown(other uid)"],
+}
 WITH_PID = {"kill(other uid)", "readlink(/proc/<other uid>/exe)",
             "open(/proc/<other uid>/environ)"}
 

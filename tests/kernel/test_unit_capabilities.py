@@ -18,26 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from agentd.core.capprobe import NEEDED_FOR
+
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "agentd.service"
 NOBODY = 65534
 
 pytestmark = [pytest.mark.kernel,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (setpriv, BPF)")]
-
-# capability -> the calls that fail without it
-NEEDED_FOR = {
-    "CAP_BPF": ["bpf(BPF_MAP_CREATE)", "bpf(BPF_PROG_LOAD, tracepoint)", "ioctl(PERF_EVENT_IOC_SET_BPF)"],
-    "CAP_PERFMON": ["bpf(BPF_PROG_LOAD, tracepoint)", "perf_event_open(tracepoint)"],
-    "CAP_NET_ADMIN": ["cn_proc(PROC_CN_MCAST_LISTEN)"],  # before Linux 6.6 only
-    "CAP_KILL": ["kill(other uid)"],
-    "CAP_SYS_PTRACE": ["readlink(/proc/<other uid>/exe)"],
-    "CAP_DAC_READ_SEARCH": ["open(/proc/<other uid>/environ)"],
-    "CAP_SYS_NICE": ["setpriority(nice -10)"],
-    "CAP_SYS_RESOURCE": ["write(oom_score_adj, lower, root process)"],
-    "CAP_CHOWN": ["fchown(other uid)"],
-}
-
 
 def unit_caps() -> list[str]:
     m = re.search(r"^CapabilityBoundingSet=(.*)$", UNIT.read_text(), re.M)

@@ -7,9 +7,11 @@ with `container=` set like systemd-nspawn does. The unit is installed by
 WatchdogSec (so a ping is seen in seconds). Then, through systemctl and agentctl run in
 systemd's namespaces:
 
-  start    `systemctl start agentd` returns once the daemon sent READY=1 (Type=notify)
-  caps     the daemon runs with the unit's CapabilityBoundingSet, the BPF tracker and
-           its exec gate loaded, and the seccomp filter on (Seccomp: 2)
+  probe    agentd/core/capprobe.py under setpriv: each capability of the unit needed by
+           a named call on this kernel, CAP_SYS_ADMIN by none that agentd makes
+  start    the unit goes active only once the daemon sent READY=1 (Type=notify)
+  caps     the daemon runs with the unit's CapabilityBoundingSet (no CAP_SYS_ADMIN), the
+           BPF tracker and its exec gate loaded, and the seccomp filter on (Seccomp: 2)
   watchdog systemd's WatchdogTimestamp advances: the daemon's WATCHDOG=1 pings arrive
   apply    `agentctl policy apply` writes /etc/agentd/policies.d under ProtectSystem=strict
   reload   a policy file dropped in /etc/agentd/policies.d and `systemctl reload agentd`
@@ -36,6 +38,7 @@ RW = Path(os.environ.get("AGENTD_VM_RESULTS", "/tmp"))
 BIN = Path(sys.executable).parent
 WRAPPER = Path("/usr/local/libexec/agentd-vm/agentd")  # /usr is a writable overlay in the guest
 WATCHDOG_S = 4
+SHARED = Path("/srv/agentd-vm")  # a writable overlay, the same in systemd's namespace (not /tmp)
 NOBODY = 65534
 POLICY_APPLIED = """version: 1
 name: applied-by-api
@@ -90,11 +93,12 @@ def notifications(pid: str) -> list[str]:
 
 
 def agentctl(*args: str, **kw) -> subprocess.CompletedProcess:
-    return inside(str(BIN / "python"), "-m", "cli.agentctl", *args, cwd=REPO,
+    return inside(str(BIN / "python"), "-m", "cli.agentctl", *args, cwd="/",
                   env={**os.environ, "PYTHONPATH": str(REPO)}, **kw)
 
 
 def install() -> None:
+    SHARED.mkdir(mode=0o755, parents=True, exist_ok=True)
     WRAPPER.parent.mkdir(parents=True, exist_ok=True)
     # exec: the daemon keeps the pid systemd started (NotifyAccess=main)
     WRAPPER.write_text(f"#!/bin/sh\nPYTHONPATH={REPO} PYTHONDONTWRITEBYTECODE=1 exec {sys.executable} -m agentd.main \"$@\"\n")
@@ -159,12 +163,19 @@ def main() -> int:
 
 def run_checks() -> None:
     t0 = time.monotonic()
-    r = inside("systemctl", "start", "agentd", timeout=240)
-    start_s = time.monotonic() - t0
-    s = show("ActiveState", "SubState", "MainPID", "StatusText", "Type", "NotifyAccess", "WatchdogUSec",
+    r = inside("systemctl", "start", "--no-block", "agentd")
+    probe_capabilities()  # on the guest's kernel, while BCC compiles the tracker
+    props = ("ActiveState", "SubState", "MainPID", "StatusText", "Type", "NotifyAccess", "WatchdogUSec",
              "WatchdogTimestampMonotonic", "NRestarts", "Result")
-    check("start: READY=1 (Type=notify)", r.returncode == 0 and s.get("ActiveState") == "active" and s.get("SubState") == "running",
-          start_s=round(start_s, 1), show=s, err=r.stderr)
+    s = show(*props)
+    while s.get("ActiveState") == "activating" and time.monotonic() - t0 < 240:
+        time.sleep(0.5)
+        s = show(*props)
+    start_s = time.monotonic() - t0
+    notes = notifications(s.get("MainPID", "?"))
+    check("start: READY=1 (Type=notify)", r.returncode == 0 and s.get("ActiveState") == "active" and s.get("SubState") == "running"
+          and any(n.startswith("READY=1") for n in notes),
+          start_s=round(start_s, 1), show=s, err=r.stderr, notifications=notes[:2])
     if s.get("ActiveState") != "active":
         return
     pid = s["MainPID"]
@@ -178,7 +189,9 @@ def run_checks() -> None:
         status = {}
     tracker = status.get("tracker") or {}
     check("caps: BPF tracker and exec gate under the unit's capabilities",
-          tracker.get("backend") == "bpf" and tracker.get("exec_gate") is True and caps.get("Seccomp") == "2",
+          tracker.get("backend") == "bpf" and tracker.get("exec_gate") is True and caps.get("Seccomp") == "2"
+          and caps.get("NoNewPrivs") == "1" and (status.get("capabilities") or {}).get("missing") == []
+          and not int(caps.get("CapBnd", "0"), 16) >> 21 & 1,  # no CAP_SYS_ADMIN
           caps=caps, tracker=tracker, degraded=status.get("degraded"), lines=status.get("lines"),
           capabilities=status.get("capabilities"), err=st.stderr[-2000:])
 
@@ -191,7 +204,7 @@ def run_checks() -> None:
     check("watchdog: WATCHDOG=1 pings arrive", before < after < later and len(pings) >= 2,
           before=before, after=after, later=later, pings=len(pings), usec=show("WatchdogUSec")["WatchdogUSec"])
 
-    pfile = Path("/tmp/applied-by-api.yaml")
+    pfile = SHARED / "applied-by-api.yaml"
     pfile.write_text(POLICY_APPLIED)
     ap = agentctl("policy", "apply", str(pfile))
     on_disk = Path("/etc/agentd/policies.d/applied-by-api.yaml")
@@ -223,17 +236,53 @@ def run_checks() -> None:
     check("no restart during the checks", s3.get("NRestarts") == "0" and s3.get("MainPID") == pid, show=s3)
 
 
+def probe_capabilities() -> None:
+    """agentd/core/capprobe.py under setpriv on this kernel: every call works with the
+    unit's CapabilityBoundingSet, each fails without the capability kept for it, and
+    CAP_SYS_ADMIN changes nothing but kernel.task_delayacct (not written by agentd)."""
+    sys.path.insert(0, str(REPO))
+    from agentd.core.capprobe import NEEDED_FOR
+
+    unit = (REPO / "systemd" / "agentd.service").read_text()
+    caps = next(line.split("=", 1)[1].split() for line in unit.splitlines() if line.startswith("CapabilityBoundingSet="))
+    other = subprocess.Popen(["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups", "--", "sleep", "300"])
+    time.sleep(0.5)
+
+    def probe(cs: list[str]) -> dict:
+        bset = "-all" + "".join(f",+{c[4:].lower()}" for c in cs)
+        r = subprocess.run(["setpriv", f"--bounding-set={bset}", "--", sys.executable, "-m", "agentd.core.capprobe", str(other.pid)],
+                           capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+        return json.loads(r.stdout) if r.returncode == 0 else {"error": r.stderr[-500:]}
+
+    try:
+        full = probe(caps)
+        admin = probe(caps + ["CAP_SYS_ADMIN"])
+        without = {cap: probe([c for c in caps if c != cap]) for cap in caps}
+    finally:
+        other.kill()
+        other.wait()
+    needed = {cap: {call: without[cap].get(call) for call in NEEDED_FOR.get(cap, [])} for cap in caps}
+    release = tuple(int(x) for x in os.uname().release.split("-")[0].split(".")[:2])
+    unneeded = [cap for cap, calls in needed.items() if not any(v in ("EPERM", "EACCES") for v in calls.values())
+                and not (cap == "CAP_NET_ADMIN" and release >= (6, 6))]
+    changed_by_admin = sorted(k for k in admin if admin[k] != full.get(k))
+    check("capabilities: each needed on this kernel, CAP_SYS_ADMIN adds nothing",
+          set(caps) == set(NEEDED_FOR) and all(v == "ok" for k, v in full.items() if k != "write(kernel.task_delayacct)")
+          and not unneeded and changed_by_admin == ["write(kernel.task_delayacct)"],
+          kernel=os.uname().release, with_unit_set=full, without_each=needed, unneeded=unneeded,
+          changed_by_cap_sys_admin=changed_by_admin)
+
+
 def results_check() -> None:
     """A non-root agent's tool call gets its result file (CAP_CHOWN, RuntimeDirectory)."""
-    work = Path("/tmp/agentd-vm-agent")  # the agent runs in systemd's mount ns, beside the test
-    work.mkdir(mode=0o755, exist_ok=True)
+    work = SHARED
     (work / "agent.py").write_text(AGENT)
     (work / "agent.py").chmod(0o644)
     # every local user may connect, as with --socket-group users (tests/e2e/test_security.py)
     inside("chmod", "0666", "/run/agentd/agentd.sock")
     r = inside("setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups", "--",
                str(BIN / "python"), "-m", "cli.agentctl", "run", "--name", "nobody-agent", "--",
-               sys.executable, str(work / "agent.py"), cwd=REPO, timeout=120,
+               sys.executable, str(work / "agent.py"), cwd="/", timeout=120,
                env={"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "HOME": "/", "PYTHONDONTWRITEBYTECODE": "1"})
     listing = inside("sh", "-c", "ls -ln /run/agentd/results/nobody-agent/ 2>&1; "
                      "stat -c '%n %a %u' /run/agentd /run/agentd/results /run/agentd/results/nobody-agent").stdout

@@ -72,6 +72,10 @@ def test_install_service_and_boot(checks):
     _assert(checks, "systemd booted")
 
 
+def test_each_capability_is_needed_on_the_guest_kernel(checks):
+    _assert(checks, "capabilities: each needed on this kernel, CAP_SYS_ADMIN adds nothing")
+
+
 def test_start_waits_for_ready(checks):
     _assert(checks, "start: READY=1 (Type=notify)")
 
