@@ -101,7 +101,10 @@ def install() -> None:
     SHARED.mkdir(mode=0o755, parents=True, exist_ok=True)
     WRAPPER.parent.mkdir(parents=True, exist_ok=True)
     # exec: the daemon keeps the pid systemd started (NotifyAccess=main)
-    WRAPPER.write_text(f"#!/bin/sh\nPYTHONPATH={REPO} PYTHONDONTWRITEBYTECODE=1 exec {sys.executable} -m agentd.main \"$@\"\n")
+    # The checkout must be visible under the unit's sandbox (not under /tmp: PrivateTmp=yes),
+    # or the daemon would run whatever agentd the venv has installed instead of this one.
+    WRAPPER.write_text(f"#!/bin/sh\n[ -f {REPO}/agentd/main.py ] || {{ echo 'agentd-vm: {REPO} is hidden from the unit' >&2; exit 1; }}\n"
+                       f"PYTHONPATH={REPO} PYTHONDONTWRITEBYTECODE=1 exec {sys.executable} -m agentd.main \"$@\"\n")
     WRAPPER.chmod(0o755)
     r = subprocess.run([str(BIN / "python"), "-m", "cli.agentctl", "install-service", "--exec", str(WRAPPER)],
                        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
