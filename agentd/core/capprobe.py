@@ -184,7 +184,30 @@ NEEDED_FOR = {
     "CAP_SYS_NICE": ["setpriority(nice -10)"],
     "CAP_SYS_RESOURCE": ["write(oom_score_adj, lower, root process)"],
     "CAP_CHOWN": ["fchown(other uid)"],
+    # Debian's (and Ubuntu's) kernels add perf_event_paranoid=3, their default, at which
+    # perf_event_open(2) requires CAP_SYS_ADMIN whatever CAP_PERFMON says
+    "CAP_SYS_ADMIN": ["perf_event_open(tracepoint)", "ioctl(PERF_EVENT_IOC_SET_BPF)"],
 }
+
+
+def perf_event_paranoid() -> int:
+    try:
+        with open("/proc/sys/kernel/perf_event_paranoid") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 2
+
+
+def needed_here(cap: str, release: str | None = None, paranoid: int | None = None) -> tuple[bool, str]:
+    """Whether the running kernel makes the calls of NEEDED_FOR[cap] need cap, and why not."""
+    if cap == "CAP_NET_ADMIN":
+        rel = tuple(int(x) for x in (release or os.uname().release).split("-")[0].split(".")[:2])
+        if rel >= (6, 6):
+            return False, "Linux 6.6 opened the proc connector to every user; kept for older kernels"
+    if cap == "CAP_SYS_ADMIN":
+        if (perf_event_paranoid() if paranoid is None else paranoid) <= 2:
+            return False, "kernel.perf_event_paranoid <= 2: CAP_PERFMON is enough for perf_event_open here"
+    return True, ""
 WITH_PID = {"kill(other uid)", "readlink(/proc/<other uid>/exe)",
             "open(/proc/<other uid>/environ)"}
 
@@ -199,6 +222,49 @@ def run(other_pid: int) -> dict[str, str]:
         except Exception as exc:  # the errno is the result
             out[name] = _err(exc)
     return out
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def _keep_only(bits: list[int]) -> None:
+    """capset(2): this process keeps `bits` (effective and permitted), of those it has."""
+    with open("/proc/self/status") as f:
+        have = next(int(line.split()[1], 16) for line in f if line.startswith("CapPrm:"))
+    mask = sum(1 << b for b in bits) & have
+    data = (_CapData * 2)()
+    for i in range(2):
+        data[i].effective = data[i].permitted = (mask >> (32 * i)) & 0xFFFFFFFF
+    if _libc.capset(ctypes.byref(_CapHeader(0x20080522, 0)), data) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def run_with(bits: list[int], other_pid: int) -> dict[str, str]:
+    """run() in a forked child that holds only the capabilities `bits` (a fork costs a few
+    ms where `setpriv ... python -m` costs a Python start-up: seconds under emulation)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never returns
+        code = 0
+        try:
+            os.close(r)
+            _keep_only(bits)
+            os.write(w, json.dumps(run(other_pid)).encode())
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    return json.loads(data) if data else {"error": "the probe child failed"}
 
 
 if __name__ == "__main__":

@@ -100,6 +100,7 @@ def test_the_unit_agrees_with_the_daemons_defaults():
     assert DEFAULT_SOCKET.parent == Path("/run") / d["RuntimeDirectory"][0] and d["RuntimeDirectoryMode"] == ["0755"]
     assert default_results_root(DEFAULT_SOCKET).parent == DEFAULT_SOCKET.parent
     caps = d["CapabilityBoundingSet"][0].split()
-    assert "CAP_CHOWN" in caps and "CAP_SYS_ADMIN" not in caps  # results are fchown'ed to the agent
+    assert "CAP_CHOWN" in caps  # results are fchown'ed to the agent
+    assert "CAP_DAC_OVERRIDE" not in caps and "CAP_FOWNER" not in caps
     allowed = d["SystemCallFilter"][0].split()
     assert allowed[0] == "@system-service" and {"bpf", "perf_event_open"} <= set(allowed)
