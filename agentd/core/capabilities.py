@@ -36,9 +36,13 @@ def effective(status_text: str | None = None) -> int:
 
 
 def summary(cap_eff: int) -> dict:
-    """{"held": [...], "missing": [...], "line": one line for status}."""
+    """{"held": [...], "missing": [...], "line": one line for status}. A capability this
+    kernel does not ask for (CAP_NET_ADMIN from 6.6, CAP_SYS_ADMIN where
+    perf_event_paranoid <= 2) is not missing when it is not held."""
+    from agentd.core.capprobe import needed_here
+
     held = [name for name, (bit, _) in REASONS.items() if cap_eff >> bit & 1]
-    missing = [name for name in REASONS if name not in held]
+    missing = [name for name in REASONS if name not in held and needed_here(name)[0]]
     full = all(cap_eff >> bit & 1 for bit in range(ALL_CAPS))
     if full:
         line = "capabilities: all (plain root; the unit keeps only " + ", ".join(REASONS) + ")"
