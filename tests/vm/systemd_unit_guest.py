@@ -174,7 +174,8 @@ def run_checks() -> None:
     props = ("ActiveState", "SubState", "MainPID", "StatusText", "Type", "NotifyAccess", "WatchdogUSec",
              "WatchdogTimestampMonotonic", "NRestarts", "Result")
     s = show(*props)
-    while s.get("ActiveState") == "activating" and time.monotonic() - t0 < 240:
+    # inactive while the start job waits for sysinit.target, activating until READY=1
+    while s.get("ActiveState") not in ("active", "failed") and time.monotonic() - t0 < 420:
         time.sleep(0.5)
         s = show(*props)
     start_s = time.monotonic() - t0
