@@ -24,7 +24,7 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 GUEST = HERE / "systemd_unit_guest.py"
-TIMEOUT = float(os.environ.get("AGENTD_VM_SYSTEMD_TIMEOUT", "420"))
+TIMEOUT = float(os.environ.get("AGENTD_VM_SYSTEMD_TIMEOUT", "600"))
 
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="needs root (the VM's guest runs as root)")]
 
