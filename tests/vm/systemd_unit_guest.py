@@ -111,7 +111,8 @@ def install() -> None:
     dropin.mkdir(parents=True, exist_ok=True)
     # the test only: a ping every WATCHDOG_S/2 s; BCC compiles the tracker for minutes
     # under software emulation (seconds on hardware, where the unit's 90 s hold)
-    (dropin / "vm-test.conf").write_text(f"[Service]\nWatchdogSec={WATCHDOG_S}s\nTimeoutStartSec=400s\n")
+    extra = os.environ.get("AGENTD_VM_UNIT_EXTRA", "").replace(";", "\n")  # diagnosis only: more drop-in lines
+    (dropin / "vm-test.conf").write_text(f"[Service]\nWatchdogSec={WATCHDOG_S}s\nTimeoutStartSec=400s\n{extra}\n")
     # What systemd boots to: nothing but a target; agentd is started by the test.
     Path("/etc/systemd/system/agentd-vm.target").write_text("[Unit]\nDescription=agentd VM test\n")
     shutil.rmtree("/etc/agentd/policies.d", ignore_errors=True)
@@ -287,11 +288,12 @@ def results_check() -> None:
     argv = ["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups", "--",
             str(BIN / "python"), "-m", "cli.agentctl", "run", "--name", "nobody-agent", "--", "sh", str(work / "agent.sh")]
     try:
-        r = inside(*argv, cwd="/", timeout=300,
+        r = inside(*argv, cwd="/", timeout=float(os.environ.get("AGENTD_VM_AGENT_TIMEOUT", "300")),
                    env={"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "HOME": "/", "PYTHONDONTWRITEBYTECODE": "1"})
     except subprocess.TimeoutExpired as exc:
         r = subprocess.CompletedProcess(argv, -1, str(exc.stdout or ""), "timed out; processes:\n"
-                                        + inside("ps", "-eo", "pid,stat,user,wchan:20,args").stdout)
+                                        + inside("ps", "-eo", "pid,stat,user,wchan:20,args").stdout
+                                        + agentctl("--json", "status").stdout[-3000:])
     listing = inside("sh", "-c", "ls -ln /run/agentd/results/nobody-agent/ 2>&1; "
                      "stat -c '%n %a %u' /run/agentd /run/agentd/results /run/agentd/results/nobody-agent").stdout
     files = [line for line in listing.splitlines() if line.endswith(".json")]
