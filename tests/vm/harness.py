@@ -220,7 +220,6 @@ def boot_and_run(
     cwd: str | os.PathLike | None = None,
     files_dir: str | os.PathLike | None = None,
     qemu_opts: list[str] | None = None,
-    systemd: bool = False,
 ) -> GuestResult:
     """Boot the VM once, run `command` as root in it (cwd: the repository), power off.
 
@@ -266,9 +265,6 @@ def boot_and_run(
         "--rwdir", str(rw),
         "--cwd", str(REPO),
     ]
-    if systemd:
-        # systemd as the guest's PID 1 (vng --systemd); the command runs from its serial getty
-        args.append("--systemd")
     if os.environ.get("AGENTD_VM_KVM") != "1":
         # This host's /dev/kvm cannot run a stock kernel: software emulation (TCG).
         args.append("--disable-kvm")

@@ -73,9 +73,8 @@ def check(name: str, ok: bool, **detail) -> bool:
 
 
 def inside(*argv: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
-    """Run argv in systemd's pid and mount namespaces (as systemctl would on a booted host);
-    as it is when systemd is the guest's PID 1."""
-    cmd = ["nsenter", "-t", str(SYSTEMD_PID), "-m", "-p", "--", *argv] if SYSTEMD_PID else list(argv)
+    """Run argv in systemd's pid and mount namespaces (as systemctl would on a booted host)."""
+    cmd = ["nsenter", "-t", str(SYSTEMD_PID), "-m", "-p", "--", *argv]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
 
 
@@ -150,34 +149,19 @@ def boot_systemd() -> subprocess.Popen:
     return proc
 
 
-def systemd_is_init() -> bool:
-    try:
-        return Path("/proc/1/comm").read_text().strip() == "systemd"
-    except OSError:
-        return False
-
-
 def main() -> int:
     install()
-    native = systemd_is_init()  # vng --systemd: the guest booted systemd (harness systemd=True)
-    if native:
-        # debug: PID 1 logs each sd_notify message it gets (see notifications())
-        subprocess.run(["systemctl", "log-level", "debug"], capture_output=True)
-        r = subprocess.run(["systemctl", "daemon-reload"], capture_output=True, text=True)
-        check("systemd booted", r.returncode == 0, state=subprocess.run(["systemctl", "is-system-running"], capture_output=True,
-                                                                         text=True).stdout.strip(), pid1="systemd", err=r.stderr)
-    sysd = None if native else boot_systemd()
+    sysd = boot_systemd()
     try:
         run_checks()
     finally:
         j = inside("journalctl", "--no-pager", "-o", "short-monotonic", "-u", "agentd", "-n", "300")
         (RW / "agentd.journal").write_text(j.stdout + j.stderr)
-        if sysd is not None:
-            inside("systemctl", "poweroff", "--no-block")
-            try:
-                sysd.wait(30)
-            except subprocess.TimeoutExpired:
-                sysd.kill()
+        inside("systemctl", "poweroff", "--no-block")
+        try:
+            sysd.wait(30)
+        except subprocess.TimeoutExpired:
+            sysd.kill()
     return 0
 
 
