@@ -15,4 +15,7 @@ EXAMPLES_DIR = REPO_ROOT / "examples"
 
 DEFAULT_SOCKET = Path(os.environ.get("AGENTD_SOCKET", "/run/agentd/agentd.sock"))
 DEFAULT_STATE_DIR = Path(os.environ.get("AGENTD_STATE_DIR", "/var/lib/agentd"))
+# Policy files, read at start and on SIGHUP, written by `agentctl policy apply`: the unit
+# creates it (ConfigurationDirectory=) and keeps it writable under ProtectSystem=strict
+# (ReadWritePaths=); tests/e2e/test_systemd_unit.py checks that the two agree.
 DEFAULT_POLICY_DIR = Path("/etc/agentd/policies.d")

@@ -2,7 +2,8 @@
 # Idempotent set-up for the VM tests (tests/vm), as root, on Debian 12:
 #   1. Debian packages: qemu-system-x86 (software emulation is enough), kmod (modprobe/depmod
 #      for the guest), busybox-static (virtme-ng's initramfs), numactl and util-linux
-#      (mkswap/swapon) for the guest, which shares the host's root read-only.
+#      (mkswap/swapon, unshare/nsenter/setpriv) and systemd (booted in the guest by
+#      tests/vm/test_systemd_unit_vm.py) for the guest, which shares the host's root read-only.
 #   2. virtme-ng (`vng`) in the project's venv.
 #   3. Debian kernel packages, downloaded once and unpacked (gitignored), each with
 #      modules.dep and its headers packages (linux-headers-<release>, -common) so BCC can
@@ -20,7 +21,7 @@ die() { echo "agentd-vm-setup: error: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root (apt-get)"
 
 # 1. Debian packages -------------------------------------------------------------------
-APT_PACKAGES=(qemu-system-x86 kmod busybox-static numactl util-linux)
+APT_PACKAGES=(qemu-system-x86 kmod busybox-static numactl util-linux systemd)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from agentd import __version__
 from agentd.cgroups.detect import move_self_to_daemon_cgroup, open_driver
+from agentd.core import capabilities
 from agentd.core.controller import DaemonController
 from agentd.core.journal import Journal
 from agentd.policy.parse_worker import ParseWorkers
@@ -94,6 +95,8 @@ class Daemon:
         self.results_dir = self.results.path
         self.lines["state"] = (f"state: {config.state_dir} (0700, files 0600, locked by pid {os.getpid()}); results: {self.results.path} "
                                "(root's folders, each file 0400 to its agent's uid)")
+        self.capabilities = capabilities.summary(capabilities.effective())
+        self.lines["capabilities"] = self.capabilities["line"]
         self.store = Store(config.state_dir / "agentd.db")
         self.journal = Journal(self.store, jsonl=config.state_dir / "journal.jsonl")
         self.policies = PolicySet(config.policy_dir, config.default_policy, require_root_owned=config.require_root_owned_policies)
@@ -368,6 +371,7 @@ class Daemon:
             "counters": dict(self.manager.counters),
             "readopt": {**self.readopt_counts, "ms": round(self.readopt_ms, 2)},
             "socket": str(self.config.socket_path),
+            "capabilities": {k: v for k, v in self.capabilities.items() if k != "line"},
             "kinds": self.kinds.status(),
         }
 

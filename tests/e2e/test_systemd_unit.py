@@ -84,3 +84,23 @@ def test_every_capability_is_named_with_a_reason():
     for cap in caps:
         assert re.search(rf"^#\s+{cap}\s+\S", text, re.M), f"{cap} has no comment saying why"
     assert "CAP_DAC_OVERRIDE" not in caps and "CAP_SETUID" not in caps
+
+
+def test_the_unit_agrees_with_the_daemons_defaults():
+    """The policy directory agentd uses by default is the one the unit creates and leaves
+    writable (ProtectSystem=strict would make `policy apply` fail otherwise); the state is
+    0700; results live under the runtime directory, reachable by agents."""
+    from agentd.core.results import default_results_root
+    from agentd.paths import DEFAULT_POLICY_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR
+
+    d = _directives(UNIT.read_text())
+    assert str(DEFAULT_POLICY_DIR) in d["ReadWritePaths"][0].split()
+    assert d["ConfigurationDirectory"] == [str(DEFAULT_POLICY_DIR.relative_to("/etc"))]
+    assert d["StateDirectoryMode"] == ["0700"] and DEFAULT_STATE_DIR == Path("/var/lib") / d["StateDirectory"][0]
+    assert DEFAULT_SOCKET.parent == Path("/run") / d["RuntimeDirectory"][0] and d["RuntimeDirectoryMode"] == ["0755"]
+    assert default_results_root(DEFAULT_SOCKET).parent == DEFAULT_SOCKET.parent
+    caps = d["CapabilityBoundingSet"][0].split()
+    assert "CAP_CHOWN" in caps  # results are fchown'ed to the agent
+    assert "CAP_DAC_OVERRIDE" not in caps and "CAP_FOWNER" not in caps
+    allowed = d["SystemCallFilter"][0].split()
+    assert allowed[0] == "@system-service" and {"bpf", "perf_event_open"} <= set(allowed)

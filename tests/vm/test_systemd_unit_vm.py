@@ -1,0 +1,107 @@
+"""The shipped unit (systemd/agentd.service) under a real systemd, with all its hardening.
+
+This host (and CI's containers) run no systemd as PID 1, so the VM is booted once and
+tests/vm/systemd_unit_guest.py starts the host's systemd there as PID 1 of its own pid
+namespace (pure cgroup v2, Debian's 6.12 kernel), installs the unit with
+`agentctl install-service` and checks, each reported here as its own test:
+READY (Type=notify), the BPF tracker and exec gate under CapabilityBoundingSet and
+SystemCallFilter, the watchdog pings, `agentctl policy apply` under ProtectSystem=strict,
+a reload (SIGHUP -> RELOADING=1 -> READY=1), the results root and CAP_CHOWN, and which
+call fails without which capability on the guest's kernel. (No agent runs here: in
+systemd's pid namespace the BPF tracker's pids, of the initial namespace, cannot be mapped;
+tests/e2e/test_security.py checks a uid 65534 agent's result file against the daemon.) A VM that cannot boot fails every test here with the
+reason.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+GUEST = HERE / "systemd_unit_guest.py"
+TIMEOUT = float(os.environ.get("AGENTD_VM_SYSTEMD_TIMEOUT", "600"))
+
+pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="needs root (the VM's guest runs as root)"),
+              pytest.mark.skipif(os.environ.get("AGENTD_IN_VM") == "1", reason="never boots a VM from the VM")]
+
+
+def _load_harness():
+    name = "agentd_vm_harness"  # shared with tests/vm/test_vm.py: one list of boots per session
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, HERE / "harness.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+harness = _load_harness()
+
+
+@pytest.fixture(scope="module")
+def checks() -> dict[str, dict]:
+    if shutil.which("unshare") is None or not Path("/lib/systemd/systemd").exists():
+        pytest.fail("systemd and util-linux must be installed (scripts/setup.sh, scripts/vm-setup.sh)")
+    try:
+        r = harness.boot_and_run([sys.executable, str(GUEST)], timeout=TIMEOUT, memory_mb=2048)
+    except harness.VMError as exc:
+        pytest.fail(f"VM: {exc.describe()}")
+    found: dict[str, dict] = {}
+    path = r.files_dir / "checks.jsonl"
+    for line in (path.read_text().splitlines() if path.exists() else []):
+        row = json.loads(line)
+        found[row["check"]] = row
+    found["_run"] = {"rc": r.rc, "files": str(r.files_dir), "summary": r.summary(),
+                     "output": (r.stdout + r.stderr)[-3000:]}
+    return found
+
+
+def _assert(checks: dict, name: str) -> None:
+    row = checks.get(name)
+    assert row is not None, f"the guest did not get to {name!r}: {json.dumps(checks['_run'], indent=1)}"
+    assert row["ok"], json.dumps(row, indent=1) + f"\n(files: {checks['_run']['files']})"
+
+
+def test_install_service_and_boot(checks):
+    _assert(checks, "install-service")
+    _assert(checks, "systemd booted")
+
+
+def test_each_capability_is_needed_on_the_guest_kernel(checks):
+    _assert(checks, "capabilities: each needed on this kernel, CAP_SYS_ADMIN for perf_event_open only")
+
+
+def test_start_waits_for_ready(checks):
+    _assert(checks, "start: READY=1 (Type=notify)")
+
+
+def test_bpf_tracker_and_gate_under_the_capability_set_and_seccomp(checks):
+    _assert(checks, "caps: BPF tracker and exec gate under the unit's capabilities")
+
+
+def test_watchdog_pings(checks):
+    _assert(checks, "watchdog: WATCHDOG=1 pings arrive")
+
+
+def test_policy_apply_under_protect_system_strict(checks):
+    _assert(checks, "policy apply under ProtectSystem=strict")
+
+
+def test_reload(checks):
+    _assert(checks, "reload: SIGHUP -> RELOADING=1 -> READY=1, new policy in force")
+
+
+def test_results_root_and_cap_chown(checks):
+    _assert(checks, "results: the results root under the unit, and CAP_CHOWN to hand files to agents")
+
+
+def test_no_restart_while_checked(checks):
+    _assert(checks, "no restart during the checks")
