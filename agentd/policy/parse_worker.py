@@ -36,6 +36,8 @@ NOBODY = 65534
 
 
 MAX_ANSWER_BYTES = 16 << 20
+READY = b"R"
+START_TIMEOUT_S = 120.0  # a cold worker imports the loader and every kind's schema
 MAX_PROBLEMS = 1000
 
 
@@ -71,6 +73,8 @@ def _serve(stdin, stdout) -> None:
     from agentd.policy.loader import parse_text  # imported before privileges are dropped
 
     _drop_privileges()
+    stdout.write(READY)  # start-up (imports: seconds on a slow host) is not counted in a parse's time limit
+    stdout.flush()
     while True:
         head = stdin.read(_LEN.size)
         if len(head) < _LEN.size:
@@ -103,7 +107,15 @@ class _Worker:
             sys.executable, "-s", "-m", "agentd.policy.parse_worker",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env, cwd="/",
             start_new_session=True)
-        return cls(proc)
+        worker = cls(proc)
+        try:
+            ready = await asyncio.wait_for(proc.stdout.readexactly(len(READY)), START_TIMEOUT_S)
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError):
+            ready = b""
+        if ready != READY:
+            await worker.kill()
+            raise OSError(f"the policy parse worker did not start within {START_TIMEOUT_S:g} s")
+        return worker
 
     async def call(self, text: str, filename: str) -> list[Problem]:
         data = json.dumps({"text": text, "filename": filename}).encode()

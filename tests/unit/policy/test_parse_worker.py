@@ -121,10 +121,12 @@ def test_the_worker_answers_json_data_never_objects_the_daemon_would_rebuild():
     import subprocess
     import sys
 
-    from agentd.policy.parse_worker import _LEN
+    from agentd.policy.parse_worker import _LEN, READY
 
     req = json.dumps({"text": "version: 1\nname: x\nbogus: 1\n", "filename": "x.yaml"}).encode()
     out = subprocess.run([sys.executable, "-m", "agentd.policy.parse_worker"], input=_LEN.pack(len(req)) + req,
                          capture_output=True, timeout=60).stdout
+    assert out.startswith(READY)
+    out = out[len(READY):]
     answer = json.loads(out[_LEN.size:_LEN.size + _LEN.unpack(out[:_LEN.size])[0]])
     assert [p["key"] for p in answer["problems"]] == ["bogus"]
