@@ -5,83 +5,19 @@ state is re-adopted by the next daemon on the same state directory."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-import shutil
-import tempfile
-import threading
 import time
-import uuid
-from pathlib import Path
 
 import pytest
 
 from agentd.api.client import ApiClient, ApiClientError
-from agentd.cgroups.detect import open_driver
-from agentd.core.daemon import Daemon, DaemonConfig
 from agentd.kinds.registry import KindEntry
+from tests.daemon_thread import DaemonThread, test_config, tmp  # noqa: F401 - tmp is a fixture
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the daemon needs root (cgroups, peer credentials)")
 
 PROBE = KindEntry("probe", "tests.probe_kind")
 NOBODY = 65534
-
-
-class DaemonThread:
-    """The real Daemon (cn_proc tracker, no GPU) on its own loop in a thread."""
-
-    def __init__(self, tmp: str, leaf: str):
-        self.config = DaemonConfig(socket_path=Path(tmp, "run", "agentd.sock"), state_dir=Path(tmp, "state"),
-                                   policy_dir=None, cgroup_leaf=leaf, tracker="cn_proc", move_self=False, gpu=False,
-                                   socket_group="nogroup", kinds=(PROBE,))
-        self.loop = asyncio.new_event_loop()
-        self.daemon: Daemon | None = None
-        self.error: BaseException | None = None
-        self._started = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-
-        async def main():
-            self.daemon = Daemon(self.config)
-            await self.daemon.start()
-            self._started.set()
-            await self.daemon.wait_stopped()
-            await self.daemon.stop()
-
-        try:
-            self.loop.run_until_complete(main())
-        except BaseException as exc:  # reported by __enter__
-            self.error = exc
-        finally:
-            self._started.set()
-
-    def __enter__(self):
-        self._thread.start()
-        assert self._started.wait(60) and self.error is None, f"the daemon did not start: {self.error!r}"
-        return self
-
-    def __exit__(self, *exc):
-        self.loop.call_soon_threadsafe(self.daemon.request_stop)
-        self._thread.join(30)
-
-    @property
-    def probe(self):
-        return self.daemon.kinds.kinds[0]
-
-
-@pytest.fixture
-def tmp():
-    d = tempfile.mkdtemp(prefix="agentd-kinds-")
-    os.chmod(d, 0o755)
-    leaf = f"agentd-test-{uuid.uuid4().hex[:8]}"
-    yield d, leaf
-    shutil.rmtree(d, ignore_errors=True)
-    driver = open_driver(leaf_name=leaf)  # the daemons' root in every hierarchy
-    roots = [t.root_dir for t in (driver.tree, *getattr(driver, "v1", {}).values())]
-    driver.remove("")
-    assert not [r for r in roots if os.path.exists(r)], "test cgroups left behind"
 
 
 def as_nobody(fn):
@@ -111,7 +47,7 @@ def as_nobody(fn):
 
 def test_kind_commands_hooks_status_and_readopt_through_the_real_daemon(tmp):
     d, leaf = tmp
-    with DaemonThread(d, leaf) as dt:
+    with DaemonThread(test_config(d, leaf, kinds=(PROBE,))) as dt:
         client = ApiClient(str(dt.config.socket_path))
         sock = str(dt.config.socket_path)
         # GET for anyone, with the caller as the daemon saw it.
@@ -119,7 +55,7 @@ def test_kind_commands_hooks_status_and_readopt_through_the_real_daemon(tmp):
         assert as_nobody(lambda: ApiClient(sock).kind_get("probe", "show")) == {"uid": NOBODY, "role": "user", "who": None}
         # POST reserved to admins: refused to uid 65534 before the handler runs.
         assert as_nobody(lambda: ApiClient(sock).kind_post("probe", "bump", {"by": 1})) == ("error", 403, "forbidden")
-        assert dt.probe.ctx.state.get("counter") is None
+        assert dt.kind("probe").ctx.state.get("counter") is None
         # Body checked against the command's schema: unknown field, wrong type, handler's own 400.
         for body, code in (({"by": 1, "x": 2}, "unknown_field"), ({"by": "1"}, "invalid_type"), ({"by": -1}, "invalid_value")):
             with pytest.raises(ApiClientError) as e:
@@ -132,15 +68,15 @@ def test_kind_commands_hooks_status_and_readopt_through_the_real_daemon(tmp):
         assert e.value.status == 403
         # Hooks driven by the loop: on_policy and readopt at start, ticks, journal records.
         time.sleep(0.5)
-        hooks = [c[0] for c in dt.probe.calls]
+        hooks = [c[0] for c in dt.kind("probe").calls]
         assert hooks[:2] == ["on_policy", "readopt"] and "on_tick" in hooks
-        assert any(c[0] == "on_event" and isinstance(c[1], dict) and c[1]["kind"] == "probe.changed" for c in dt.probe.calls)
+        assert any(c[0] == "on_event" and isinstance(c[1], dict) and c[1]["kind"] == "probe.changed" for c in dt.kind("probe").calls)
         status = client.status()
         assert status["kinds"]["probe"]["counter"] == 4 and status["kinds"]["probe"]["saved_settings"] == 1
         assert "agentd_probe_counter_total 4.0" in client.metrics()
-    assert [c for c in dt.probe.calls if c[0] == "stop"] == [("stop", False)]
+    assert [c for c in dt.kind("probe").calls if c[0] == "stop"] == [("stop", False)]
     # The next daemon on the same state directory re-adopts the kind's state and saved values.
-    with DaemonThread(d, leaf) as dt2:
+    with DaemonThread(test_config(d, leaf, kinds=(PROBE,))) as dt2:
         assert dt2.daemon.kind_readopt == {"probe": {"counter": 4}}
-        [saved] = dt2.probe.ctx.changes.saved()
+        [saved] = dt2.kind("probe").ctx.changes.saved()
         assert (saved.old, saved.new) == ("orig", "4")

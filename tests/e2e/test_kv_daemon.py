@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,8 @@ import pytest
 from agentd.api.client import ApiClient, ApiClientError
 from agentd.kinds.registry import KindEntry
 from agentd.kv.client import KvClient
-from tests.e2e.test_kind_routes import DaemonThread, as_nobody, tmp  # noqa: F401 - tmp is a fixture
+from tests.daemon_thread import DaemonThread, test_config, tmp  # noqa: F401 - tmp is a fixture
+from tests.e2e.test_kind_routes import as_nobody
 
 pytestmark = [pytest.mark.kernel, pytest.mark.skipif(os.geteuid() != 0, reason="the daemon needs root")]
 
@@ -30,12 +30,11 @@ MB = 1 << 20
 
 class KvDaemon(DaemonThread):
     def __init__(self, tmp: str, leaf: str):
-        super().__init__(tmp, leaf)
-        self.config = replace(self.config, kinds=(KV,))
+        super().__init__(test_config(tmp, leaf, kinds=(KV,)))
 
     @property
     def kv(self):
-        return self.daemon.kinds.kinds[0]
+        return self.kind("kv")
 
     def events(self, prefix="kv."):
         return [e for e in ApiClient(self.config.socket_path).recent_events(limit=1000) if e["kind"].startswith(prefix)]

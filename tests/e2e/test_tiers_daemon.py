@@ -18,7 +18,8 @@ import pytest
 from agentd.api.client import ApiClient
 from agentd.cgroups import fs
 from agentd.kinds.registry import KindEntry
-from tests.e2e.test_kind_routes import DaemonThread, as_nobody, tmp  # noqa: F401 - fixture
+from tests.daemon_thread import DaemonThread, test_config, tmp  # noqa: F401 - tmp is a fixture
+from tests.e2e.test_kind_routes import as_nobody
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the daemon needs root (cgroups, peer credentials)")
 REPO = Path(__file__).resolve().parents[2]
@@ -76,10 +77,7 @@ def test_a_job_is_placed_reclaimed_shown_and_restored_through_the_real_daemon(tm
     delayacct_before = DELAYACCT.read_text().strip()
     data = Path("/var/tmp") / f"agentd-tiers-e2e-{os.getpid()}"
     holder = None
-    dt = DaemonThread(d, leaf)
-    dt.config.kinds = (TIERS,)
-    dt.config.policy_dir = pdir
-    dt.config.require_root_owned_policies = False
+    dt = DaemonThread(test_config(d, leaf, kinds=(TIERS,), policy_dir=pdir, require_root_owned_policies=False))
     try:
         with dt:
             kind = dt.daemon.kinds.kinds[0]

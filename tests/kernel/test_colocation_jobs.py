@@ -10,14 +10,12 @@ and cgroup.events.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -28,9 +26,9 @@ from agentd.api.client import ApiClient, ApiClientError
 from agentd.cgroups import fs
 from agentd.cgroups.detect import open_driver
 from agentd.cgroups.parse import weight_to_shares
-from agentd.core.daemon import Daemon, DaemonConfig
 from agentd.kinds.registry import KindEntry
 from agentd.tracking import procfs
+from tests.daemon_thread import DaemonThread, test_config
 from tests.e2e.test_kind_routes import as_nobody
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the daemon needs root (cgroups, peer credentials)")
@@ -60,61 +58,26 @@ colocation:
 """
 
 
-class DaemonThread:
-    """The real Daemon (cn_proc tracker, 2 simulated GPUs) on its own loop in a thread."""
+class ColocationDaemon(DaemonThread):
+    """The real Daemon with the colocation kind and 2 simulated GPUs (a labelled fake NVML)."""
 
     def __init__(self, tmp: str, leaf: str):
         pdir = Path(tmp, "policies")
         pdir.mkdir(exist_ok=True)
         (pdir / "gpu.yaml").write_text(POLICY)
-        self.config = DaemonConfig(socket_path=Path(tmp, "run", "agentd.sock"), state_dir=Path(tmp, "state"),
-                                   policy_dir=pdir, cgroup_leaf=leaf, tracker="cn_proc", move_self=False, gpu=True,
-                                   simulate_gpus=2, socket_group="nogroup", kinds=(COLOCATION,))
-        self.loop = asyncio.new_event_loop()
-        self.daemon: Daemon | None = None
-        self._started = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-
-        async def main():
-            self.daemon = Daemon(self.config)
-            await self.daemon.start()
-            self._started.set()
-            await self.daemon.wait_stopped()
-            await self.daemon.stop()
-
-        try:
-            self.loop.run_until_complete(main())
-        finally:
-            self._started.set()
+        super().__init__(test_config(tmp, leaf, policy_dir=pdir, gpu=True, simulate_gpus=2, kinds=(COLOCATION,)))
 
     def __enter__(self):
-        self._thread.start()
-        assert self._started.wait(60) and self.daemon is not None
+        super().__enter__()
         self.daemon.gpu.interval_s = 0.3
         if self.daemon._gpu_thread is not None:
             self.daemon._gpu_thread.interval_s = 0.3
         wait_for(lambda: self.kind.views, what="a simulated GPU sample")
         return self
 
-    def __exit__(self, *exc):
-        self.loop.call_soon_threadsafe(self.daemon.request_stop)
-        self._thread.join(30)
-
     @property
     def kind(self):
-        return self.daemon.kinds.kinds[0]
-
-    def call(self, fn, *args):
-        """Run fn on the daemon's loop (the kind's state is the loop's) and return its result."""
-        fut = asyncio.run_coroutine_threadsafe(_acall(fn, *args), self.loop)
-        return fut.result(10)
-
-
-async def _acall(fn, *args):
-    return fn(*args)
+        return super().kind("colocation")
 
 
 def wait_for(cond, timeout=15.0, what="condition"):
@@ -196,7 +159,7 @@ def events(client, kind_prefix="job."):
 
 def test_run_class_places_real_processes_with_env_cpuset_and_weight(env):
     d, leaf, procs = env
-    with DaemonThread(d, leaf) as dt:
+    with ColocationDaemon(d, leaf) as dt:
         driver = dt.daemon.driver
         client = ApiClient(dt.config.socket_path)
         inf = run_job(dt, procs, "inference", "inf", "import time; time.sleep(60)")
@@ -280,7 +243,7 @@ def test_run_class_places_real_processes_with_env_cpuset_and_weight(env):
 
 def test_a_job_that_does_not_fit_waits_with_its_position_and_starts_when_room_appears(env):
     d, leaf, procs = env
-    with DaemonThread(d, leaf) as dt:
+    with ColocationDaemon(d, leaf) as dt:
         driver = dt.daemon.driver
         a = run_job(dt, procs, "training", "a", "import time; time.sleep(60)", size="70G")
         b = run_job(dt, procs, "training", "b", "import time; time.sleep(60)", size="70G")
@@ -302,7 +265,7 @@ def test_a_job_that_does_not_fit_waits_with_its_position_and_starts_when_room_ap
 
 def test_guard_lowers_freezes_thaws_and_terminates_a_real_best_effort_process(env):
     d, leaf, procs = env
-    with DaemonThread(d, leaf) as dt:
+    with ColocationDaemon(d, leaf) as dt:
         driver = dt.daemon.driver
         client = ApiClient(dt.config.socket_path)
         inf = run_job(dt, procs, "inference", "inf", "import time; time.sleep(60)")
@@ -354,7 +317,7 @@ def test_guard_lowers_freezes_thaws_and_terminates_a_real_best_effort_process(en
 
 def test_memory_pressure_freezes_the_best_effort_job_that_outgrew_its_estimate(env):
     d, leaf, procs = env
-    with DaemonThread(d, leaf) as dt:
+    with ColocationDaemon(d, leaf) as dt:
         driver = dt.daemon.driver
         client = ApiClient(dt.config.socket_path)
         inf = run_job(dt, procs, "inference", "inf", "import time; time.sleep(60)", size="20G")
@@ -379,14 +342,14 @@ def test_memory_pressure_freezes_the_best_effort_job_that_outgrew_its_estimate(e
 
 def test_a_restarted_daemon_readopts_running_jobs_and_drops_gone_ones(env):
     d, leaf, procs = env
-    with DaemonThread(d, leaf) as dt:
+    with ColocationDaemon(d, leaf) as dt:
         keep = run_job(dt, procs, "training", "keep", "import time; time.sleep(60)")
         gone = run_job(dt, procs, "training", "gone", "import time; time.sleep(60)")
         for p, n in ((keep, "keep"), (gone, "gone")):
             wait_for(lambda p=p, n=n: (cgroup_v2(p.pid) or "").endswith(f"/jobs/{n}") and execd(p.pid), what=n)
     gone.kill()  # ends while no daemon runs
     gone.wait(5)
-    with DaemonThread(d, leaf) as dt2:
+    with ColocationDaemon(d, leaf) as dt2:
         assert dt2.daemon.kind_readopt == {"colocation": {"jobs": 1, "gone": 1}}
         rows = ApiClient(dt2.config.socket_path).kind_get("colocation", "jobs")
         assert [(r["name"], r["state"], r["pid"]) for r in rows] == [("keep", "placed", keep.pid)]
