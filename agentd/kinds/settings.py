@@ -3,6 +3,7 @@ Each reads and writes exactly one file; values are the file's text, stripped."""
 
 from __future__ import annotations
 
+import errno
 import os
 
 from agentd.cgroups import fs
@@ -11,7 +12,12 @@ from agentd.cgroups.driver import CgroupDriver
 
 class CgroupKnob:
     """One cgroup file (cpuset.mems, cpu.weight, memory.swap.max, ...) of a cgroup under the
-    daemon's root; the target is the cgroup's path relative to that root."""
+    daemon's root; the target is the cgroup's path relative to that root.
+
+    An empty cpuset can be put back too: cpuset.cpus/mems of a v2 cgroup read "" while it
+    inherits its parent's. A zero-length write() never reaches the kernel, so "" is written
+    as a newline; and the kernel refuses an empty cpuset while the cgroup has tasks (ENOSPC),
+    so then the parent's effective set is written: the same CPUs or nodes, spelled out."""
 
     def __init__(self, driver: CgroupDriver, file: str):
         self.driver = driver
@@ -22,7 +28,18 @@ class CgroupKnob:
         return fs.read(self.driver.knob_path(target, self.file)).strip()
 
     def write(self, target: str, value: str) -> None:
-        fs.write(self.driver.knob_path(target, self.file), str(value))
+        path = self.driver.knob_path(target, self.file)
+        value = str(value)
+        if value or not self.file.startswith("cpuset."):
+            fs.write(path, value)
+            return
+        try:
+            fs.write(path, "\n")
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            parent = target.rsplit("/", 1)[0] if "/" in target else ""
+            fs.write(path, fs.read(self.driver.knob_path(parent, self.file + ".effective")).strip())
 
 
 class Sysctl:

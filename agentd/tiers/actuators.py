@@ -1,6 +1,6 @@
 """Thin effects: move a process's pages at a rate limit (and back), one proactive reclaim
 step on a cgroup, and the Settings the kind changes through ctx.changes (so every value is
-saved before it is written and put back on revert): cgroup knobs (TierKnob) and the
+saved before it is written and put back on revert): cgroup knobs (agentd.kinds.settings.CgroupKnob) and the
 host's weighted-interleave weights (InterleaveWeight).
 """
 
@@ -217,33 +217,3 @@ class InterleaveWeight:
     def write(self, target: str, value: str) -> None:
         with open(os.path.join(self.root, target), "w", encoding="ascii") as f:
             f.write(str(value))
-
-
-class TierKnob:
-    """A cgroup knob Setting (as agentd.kinds.settings.CgroupKnob) that can also put back an
-    empty cpuset: cpuset.mems of a v2 cgroup reads "" while it inherits its parent's. A
-    zero-length write() never reaches the kernel, so "" is written as a newline; and the
-    kernel refuses an empty cpuset while the cgroup has tasks (ENOSPC), so then the
-    parent's effective set is written: the same nodes, now spelled out."""
-
-    def __init__(self, driver, file: str):
-        self.driver = driver
-        self.file = file
-        self.name = f"cgroup:{file}"
-
-    def read(self, target: str) -> str:
-        return fs.read(self.driver.knob_path(target, self.file)).strip()
-
-    def write(self, target: str, value: str) -> None:
-        path = self.driver.knob_path(target, self.file)
-        value = str(value)
-        if value or not self.file.startswith("cpuset."):
-            fs.write(path, value)
-            return
-        try:
-            fs.write(path, "\n")
-        except OSError as exc:
-            if exc.errno != errno.ENOSPC:
-                raise
-            parent = target.rsplit("/", 1)[0] if "/" in target else ""
-            fs.write(path, fs.read(self.driver.knob_path(parent, self.file + ".effective")).strip())

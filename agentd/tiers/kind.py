@@ -22,7 +22,7 @@ from agentd.api.contract import ApiError
 from agentd.api.validation import Field
 from agentd.cgroups import fs
 from agentd.kinds.contract import Access, Command, Kind
-from agentd.kinds.settings import Sysctl
+from agentd.kinds.settings import CgroupKnob, Sysctl
 from agentd.tiers import actuators, model, observe
 from agentd.tiers.model import ManagedProc, MigrateProc, PlannerInput, PlannerState, ReclaimCgroup, SetKnob
 from agentd.tiers.policy import TiersSection, check_against
@@ -59,7 +59,7 @@ class TiersKind(Kind):
     # ------------------------------------------------------------------ hooks
     def attach(self, ctx) -> None:
         super().attach(ctx)
-        self.knobs = {f: actuators.TierKnob(ctx.driver, f) for f in KNOBS} if ctx.driver is not None else {}
+        self.knobs = {f: CgroupKnob(ctx.driver, f) for f in KNOBS} if ctx.driver is not None else {}
         self.delayacct = Sysctl("kernel.task_delayacct", root=os.path.join(self.proc_root, "sys"))
         self.weights = actuators.InterleaveWeight(os.path.join(self.sys_root, "kernel/mm/mempolicy/weighted_interleave"))
         ctx.changes.register(*self.knobs.values(), self.delayacct, self.weights)
