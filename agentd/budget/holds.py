@@ -5,9 +5,9 @@ oldest) use what is left, keep room for the higher-priority agents' bursts, and 
 the holds once the burst has passed. Ordering in time instead of killing: AgentCgroup's
 observation that agents' peaks rarely coincide (bursts last 1-2 s, 98.5 % inside tool calls).
 
-Everything it needs is learned at run time: each agent's peak so far (how far a
-higher-priority agent may climb back) and the largest growth of all agents together
-between two samples (how close to the budget "near" is). The policy gives only floors.
+Everything it needs is learned at run time: each agent's peak so far and its largest
+growth between two samples (how far a higher-priority agent may climb back, and how close
+to the budget "near" is for the held ones). The policy gives only floors.
 
 End an agent only when waiting cannot help: a held agent whose runtime alone outgrows
 what the budget leaves beside the higher-priority agents' peaks. State + sample in,
@@ -102,7 +102,10 @@ def decide_holds(state: HoldState, agents: tuple[AgentUse, ...], budget: int | N
     front, back = split_front_back(agents)
     total = sum(a.bytes for a in agents)
     line = budget - int(budget * settings.margin_pct / 100)
-    near = max(int(budget * settings.headroom_pct / 100), sum(sorted((bursts[a.name] for a in back), reverse=True)[:2]))
+    # How far two held agents may climb at once, learned: back to the peaks they showed, or
+    # by the largest growth seen between two samples, whichever is more.
+    climbs = sorted((max(bursts[a.name], peaks[a.name] - a.bytes) for a in back), reverse=True)
+    near = max(int(budget * settings.headroom_pct / 100), sum(climbs[:2]))
     reserve = sum(peaks[a.name] - a.bytes for a in front)  # room for the front to climb back to its peaks
     if total + max(near, reserve) < line:
         reason = (f"all agents together use {fmt(total)}, clear of the budget {fmt(budget)} by more than "
@@ -132,14 +135,11 @@ def decide_holds(state: HoldState, agents: tuple[AgentUse, ...], budget: int | N
     if stalled_since is not None and now - stalled_since >= settings.patience_s:
         reserve = 0
     spare = max(0, line - total - reserve)
-    waiting = [a for a in back if a.waiting]
-    caps = {}
-    if waiting:  # the oldest waiting agent takes all the spare; the others stay where they are
-        for a in back:
-            caps[a.name] = a.bytes + SLACK + (spare if a is waiting[0] else 0)
-    else:  # share the spare, so no two bursts together reach the budget
-        for a in back:
-            caps[a.name] = a.bytes + SLACK + spare // len(back)
+    # One at a time: the spare goes whole to the oldest waiting agent (else the oldest), the
+    # others stay where they are. Shared, two bursts would each stop halfway and wait for
+    # each other.
+    first = next((a for a in back if a.waiting), back[0])
+    caps = {a.name: a.bytes + SLACK + (spare if a is first else 0) for a in back}
     for a in back:
         cap, old = caps[a.name], held.get(a.name)
         if old is not None and abs(old - cap) < SLACK:
