@@ -6,11 +6,11 @@ the holds once the burst has passed. Ordering in time instead of killing: AgentC
 observation that agents' peaks rarely coincide (bursts last 1-2 s, 98.5 % inside tool calls).
 
 Everything it needs is learned at run time: each agent's peak so far and its largest
-growth between two samples (how far a higher-priority agent may climb back, and how close
+growth between two samples (how far a higher-priority agent may still climb, and how close
 to the budget "near" is for the held ones). The policy gives only floors.
 
 End an agent only when waiting cannot help: a held agent whose runtime alone outgrows
-what the budget leaves beside the higher-priority agents' peaks. State + sample in,
+what the budget leaves beside the least every other agent has used. State + sample in,
 actions out; no kernel, no clock.
 """
 
@@ -47,6 +47,7 @@ class HoldState:
     peaks: dict[str, int] = field(default_factory=dict)  # learned: each agent's largest use so far
     last: dict[str, int] = field(default_factory=dict)  # each agent's use at the previous sample
     bursts: dict[str, int] = field(default_factory=dict)  # learned: each agent's largest growth between samples
+    floors: dict[str, int] = field(default_factory=dict)  # learned: each agent's smallest use so far
     stalled_since: float | None = None  # every held agent waiting while the front did not grow
     holds: int = 0
     ended: int = 0
@@ -95,7 +96,8 @@ def decide_holds(state: HoldState, agents: tuple[AgentUse, ...], budget: int | N
     # an agent's first sample is its start, not a burst
     bursts = {a.name: max(state.bursts.get(a.name, 0), a.bytes - state.last[a.name] if a.name in state.last else 0)
               for a in agents}
-    new = replace(state, held=held, peaks=peaks, bursts=bursts, last={a.name: a.bytes for a in agents})
+    floors = {a.name: min(state.floors.get(a.name, a.bytes), a.bytes) for a in agents}
+    new = replace(state, held=held, peaks=peaks, bursts=bursts, floors=floors, last={a.name: a.bytes for a in agents})
     if budget is None or not settings.enabled or len(agents) < 2:
         return replace(new, held={}, stalled_since=None), [Release(n, "no budget in force or no one to hold") for n in held]
 
@@ -106,22 +108,24 @@ def decide_holds(state: HoldState, agents: tuple[AgentUse, ...], budget: int | N
     # by the largest growth seen between two samples, whichever is more.
     climbs = sorted((max(bursts[a.name], peaks[a.name] - a.bytes) for a in back), reverse=True)
     near = max(int(budget * settings.headroom_pct / 100), sum(climbs[:2]))
-    reserve = sum(peaks[a.name] - a.bytes for a in front)  # room for the front to climb back to its peaks
+    # room for the front to climb back to its peaks, or by its largest step, if it is still climbing
+    reserve = sum(max(peaks[a.name] - a.bytes, bursts[a.name]) for a in front)
     if total + max(near, reserve) < line:
         reason = (f"all agents together use {fmt(total)}, clear of the budget {fmt(budget)} by more than "
                   f"{fmt(max(near, reserve))}: released")
         return replace(new, held={}, stalled_since=None), [Release(n, reason) for n in held]
 
     actions: list = []
-    # Waiting cannot help: a held agent whose runtime alone does not fit beside the front's peaks.
-    room_for_back = line - sum(peaks[a.name] for a in front)
+    # Waiting cannot help: a held agent whose runtime alone does not fit even when everyone
+    # else is back at the least they have used (a burst passing frees no more than that).
+    least = sum(floors[a.name] for a in agents)
     for a in list(back):
-        if a.waiting and a.runtime_bytes > room_for_back:
+        room = line - (least - floors[a.name])
+        if a.waiting and a.runtime_bytes > room:
             reason = (f"waiting cannot help: its runtime alone uses {fmt(a.runtime_bytes)}, more than the "
-                      f"{fmt(max(room_for_back, 0))} the budget {fmt(budget)} leaves beside the higher-priority "
-                      f"agents' peaks; ended its runtime")
-            actions.append(EndHeldAgent(a.name, reason, {"budget": budget, "runtime_bytes": a.runtime_bytes,
-                                                          "room": room_for_back}))
+                      f"{fmt(max(room, 0))} the budget {fmt(budget)} leaves beside the least the other "
+                      f"agents have used; ended its runtime")
+            actions.append(EndHeldAgent(a.name, reason, {"budget": budget, "runtime_bytes": a.runtime_bytes, "room": room}))
             new = replace(new, ended=new.ended + 1)
             back.remove(a)
             held.pop(a.name, None)
@@ -139,9 +143,10 @@ def decide_holds(state: HoldState, agents: tuple[AgentUse, ...], budget: int | N
     # others stay where they are. Shared, two bursts would each stop halfway and wait for
     # each other.
     first = next((a for a in back if a.waiting), back[0])
-    caps = {a.name: a.bytes + SLACK + (spare if a is first else 0) for a in back}
     for a in back:
-        cap, old = caps[a.name], held.get(a.name)
+        old = held.get(a.name)
+        # never raised but by the spare (a held agent sits at its cap: bytes + SLACK would creep)
+        cap = (a.bytes + SLACK if old is None else min(old, a.bytes + SLACK)) + (spare if a is first else 0)
         if old is not None and abs(old - cap) < SLACK:
             continue
         reason = (f"all agents together use {fmt(total)} of the budget {fmt(budget)} (bursts learned {fmt(near)}, "

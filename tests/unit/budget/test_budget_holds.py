@@ -42,12 +42,22 @@ def test_near_the_budget_the_lows_are_capped_one_grows_at_a_time_and_the_high_ne
 
 
 def test_the_oldest_waiting_low_takes_all_the_spare_the_other_stays_put():
-    state, _ = decide_holds(HoldState(), (use("h", "high", 300), use("l1", "low", 370, 1), use("l2", "low", 370, 2)), B, S, 0.0)
+    state, _ = decide_holds(HoldState(), (use("h", "high", 320), use("l1", "low", 370, 1), use("l2", "low", 370, 2)), B, S, 0.0)
+    assert state.held["l2"] == 370 * MB + SLACK  # l1, the oldest, got the spare
     state, actions = decide_holds(state, (use("h", "high", 320), use("l1", "low", 345, 1),
                                           use("l2", "low", 374, 2, waiting=True)), B, S, 0.2)
     holds = {a.agent: a.cap for a in actions if isinstance(a, Hold)}
-    assert holds["l2"] == 374 * MB + SLACK + (LINE - 1039 * MB)  # the waiting one may finish its burst now
-    assert state.held["l1"] == 345 * MB + SLACK  # the other stays where it is
+    assert holds["l2"] == 374 * MB + (LINE - 1039 * MB)  # the waiting one, at its cap, gets the spare on top
+    assert state.held["l1"] == 345 * MB + SLACK  # the other stays where it is (lowered to what it uses)
+
+
+def test_a_held_agent_at_its_cap_does_not_creep_up_without_spare():
+    state, _ = decide_holds(HoldState(), (use("h", "high", 320), use("l1", "low", 370, 1), use("l2", "low", 370, 2)), B, S, 0.0)
+    cap = state.held["l2"]
+    for t in range(1, 6):
+        state, actions = decide_holds(state, (use("h", "high", 320), use("l1", "low", 370 + 18, 1),
+                                              use("l2", "low", cap // MB, 2)), B, S, t)
+    assert state.held["l2"] == cap
 
 
 def test_room_is_kept_for_the_high_agent_to_climb_back_to_the_peak_it_showed():
@@ -92,6 +102,12 @@ def test_a_held_agent_whose_runtime_alone_cannot_fit_is_ended_and_says_why():
     [end] = [a for a in actions if isinstance(a, EndHeldAgent)]
     assert end.agent == "l1" and "waiting cannot help" in end.reason and "runtime alone" in end.reason
     assert "l1" not in state.held and state.ended == 1
+
+
+def test_a_held_agent_is_not_ended_while_the_burst_beside_it_can_still_pass():
+    state, _ = decide_holds(HoldState(), (use("h", "high", 100), use("l1", "low", 300, 1)), B, S, 0.0)
+    state, actions = decide_holds(state, (use("h", "high", 700), use("l1", "low", 390, 1, waiting=True, runtime_mb=390)), B, S, 0.2)
+    assert not [a for a in actions if isinstance(a, EndHeldAgent)] and "l1" in state.held  # the high was at 100 before
 
 
 def test_one_priority_only_the_oldest_goes_on_and_no_budget_releases_everything():
