@@ -319,8 +319,9 @@ def _decisions(daemon: DaemonProcess) -> dict:
     count = {}
     for e in events:
         kind = e.get("kind", "")
-        if kind.startswith("budget.") or (kind == "toolcall.killed" and e.get("data", {}).get("limit") == "host_budget") \
-                or kind in ("agent.runtime_ended", "kernel.oom_victim"):
+        if kind == "toolcall.killed":  # by whom: host_budget (the kind), memory_max (the ladder), ...
+            kind = f"toolcall.killed:{e.get('data', {}).get('limit')}"
+        if kind.startswith(("budget.", "toolcall.killed")) or kind in ("agent.killed", "kernel.oom_victim"):
             count[kind] = count.get(kind, 0) + 1
     return count
 

@@ -97,12 +97,18 @@ def run_agent(plan_path: str, out_path: str) -> int:
         with open(seg_path, "w") as f:
             json.dump(tool, f)
         started = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.replay_proc", "tool", seg_path], capture_output=True, text=True)
         timing = {"alloc_ms": [], "step_ms": []}
-        for line in proc.stdout.splitlines():
-            if line.startswith("{"):
-                timing = json.loads(line)
-        results.append({"rc": proc.returncode, "wall_s": time.monotonic() - started, **timing})
+        try:
+            proc = subprocess.run([sys.executable, "-m", "benchmarks.replay_proc", "tool", seg_path], capture_output=True,
+                                  text=True)
+        except OSError as exc:  # fork refused (ENOMEM at a memory limit): the tool call fails, the agent goes on,
+            rc = -exc.errno     # as an agent runtime reports a spawn error to its model and carries on
+        else:
+            rc = proc.returncode
+            for line in proc.stdout.splitlines():
+                if line.startswith("{"):
+                    timing = json.loads(line)
+        results.append({"rc": rc, "wall_s": time.monotonic() - started, **timing})
         # skip the runtime points the tool call covered
         while i < len(runtime_points) and runtime_points[i][0] < tool["start"] + tool["duration"]:
             i += 1
