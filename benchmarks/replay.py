@@ -98,11 +98,15 @@ priority: {prio}
 # ---------------------------------------------------------------------------- plans
 
 def load_runs(path: Path) -> list[dict]:
-    runs = json.loads(path.read_text())
+    try:
+        runs = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"replay: {path}: {exc}") from None
     if not isinstance(runs, list) or not runs:
         raise SystemExit(f"replay: {path}: expected a non-empty list of runs")
     for i, r in enumerate(runs):
-        if not {"task", "model", "memory", "tool_calls"} <= set(r) or not r["memory"].get("samples"):
+        if not isinstance(r, dict) or not {"task", "model", "memory", "tool_calls"} <= set(r) \
+                or not isinstance(r["memory"], dict) or not r["memory"].get("samples"):
             raise SystemExit(f"replay: {path}: run {i}: expected task, model, memory.samples, tool_calls")
     return runs
 
