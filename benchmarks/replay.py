@@ -363,13 +363,21 @@ def spread(values: list[float]) -> dict:
         if values else {"mean": 0.0, "min": 0.0, "max": 0.0}
 
 
+LATENCY = ("p95_alloc_ms_high", "p95_step_ms_high")
+
+
+def values(rows: list[dict], m: str) -> list[float]:
+    """A latency counts only where the high agent lived to report it (0 = it was killed)."""
+    return [r[m] for r in rows if r[m] > 0] if m in LATENCY else [r[m] for r in rows]
+
+
 def aggregate(reps: list[dict], modes: tuple[str, ...]) -> dict:
     """reps: [{mode: summary}] -> {mode: {metric: {mean,min,max}}} plus latency ratios to
     `none` taken within each repetition (the same moment's load on the host)."""
     out = {}
     for mode in modes:
         rows = [r[mode] for r in reps]
-        agg = {m: spread([r[m] for r in rows]) for m in (*CONTRACT, "p95_step_ms_high", "wall_s_high")}
+        agg = {m: spread(values(rows, m)) for m in (*CONTRACT, "p95_step_ms_high", "wall_s_high")}
         if mode != "none" and "none" in modes:
             for m in ("p95_alloc_ms_high", "p95_step_ms_high"):
                 ratios = [r[mode][m] / r["none"][m] for r in reps if r["none"][m] > 0 and r[mode][m] > 0]
@@ -459,13 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         for n, t in triples:
             results.append(run_triple(t, modes, n, Path(tmp)))
 
-    metrics = {}
-    for mode in modes:
-        for m in (*CONTRACT, "p95_step_ms_high"):
-            metrics[f"{m}_{mode}"] = round(statistics.fmean(
-                r[mode][m] for res in results for r in res["repetitions"]), 3)
-    metrics["repeats"] = repeat
-    metrics["triples"] = len(results)
+    metrics = metrics_of(results, modes, repeat)
     params = {"speed": args.speed, "overcommit": args.overcommit, "base_mib": args.base_mib, "traces": str(args.traces),
               "seed": args.seed if args.sweep else None, "modes": list(modes), "quick": args.quick,
               "cgroups": open_driver(None, create_root=False).kind,
@@ -476,6 +478,25 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results, modes, args)
     print(f"\nwrote {path}")
     return 0
+
+
+def metrics_of(results: list[dict], modes: tuple[str, ...], repeat: int) -> dict:
+    """The contract: each metric's mean over every repetition of every triple (latencies over
+    those where the high agent lived), with the latency ratios to `none` beside them."""
+    metrics = {}
+    for mode in modes:
+        rows = [r[mode] for res in results for r in res["repetitions"]]
+        for m in (*CONTRACT, "p95_step_ms_high"):
+            vals = values(rows, m)
+            metrics[f"{m}_{mode}"] = round(statistics.fmean(vals), 3) if vals else 0.0
+        if mode != "none":
+            for m in LATENCY:
+                ratios = [r[mode][m] / r["none"][m] for res in results for r in res["repetitions"]
+                          if r["none"][m] > 0 and r[mode][m] > 0]
+                metrics[f"{m}_ratio_to_none_{mode}"] = round(statistics.fmean(ratios), 3) if ratios else 0.0
+    metrics["repeats"] = repeat
+    metrics["triples"] = len(results)
+    return metrics
 
 
 def _cell(a: dict, fmt: str = "{:.0f}") -> str:
