@@ -6,7 +6,6 @@ kernel's original value when released."""
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
