@@ -51,3 +51,12 @@ def budget_setting(driver: CgroupDriver):
     if driver.kind == "v2":
         return CgroupKnob(driver, "memory.max"), lambda budget: str(budget)
     return V1MemoryBudget(driver), lambda budget: {"limit": str(budget), "memsw": str(budget), "oom_kill_disable": "1"}
+
+
+def hold_setting(driver: CgroupDriver):
+    """The Setting that holds one agent (agents/<name>) at a cap, and a function turning a
+    byte cap into its value: v2 memory.high (the kernel throttles it there); v1 its limit
+    with the OOM killer disabled (the kernel pauses its next allocation there)."""
+    if driver.kind == "v2":
+        return CgroupKnob(driver, "memory.high"), lambda cap: str(cap)
+    return V1MemoryBudget(driver), lambda cap: {"limit": str(cap), "memsw": str(cap), "oom_kill_disable": "1"}

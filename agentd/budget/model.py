@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from agentd.budget.holds import HoldSettings
+
 PRIORITY_RANK = {"low": 0, "normal": 1, "high": 2}
 DEFAULT_GRACE_S = 2.0
 
@@ -14,13 +16,15 @@ class BudgetSettings:
     memory_max: int | None  # None: no budget
     grace_s: float = DEFAULT_GRACE_S
     source: str = ""  # "--host-memory-max" or "policy <name>"
+    hold: HoldSettings = HoldSettings()
 
 
 def settings_from(flag_bytes: int | None, sections: dict[str, dict]) -> BudgetSettings:
     """The smallest budget wins: the daemon's flag and every policy's `budget` section."""
     options = [BudgetSettings(flag_bytes, DEFAULT_GRACE_S, "--host-memory-max")] if flag_bytes else []
     for name, sec in sorted(sections.items()):
-        options.append(BudgetSettings(sec["memory_max"], sec.get("grace_s") or DEFAULT_GRACE_S, f"policy {name}"))
+        hold = HoldSettings(**{k: v for k, v in (sec.get("hold") or {}).items() if v is not None})
+        options.append(BudgetSettings(sec["memory_max"], sec.get("grace_s") or DEFAULT_GRACE_S, f"policy {name}", hold))
     if not options:
         return BudgetSettings(None)
     return min(options, key=lambda s: s.memory_max)
