@@ -102,11 +102,13 @@ def hf_metrics(rows: list[dict], learned: LearnedModel | None = None) -> dict:
     counted, not scored. Per family: MAPE, signed mean error, and the weights term's error
     (ModelSpec.from_hf_config's parameter count against the real module's)."""
     scored = [r for r in rows if not r.get("refused")]
-    errs, lrn, fam = {}, {}, {}
+    errs, lrn, fam, inside = {}, {}, {}, 0
     for r in scored:
         m, w = model_spec_from_dict(r["model"]), workload_spec_from_dict(r["workload"])
         truth = r["measured"]["peak_bytes"]
-        errs[r["id"]] = _err(analytical.estimate(m, w).total_bytes, truth)
+        est = analytical.estimate(m, w)
+        errs[r["id"]] = _err(est.total_bytes, truth)
+        inside += est.low_bytes <= truth <= est.high_bytes
         if learned is not None:
             lrn[r["id"]] = _err(learned.estimate(m, w).total_bytes, truth)
         f = fam.setdefault(r["family"], {"errs": [], "weights_err_pct": _err(
@@ -126,6 +128,7 @@ def hf_metrics(rows: list[dict], learned: LearnedModel | None = None) -> dict:
     return {"mape": _summary(list(errs.values()))["mape"], "max": _summary(list(errs.values()))["max"],
             "mape_heldout": _summary(held)["mape"], "n": len(scored), "n_heldout": len(held),
             "refused": len(rows) - len(scored), "under": sum(1 for e in errs.values() if e < 0),
+            "range_coverage_pct": 100.0 * inside / max(len(scored), 1),
             "mape_learned": _summary(list(lrn.values()))["mape"] if lrn else float("nan"),
             "by_family": by_family, "errors": errs}
 
@@ -307,7 +310,7 @@ def main(argv=None) -> int:
                        mape_pct_analytical_hf_heldout=round(hf["mape_heldout"], 3),
                        max_err_pct_analytical_hf=round(hf["max"], 3), mape_pct_learned_hf=round(hf["mape_learned"], 3),
                        samples_hf=hf["n"], samples_hf_heldout=hf["n_heldout"], refused_hf=hf["refused"],
-                       underestimates_hf=hf["under"],
+                       underestimates_hf=hf["under"], range_coverage_pct_analytical_hf=round(hf["range_coverage_pct"], 2),
                        remeasured_hf_max_drift_pct=round(max((abs(x) for x in hf_fresh), default=float("nan")), 3),
                        **{f"mape_pct_analytical_hf_{k}": v["mape"] for k, v in hf["by_family"].items()
                           if not k.startswith("_")})
@@ -363,7 +366,7 @@ def main(argv=None) -> int:
     if hf:
         print(f"real Hugging Face model code ({hf['n']} rows, {hf['refused']} refused, transformers "
               f"{hf_meta.get('transformers')}): analytical MAPE {hf['mape']:.2f} % (max {hf['max']:.2f} %, "
-              f"{hf['under']} under), held-out families {hf_meta.get('heldout_families')} {hf['mape_heldout']:.2f} %, "
+              f"{hf['under']} under, {hf['range_coverage_pct']:.1f} % inside the stated range), held-out families {hf_meta.get('heldout_families')} {hf['mape_heldout']:.2f} %, "
               f"learned {hf['mape_learned']:.2f} %; re-measured {len(hf_fresh)} rows now: max drift "
               f"{metrics['remeasured_hf_max_drift_pct']} %")
         print(f"  {'family':<12}{'rows':>5}{'MAPE %':>9}{'max %':>8}{'signed %':>10}{'weights %':>11}")
