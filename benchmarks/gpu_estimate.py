@@ -26,6 +26,7 @@ from agentd.gpu.spec import ModelSpec, WorkloadSpec, model_spec_from_dict, workl
 from benchmarks.results_file import write_result
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gpu_estimate.json"
+DATA_HF = Path(DATA).with_name("hf_peaks.jsonl")
 LLAMA2_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_attention_heads": 32, "num_key_value_heads": 32,
              "num_hidden_layers": 32, "vocab_size": 32000, "torch_dtype": "float16", "model_type": "llama"}
 
@@ -85,6 +86,51 @@ def _blackbox(train: list, tests: dict[str, list], ridge: float = 1e-3) -> dict[
                      r["measured"]["peak_bytes"]) for r in rows]
         out[name] = _summary(errs)
     return out
+
+
+def load_hf_rows(path: Path = DATA_HF) -> tuple[dict, list[dict]]:
+    """(meta, rows) of data/gpu/hf_peaks.jsonl (data/gpu/measure_hf.py); ({}, []) when absent."""
+    if not path.exists():
+        return {}, []
+    lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return next((x["_meta"] for x in lines if "_meta" in x), {}), [x for x in lines if "_meta" not in x]
+
+
+def hf_metrics(rows: list[dict], learned: LearnedModel | None = None) -> dict:
+    """The analytical estimator (and the learned one, fitted on cpu_peaks.jsonl only) against
+    real Hugging Face model code. Refused rows (an architecture the estimator declines) are
+    counted, not scored. Per family: MAPE, signed mean error, and the weights term's error
+    (ModelSpec.from_hf_config's parameter count against the real module's)."""
+    scored = [r for r in rows if not r.get("refused")]
+    errs, lrn, fam, inside = {}, {}, {}, 0
+    for r in scored:
+        m, w = model_spec_from_dict(r["model"]), workload_spec_from_dict(r["workload"])
+        truth = r["measured"]["peak_bytes"]
+        est = analytical.estimate(m, w)
+        errs[r["id"]] = _err(est.total_bytes, truth)
+        inside += est.low_bytes <= truth <= est.high_bytes
+        if learned is not None:
+            lrn[r["id"]] = _err(learned.estimate(m, w).total_bytes, truth)
+        f = fam.setdefault(r["family"], {"errs": [], "weights_err_pct": _err(
+            m.parameter_count(), r["measured"]["parameters_real"]), "split": r["split"]})
+        f["errs"].append(errs[r["id"]])
+    held = [errs[r["id"]] for r in scored if r["split"] == "heldout"]
+    by_family = {k: {"n": len(v["errs"]), "mape": round(_summary(v["errs"])["mape"], 3),
+                     "max": round(_summary(v["errs"])["max"], 3),
+                     "mean_signed": round(statistics.fmean(v["errs"]), 3),
+                     "weights_err_pct": round(v["weights_err_pct"], 3), "split": v["split"]}
+                 for k, v in fam.items()}
+    for mode in ("train", "infer"):
+        sel = [errs[r["id"]] for r in scored if r["workload"]["mode"] == mode]
+        by_family[f"_mode_{mode}"] = {"n": len(sel), "mape": round(_summary(sel)["mape"], 3),
+                                      "max": round(_summary(sel)["max"], 3),
+                                      "mean_signed": round(statistics.fmean(sel), 3) if sel else float("nan")}
+    return {"mape": _summary(list(errs.values()))["mape"], "max": _summary(list(errs.values()))["max"],
+            "mape_heldout": _summary(held)["mape"], "n": len(scored), "n_heldout": len(held),
+            "refused": len(rows) - len(scored), "under": sum(1 for e in errs.values() if e < 0),
+            "range_coverage_pct": 100.0 * inside / max(len(scored), 1),
+            "mape_learned": _summary(list(lrn.values()))["mape"] if lrn else float("nan"),
+            "by_family": by_family, "errors": errs}
 
 
 def _latency_analytical(n: int) -> dict:
@@ -213,6 +259,20 @@ def main(argv=None) -> int:
         if meas.get("context_bytes") is not None:
             gpu_total.append(_err(est.total_bytes, meas["peak_bytes"]))
 
+    hf_meta, hf_rows = load_hf_rows()
+    hf = hf_metrics(hf_rows, lm) if hf_rows else None
+    hf_fresh = []
+    try:  # a few HF rows again: the committed data still matches this transformers build
+        import measure_hf  # data/gpu/measure_hf.py (its folder is on sys.path above)
+
+        for r in _spaced([r for r in hf_rows if "-s-" in r["id"]], 2 if args.quick else 6):
+            fam, size, dt, mode, attn = r["id"].split("-")
+            again = measure_hf.measure_hf(measure_hf.build_config(fam, size, attn), dt, mode,
+                                          measure_hf.SIZES[size])["peak_bytes"]
+            hf_fresh.append(_err(again, r["measured"]["peak_bytes"]))
+    except ImportError as exc:
+        print(f"hf re-measure skipped: {exc}", file=sys.stderr)
+
     lat = _latency_analytical(2000 if args.quick else 20000)
     samp = _sampler_cost(gpus=8, procs_per_gpu=4, n=200 if args.quick else 2000)
 
@@ -245,6 +305,15 @@ def main(argv=None) -> int:
         "sampler_nvml_calls_per_sample": samp["nvml_calls_per_sample"],
         "seconds": round(time.perf_counter() - t_start, 1),
     }
+    if hf:
+        metrics.update(mape_pct_analytical_hf=round(hf["mape"], 3),
+                       mape_pct_analytical_hf_heldout=round(hf["mape_heldout"], 3),
+                       max_err_pct_analytical_hf=round(hf["max"], 3), mape_pct_learned_hf=round(hf["mape_learned"], 3),
+                       samples_hf=hf["n"], samples_hf_heldout=hf["n_heldout"], refused_hf=hf["refused"],
+                       underestimates_hf=hf["under"], range_coverage_pct_analytical_hf=round(hf["range_coverage_pct"], 2),
+                       remeasured_hf_max_drift_pct=round(max((abs(x) for x in hf_fresh), default=float("nan")), 3),
+                       **{f"mape_pct_analytical_hf_{k}": v["mape"] for k, v in hf["by_family"].items()
+                          if not k.startswith("_")})
     if gpu_rows:
         metrics.update(samples_gpu=len(gpu_rows),
                        mape_pct_analytical_gpu_allocated=round(_summary(gpu_alloc)["mape"], 3),
@@ -262,6 +331,11 @@ def main(argv=None) -> int:
               "unverified_without_gpu": ["CUDA context", "caching-allocator rounding and fragmentation",
                                          "cuBLAS/cuDNN workspaces", "CUDA-only kernels (fused dropout, fused RMSNorm)",
                                          "utilization estimates", "NVML call cost"]}
+    if hf:
+        params.update(hf_data="data/gpu/hf_peaks.jsonl", hf_transformers=hf_meta.get("transformers"),
+                      hf_heldout_families=hf_meta.get("heldout_families"), hf_by_family=hf["by_family"],
+                      hf_note="analytical formulas frozen before the HF rows were measured; no fitting uses "
+                              "hf_peaks.jsonl (the learned estimator fits on cpu_peaks.jsonl train rows only)")
     params["python"] = platform.python_version()
     write_result("gpu_estimate", metrics, params)
 
@@ -289,6 +363,18 @@ def main(argv=None) -> int:
               f"{metrics['mape_pct_analytical_gpu_footprint']} %")
     else:
         print("no GPU measurements (data/gpu/cuda_peaks.jsonl): CUDA context, allocator and kernels unverified")
+    if hf:
+        print(f"real Hugging Face model code ({hf['n']} rows, {hf['refused']} refused, transformers "
+              f"{hf_meta.get('transformers')}): analytical MAPE {hf['mape']:.2f} % (max {hf['max']:.2f} %, "
+              f"{hf['under']} under, {hf['range_coverage_pct']:.1f} % inside the stated range), held-out families {hf_meta.get('heldout_families')} {hf['mape_heldout']:.2f} %, "
+              f"learned {hf['mape_learned']:.2f} %; re-measured {len(hf_fresh)} rows now: max drift "
+              f"{metrics['remeasured_hf_max_drift_pct']} %")
+        print(f"  {'family':<12}{'rows':>5}{'MAPE %':>9}{'max %':>8}{'signed %':>10}{'weights %':>11}")
+        for k, v in hf["by_family"].items():
+            print(f"  {k:<12}{v['n']:>5}{v['mape']:>9.2f}{v.get('max', float('nan')):>8.2f}{v['mean_signed']:>10.2f}"
+                  f"{v.get('weights_err_pct', float('nan')):>11.2f}")
+    else:
+        print("no Hugging Face measurements (data/gpu/hf_peaks.jsonl)")
     print(f"re-measured {len(fresh)} rows now: max drift {metrics['remeasured_max_drift_pct']} %")
     print(f"sampler: {samp['us_per_gpu_sample_fake']:.1f} µs per GPU per sample (fake NVML), "
           f"{samp['us_proc_identity']:.1f} µs per process /proc lookup; this host: {samp['real_probe']}")

@@ -160,37 +160,15 @@ def _windows(trace: dict) -> tuple[dict[str, tuple[float, float]], list[tuple[fl
     return wins, [(ts, tot - base) for ts, tot, _ in mem]
 
 
-def measure(spec: ModelSpec, wl: WorkloadSpec) -> dict:
-    wl = wl.resolved(spec)
-    torch.manual_seed(0)
-    dt = TORCH_DTYPES[wl.dtype]
+def profiled_peak(body) -> dict:
+    """Run body(mark) under the profiler and return the peak live tensor bytes over the
+    window marked "step2" (or the last value before it). body builds everything it needs
+    inside `with mark("setup")`, runs `with mark("step1")` / `with mark("step2")`, deletes
+    what it built, and returns a dict of extra fields for the row. Shared with measure_hf.py."""
     gc.collect()
     t0 = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        with record_function("agentd:setup"):
-            model = TinyDecoder(spec, dropout=wl.dropout, attention=wl.attention,
-                                recompute=wl.recompute).to(dt)
-            ids = torch.randint(0, spec.vocab_size, (wl.batch, wl.seq))
-            targets = torch.randint(0, spec.vocab_size, (wl.batch, wl.seq))
-        if wl.mode == "train":
-            model.train()
-            opt = make_optimizer(model, wl.optimizer, wl.optimizer_impl)
-            keep = wl.grad_buffers == "persistent"
-            with record_function("agentd:step1"):
-                train_step(model, opt, ids, targets, set_to_none=not keep)
-            with record_function("agentd:step2"):
-                train_step(model, opt, ids, targets, set_to_none=not keep)
-            states = [t for st in opt.state.values() for t in st.values() if torch.is_tensor(t)]
-            extra = {"optimizer_state_bytes": sum(t.nbytes for t in states), "kv_bytes": 0}
-            del opt
-        else:
-            model.eval()
-            with record_function("agentd:step2"):
-                _, cache = prefill(model, ids)
-            extra = {"optimizer_state_bytes": 0, "kv_bytes": sum(k.nbytes + v.nbytes for k, v in cache)}
-            del cache
-        weights = sum(p.nbytes for p in model.parameters())
-        del model, ids, targets
+        extra = body(lambda name: record_function("agentd:" + name))
     seconds = time.perf_counter() - t0
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
         prof.export_chrome_trace(f.name)
@@ -200,9 +178,43 @@ def measure(spec: ModelSpec, wl: WorkloadSpec) -> dict:
     before = [tot for ts, tot in mem if ts < lo]
     during = [tot for ts, tot in mem if lo <= ts <= hi]
     peak = max(during + before[-1:])
-    return {"peak_bytes": peak, "weights_bytes": weights,
-            "grad_bytes": weights if wl.mode == "train" else 0,
-            "live_before_step_bytes": before[-1] if before else 0, "seconds": round(seconds, 3), **extra}
+    return {"peak_bytes": peak, **extra, "live_before_step_bytes": before[-1] if before else 0,
+            "seconds": round(seconds, 3)}
+
+
+def measure(spec: ModelSpec, wl: WorkloadSpec) -> dict:
+    wl = wl.resolved(spec)
+    torch.manual_seed(0)
+    dt = TORCH_DTYPES[wl.dtype]
+
+    def body(mark) -> dict:
+        with mark("setup"):
+            model = TinyDecoder(spec, dropout=wl.dropout, attention=wl.attention,
+                                recompute=wl.recompute).to(dt)
+            ids = torch.randint(0, spec.vocab_size, (wl.batch, wl.seq))
+            targets = torch.randint(0, spec.vocab_size, (wl.batch, wl.seq))
+        if wl.mode == "train":
+            model.train()
+            opt = make_optimizer(model, wl.optimizer, wl.optimizer_impl)
+            keep = wl.grad_buffers == "persistent"
+            with mark("step1"):
+                train_step(model, opt, ids, targets, set_to_none=not keep)
+            with mark("step2"):
+                train_step(model, opt, ids, targets, set_to_none=not keep)
+            states = [t for st in opt.state.values() for t in st.values() if torch.is_tensor(t)]
+            extra = {"optimizer_state_bytes": sum(t.nbytes for t in states), "kv_bytes": 0}
+            del opt, states
+        else:
+            model.eval()
+            with mark("step2"):
+                _, cache = prefill(model, ids)
+            extra = {"optimizer_state_bytes": 0, "kv_bytes": sum(k.nbytes + v.nbytes for k, v in cache)}
+            del cache
+        weights = sum(p.nbytes for p in model.parameters())
+        del model, ids, targets
+        return {"weights_bytes": weights, "grad_bytes": weights if wl.mode == "train" else 0, **extra}
+
+    return profiled_peak(body)
 
 
 def measure_cuda(spec: ModelSpec, wl: WorkloadSpec) -> dict:
