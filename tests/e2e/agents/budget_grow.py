@@ -2,7 +2,7 @@
 with the other agent through files.
 
 usage: budget_grow.py low DIR     hold 150 MiB, say ready, wait for the high agent's burst,
-                                  then grow 4 MiB every 0.2 s to 250 MiB; print each step's time
+                                  then grow 4 MiB every 0.1 s to 250 MiB; print each step's time
        budget_grow.py high DIR    wait for the low agent, burst to 200 MiB, hold it 2 s, free, exit
 """
 
@@ -31,7 +31,7 @@ def low(d):
         t0 = time.monotonic()
         held.append(bytearray(CHUNK))
         steps.append(round(time.monotonic() - t0, 3))
-        time.sleep(0.2)  # 40 MiB during the high burst: past the ~20 MiB left, so it must be held
+        time.sleep(0.1)  # 80 MiB during the high burst: past what is left, so it must be held
     print(json.dumps({"steps": steps, "mib": len(held) * 4, "high_done_before_end": os.path.exists(os.path.join(d, "done"))}),
           flush=True)
 
