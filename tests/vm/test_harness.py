@@ -86,3 +86,46 @@ def test_numa_layout_three_nodes_one_cpuless_and_slow():
     qemu = next(a for a in args if a.startswith("--qemu-opts="))
     assert "hmat=on" in qemu
     assert "initiator=0,target=2,hierarchy=memory,data-type=access-latency,latency=200" in qemu
+
+
+def _panics_then(outcomes, monkeypatch, tmp_path):
+    """Replace one boot with the next of `outcomes` (a VMError to raise or a value)."""
+    calls = []
+
+    def boot_once(command, **kwargs):
+        calls.append(kwargs.get("files_dir"))
+        (tmp_path / "console.log").write_text(f"boot {len(calls)}\n")
+        outcome = outcomes[len(calls) - 1]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(harness, "_boot_once", boot_once)
+    return calls
+
+
+def test_a_panic_while_booting_is_booted_again_and_its_console_kept(monkeypatch, tmp_path):
+    panic = harness.VMError("guest kernel panicked: Kernel panic - not syncing: x",
+                            files_dir=tmp_path, before_command=True)
+    calls = _panics_then([panic, "ran"], monkeypatch, tmp_path)
+    assert harness.boot_and_run(["true"]) == "ran"
+    assert calls == [None, tmp_path]
+    assert (tmp_path / "console.attempt1.log").read_text() == "boot 1\n"
+
+
+def test_a_crash_after_the_command_started_is_not_retried(monkeypatch, tmp_path):
+    crash = harness.VMError("guest kernel panicked: Kernel panic - not syncing: x",
+                            files_dir=tmp_path, before_command=False)
+    calls = _panics_then([crash, "ran"], monkeypatch, tmp_path)
+    with pytest.raises(harness.VMError, match="panicked"):
+        harness.boot_and_run(["true"])
+    assert len(calls) == 1
+
+
+def test_boot_panics_give_up_after_the_last_attempt(monkeypatch, tmp_path):
+    panic = harness.VMError("guest kernel panicked: Kernel panic - not syncing: x",
+                            files_dir=tmp_path, before_command=True)
+    calls = _panics_then([panic] * harness.BOOT_ATTEMPTS, monkeypatch, tmp_path)
+    with pytest.raises(harness.VMError, match="panicked"):
+        harness.boot_and_run(["true"])
+    assert len(calls) == harness.BOOT_ATTEMPTS
