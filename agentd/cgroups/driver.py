@@ -82,8 +82,10 @@ class CgroupDriver(ABC):
     def features(self) -> DriverFeatures: ...
 
     @abstractmethod
-    def create(self, rel: str) -> None:
-        """Create rel (and parents) in every hierarchy, enabling controllers down the path. Idempotent."""
+    def create(self, rel: str, limits: "Limits | None" = None) -> None:
+        """Create rel (and parents), enabling controllers down the path. Idempotent. With
+        limits, a driver may create it only in the hierarchies those limits need (a tool
+        call's cgroup); without, in every hierarchy."""
 
     @abstractmethod
     def remove(self, rel: str) -> None:

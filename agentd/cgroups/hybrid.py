@@ -81,7 +81,7 @@ class HybridDriver(UnifiedBackedDriver):
 
     # grouping -------------------------------------------------------------------------
 
-    def create(self, rel: str) -> None:
+    def create(self, rel: str, limits: Limits | None = None) -> None:
         rel = fs.validate_rel(rel)
         for tree in self._trees():
             tree.mkdirs(rel)

@@ -362,7 +362,8 @@ class Daemon:
                         "lost_events": self.tracker.lost_events() if self.tracker else 0,
                         "placement_p50_us": round(ordered[len(ordered) // 2], 1) if ordered else None,
                         "placement_p99_us": round(ordered[int(len(ordered) * 0.99)], 1) if ordered else None,
-                        "placement_max_us": round(ordered[-1], 1) if ordered else None},
+                        "placement_max_us": round(ordered[-1], 1) if ordered else None,
+                        **_full_path_stats(self.manager)},
             "gpu": {"available": self.gpu is not None, "line": self.lines.get("gpu", ""),
                     "snapshot": self.gpu_snapshot.to_json() if self.gpu_snapshot is not None else None},
             "policies": sorted(self.policies.policies),
@@ -405,3 +406,18 @@ async def run_daemon(config: DaemonConfig) -> None:
         await daemon.wait_stopped()
     finally:
         await daemon.stop()
+
+
+def _pct(values, q: float) -> float | None:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(len(ordered) * q))], 1) if ordered else None
+
+
+def _full_path_stats(manager) -> dict:
+    """Gated placements from the exec tracepoint's kernel timestamp to SIGCONT, and the
+    p50/p99 of each step of place() (the daemon's own clock), for the overhead benchmark."""
+    full = manager.placement_full_us
+    return {"placement_full_count": len(full), "placement_p50_us_full": _pct(full, 0.5),
+            "placement_p99_us_full": _pct(full, 0.99), "placement_max_us_full": _pct(full, 1.0),
+            "placement_steps_us": {step: {"p50": _pct(v, 0.5), "p99": _pct(v, 0.99)}
+                                   for step, v in manager.placement_steps_us.items()}}
