@@ -41,6 +41,7 @@ class V1Tree(fs.Hierarchy):
 
 class HybridDriver(UnifiedBackedDriver):
     kind = "hybrid"
+    tool_cgroups_everywhere = False  # True: create(rel, limits) makes rel in every hierarchy (the old way)
 
     def __init__(self, unified_mount: str, unified_root: str, v1: dict[str, tuple[str, str]], create_root: bool = True):
         """v1 maps a controller name to (mount point, absolute root cgroup path in that hierarchy)."""
@@ -82,9 +83,32 @@ class HybridDriver(UnifiedBackedDriver):
     # grouping -------------------------------------------------------------------------
 
     def create(self, rel: str, limits: Limits | None = None) -> None:
+        """With limits (a tool call's cgroup), only the v1 hierarchies those limits use, plus
+        memory (its counters are the tool call's record) and v2: each extra v1 mkdir and move
+        costs the exec it holds stopped. A hierarchy it is not in leaves it in its parent's
+        cgroup there (the agent's limits still hold); apply_limits adds one when needed."""
         rel = fs.validate_rel(rel)
-        for tree in self._trees():
+        everywhere = limits is None or self.tool_cgroups_everywhere
+        for tree in self._trees() if everywhere else [*self._needed(limits), self.tree]:
             tree.mkdirs(rel)
+
+    def _needed(self, limits: Limits) -> list[V1Tree]:
+        uses = {"memory": True, "pids": limits.pids_max is not None,
+                "cpu": limits.cpu_weight is not None or limits.cpu_max_quota_us is not None,
+                "cpuset": limits.cpuset_cpus is not None or limits.cpuset_mems is not None}
+        return [tree for controller, tree in self.v1.items() if uses.get(controller, True)]
+
+    def _ensure(self, tree: V1Tree, rel: str) -> bool:
+        """rel exists in tree, created now (with the processes of rel's v2 subtree moved in)
+        when limits it was created without now need it. False when rel is gone in v2 too."""
+        if os.path.isdir(tree.dir(rel)):
+            return True
+        if not self.tree.exists(rel):
+            return False
+        tree.mkdirs(rel)
+        for pid in fs.subtree_pids(self.tree.dir(rel)):
+            fs.write_pid(tree.file(rel, "cgroup.procs"), pid)
+        return True
 
     def remove(self, rel: str) -> None:
         rel = fs.validate_rel(rel)
@@ -97,6 +121,8 @@ class HybridDriver(UnifiedBackedDriver):
         rel = fs.validate_rel(rel)
         # Controllers first, so the process is limited before it shows in the v2 grouping.
         for tree in self.v1.values():
+            if not os.path.isdir(tree.dir(rel)):
+                continue  # a tool cgroup made only where its limits need it (create)
             if not fs.write_pid(tree.file(rel, "cgroup.procs"), pid):
                 return False
         return self.tree.move(pid, rel)
@@ -122,7 +148,8 @@ class HybridDriver(UnifiedBackedDriver):
         elif limits.memory_max is not None or limits.oom_pause:
             raise CgroupError(errno.ENOENT, "no v1 memory hierarchy is mounted: cannot apply a memory limit")
         cpu = self.v1.get("cpu")
-        if cpu is not None:
+        wants_cpu = limits.cpu_weight is not None or limits.cpu_max_quota_us is not None
+        if cpu is not None and (self._ensure(cpu, rel) if wants_cpu else os.path.isdir(cpu.dir(rel))):
             if limits.cpu_weight is not None:
                 fs.write(cpu.file(rel, "cpu.shares"), str(weight_to_shares(limits.cpu_weight)))
             # cpu_max_quota_us None means unlimited (Limits says so), not "untouched".
@@ -132,12 +159,13 @@ class HybridDriver(UnifiedBackedDriver):
             else:
                 fs.write(cpu.file(rel, "cpu.cfs_period_us"), str(limits.cpu_period_us))
                 fs.write(cpu.file(rel, "cpu.cfs_quota_us"), str(limits.cpu_max_quota_us))
-        elif limits.cpu_weight is not None or limits.cpu_max_quota_us is not None:
+        elif cpu is None and wants_cpu:
             raise CgroupError(errno.ENOENT, "no v1 cpu hierarchy is mounted: cannot apply a cpu limit")
         cpuset = self.v1.get("cpuset")
         if limits.cpuset_cpus is not None or limits.cpuset_mems is not None:
             if cpuset is None:
                 raise CgroupError(errno.ENOENT, "no v1 cpuset hierarchy is mounted: cannot pin cpus or mems")
+            self._ensure(cpuset, rel)
             if limits.cpuset_cpus is not None:
                 fs.write(cpuset.file(rel, "cpuset.cpus"), limits.cpuset_cpus)
             if limits.cpuset_mems is not None:
@@ -146,6 +174,7 @@ class HybridDriver(UnifiedBackedDriver):
             pids = self.v1.get("pids")
             if pids is None:
                 raise CgroupError(errno.ENOENT, "no v1 pids hierarchy is mounted: cannot apply pids_max")
+            self._ensure(pids, rel)
             fs.write(pids.file(rel, "pids.max"), str(limits.pids_max))
 
     def _apply_memory(self, mem: V1Tree, rel: str, limits: Limits) -> None:
@@ -246,7 +275,7 @@ class HybridDriver(UnifiedBackedDriver):
                 "oom_kill_disable": oom.get("oom_kill_disable", 0),
             }
         pids = self.v1.get("pids")
-        if pids is not None:
+        if pids is not None and os.path.isdir(pids.dir(rel)):  # a tool call without pids_max is not in it
             s.pids_current = fs.read_int(pids.file(rel, "pids.current"))
             s.pids_max_events = parse_flat_keyed(fs.read(pids.file(rel, "pids.events"))).get("max", 0)
         return self._unified_stats(rel, s)

@@ -62,6 +62,7 @@ class DaemonConfig:
     host_memory_max: int | None = None  # bytes all agents together may use (agents/)
     kinds: tuple[KindEntry, ...] = KINDS  # the policy kinds to run (agentd.kinds.registry)
     results_dir: Path | None = None  # where agents read their result files; None: <socket dir>/results
+    tool_cgroups: str = "needed"  # hybrid: tool cgroups only in the v1 hierarchies their limits use, or "all"
 
 
 class Daemon:
@@ -84,6 +85,8 @@ class Daemon:
         # second daemon on it stops here (it would re-adopt and place every exec again).
         self._lock_fd = open_state_dir(config.state_dir)
         self.driver = open_driver(config.cgroup_root, leaf_name=config.cgroup_leaf)
+        if hasattr(self.driver, "tool_cgroups_everywhere"):
+            self.driver.tool_cgroups_everywhere = config.tool_cgroups == "all"
         features = self.driver.features()
         missing = "; ".join(f"{k}: {v}" for k, v in features.missing.items())
         self.lines["cgroups"] = f"cgroups: {features.kind} driver" + (f" (missing {missing})" if missing else "")
