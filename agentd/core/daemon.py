@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import signal
 import subprocess
 import time
@@ -399,6 +400,8 @@ def _bpf_backend():
 
 
 async def run_daemon(config: DaemonConfig) -> None:
+    if os.environ.get("AGENTD_SWITCH_US"):
+        sys.setswitchinterval(int(os.environ["AGENTD_SWITCH_US"]) / 1e6)
     daemon = Daemon(config)
     try:
         await daemon.start()

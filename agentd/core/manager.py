@@ -426,11 +426,11 @@ class Manager:
         self.counters["toolcalls_started"] += 1
         with self.store.transaction():
             self.store.put_toolcall(tc.record())
-            self._emit_start(tc, agent, p.info, p.pid, p.gated, p.placed_us, p.intent_error)
+            self._emit_start(tc, agent, p.info, p.pid, p.gated, p.placed_us, p.intent_error, p.full_us, p.steps_us)
         return tc
 
     def _emit_start(self, tc: ToolCall, agent: Agent, info: ProcInfo, pid: int, gated: bool, placed_us: float,
-                    intent_error: str | None) -> None:
+                    intent_error: str | None, full_us: float | None = None, steps_us: dict | None = None) -> None:
         resolved = tc.resolved
         lim = resolved.limits
         self.journal.emit("toolcall.start",
@@ -438,6 +438,8 @@ class Manager:
                           f"max {format_size(lim.memory_max)}, pids {lim.pids_max}, timeout {lim.timeout_s if lim.timeout_s is not None else 'none'} s; rule {resolved.rule})",
                           agent=agent.name, tool_call=tc.id, pid=pid, argv=info.argv[:32], limits=lim.to_json(),
                           rule=resolved.rule, gated=gated, placed_us=round(placed_us, 1),
+                          **({"full_us": round(full_us, 1)} if full_us is not None else {}),
+                          **({"steps_us": {k: round(v, 1) for k, v in steps_us.items()}} if gated and steps_us else {}),
                           clips=[c.to_json() for c in resolved.clips])
         self._emit_clips(resolved, agent.name, tc.id)
         if intent_error:
