@@ -15,8 +15,9 @@ default 200 tool calls/s); we measure
   - tracker events lost
 
 for variants side by side (VARIANTS): the tool cgroup in all 5 hierarchies (the old path)
-or only where its limits need it (the default), the v2 root remounted favordynmods (put
-back after), and the ungated cn_proc tracker. The host is shared: the variants run
+or only where its limits need it (the default), with a spare v1 cgroup made ahead and
+renamed, with the v2 root remounted favordynmods (put back after), and the ungated cn_proc
+tracker. The host is shared: the variants run
 interleaved in rounds (one daemon per variant per round, the rounds' samples pooled), so
 that a busy minute hits them all alike; ratios to bpf_all are reported beside absolutes.
 
@@ -51,6 +52,8 @@ VARIANTS = (
      "BPF exec gate, tool cgroup made and entered in all 5 hierarchies (the path before this change)"),
     ("bpf", "bpf", ("--tool-cgroups", "needed"), False,
      "BPF exec gate, tool cgroup only where its limits need it: v2, memory, pids (the default)"),
+    ("bpf_spare", "bpf", ("--tool-cgroups", "needed", "--spare-cgroups", "1"), False,
+     "as bpf, with one spare v1 tool cgroup (memory, pids, limits written) made ahead per agent, renamed at placement"),
     ("bpf_favordynmods", "bpf", ("--tool-cgroups", "needed"), True,
      "as bpf, with the v2 root remounted favordynmods for the run (put back after)"),
     ("cn_proc", "cn_proc", (), False,

@@ -109,6 +109,15 @@ class CgroupDriver(ABC):
     @abstractmethod
     def apply_limits(self, rel: str, limits: Limits) -> None: ...
 
+    def take_spare(self, rel: str, limits: Limits) -> bool:
+        """Make rel from a spare cgroup made ahead with exactly these limits (make_spare),
+        limits included. False when there is none: the caller creates and limits rel itself."""
+        return False
+
+    def make_spare(self, parent: str, limits: Limits) -> None:
+        """Prepare a spare under parent for the next take_spare with these limits (off the
+        placement path). A driver that cannot rename cgroups keeps none."""
+
     def knob_path(self, rel: str, name: str) -> str:
         """The file that holds knob `name` (e.g. "cpuset.mems", "memory.reclaim", "cpu.weight")
         for rel, in whichever hierarchy owns its controller: what a policy kind's actuator

@@ -8,7 +8,9 @@ through cgroup.event_control wakes the daemon, which then grants more, freezes o
 from __future__ import annotations
 
 import errno
+import itertools
 import os
+import threading
 
 from agentd.cgroups import fs
 from agentd.cgroups.driver import CgroupError, CgroupStats, DriverFeatures, Limits
@@ -42,6 +44,7 @@ class V1Tree(fs.Hierarchy):
 class HybridDriver(UnifiedBackedDriver):
     kind = "hybrid"
     tool_cgroups_everywhere = False  # True: create(rel, limits) makes rel in every hierarchy (the old way)
+    spares = 0  # > 0: keep that many spare v1 tool cgroups per (parent, limits), renamed at placement
 
     def __init__(self, unified_mount: str, unified_root: str, v1: dict[str, tuple[str, str]], create_root: bool = True):
         """v1 maps a controller name to (mount point, absolute root cgroup path in that hierarchy)."""
@@ -57,6 +60,12 @@ class HybridDriver(UnifiedBackedDriver):
                 continue
             seen_dirs.add(tree.root_dir)
             self.v1[controller] = tree
+        # (parent, limits) -> names of spare v1 cgroups made with those limits. v1 cgroups can
+        # be renamed within their parent, v2 ones cannot (its kernfs has no rename): a spare
+        # saves the v1 mkdirs and limit writes, the v2 mkdir stays on the placement path.
+        self._spares: dict[tuple[str, str], list[str]] = {}
+        self._spare_seq = itertools.count()
+        self._spare_lock = threading.Lock()
         if create_root:
             self.create("")
 
@@ -92,6 +101,42 @@ class HybridDriver(UnifiedBackedDriver):
         for tree in self._trees() if everywhere else [*self._needed(limits), self.tree]:
             tree.mkdirs(rel)
 
+    def take_spare(self, rel: str, limits: Limits) -> bool:
+        rel = fs.validate_rel(rel)
+        parent, leaf = os.path.split(rel)
+        with self._spare_lock:
+            names = self._spares.get((parent, repr(limits)))
+            spare = names.pop() if names else None
+        if spare is None or self.tool_cgroups_everywhere:
+            return False
+        for tree in self._needed(limits):
+            try:
+                os.rename(tree.dir(f"{parent}/{spare}"), tree.dir(rel))
+            except OSError:  # gone with its agent, or a clash: the caller makes rel the usual way
+                for t in self._needed(limits):
+                    fs.rmdir_tree(t.dir(f"{parent}/{spare}"))
+                return False
+        self.tree.mkdirs(rel)
+        return True
+
+    def make_spare(self, parent: str, limits: Limits) -> None:
+        parent = fs.validate_rel(parent)
+        key = (parent, repr(limits))
+        with self._spare_lock:
+            if len(self._spares.get(key, ())) >= self.spares:
+                return
+        name = f".spare-{next(self._spare_seq)}"  # a dot: never a tool call's <seq>-<tool> name
+        for tree in self._needed(limits):
+            tree.mkdirs(f"{parent}/{name}")
+        self._apply_v1(f"{parent}/{name}", limits)
+        with self._spare_lock:
+            self._spares.setdefault(key, []).append(name)
+
+    def _forget_spares(self, rel: str) -> None:
+        with self._spare_lock:
+            for key in [k for k in self._spares if k[0] == rel or k[0].startswith(rel + "/") or not rel]:
+                del self._spares[key]
+
     def _needed(self, limits: Limits) -> list[V1Tree]:
         uses = {"memory": True, "pids": limits.pids_max is not None,
                 "cpu": limits.cpu_weight is not None or limits.cpu_max_quota_us is not None,
@@ -114,6 +159,7 @@ class HybridDriver(UnifiedBackedDriver):
         rel = fs.validate_rel(rel)
         # v2 first: it reports which processes still hold the cgroup, before any v1 dir is gone.
         self.tree.remove(rel)
+        self._forget_spares(rel)
         for tree in self.v1.values():
             fs.rmdir_tree(tree.dir(rel))
 
@@ -141,7 +187,9 @@ class HybridDriver(UnifiedBackedDriver):
         return tree.file(rel, name)
 
     def apply_limits(self, rel: str, limits: Limits) -> None:
-        rel = fs.validate_rel(rel)
+        self._apply_v1(fs.validate_rel(rel), limits)
+
+    def _apply_v1(self, rel: str, limits: Limits) -> None:
         mem = self.v1.get("memory")
         if mem is not None:
             self._apply_memory(mem, rel, limits)

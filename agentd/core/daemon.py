@@ -64,6 +64,7 @@ class DaemonConfig:
     kinds: tuple[KindEntry, ...] = KINDS  # the policy kinds to run (agentd.kinds.registry)
     results_dir: Path | None = None  # where agents read their result files; None: <socket dir>/results
     tool_cgroups: str = "needed"  # hybrid: tool cgroups only in the v1 hierarchies their limits use, or "all"
+    spare_cgroups: int = 0  # hybrid: v1 tool cgroups made ahead per agent and limits, renamed at placement
 
 
 class Daemon:
@@ -88,6 +89,7 @@ class Daemon:
         self.driver = open_driver(config.cgroup_root, leaf_name=config.cgroup_leaf)
         if hasattr(self.driver, "tool_cgroups_everywhere"):
             self.driver.tool_cgroups_everywhere = config.tool_cgroups == "all"
+            self.driver.spares = config.spare_cgroups
         features = self.driver.features()
         missing = "; ".join(f"{k}: {v}" for k, v in features.missing.items())
         self.lines["cgroups"] = f"cgroups: {features.kind} driver" + (f" (missing {missing})" if missing else "")

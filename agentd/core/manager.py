@@ -378,10 +378,13 @@ class Manager:
         marks = [clock()]
         cont_ns = 0
         try:
-            self.driver.create(rel, limits)
-            marks.append(clock())
-            self.driver.apply_limits(rel, limits)
-            marks.append(clock())
+            if self.driver.take_spare(rel, limits):  # hybrid: v1 cgroups made ahead with these limits, renamed
+                marks += [clock(), clock()]
+            else:
+                self.driver.create(rel, limits)
+                marks.append(clock())
+                self.driver.apply_limits(rel, limits)
+                marks.append(clock())
             moved = self.driver.move(pid, rel)
             marks.append(clock())
             priority = (intent.priority if intent and intent.priority else None) or policy.priority
@@ -427,7 +430,18 @@ class Manager:
         with self.store.transaction():
             self.store.put_toolcall(tc.record())
             self._emit_start(tc, agent, p.info, p.pid, p.gated, p.placed_us, p.intent_error, p.full_us, p.steps_us)
+        self._refill_spare(p)
         return tc
+
+    def _refill_spare(self, p: "Placement") -> None:
+        """A spare tool cgroup for the agent's next exec with the same limits, made here on
+        the loop so that the next placement renames it instead of making and limiting it."""
+        if not getattr(self.driver, "spares", 0) or not p.gated:
+            return
+        try:
+            self.driver.make_spare(os.path.dirname(p.rel), tool_limits_for_driver(p.resolved.limits, self.driver.kind))
+        except (CgroupError, OSError) as exc:
+            self.journal.emit("cgroup.error", f"could not prepare a spare tool cgroup: {exc}", level="warn", agent=p.agent)
 
     def _emit_start(self, tc: ToolCall, agent: Agent, info: ProcInfo, pid: int, gated: bool, placed_us: float,
                     intent_error: str | None, full_us: float | None = None, steps_us: dict | None = None) -> None:
