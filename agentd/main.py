@@ -43,7 +43,7 @@ def main() -> None:
 @click.option("--no-move-self", is_flag=True, help="stay in the current cgroup instead of <root>/daemon")
 @click.option("--tool-cgroups", type=click.Choice(["needed", "all"]), default="needed", show_default=True,
               help="hybrid: make a tool call's cgroup only in the v1 hierarchies its limits use (needed), or in all of them")
-@click.option("--spare-cgroups", type=click.IntRange(0, 8), default=0, show_default=True,
+@click.option("--spare-cgroups", type=click.IntRange(0, 8), default=1, show_default=True,
               help="hybrid: v1 tool cgroups made ahead per agent and limits, renamed at placement")
 @click.option("-v", "--verbose", is_flag=True)
 def run(socket_path, state_dir, results_dir, policy_dir, default_policy, cgroup_root, cgroup_leaf, tracker, admin_group, socket_group,

@@ -14,10 +14,10 @@ default 200 tool calls/s); we measure
   - BPF program run time per event (kernel.bpf_stats_enabled, the kernel's own counters)
   - tracker events lost
 
-for variants side by side (VARIANTS): the tool cgroup in all 5 hierarchies (the old path)
-or only where its limits need it (the default), with a spare v1 cgroup made ahead and
-renamed, with the v2 root remounted favordynmods (put back after), and the ungated cn_proc
-tracker. The host is shared: the variants run
+for variants side by side (VARIANTS): the tool cgroup in all 5 hierarchies (the old path),
+only where its limits need it, that plus a spare v1 cgroup made ahead and renamed (the
+default), that with the v2 root remounted favordynmods (put back after), and the ungated
+cn_proc tracker. The host is shared: the variants run
 interleaved in rounds (one daemon per variant per round, the rounds' samples pooled), so
 that a busy minute hits them all alike; ratios to bpf_all are reported beside absolutes.
 
@@ -48,13 +48,14 @@ toolcalls:
 
 # (label, tracker, daemon args, favordynmods on, what it is); "bpf" is the shipped default.
 VARIANTS = (
-    ("bpf_all", "bpf", ("--tool-cgroups", "all"), False,
-     "BPF exec gate, tool cgroup made and entered in all 5 hierarchies (the path before this change)"),
-    ("bpf", "bpf", ("--tool-cgroups", "needed"), False,
-     "BPF exec gate, tool cgroup only where its limits need it: v2, memory, pids (the default)"),
-    ("bpf_spare", "bpf", ("--tool-cgroups", "needed", "--spare-cgroups", "1"), False,
-     "as bpf, with one spare v1 tool cgroup (memory, pids, limits written) made ahead per agent, renamed at placement"),
-    ("bpf_favordynmods", "bpf", ("--tool-cgroups", "needed"), True,
+    ("bpf_all", "bpf", ("--tool-cgroups", "all", "--spare-cgroups", "0"), False,
+     "BPF exec gate, tool cgroup made and limited in all 5 hierarchies at each exec (the path before this change)"),
+    ("bpf_needed", "bpf", ("--tool-cgroups", "needed", "--spare-cgroups", "0"), False,
+     "BPF exec gate, tool cgroup only where its limits need it (v2, memory, pids), made and limited at each exec"),
+    ("bpf", "bpf", ("--tool-cgroups", "needed", "--spare-cgroups", "1"), False,
+     "as bpf_needed, with one spare v1 tool cgroup (memory, pids, limits written) made ahead per agent and "
+     "renamed at placement; only the v2 mkdir stays on the path (the default)"),
+    ("bpf_favordynmods", "bpf", ("--tool-cgroups", "needed", "--spare-cgroups", "1"), True,
      "as bpf, with the v2 root remounted favordynmods for the run (put back after)"),
     ("cn_proc", "cn_proc", (), False,
      "cn_proc tracker: no gate, placed after the exec has run (for the escape share)"),

@@ -64,7 +64,7 @@ class DaemonConfig:
     kinds: tuple[KindEntry, ...] = KINDS  # the policy kinds to run (agentd.kinds.registry)
     results_dir: Path | None = None  # where agents read their result files; None: <socket dir>/results
     tool_cgroups: str = "needed"  # hybrid: tool cgroups only in the v1 hierarchies their limits use, or "all"
-    spare_cgroups: int = 0  # hybrid: v1 tool cgroups made ahead per agent and limits, renamed at placement
+    spare_cgroups: int = 1  # hybrid: v1 tool cgroups made ahead per agent and limits, renamed at placement
 
 
 class Daemon:
