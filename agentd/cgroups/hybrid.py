@@ -1,7 +1,10 @@
 """Hybrid driver: the v2 hierarchy groups, freezes, kills and reports PSI; v1 controllers limit.
 
-The same relative path exists in every hierarchy. v1 has no memory.high; instead
-memory.oom_control=1 pauses a process at its limit (under_oom 1) and an eventfd registered
+The same relative path exists in every hierarchy, except a tool call's: it is made only in
+v2, memory and the v1 hierarchies its limits use (create), often by renaming a spare made
+ahead (make_spare / take_spare), since every mkdir and move holds a gated exec stopped.
+
+v1 has no memory.high; instead memory.oom_control=1 pauses a process at its limit (under_oom 1) and an eventfd registered
 through cgroup.event_control wakes the daemon, which then grants more, freezes or kills.
 """
 
