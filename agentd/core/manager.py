@@ -7,6 +7,7 @@ Runs only on the event loop's thread. The decisions themselves live in pure modu
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -40,6 +41,8 @@ from agentd.api.units import format_size
 from agentd.tracking import procfs
 from agentd.tracking.backend import TrackerBackend
 from agentd.tracking.proctree import ProcTree
+
+log = logging.getLogger(__name__)
 
 # The kernel's OOM killer must take a tool call before an agent's runtime (its LLM loop):
 # runtimes get RUNTIME_OOM_SCORE_ADJ (killable only as a last resort; lowering needs
@@ -395,6 +398,8 @@ class Manager:
                 cont_ns = clock()
                 self._release(pid)
         placed_us = (time.monotonic() - t0) * 1e6 if t0 is not None else 0.0
+        if gated and moved:
+            self._refill_spare(rel, limits)
         full_us = (cont_ns - exec_ns) / 1e3 if gated and exec_ns and cont_ns > exec_ns else None
         steps_us = {step: (b - a) / 1e3 for step, a, b in
                     zip(("policy", "mkdir", "limits", "move", "oom_adj"), [t_start, *marks], marks)}
@@ -430,18 +435,18 @@ class Manager:
         with self.store.transaction():
             self.store.put_toolcall(tc.record())
             self._emit_start(tc, agent, p.info, p.pid, p.gated, p.placed_us, p.intent_error, p.full_us, p.steps_us)
-        self._refill_spare(p)
         return tc
 
-    def _refill_spare(self, p: "Placement") -> None:
-        """A spare tool cgroup for the agent's next exec with the same limits, made here on
-        the loop so that the next placement renames it instead of making and limiting it."""
-        if not getattr(self.driver, "spares", 0) or not p.gated:
+    def _refill_spare(self, rel: str, limits: Limits) -> None:
+        """A spare tool cgroup for the agent's next exec with the same limits, made right
+        after this one was continued (on the tracker's thread: the loop may lag behind a
+        burst of execs), so that the next placement renames it instead of making it."""
+        if not getattr(self.driver, "spares", 0):
             return
         try:
-            self.driver.make_spare(os.path.dirname(p.rel), tool_limits_for_driver(p.resolved.limits, self.driver.kind))
-        except (CgroupError, OSError) as exc:
-            self.journal.emit("cgroup.error", f"could not prepare a spare tool cgroup: {exc}", level="warn", agent=p.agent)
+            self.driver.make_spare(os.path.dirname(rel), limits)
+        except (CgroupError, OSError) as exc:  # not on the loop: no journal here
+            log.warning("could not prepare a spare tool cgroup beside %s: %s", rel, exc)
 
     def _emit_start(self, tc: ToolCall, agent: Agent, info: ProcInfo, pid: int, gated: bool, placed_us: float,
                     intent_error: str | None, full_us: float | None = None, steps_us: dict | None = None) -> None:
