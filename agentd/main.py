@@ -41,9 +41,13 @@ def main() -> None:
 @click.option("--host-memory-max", default=None, help="memory all agents together may use, e.g. 12G (off by default)")
 @click.option("--simulate-gpus", type=click.IntRange(0, 16), default=0, help="SIMULATION: a fake NVML with N GPUs (demos and tests)")
 @click.option("--no-move-self", is_flag=True, help="stay in the current cgroup instead of <root>/daemon")
+@click.option("--tool-cgroups", type=click.Choice(["needed", "all"]), default="needed", show_default=True,
+              help="hybrid: make a tool call's cgroup only in the v1 hierarchies its limits use (needed), or in all of them")
+@click.option("--spare-cgroups", type=click.IntRange(0, 8), default=1, show_default=True,
+              help="hybrid: v1 tool cgroups made ahead per agent and limits, renamed at placement")
 @click.option("-v", "--verbose", is_flag=True)
 def run(socket_path, state_dir, results_dir, policy_dir, default_policy, cgroup_root, cgroup_leaf, tracker, admin_group, socket_group,
-        metrics_listen, host_memory_max, simulate_gpus, no_move_self, verbose) -> None:
+        metrics_listen, host_memory_max, simulate_gpus, no_move_self, tool_cgroups, spare_cgroups, verbose) -> None:
     """Run the daemon in the foreground (systemd: Type=notify)."""
     from agentd.core.daemon import DaemonConfig, run_daemon
 
@@ -58,7 +62,8 @@ def run(socket_path, state_dir, results_dir, policy_dir, default_policy, cgroup_
     config = DaemonConfig(socket_path=socket_path, state_dir=state_dir, results_dir=results_dir, policy_dir=policy_dir, default_policy=default_policy,
                           cgroup_root=cgroup_root, cgroup_leaf=cgroup_leaf, tracker=tracker, admin_group=admin_group, socket_group=socket_group,
                           metrics_listen=metrics_listen, move_self=not no_move_self,
-                          host_memory_max=budget, simulate_gpus=simulate_gpus)
+                          host_memory_max=budget, simulate_gpus=simulate_gpus, tool_cgroups=tool_cgroups,
+                          spare_cgroups=spare_cgroups)
     try:
         asyncio.run(run_daemon(config))
     except Exception as exc:  # one clear line, not a traceback, for the operator

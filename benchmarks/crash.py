@@ -107,7 +107,7 @@ def stuck(driver, agents: dict[str, int]) -> set:
 def v1_only(driver, tools: str) -> set[str]:
     listed = set(driver.children(tools)) if driver.exists(tools) else set()
     return {f"{tree.controller}:{child}" for tree in getattr(driver, "v1", {}).values()
-            for child in fs.child_dirs(tree.dir(tools)) if child not in listed}
+            for child in fs.child_dirs(tree.dir(tools)) if child not in listed and not child.startswith(".")}  # .spare-N: made ahead
 
 
 def check_after_restart(daemon: DaemonProcess, agents: dict[str, int], gated: list[int]) -> dict:

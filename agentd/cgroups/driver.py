@@ -82,8 +82,10 @@ class CgroupDriver(ABC):
     def features(self) -> DriverFeatures: ...
 
     @abstractmethod
-    def create(self, rel: str) -> None:
-        """Create rel (and parents) in every hierarchy, enabling controllers down the path. Idempotent."""
+    def create(self, rel: str, limits: "Limits | None" = None) -> None:
+        """Create rel (and parents), enabling controllers down the path. Idempotent. With
+        limits, a driver may create it only in the hierarchies those limits need (a tool
+        call's cgroup); without, in every hierarchy."""
 
     @abstractmethod
     def remove(self, rel: str) -> None:
@@ -106,6 +108,15 @@ class CgroupDriver(ABC):
 
     @abstractmethod
     def apply_limits(self, rel: str, limits: Limits) -> None: ...
+
+    def take_spare(self, rel: str, limits: Limits) -> bool:
+        """Make rel from a spare cgroup made ahead with exactly these limits (make_spare),
+        limits included. False when there is none: the caller creates and limits rel itself."""
+        return False
+
+    def make_spare(self, parent: str, limits: Limits) -> None:
+        """Prepare a spare under parent for the next take_spare with these limits (off the
+        placement path). A driver that cannot rename cgroups keeps none."""
 
     def knob_path(self, rel: str, name: str) -> str:
         """The file that holds knob `name` (e.g. "cpuset.mems", "memory.reclaim", "cpu.weight")

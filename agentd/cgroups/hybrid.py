@@ -1,14 +1,19 @@
 """Hybrid driver: the v2 hierarchy groups, freezes, kills and reports PSI; v1 controllers limit.
 
-The same relative path exists in every hierarchy. v1 has no memory.high; instead
-memory.oom_control=1 pauses a process at its limit (under_oom 1) and an eventfd registered
+The same relative path exists in every hierarchy, except a tool call's: it is made only in
+v2, memory and the v1 hierarchies its limits use (create), often by renaming a spare made
+ahead (make_spare / take_spare), since every mkdir and move holds a gated exec stopped.
+
+v1 has no memory.high; instead memory.oom_control=1 pauses a process at its limit (under_oom 1) and an eventfd registered
 through cgroup.event_control wakes the daemon, which then grants more, freezes or kills.
 """
 
 from __future__ import annotations
 
 import errno
+import itertools
 import os
+import threading
 
 from agentd.cgroups import fs
 from agentd.cgroups.driver import CgroupError, CgroupStats, DriverFeatures, Limits
@@ -41,6 +46,8 @@ class V1Tree(fs.Hierarchy):
 
 class HybridDriver(UnifiedBackedDriver):
     kind = "hybrid"
+    tool_cgroups_everywhere = False  # True: create(rel, limits) makes rel in every hierarchy (the old way)
+    spares = 0  # > 0: keep that many spare v1 tool cgroups per (parent, limits), renamed at placement
 
     def __init__(self, unified_mount: str, unified_root: str, v1: dict[str, tuple[str, str]], create_root: bool = True):
         """v1 maps a controller name to (mount point, absolute root cgroup path in that hierarchy)."""
@@ -56,6 +63,12 @@ class HybridDriver(UnifiedBackedDriver):
                 continue
             seen_dirs.add(tree.root_dir)
             self.v1[controller] = tree
+        # (parent, limits) -> names of spare v1 cgroups made with those limits. v1 cgroups can
+        # be renamed within their parent, v2 ones cannot (its kernfs has no rename): a spare
+        # saves the v1 mkdirs and limit writes, the v2 mkdir stays on the placement path.
+        self._spares: dict[tuple[str, str], list[str]] = {}
+        self._spare_seq = itertools.count()
+        self._spare_lock = threading.Lock()
         if create_root:
             self.create("")
 
@@ -81,15 +94,75 @@ class HybridDriver(UnifiedBackedDriver):
 
     # grouping -------------------------------------------------------------------------
 
-    def create(self, rel: str) -> None:
+    def create(self, rel: str, limits: Limits | None = None) -> None:
+        """With limits (a tool call's cgroup), only the v1 hierarchies those limits use, plus
+        memory (its counters are the tool call's record) and v2: each extra v1 mkdir and move
+        costs the exec it holds stopped. A hierarchy it is not in leaves it in its parent's
+        cgroup there (the agent's limits still hold); apply_limits adds one when needed."""
         rel = fs.validate_rel(rel)
-        for tree in self._trees():
+        everywhere = limits is None or self.tool_cgroups_everywhere
+        for tree in self._trees() if everywhere else [*self._needed(limits), self.tree]:
             tree.mkdirs(rel)
+
+    def take_spare(self, rel: str, limits: Limits) -> bool:
+        rel = fs.validate_rel(rel)
+        parent, leaf = os.path.split(rel)
+        with self._spare_lock:
+            names = self._spares.get((parent, repr(limits)))
+            spare = names.pop() if names else None
+        if spare is None or self.tool_cgroups_everywhere:
+            return False
+        for tree in self._needed(limits):
+            try:
+                os.rename(tree.dir(f"{parent}/{spare}"), tree.dir(rel))
+            except OSError:  # gone with its agent, or a clash: the caller makes rel the usual way
+                for t in self._needed(limits):
+                    fs.rmdir_tree(t.dir(f"{parent}/{spare}"))
+                return False
+        self.tree.mkdirs(rel)
+        return True
+
+    def make_spare(self, parent: str, limits: Limits) -> None:
+        parent = fs.validate_rel(parent)
+        key = (parent, repr(limits))
+        with self._spare_lock:
+            if len(self._spares.get(key, ())) >= self.spares:
+                return
+        name = f".spare-{next(self._spare_seq)}"  # a dot: never a tool call's <seq>-<tool> name
+        for tree in self._needed(limits):
+            tree.mkdirs(f"{parent}/{name}")
+        self._apply_v1(f"{parent}/{name}", limits)
+        with self._spare_lock:
+            self._spares.setdefault(key, []).append(name)
+
+    def _forget_spares(self, rel: str) -> None:
+        with self._spare_lock:
+            for key in [k for k in self._spares if k[0] == rel or k[0].startswith(rel + "/") or not rel]:
+                del self._spares[key]
+
+    def _needed(self, limits: Limits) -> list[V1Tree]:
+        uses = {"memory": True, "pids": limits.pids_max is not None,
+                "cpu": limits.cpu_weight is not None or limits.cpu_max_quota_us is not None,
+                "cpuset": limits.cpuset_cpus is not None or limits.cpuset_mems is not None}
+        return [tree for controller, tree in self.v1.items() if uses.get(controller, True)]
+
+    def _ensure(self, tree: V1Tree, rel: str) -> bool:
+        """rel exists in tree, created now (with the processes of rel's v2 subtree moved in)
+        when limits it was created without now need it. False when rel is gone in v2 too."""
+        if os.path.isdir(tree.dir(rel)):
+            return True
+        if not self.tree.exists(rel):
+            return False
+        tree.mkdirs(rel)
+        for pid in fs.subtree_pids(self.tree.dir(rel)):
+            fs.write_pid(tree.file(rel, "cgroup.procs"), pid)
+        return True
 
     def remove(self, rel: str) -> None:
         rel = fs.validate_rel(rel)
         # v2 first: it reports which processes still hold the cgroup, before any v1 dir is gone.
         self.tree.remove(rel)
+        self._forget_spares(rel)
         for tree in self.v1.values():
             fs.rmdir_tree(tree.dir(rel))
 
@@ -97,6 +170,8 @@ class HybridDriver(UnifiedBackedDriver):
         rel = fs.validate_rel(rel)
         # Controllers first, so the process is limited before it shows in the v2 grouping.
         for tree in self.v1.values():
+            if not os.path.isdir(tree.dir(rel)):
+                continue  # a tool cgroup made only where its limits need it (create)
             if not fs.write_pid(tree.file(rel, "cgroup.procs"), pid):
                 return False
         return self.tree.move(pid, rel)
@@ -115,14 +190,17 @@ class HybridDriver(UnifiedBackedDriver):
         return tree.file(rel, name)
 
     def apply_limits(self, rel: str, limits: Limits) -> None:
-        rel = fs.validate_rel(rel)
+        self._apply_v1(fs.validate_rel(rel), limits)
+
+    def _apply_v1(self, rel: str, limits: Limits) -> None:
         mem = self.v1.get("memory")
         if mem is not None:
             self._apply_memory(mem, rel, limits)
         elif limits.memory_max is not None or limits.oom_pause:
             raise CgroupError(errno.ENOENT, "no v1 memory hierarchy is mounted: cannot apply a memory limit")
         cpu = self.v1.get("cpu")
-        if cpu is not None:
+        wants_cpu = limits.cpu_weight is not None or limits.cpu_max_quota_us is not None
+        if cpu is not None and (self._ensure(cpu, rel) if wants_cpu else os.path.isdir(cpu.dir(rel))):
             if limits.cpu_weight is not None:
                 fs.write(cpu.file(rel, "cpu.shares"), str(weight_to_shares(limits.cpu_weight)))
             # cpu_max_quota_us None means unlimited (Limits says so), not "untouched".
@@ -132,12 +210,13 @@ class HybridDriver(UnifiedBackedDriver):
             else:
                 fs.write(cpu.file(rel, "cpu.cfs_period_us"), str(limits.cpu_period_us))
                 fs.write(cpu.file(rel, "cpu.cfs_quota_us"), str(limits.cpu_max_quota_us))
-        elif limits.cpu_weight is not None or limits.cpu_max_quota_us is not None:
+        elif cpu is None and wants_cpu:
             raise CgroupError(errno.ENOENT, "no v1 cpu hierarchy is mounted: cannot apply a cpu limit")
         cpuset = self.v1.get("cpuset")
         if limits.cpuset_cpus is not None or limits.cpuset_mems is not None:
             if cpuset is None:
                 raise CgroupError(errno.ENOENT, "no v1 cpuset hierarchy is mounted: cannot pin cpus or mems")
+            self._ensure(cpuset, rel)
             if limits.cpuset_cpus is not None:
                 fs.write(cpuset.file(rel, "cpuset.cpus"), limits.cpuset_cpus)
             if limits.cpuset_mems is not None:
@@ -146,6 +225,7 @@ class HybridDriver(UnifiedBackedDriver):
             pids = self.v1.get("pids")
             if pids is None:
                 raise CgroupError(errno.ENOENT, "no v1 pids hierarchy is mounted: cannot apply pids_max")
+            self._ensure(pids, rel)
             fs.write(pids.file(rel, "pids.max"), str(limits.pids_max))
 
     def _apply_memory(self, mem: V1Tree, rel: str, limits: Limits) -> None:
@@ -246,7 +326,7 @@ class HybridDriver(UnifiedBackedDriver):
                 "oom_kill_disable": oom.get("oom_kill_disable", 0),
             }
         pids = self.v1.get("pids")
-        if pids is not None:
+        if pids is not None and os.path.isdir(pids.dir(rel)):  # a tool call without pids_max is not in it
             s.pids_current = fs.read_int(pids.file(rel, "pids.current"))
             s.pids_max_events = parse_flat_keyed(fs.read(pids.file(rel, "pids.events"))).get("max", 0)
         return self._unified_stats(rel, s)

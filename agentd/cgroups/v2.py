@@ -89,7 +89,7 @@ class V2Driver(UnifiedBackedDriver):
 
     # grouping -------------------------------------------------------------------------
 
-    def create(self, rel: str) -> None:
+    def create(self, rel: str, limits: Limits | None = None) -> None:
         self.tree.mkdirs(rel)
         self.enable_controllers(rel)
 

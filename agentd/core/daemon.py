@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import signal
 import subprocess
 import time
@@ -62,6 +63,8 @@ class DaemonConfig:
     host_memory_max: int | None = None  # bytes all agents together may use (agents/)
     kinds: tuple[KindEntry, ...] = KINDS  # the policy kinds to run (agentd.kinds.registry)
     results_dir: Path | None = None  # where agents read their result files; None: <socket dir>/results
+    tool_cgroups: str = "needed"  # hybrid: tool cgroups only in the v1 hierarchies their limits use, or "all"
+    spare_cgroups: int = 1  # hybrid: v1 tool cgroups made ahead per agent and limits, renamed at placement
 
 
 class Daemon:
@@ -84,6 +87,9 @@ class Daemon:
         # second daemon on it stops here (it would re-adopt and place every exec again).
         self._lock_fd = open_state_dir(config.state_dir)
         self.driver = open_driver(config.cgroup_root, leaf_name=config.cgroup_leaf)
+        if hasattr(self.driver, "tool_cgroups_everywhere"):
+            self.driver.tool_cgroups_everywhere = config.tool_cgroups == "all"
+            self.driver.spares = config.spare_cgroups
         features = self.driver.features()
         missing = "; ".join(f"{k}: {v}" for k, v in features.missing.items())
         self.lines["cgroups"] = f"cgroups: {features.kind} driver" + (f" (missing {missing})" if missing else "")
@@ -362,7 +368,8 @@ class Daemon:
                         "lost_events": self.tracker.lost_events() if self.tracker else 0,
                         "placement_p50_us": round(ordered[len(ordered) // 2], 1) if ordered else None,
                         "placement_p99_us": round(ordered[int(len(ordered) * 0.99)], 1) if ordered else None,
-                        "placement_max_us": round(ordered[-1], 1) if ordered else None},
+                        "placement_max_us": round(ordered[-1], 1) if ordered else None,
+                        **_full_path_stats(self.manager)},
             "gpu": {"available": self.gpu is not None, "line": self.lines.get("gpu", ""),
                     "snapshot": self.gpu_snapshot.to_json() if self.gpu_snapshot is not None else None},
             "policies": sorted(self.policies.policies),
@@ -395,6 +402,8 @@ def _bpf_backend():
 
 
 async def run_daemon(config: DaemonConfig) -> None:
+    if os.environ.get("AGENTD_SWITCH_US"):
+        sys.setswitchinterval(int(os.environ["AGENTD_SWITCH_US"]) / 1e6)
     daemon = Daemon(config)
     try:
         await daemon.start()
@@ -405,3 +414,18 @@ async def run_daemon(config: DaemonConfig) -> None:
         await daemon.wait_stopped()
     finally:
         await daemon.stop()
+
+
+def _pct(values, q: float) -> float | None:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(len(ordered) * q))], 1) if ordered else None
+
+
+def _full_path_stats(manager) -> dict:
+    """Gated placements from the exec tracepoint's kernel timestamp to SIGCONT, and the
+    p50/p99 of each step of place() (the daemon's own clock), for the overhead benchmark."""
+    full = manager.placement_full_us
+    return {"placement_full_count": len(full), "placement_p50_us_full": _pct(full, 0.5),
+            "placement_p99_us_full": _pct(full, 0.99), "placement_max_us_full": _pct(full, 1.0),
+            "placement_steps_us": {step: {"p50": _pct(v, 0.5), "p99": _pct(v, 0.99)}
+                                   for step, v in manager.placement_steps_us.items()}}

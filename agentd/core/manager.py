@@ -7,6 +7,7 @@ Runs only on the event loop's thread. The decisions themselves live in pure modu
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -40,6 +41,8 @@ from agentd.api.units import format_size
 from agentd.tracking import procfs
 from agentd.tracking.backend import TrackerBackend
 from agentd.tracking.proctree import ProcTree
+
+log = logging.getLogger(__name__)
 
 # The kernel's OOM killer must take a tool call before an agent's runtime (its LLM loop):
 # runtimes get RUNTIME_OOM_SCORE_ADJ (killable only as a last resort; lowering needs
@@ -100,6 +103,9 @@ class Manager:
                          "toolcalls_throttled": 0, "moved_back": 0, "placement_errors": 0, "intents_rejected": 0,
                          "agents_registered": 0, "events_handled": 0}
         self.placement_us: deque[float] = deque(maxlen=10_000)  # recent gated placement latencies
+        # The same placements from the exec tracepoint's kernel timestamp to SIGCONT (BPF only).
+        self.placement_full_us: deque[float] = deque(maxlen=10_000)
+        self.placement_steps_us: dict[str, deque[float]] = {}  # step -> recent durations
         self.runtime_shield_refused = False
         # freeze and kill wait for the kernel (up to seconds): the daemon runs them off the
         # event loop so a slow kill never delays the next exec's placement.
@@ -335,14 +341,18 @@ class Manager:
             self._release(ev.pid)
             return None
         try:
-            return self.place(agent, ev.pid, gated=True, t0=t0)
+            return self.place(agent, ev.pid, gated=True, t0=t0, exec_ns=ev.ts_ns)
         except Exception as exc:
             self._release(ev.pid)
             return Placement(agent=agent.name, pid=ev.pid, error=str(exc))
 
-    def place(self, agent: Agent, pid: int, *, gated: bool, t0: float | None = None) -> "Placement | None":
+    def place(self, agent: Agent, pid: int, *, gated: bool, t0: float | None = None,
+              exec_ns: int = 0) -> "Placement | None":
         """The kernel-facing half of a tool call's start: name it, resolve its limits,
-        create its cgroup with them, move it there, continue it if gated. Thread-safe."""
+        create its cgroup with them, move it there, continue it if gated. Thread-safe.
+        exec_ns: the exec's kernel timestamp (CLOCK_MONOTONIC), for the full-path latency."""
+        clock = time.monotonic_ns
+        t_start = clock()
         info = read_proc(pid)
         if info is None:
             if gated:
@@ -367,21 +377,37 @@ class Manager:
         rule = find_tool_rule(policy, name=name, comm=info.comm, exe=info.exe, argv=info.argv, uid=info.uid)
         resolved = resolve_limits(policy, rule, intent)
         rel = f"{agent.cgroup}/tools/{seq:04d}-{name}"
+        limits = tool_limits_for_driver(resolved.limits, self.driver.kind)
+        marks = [clock()]
+        cont_ns = 0
         try:
-            self.driver.create(rel)
-            self.driver.apply_limits(rel, tool_limits_for_driver(resolved.limits, self.driver.kind))
+            if self.driver.take_spare(rel, limits):  # hybrid: v1 cgroups made ahead with these limits, renamed
+                marks += [clock(), clock()]
+            else:
+                self.driver.create(rel, limits)
+                marks.append(clock())
+                self.driver.apply_limits(rel, limits)
+                marks.append(clock())
             moved = self.driver.move(pid, rel)
+            marks.append(clock())
             priority = (intent.priority if intent and intent.priority else None) or policy.priority
             set_oom_score_adj(pid, TOOLCALL_OOM_SCORE_ADJ.get(priority, 300))
+            marks.append(clock())
         finally:
             if gated:
+                cont_ns = clock()
                 self._release(pid)
         placed_us = (time.monotonic() - t0) * 1e6 if t0 is not None else 0.0
+        if gated and moved:
+            self._refill_spare(rel, limits)
+        full_us = (cont_ns - exec_ns) / 1e3 if gated and exec_ns and cont_ns > exec_ns else None
+        steps_us = {step: (b - a) / 1e3 for step, a, b in
+                    zip(("policy", "mkdir", "limits", "move", "oom_adj"), [t_start, *marks], marks)}
         if not moved:
             self.driver.remove(rel)
         return Placement(agent=agent.name, pid=pid, info=info, intent=intent, intent_error=intent_error, name=name,
                          resolved=resolved, seq=seq, rel=rel, moved=moved, gated=gated, placed_us=placed_us,
-                         priority=priority, started=now)
+                         full_us=full_us, steps_us=steps_us, priority=priority, started=now)
 
     def record_placement(self, p: "Placement") -> ToolCall | None:
         """The event-loop half: the record, the journal, the counters."""
@@ -393,6 +419,10 @@ class Manager:
             return None
         if p.gated:
             self.placement_us.append(p.placed_us)
+            if p.full_us is not None:
+                self.placement_full_us.append(p.full_us)
+            for step, us in (p.steps_us or {}).items():
+                self.placement_steps_us.setdefault(step, deque(maxlen=10_000)).append(us)
         tc = ToolCall(f"{agent.name}/{p.seq:04d}-{p.name}", agent.name, p.seq, p.name, p.rel, p.pid, p.info.argv, p.started,
                       p.resolved, p.intent, LadderState(started=p.started), placed_us=p.placed_us, priority=p.priority,
                       comm=p.info.comm, exe=p.info.exe)
@@ -404,11 +434,22 @@ class Manager:
         self.counters["toolcalls_started"] += 1
         with self.store.transaction():
             self.store.put_toolcall(tc.record())
-            self._emit_start(tc, agent, p.info, p.pid, p.gated, p.placed_us, p.intent_error)
+            self._emit_start(tc, agent, p.info, p.pid, p.gated, p.placed_us, p.intent_error, p.full_us, p.steps_us)
         return tc
 
+    def _refill_spare(self, rel: str, limits: Limits) -> None:
+        """A spare tool cgroup for the agent's next exec with the same limits, made right
+        after this one was continued (on the tracker's thread: the loop may lag behind a
+        burst of execs), so that the next placement renames it instead of making it."""
+        if not getattr(self.driver, "spares", 0):
+            return
+        try:
+            self.driver.make_spare(os.path.dirname(rel), limits)
+        except (CgroupError, OSError) as exc:  # not on the loop: no journal here
+            log.warning("could not prepare a spare tool cgroup beside %s: %s", rel, exc)
+
     def _emit_start(self, tc: ToolCall, agent: Agent, info: ProcInfo, pid: int, gated: bool, placed_us: float,
-                    intent_error: str | None) -> None:
+                    intent_error: str | None, full_us: float | None = None, steps_us: dict | None = None) -> None:
         resolved = tc.resolved
         lim = resolved.limits
         self.journal.emit("toolcall.start",
@@ -416,6 +457,8 @@ class Manager:
                           f"max {format_size(lim.memory_max)}, pids {lim.pids_max}, timeout {lim.timeout_s if lim.timeout_s is not None else 'none'} s; rule {resolved.rule})",
                           agent=agent.name, tool_call=tc.id, pid=pid, argv=info.argv[:32], limits=lim.to_json(),
                           rule=resolved.rule, gated=gated, placed_us=round(placed_us, 1),
+                          **({"full_us": round(full_us, 1)} if full_us is not None else {}),
+                          **({"steps_us": {k: round(v, 1) for k, v in steps_us.items()}} if gated and steps_us else {}),
                           clips=[c.to_json() for c in resolved.clips])
         self._emit_clips(resolved, agent.name, tc.id)
         if intent_error:

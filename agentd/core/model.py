@@ -83,6 +83,10 @@ class Placement:
     moved: bool = False
     gated: bool = False
     placed_us: float = 0.0
+    # Exec tracepoint (the BPF event's kernel timestamp, CLOCK_MONOTONIC) -> SIGCONT sent:
+    # the whole stop as the tool call lives it, ring buffer and thread wake-up included.
+    full_us: float | None = None
+    steps_us: dict | None = None  # where place() spent its time: policy, mkdir, limits, move, oom
     priority: str = "normal"
     started: float = 0.0
     error: str | None = None

@@ -146,7 +146,7 @@ def _remove_partial(driver, tools: str) -> int:
                 continue
             try:
                 fs.rmdir_tree(tree.dir(f"{tools}/{child}"))
-                removed += 1
+                removed += not child.startswith(".")  # a spare the old daemon made ahead is no orphan
             except OSError:
                 pass  # still in use: the next restart tries again
     return removed

@@ -129,6 +129,76 @@ def test_move_puts_pid_in_every_hierarchy_and_vanished_pid_is_false(driver, chil
     assert drv.move(p.pid, "agents/a1/runtime") is False  # reaped: ESRCH is not an error
 
 
+def _where(pid: int, drv) -> dict[str, str]:
+    """controller ("" for v2) -> the pid's cgroup path relative to the driver's root there."""
+    out = {}
+    for line in _read(f"/proc/{pid}/cgroup").splitlines():
+        _, ctrls, path = line.split(":", 2)
+        for c in ctrls.split(","):
+            tree = drv.tree if c == "" else drv.v1.get(c)
+            if tree is not None:
+                out[c] = os.path.relpath(os.path.normpath(tree.mount + path), tree.root_dir)
+    return out
+
+
+def test_a_tool_cgroup_is_made_and_entered_only_where_its_limits_need_it(driver, children):
+    drv = _hybrid_or_skip(driver)
+    drv.create("agents/a1/runtime")
+    rel = "agents/a1/tools/0001-cat"
+    limits = Limits(memory_max=64 * MiB, oom_pause=True, pids_max=16)
+    drv.create(rel, limits)
+    made = {c for c, t in drv.v1.items() if os.path.isdir(t.dir(rel))}
+    assert made == {"memory", "pids"} & set(drv.v1)
+    drv.apply_limits(rel, limits)
+    p = children.cmd(["sleep", "60"])
+    assert drv.move(p.pid, "agents/a1/runtime") and drv.move(p.pid, rel)
+    where = _where(p.pid, drv)
+    for c in ("", *made):
+        assert where[c] == rel, (c, where)
+    for c in set(drv.v1) - made:  # not in the tool's cgroup there: in its parent's (the runtime)
+        assert where[c] == "agents/a1/runtime", (c, where)
+    assert _read(drv.v1["pids"].file(rel, "pids.max")) == "16"
+    # A cpu limit added later (a policy change) adds the cpu hierarchy, members included.
+    if "cpu" in drv.v1:
+        drv.apply_limits(rel, Limits(memory_max=64 * MiB, oom_pause=True, pids_max=16, cpu_max_quota_us=20_000))
+        assert _where(p.pid, drv)["cpu"] == rel
+        assert _read(drv.v1["cpu"].file(rel, "cpu.cfs_quota_us")) == "20000"
+    p.kill()
+    p.wait()
+    drv.remove(rel)
+    assert not any(os.path.exists(t.dir(rel)) for t in drv._trees())
+
+
+def test_a_spare_made_ahead_becomes_the_tool_cgroup_by_rename_with_its_limits(driver, children):
+    drv = _hybrid_or_skip(driver)
+    drv.spares = 1
+    drv.create("agents/a1/runtime")
+    drv.create("agents/a1/tools")
+    limits = Limits(memory_max=48 * MiB, oom_pause=True, pids_max=12)
+    assert drv.take_spare("agents/a1/tools/0001-cat", limits) is False  # none made yet
+    drv.make_spare("agents/a1/tools", limits)
+    drv.make_spare("agents/a1/tools", limits)  # one is enough (spares = 1)
+    spares = {c: [n for n in fs.child_dirs(t.dir("agents/a1/tools")) if n.startswith(".spare-")] for c, t in drv.v1.items()}
+    assert len(spares["memory"]) == 1 and len(spares["pids"]) == 1 and drv.children("agents/a1/tools") == []
+    assert drv.take_spare("agents/a1/tools/0002-cat", Limits(memory_max=48 * MiB, pids_max=12)) is False  # other limits
+    rel = "agents/a1/tools/0002-cat"
+    assert drv.take_spare(rel, limits) is True
+    assert not any(n.startswith(".spare-") for t in drv.v1.values() for n in fs.child_dirs(t.dir("agents/a1/tools")))
+    p = children.cmd(["sleep", "60"])
+    assert drv.move(p.pid, rel)
+    where = _where(p.pid, drv)
+    assert where[""] == where["memory"] == where["pids"] == rel, where
+    assert int(_read(drv.v1["memory"].file(rel, "memory.limit_in_bytes"))) == 48 * MiB
+    assert "oom_kill_disable 1" in _read(drv.v1["memory"].file(rel, "memory.oom_control"))
+    assert _read(drv.v1["pids"].file(rel, "pids.max")) == "12"
+    p.kill()
+    p.wait()
+    drv.make_spare("agents/a1/tools", limits)
+    drv.remove("agents/a1")  # the agent's end takes its spares with it
+    assert not any(os.path.exists(t.dir("agents/a1")) for t in drv._trees())
+    assert drv.take_spare("agents/a1/tools/0003-cat", limits) is False
+
+
 def test_moving_processes_that_exit_and_are_reaped_mid_move_never_raises(driver):
     """Short-lived processes reaped by another thread while we move them: every move is
     True or False (ESRCH), never an error, and nothing is left in the cgroup."""
