@@ -65,6 +65,21 @@ def _page_nodes(pid: int) -> dict[int, int]:
     return out
 
 
+def _node_free_mib(node: int) -> int:
+    for line in Path(f"/sys/devices/system/node/node{node}/meminfo").read_text().splitlines():
+        if "MemFree:" in line:
+            return int(line.split()[-2]) // 1024
+    raise AssertionError(f"no MemFree in node{node}/meminfo")
+
+
+def _free_the_far_node() -> dict[int, int]:
+    """Drop the page cache that demotion parks on the small far node (512 MiB): a node below
+    its watermark makes interleaving fall back to node 0. Returns free MiB per node."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3")
+    return {n: _node_free_mib(n) for n in (0, 2)}
+
+
 def _policy(tmp_path: Path, body: str) -> Path:
     p = tmp_path / f"tiers-{next(_seq)}.yaml"
     p.write_text("version: 1\nname: vmtiers\ntiers:\n  classes:\n" + body)
@@ -155,6 +170,7 @@ def test_weighted_interleave_at_the_policys_ratio_and_the_weights_put_back(numa_
     changes.apply(weights, "node2", "1")
     policy = _policy(tmp_path, "    - name: ratio\n      match: {comm: x}\n"
                                "      placement: {mode: interleave, weights: {node0: 3, node2: 1}}\n")
+    free_before = _free_the_far_node()
     proc = _launch(cgroup, policy, "ratio", 64)
     try:
         _wait_line(proc, "done")
@@ -162,7 +178,9 @@ def test_weighted_interleave_at_the_policys_ratio_and_the_weights_put_back(numa_
         share0 = nodes.count(0) / len(nodes)
         maps = [ln for ln in Path(f"/proc/{proc.pid}/numa_maps").read_text().splitlines() if "file=" not in ln]
         weights_now = {n: (base / f"node{n}").read_text().strip() for n in (0, 2)}
-        assert 0.65 <= share0 <= 0.85 and nodes.count(2) / len(nodes) >= 0.15, (share0, len(nodes), weights_now, maps)
+        free_after = {n: _node_free_mib(n) for n in (0, 2)}
+        assert 0.65 <= share0 <= 0.85 and nodes.count(2) / len(nodes) >= 0.15, (
+            share0, len(nodes), weights_now, f"free MiB before {free_before} after {free_after}", maps)
     finally:
         proc.kill()
         proc.wait()
