@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from agentd.paths import DEFAULT_POLICY, EXAMPLES_DIR
-from agentd.api.units import format_size
+from agentd.units import format_size
 
 AGENT_NAME = "demo"
 _MARKS = {"toolcall.start": "▶", "toolcall.throttled": "≈", "toolcall.frozen": "❄", "toolcall.killed": "✖",

@@ -6,7 +6,7 @@ carried out by asking the tool-call engine."""
 
 from __future__ import annotations
 
-from agentd.api.units import format_size
+from agentd.units import format_size
 from agentd.budget.actuators import AGENTS, budget_setting, hold_setting
 from agentd.budget.holds import AgentUse, EndHeldAgent, Hold, HoldState, Release, decide_holds
 from agentd.budget.model import (

@@ -393,7 +393,7 @@ def test_the_cli_imports_nothing_of_the_daemon_but_the_client():
     assert r.returncode == 0 and r.stderr == "", r.stderr  # a missing gpu module is silent
     modules, commands = json.loads(r.stdout)
     # agentd.kinds.registry: the list of kinds whose `agentctl <kind>` groups the CLI adds
-    assert set(modules) <= {"agentd", "agentd.api", "agentd.api.client", "agentd.api.units", "agentd.kinds",
+    assert set(modules) <= {"agentd", "agentd.api", "agentd.api.client", "agentd.paths", "agentd.units", "agentd.kinds",
                             "agentd.kinds.registry"}
     assert "gpu" not in commands and "status" in commands
 
