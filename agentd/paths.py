@@ -12,6 +12,7 @@ POLICIES_DIR = REPO_ROOT / "policies"
 DEFAULT_POLICY = POLICIES_DIR / "default.yaml"
 DATA_DIR = REPO_ROOT / "data"
 EXAMPLES_DIR = REPO_ROOT / "examples"
+SCRIPTS_DIR = REPO_ROOT / "scripts"  # setup, the VM, the GPU measurements that made data/gpu
 
 # The one default socket path: the daemon, the API server, the client and agentctl all take
 # it from here (stdlib only, so the client stays light). AGENTD_SOCKET overrides it.

@@ -45,7 +45,7 @@ def parse_count(text: str) -> float:
 
 
 def _fake_backend(n: int):
-    from agentd.gpu.sampler import FakeNvmlBackend
+    from agentd.gpu.fake_nvml import FakeNvmlBackend
 
     me, parent = os.getpid(), os.getppid()
     procs = {0: [(me, 3 * 2**30)]}

@@ -207,7 +207,8 @@ class Daemon:
             self.lines["gpu"] = "gpu: off (disabled in config)"
             return
         try:
-            from agentd.gpu.sampler import FakeNvmlBackend, NvmlSampler
+            from agentd.gpu.fake_nvml import FakeNvmlBackend
+            from agentd.gpu.sampler import NvmlSampler
 
             backend = FakeNvmlBackend(gpus=self.config.simulate_gpus) if self.config.simulate_gpus else None
             self.gpu = NvmlSampler(backend=backend)
