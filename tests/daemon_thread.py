@@ -1,10 +1,13 @@
 """The real Daemon in-process, on its own event loop in a thread, for tests that need its
-objects (a kind's state, the driver) as well as its socket. Policy kinds are chosen per test
-(`kinds=`); the tracker is cn_proc (no BPF compile) unless a test asks otherwise."""
+objects (a kind's state, the driver, the journal) as well as its socket: the API and CLI
+tests run the daemon's own command set (agentd.core.controller) this way, never a stand-in.
+Policy kinds are chosen per test (`kinds=`); the tracker is cn_proc (no BPF compile) unless
+a test asks otherwise."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -14,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from agentd.api.limits import ApiLimits
 from agentd.cgroups.detect import open_driver
 from agentd.core.daemon import Daemon, DaemonConfig
 
@@ -29,20 +33,48 @@ test_config.__test__ = False  # not a test: a helper whose name starts with "tes
 
 
 class DaemonThread:
-    def __init__(self, config: DaemonConfig):
+    """`with DaemonThread(config) as dt:` the daemon runs until the block ends.
+
+    api_limits: serve the API with these bounds (agentd.api.limits.ApiLimits) instead of the
+    defaults, e.g. a tighter rate limit or stream queue for the server's own tests."""
+
+    def __init__(self, config: DaemonConfig, api_limits: ApiLimits | None = None):
         self.config = config
+        self.api_limits = api_limits
         self.loop = asyncio.new_event_loop()
         self.daemon: Daemon | None = None
         self.error: BaseException | None = None
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    @property
+    def socket_path(self) -> str:
+        return str(self.config.socket_path)
+
+    @property
+    def controller(self):
+        """The daemon's command set behind the API (agentd.core.controller.DaemonController)."""
+        return self.daemon.controller
+
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
+        own_api = self.api_limits is not None and self.config.api
 
         async def main():
-            self.daemon = Daemon(self.config)
-            await self.daemon.start()
+            config = dataclasses.replace(self.config, api=False) if own_api else self.config
+            self.daemon = Daemon(config)
+            try:
+                await self.daemon.start()
+                if own_api:  # the daemon's own start_api, with the test's bounds
+                    from agentd.api.server import start_api
+
+                    self.daemon.api = await start_api(
+                        self.daemon.controller, config.socket_path, admin_group=config.admin_group,
+                        sock_group=config.socket_group, metrics_listen=config.metrics_listen,
+                        limits=self.api_limits)
+            except BaseException:
+                self.daemon.abort()
+                raise
             self._started.set()
             await self.daemon.wait_stopped()
             await self.daemon.stop()
@@ -54,25 +86,46 @@ class DaemonThread:
         finally:
             self._started.set()
 
-    def __enter__(self) -> "DaemonThread":
+    def start(self) -> "DaemonThread":
         self._thread.start()
-        assert self._started.wait(60) and self.error is None, f"the daemon did not start: {self.error!r}"
+        assert self._started.wait(60), "the daemon did not start in 60 s"
+        if self.error is not None:
+            raise self.error
         return self
 
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self.daemon.request_stop)
+            self._thread.join(30)
+
+    def __enter__(self) -> "DaemonThread":
+        return self.start()
+
     def __exit__(self, *exc) -> None:
-        self.loop.call_soon_threadsafe(self.daemon.request_stop)
-        self._thread.join(30)
+        self.stop()
 
     def kind(self, name: str):
         return next(k for k in self.daemon.kinds.kinds if k.name == name)
 
-    def call(self, fn, *args):
-        """Run fn on the daemon's loop (kinds' state belongs to it) and return its result."""
+    def call(self, fn, *args, **kwargs):
+        """Run fn on the daemon's loop (its state belongs to it) and return its result; a
+        coroutine it returns is awaited there."""
 
         async def run():
-            return fn(*args)
+            result = fn(*args, **kwargs)
+            if asyncio.iscoroutine(result):
+                result = await result
+            return result
 
-        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(30)
+
+    def emit(self, kind: str, message: str, **fields) -> dict:
+        """A journal event, as the daemon's own decisions write them (stored, streamed)."""
+        return self.call(self.daemon.journal.emit, kind, message, **fields)
+
+    def subscribers(self) -> int:
+        """How many event streams are open (`agentctl events -f`, GET /v1/events?follow)."""
+        return self.call(lambda: len(self.daemon.journal._subscribers))
 
 
 @pytest.fixture
