@@ -10,13 +10,17 @@ import asyncio
 import dataclasses
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 
+from agentd.api.client import ApiClient
 from agentd.api.limits import ApiLimits
 from agentd.cgroups.detect import open_driver
 from agentd.core.daemon import Daemon, DaemonConfig
@@ -46,10 +50,16 @@ class DaemonThread:
         self.error: BaseException | None = None
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self.agent_procs: list[subprocess.Popen] = []  # start_agent's, killed by stop()
 
     @property
     def socket_path(self) -> str:
         return str(self.config.socket_path)
+
+    @property
+    def server(self):
+        """The API server (agentd.api.server.ApiServer) serving the socket."""
+        return self.daemon.api
 
     @property
     def controller(self):
@@ -94,6 +104,13 @@ class DaemonThread:
         return self
 
     def stop(self) -> None:
+        for proc in self.agent_procs:
+            try:
+                os.killpg(proc.pid, 9)
+            except ProcessLookupError:
+                pass
+            proc.wait(10)
+        self.agent_procs = []
         if self._thread.is_alive():
             self.loop.call_soon_threadsafe(self.daemon.request_stop)
             self._thread.join(30)
@@ -123,9 +140,43 @@ class DaemonThread:
         """A journal event, as the daemon's own decisions write them (stored, streamed)."""
         return self.call(self.daemon.journal.emit, kind, message, **fields)
 
+    def start_agent(self, name: str, script: str = "sleep 300 & wait", uid: int | None = None,
+                    gid: int = 65534) -> subprocess.Popen:
+        """`agentctl run --name NAME -- sh -c SCRIPT` in its own session, as uid/gid if a uid
+        is given (gid nogroup can reach test_config's socket); returns once the daemon
+        manages it. stop() kills its whole session. The default script's `sleep` is a tool
+        call (live_tool_call)."""
+        def as_uid() -> None:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+
+        repo = Path(__file__).resolve().parents[1]
+        proc = subprocess.Popen([sys.executable, "-m", "cli.agentctl", "--socket", self.socket_path, "run",
+                                 "--name", name, "--", "sh", "-c", script], cwd=repo, start_new_session=True,
+                                preexec_fn=as_uid if uid is not None else None,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.agent_procs.append(proc)
+        client = ApiClient(self.socket_path)
+        wait_for(lambda: any(a["name"] == name and a["state"] == "live" for a in client.agents()), f"agent {name}")
+        return proc
+
+    def live_tool_call(self, agent: str) -> str:
+        """The id of the agent's (first) live tool call, once the tracker placed it."""
+        client = ApiClient(self.socket_path)
+        wait_for(lambda: client.tool_calls(agent=agent, live=True), f"a live tool call of {agent}")
+        return client.tool_calls(agent=agent, live=True)[0]["id"]
+
     def subscribers(self) -> int:
         """How many event streams are open (`agentctl events -f`, GET /v1/events?follow)."""
         return self.call(lambda: len(self.daemon.journal._subscribers))
+
+
+def wait_for(check, what: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.05)
 
 
 @pytest.fixture

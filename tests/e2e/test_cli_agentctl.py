@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from agentd import __version__
 from agentd.api.client import ApiClient
 from cli.agentctl import main, render_unit
-from tests.daemon_thread import DaemonThread, test_config, tmp  # noqa: F401 - tmp is a fixture
+from tests.daemon_thread import DaemonThread, test_config, tmp, wait_for  # noqa: F401 - tmp is a fixture
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,66 +35,19 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the daemon needs root
 
 @pytest.fixture
 def srv(tmp):
-    """The real daemon, its socket reachable by uid 65534, a policy directory to apply into;
-    every agent a test started is killed at the end."""
+    """The real daemon, its socket reachable by uid 65534, a policy directory to apply into."""
     if os.geteuid() != 0:
         pytest.skip("the daemon needs root (cgroups, cn_proc)")
     d, leaf = tmp
     with DaemonThread(test_config(d, leaf, policy_dir=Path(d, "policies.d"))) as dt:
-        dt.agents = []
-        try:
-            yield dt
-        finally:
-            for proc in dt.agents:
-                _end(proc)
-
-
-def _end(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, 9)
-    except ProcessLookupError:
-        pass
-    proc.wait(10)
-
-
-def start_agent(srv, name: str, script: str = "sleep 300 & wait", uid: int | None = None) -> subprocess.Popen:
-    """`agentctl run --name NAME -- sh -c SCRIPT` in its own session (killed at the end), as
-    `uid` if given; returns once the daemon manages it."""
-    def as_uid() -> None:
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
-
-    proc = subprocess.Popen([sys.executable, "-m", "cli.agentctl", "--socket", srv.socket_path, "run",
-                             "--name", name, "--", "sh", "-c", script], cwd=REPO, start_new_session=True,
-                            preexec_fn=as_uid if uid is not None else None,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    srv.agents.append(proc)
-    _wait_for(lambda: any(a["name"] == name for a in ApiClient(srv.socket_path).agents()), f"agent {name}")
-    return proc
-
-
-def live_tool_call(srv, agent: str) -> str:
-    """The id of the agent's live tool call, once the tracker placed it."""
-    client = ApiClient(srv.socket_path)
-    _wait_for(lambda: client.tool_calls(agent=agent, live=True), f"a tool call of {agent}")
-    return client.tool_calls(agent=agent, live=True)[0]["id"]
-
-
-def _wait_for(check, what: str, timeout: float = 15) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
-        time.sleep(0.05)
+        yield dt
 
 
 @pytest.fixture
 def a1(srv) -> str:
     """Agent a1 (root's) with one live tool call, `sleep 300`: its id."""
-    start_agent(srv, "a1")
-    return live_tool_call(srv, "a1")
+    srv.start_agent("a1")
+    return srv.live_tool_call("a1")
 
 
 def cli(srv, *args):
@@ -272,7 +225,7 @@ def test_events_follow_prints_as_events_arrive(srv):
     watchdog = threading.Timer(30, proc.kill)  # a missed event fails the test, never hangs it
     watchdog.start()
     try:
-        _wait_for(lambda: srv.subscribers() == 1, "event stream")
+        wait_for(lambda: srv.subscribers() == 1, "event stream")
         srv.emit("toolcall.start", "quiet", agent="a1")
         srv.emit("toolcall.throttled", "loud", agent="a1", level="warn")
         line = proc.stdout.readline()
@@ -284,7 +237,7 @@ def test_events_follow_prints_as_events_arrive(srv):
 
 
 def test_top_once_and_json(srv, a1):
-    start_agent(srv, "a2")
+    srv.start_agent("a2")
     r = cli(srv, "top", "--once")
     assert r.exit_code == 0
     assert "AGENTS" in r.output and "LIVE TOOL CALLS" in r.output and a1 in r.output
@@ -301,7 +254,7 @@ def test_explain_cancel_and_policies(srv, a1, tmp_path):
     r = cli(srv, "cancel", a1, "--reason", "stuck")
     assert r.exit_code == 0 and "killing" in r.output
     client = ApiClient(srv.socket_path)
-    _wait_for(lambda: client.tool_call(a1)["state"] == "done", "end of the cancelled tool call")
+    wait_for(lambda: client.tool_call(a1)["state"] == "done", "end of the cancelled tool call")
     assert "stuck" in client.tool_call(a1)["reason"]
     assert "default" in cli(srv, "policy", "list").output
     f = tmp_path / "gpu.yaml"
@@ -465,8 +418,8 @@ def test_the_cli_imports_nothing_of_the_daemon_but_the_client():
 
 
 def test_top_for_a_non_admin_shows_its_own_agents_without_the_daemon_status(srv):
-    start_agent(srv, "roots")
-    start_agent(srv, "mine", uid=65534)
+    srv.start_agent("roots")
+    srv.start_agent("mine", uid=65534)
     code, output = as_nobody(["--socket", srv.socket_path, "--json", "top", "--once"])
     assert code == 0, output
     snap = json.loads(output)
@@ -487,7 +440,7 @@ def test_events_follow_retry_survives_a_daemon_restart(tmp):
         assert "waiting for it to come back" in proc.stderr.readline()  # not started yet
         for message in ("first daemon", "second daemon"):  # the same state, socket and cgroups
             with DaemonThread(config) as dt:
-                _wait_for(lambda: dt.subscribers() == 1, "event stream")
+                wait_for(lambda: dt.subscribers() == 1, "event stream")
                 dt.emit("agent.registered", message, agent="a1")
                 while (doc := json.loads(proc.stdout.readline()))["message"] != message:
                     assert doc["kind"].startswith("daemon."), doc  # its own start, nothing else
