@@ -4,7 +4,8 @@ NVML reports host pids. A process in a container has another pid inside; the NSp
 of /proc/<hostpid>/status lists the pid in every namespace from the host's outward-in
 (`NSpid: 4242 17 1`). The unit is the process's cgroup: the v2 line ("0::/...") of
 /proc/<pid>/cgroup, or on a hybrid host the v1 memory line, shown relative to agentd's
-root when it lies under agents/ (e.g. "agents/a1/tools/0003-pytest"), else raw.
+root when it lies in agentd's layout (agentd.cgroups.layout: e.g. "agents/a1/tools/0003-pytest",
+or "jobs/llama-ft" under a root whose path names agentd), else raw.
 
 The proc root is injectable so tests can point at a fixture tree; reading real /proc is
 the default. Every reader returns None instead of raising when the process is gone.
@@ -15,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from agentd.cgroups import layout
+
 PROC = Path("/proc")
-AGENTD_UNIT_DIRS = ("agents",)  # the contract: paths containing /agents/
-AGENTD_OTHER_UNIT_DIRS = ("inference", "training", "jobs")  # jobs/<name>: agentd.colocation  # only under a root whose path names agentd
 
 
 @dataclass(frozen=True)
@@ -80,14 +81,15 @@ def read_cgroup(pid: int, proc: Path = PROC) -> str:
 
 
 def unit_of(cgroup_path: str) -> str:
-    """agents/<agent>/... relative to agentd's root, else the raw path."""
-    parts = cgroup_path.strip("/").split("/")
-    for i, p in enumerate(parts):
-        if p in AGENTD_UNIT_DIRS and i + 1 < len(parts):
-            return "/".join(parts[i:])
-        if p in AGENTD_OTHER_UNIT_DIRS and i + 1 < len(parts) and any("agentd" in q for q in parts[:i]):
-            return "/".join(parts[i:])
-    return cgroup_path
+    """The layout's part of a cgroup path (agents/<agent>/..., or jobs/<name> under a root whose
+    path names agentd: jobs/ alone is too common a name to claim), else the raw path."""
+    found = layout.locate(cgroup_path)
+    if found is None:
+        return cgroup_path
+    root, place = found
+    if place.agent is None and "agentd" not in root:
+        return cgroup_path
+    return place.rel
 
 
 def identify(host_pid: int, proc: Path = PROC) -> ProcIdentity:
