@@ -75,16 +75,20 @@ class DaemonThread:
             self.daemon = Daemon(config)
             try:
                 await self.daemon.start()
-                if own_api:  # the daemon's own start_api, with the test's bounds
-                    from agentd.api.server import start_api
+            except BaseException:
+                self.daemon.abort()
+                raise
+            if own_api:  # the daemon's own start_api, with the test's bounds
+                from agentd.api.server import start_api
 
+                try:
                     self.daemon.api = await start_api(
                         self.daemon.controller, config.socket_path, admin_group=config.admin_group,
                         sock_group=config.socket_group, metrics_listen=config.metrics_listen,
                         limits=self.api_limits)
-            except BaseException:
-                self.daemon.abort()
-                raise
+                except BaseException:
+                    await self.daemon.stop()
+                    raise
             self._started.set()
             await self.daemon.wait_stopped()
             await self.daemon.stop()

@@ -22,7 +22,7 @@ from agentd.core.controller import DaemonController
 from agentd.core.journal import Journal
 from agentd.policy.parse_worker import ParseWorkers
 from agentd.core.manager import Manager
-from agentd.core.procinfo import is_stopped
+from agentd.procfs import is_stopped
 from agentd.core.readopt import readopt
 from agentd.core.results import ResultsDir, default_results_root
 from agentd.core.statedir import open_state_dir

@@ -460,7 +460,7 @@ def degrade_lines(topo: Topology, facts: dict) -> list[str]:
 
 
 def describe_pid(pid: int, scope: str, cgroup: str, name: str, proc_root: str = "/proc") -> ManagedProc | None:
-    from agentd.tracking import procfs
+    from agentd import procfs
 
     st = procfs.read_stat(pid, proc_root)
     if st is None:
@@ -473,7 +473,7 @@ def describe_pid(pid: int, scope: str, cgroup: str, name: str, proc_root: str = 
 
 
 def _start_of(pid: int, proc_root: str = "/proc") -> str | None:
-    from agentd.tracking import procfs
+    from agentd import procfs
 
     st = procfs.read_stat(pid, proc_root)
     return f"{pid}:{st.start_ticks}" if st else None

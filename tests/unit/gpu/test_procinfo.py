@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from agentd.gpu.procinfo import IdentityCache, identify, read_cgroup, unit_of
+from agentd.gpu.procinfo import IdentityCache, identify, unit_of
+from agentd.procfs import read_cgroup
 
 
 def _proc(tmp_path, pid, cgroup, nspid="", comm="python"):
