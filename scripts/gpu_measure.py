@@ -319,12 +319,17 @@ def main(argv=None) -> int:
     meta = {"_meta": {"made_by": "scripts/gpu_measure.py", "torch": torch.__version__, "device": args.device,
                       "ground_truth": truth,
                       "date": time.strftime("%Y-%m-%d", time.gmtime()), "configs": len(rows)}}
-    with open(args.out, "w") as f:
+    write_rows(args.out, meta, rows)
+    return 0
+
+
+def write_rows(path: Path, meta: dict, rows: list[dict]) -> None:
+    """The data file: the _meta line, then one row per line (sorted keys: stable diffs)."""
+    with open(path, "w") as f:
         f.write(json.dumps(meta) + "\n")
         for r in rows:
             f.write(json.dumps(r, sort_keys=True) + "\n")
-    print(f"wrote {len(rows)} rows to {args.out}")
-    return 0
+    print(f"wrote {len(rows)} rows to {path}")
 
 
 if __name__ == "__main__":

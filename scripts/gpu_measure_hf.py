@@ -35,7 +35,7 @@ import torch  # noqa: E402
 from agentd.gpu.spec import ModelSpec, WorkloadSpec  # noqa: E402
 from agentd.gpu.torch_models import make_optimizer  # noqa: E402
 from agentd.paths import DATA_DIR  # noqa: E402
-from gpu_measure import TORCH_DTYPES, profiled_peak  # noqa: E402
+from gpu_measure import TORCH_DTYPES, profiled_peak, write_rows  # noqa: E402
 
 OUT = DATA_DIR / "gpu" / "hf_peaks.jsonl"
 HELDOUT_FAMILIES = ("gemma", "opt")
@@ -173,11 +173,7 @@ def main(argv=None) -> int:
                                       "Hugging Face transformers model classes with random weights",
                       "heldout_families": list(HELDOUT_FAMILIES), "batch": BATCH, "seq_by_size": SIZES,
                       "date": time.strftime("%Y-%m-%d", time.gmtime()), "configs": len(rows)}}
-    with open(args.out, "w") as f:
-        f.write(json.dumps(meta) + "\n")
-        for r in rows:
-            f.write(json.dumps(r, sort_keys=True) + "\n")
-    print(f"wrote {len(rows)} rows to {args.out}")
+    write_rows(args.out, meta, rows)
     return 0
 
 
