@@ -19,8 +19,9 @@ import threading
 import time
 from pathlib import Path
 
+from agentd.cgroups.layout import parse_rel
 from agentd.paths import DEFAULT_POLICY, EXAMPLES_DIR
-from agentd.api.units import format_size
+from agentd.units import format_size
 
 AGENT_NAME = "demo"
 _MARKS = {"toolcall.start": "▶", "toolcall.throttled": "≈", "toolcall.frozen": "❄", "toolcall.killed": "✖",
@@ -58,9 +59,15 @@ def summary_rows(records: list[dict]) -> list[dict]:
     return rows
 
 
+def _tool_leaf(cgroup: str) -> str:
+    """0003-pytest of agents/<agent>/tools/0003-pytest (the cgroup itself if not a tool call's)."""
+    place = parse_rel(cgroup)
+    return place.tool if place is not None and place.tool else cgroup
+
+
 def print_table(rows: list[dict], out) -> None:
     headers = ("tool call", "command", "peak", "cpu s", "wall s", "outcome", "why")
-    table = [(r["cgroup"].split("/tools/")[-1], r["command"][:40], format_size(r["peak_bytes"]), f"{r['cpu_s']:.2f}",
+    table = [(_tool_leaf(r["cgroup"]), r["command"][:40], format_size(r["peak_bytes"]), f"{r['cpu_s']:.2f}",
               f"{r['wall_s']:.2f}", r["outcome"], r["reason"][:90]) for r in rows]
     widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h) for i, h in enumerate(headers)]
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))

@@ -8,9 +8,10 @@
 - the highest journal event rate one `events --follow` reader sustains without a single
   event dropped (the server drops the oldest and says so when a reader falls behind).
 
-By default the server runs in a child process with the in-memory fake controller
-(agentd.api.testing), so the numbers are the API's own cost. With --socket it measures a
-running daemon instead (latency only: it cannot make a real daemon emit events). Intents
+By default the real daemon runs in a child process (its own state folder and cgroup root,
+the cn_proc tracker, no GPU), serving the API with the rate limiter off, so the numbers are
+the server's and the daemon's command set's cost, journal writes included. With --socket it
+measures a running daemon instead (latency only: it cannot make that daemon emit events). Intents
 are sent by a forked child that first registers itself as an agent (as `agentctl run`
 does), since only a managed agent may declare one; status comes from outside any agent.
 Writes benchmarks/results/api.json.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import multiprocessing
 import os
 import platform
@@ -46,14 +48,22 @@ CLIENTS = 50
 
 
 def _serve(path: str, limits: ApiLimits, conn) -> None:
-    """Child process: the real server + fake controller; obeys commands from `conn`."""
+    """Child process: the real daemon and its API server; obeys commands from `conn`."""
+    import uuid
+
     from agentd.api.server import start_api
-    from agentd.api.testing import fake_with_sample_data
+    from agentd.cgroups.detect import open_driver
+    from agentd.core.daemon import Daemon, DaemonConfig
+
+    state = Path(path).parent / "state"
+    leaf = f"agentd-bench-{uuid.uuid4().hex[:8]}"
+    config = DaemonConfig(socket_path=Path(path), state_dir=state, policy_dir=None, cgroup_leaf=leaf,
+                          tracker="cn_proc", move_self=False, gpu=False, api=False)
 
     async def main() -> None:
-        fake = fake_with_sample_data()
-        fake.add_agent("bench", uid=0)
-        server = await start_api(fake, path, limits=limits)
+        daemon = Daemon(config)
+        await daemon.start()
+        server = daemon.api = await start_api(daemon.controller, path, limits=limits)
         loop = asyncio.get_running_loop()
         done = asyncio.Event()
 
@@ -64,9 +74,9 @@ def _serve(path: str, limits: ApiLimits, conn) -> None:
             while (now := time.monotonic()) - start < seconds:
                 owed = rate * (now - start) - sent
                 for _ in range(int(owed)):
-                    fake.publish("toolcall.throttled", "Tool call bench.1 throttled at "
-                                 "memory.high.", agent="bench", tool_call="bench.1",
-                                 level="warn", n=sent, memory_high=1 << 30)
+                    daemon.journal.emit("toolcall.throttled", "Tool call bench/0001-x throttled at "
+                                        "memory.high.", agent="bench", tool_call="bench/0001-x",
+                                        level="warn", n=sent, memory_high=1 << 30)
                     sent += 1
                 await asyncio.sleep(tick if owed < per_tick * 4 else 0)
             return {"sent": sent, "seconds": time.monotonic() - start}
@@ -86,9 +96,13 @@ def _serve(path: str, limits: ApiLimits, conn) -> None:
         threading.Thread(target=commands, daemon=True).start()
         conn.send("ready")
         await done.wait()
-        await server.stop()
+        await daemon.stop()
 
-    asyncio.run(main())
+    logging.disable(logging.WARNING)  # the journal logs every event; measure the server, not stderr
+    try:
+        asyncio.run(main())
+    finally:
+        open_driver(leaf_name=leaf).remove("")  # the agents the intent load registered ended with their processes
 
 
 async def _stats(server) -> dict:
@@ -205,9 +219,13 @@ def _event_rates(path: str, conn, rates: list[int], seconds: float, follow) -> l
             time.sleep(0.02)  # the server has subscribed
         conn.send(("emit", rate, seconds))
         sent = conn.recv()
-        deadline = time.time() + 10
-        while counts["received"] + counts["dropped"] < sent["sent"] and time.time() < deadline:
+        # The stream may lag behind the emitter: wait while it still delivers (or 3 s idle).
+        seen, idle_since = -1, time.time()
+        while (got := counts["received"] + counts["dropped"]) < sent["sent"] and time.time() - idle_since < 3:
+            if got != seen:
+                seen, idle_since = got, time.time()
             time.sleep(0.05)
+        deadline = time.time() + 10
         stop.set()
         t.join(5)
         while _streams_open(conn) > 0 and time.time() < deadline:
@@ -305,8 +323,8 @@ def main() -> None:
         metrics[f"events_{name}_accounted_fraction"] = round(
             sum(e["received"] + e["dropped"] for e in rows) / max(1, sum(e["sent"] for e in rows)), 4)
     params = {
-        "controller": "fake: agentd.api.testing.FakeController (in-memory), server in a child "
-                      "process; rerun with --socket against the real daemon"
+        "controller": "the real daemon (cn_proc tracker, no GPU, journal to SQLite and JSONL) "
+                      "in a child process, rate limiter off"
                       if not args.socket else f"a running daemon on {args.socket}",
         "quick": args.quick, "clients": CLIENTS, "requests_per_client": per_client,
         "client": "aiohttp UnixConnector in one asyncio process",
@@ -322,7 +340,7 @@ def main() -> None:
     }
     write_result("api", metrics, params)
 
-    against = "fake controller" if not args.socket else f"the daemon on {args.socket}"
+    against = "the daemon in a child process" if not args.socket else f"the daemon on {args.socket}"
     print(f"API benchmark ({against}), {_machine()}")
     print(f"{'load':<32}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}{'errors':>8}{'429s':>8}")
     for key, r in results.items():

@@ -3,7 +3,7 @@
     python -m benchmarks.gpu_estimate [--quick]
 
 Ground truth is data/gpu/cpu_peaks.jsonl: real peak live tensor bytes of a grid of small
-transformers trained and run on the CPU (data/gpu/measure.py; no GPU on this host). A few
+transformers trained and run on the CPU (scripts/gpu_measure.py; no GPU on this host). A few
 rows are re-measured in this run to show the data set still matches this torch build.
 The learned estimator is scored on the rows held out of its training only. Writes
 benchmarks/results/gpu_estimate.json and prints a table.
@@ -23,6 +23,7 @@ from pathlib import Path
 from agentd.gpu import analytical
 from agentd.gpu.learned import DATA, DATA_CUDA, LearnedModel, load_rows
 from agentd.gpu.spec import ModelSpec, WorkloadSpec, model_spec_from_dict, workload_spec_from_dict
+from agentd.paths import SCRIPTS_DIR
 from benchmarks.results_file import write_result
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gpu_estimate.json"
@@ -89,7 +90,7 @@ def _blackbox(train: list, tests: dict[str, list], ridge: float = 1e-3) -> dict[
 
 
 def load_hf_rows(path: Path = DATA_HF) -> tuple[dict, list[dict]]:
-    """(meta, rows) of data/gpu/hf_peaks.jsonl (data/gpu/measure_hf.py); ({}, []) when absent."""
+    """(meta, rows) of data/gpu/hf_peaks.jsonl (scripts/gpu_measure_hf.py); ({}, []) when absent."""
     if not path.exists():
         return {}, []
     lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
@@ -150,7 +151,8 @@ def _sampler_cost(gpus: int, procs_per_gpu: int, n: int) -> dict:
     """Per GPU per sample with the fake backend (the NVML calls themselves are not timed
     here: no GPU), plus the real /proc work for each process."""
     from agentd.gpu.procinfo import identify
-    from agentd.gpu.sampler import FakeNvmlBackend, NvmlSampler
+    from agentd.gpu.fake_nvml import FakeNvmlBackend
+    from agentd.gpu.sampler import NvmlSampler
 
     pid = os.getpid()
     fake = FakeNvmlBackend(gpus=gpus, processes={g: [(pid, 2**30)] * procs_per_gpu for g in range(gpus)})
@@ -240,12 +242,12 @@ def main(argv=None) -> int:
             cpu_lat.append(time.perf_counter() - t0)
             errs.append(_err(est.total_bytes, r["measured"]["peak_bytes"]))
         cpu = _summary(errs)
-        sys.path.insert(0, str(Path(DATA).parent))
-        import measure  # data/gpu/measure.py
+        sys.path.insert(0, str(SCRIPTS_DIR))
+        import gpu_measure  # scripts/gpu_measure.py
 
         for r in _spaced(rows, 3 if args.quick else 8):
             m, w = model_spec_from_dict(r["model"]), workload_spec_from_dict(r["workload"])
-            again = measure.measure(m, w)["peak_bytes"]
+            again = gpu_measure.measure(m, w)["peak_bytes"]
             fresh.append(_err(again, r["measured"]["peak_bytes"]))
     except ImportError as exc:
         print(f"cpu_side skipped: {exc}", file=sys.stderr)
@@ -263,7 +265,7 @@ def main(argv=None) -> int:
     hf = hf_metrics(hf_rows, lm) if hf_rows else None
     hf_fresh = []
     try:  # a few HF rows again: the committed data still matches this transformers build
-        import measure_hf  # data/gpu/measure_hf.py (its folder is on sys.path above)
+        import gpu_measure_hf as measure_hf  # scripts/gpu_measure_hf.py (its folder is on sys.path above)
 
         for r in _spaced([r for r in hf_rows if "-s-" in r["id"]], 2 if args.quick else 6):
             fam, size, dt, mode, attn = r["id"].split("-")

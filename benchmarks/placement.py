@@ -37,7 +37,7 @@ import uuid
 from pathlib import Path
 
 from agentd.events import ProcEventKind
-from agentd.tracking import procfs
+from agentd import procfs
 from benchmarks.results_file import write_result
 
 RESULTS = Path(__file__).resolve().parent / "results" / "placement.json"

@@ -15,6 +15,7 @@ import time
 
 import click
 
+from agentd import units
 from agentd.gpu.spec import PART_NAMES, ModelSpec, WorkloadSpec
 
 _UNITS = (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10))
@@ -30,11 +31,10 @@ def human(n: int | float | None) -> str:
 
 
 def parse_size(text: str) -> int:
-    m = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]i?B?|B)?\s*", text, re.I)
-    if not m:
-        raise click.BadParameter(f"expected a size such as 80GiB or 24G, got {text!r}")
-    mult = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[(m.group(2) or "")[:1].upper()]
-    return int(float(m.group(1)) * mult)
+    try:
+        return units.parse_size(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def parse_count(text: str) -> float:
@@ -45,7 +45,7 @@ def parse_count(text: str) -> float:
 
 
 def _fake_backend(n: int):
-    from agentd.gpu.sampler import FakeNvmlBackend
+    from agentd.gpu.fake_nvml import FakeNvmlBackend
 
     me, parent = os.getpid(), os.getppid()
     procs = {0: [(me, 3 * 2**30)]}

@@ -6,7 +6,6 @@
     validation.py  names, strict JSON bodies, query parameters
     limits.py      body size, per-uid token buckets, streams
     client.py      stdlib client (ApiClient, declare_intent) used by agentctl and agents
-    testing.py     an in-memory Controller and a server-in-a-thread for tests/benchmarks
 
 Routes (JSON; errors are {"error": {"code", "message", "field"?, "details"?}}):
 

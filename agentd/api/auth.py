@@ -19,6 +19,7 @@ import pwd
 from dataclasses import dataclass
 from enum import Enum
 
+from agentd import procfs
 from agentd.api.contract import Peer
 
 
@@ -156,21 +157,11 @@ def is_admin(peer: Peer, admin_gid: int | None, groups: set[int]) -> bool:
     return peer.gid == admin_gid or admin_gid in groups
 
 
-def parse_status_groups(status_text: str) -> set[int]:
-    """The supplementary groups from the text of /proc/<pid>/status."""
-    for line in status_text.splitlines():
-        if line.startswith("Groups:"):
-            return {int(g) for g in line.split()[1:]}
-    return set()
-
-
 def peer_groups(peer: Peer) -> set[int]:
     """The peer's supplementary groups: from /proc/<pid>/status, else the uid's membership."""
-    try:
-        with open(f"/proc/{peer.pid}/status", encoding="ascii", errors="replace") as f:
-            return parse_status_groups(f.read())
-    except OSError:
-        pass
+    groups = procfs.read_groups(peer.pid)
+    if groups is not None:
+        return set(groups)
     try:
         user = pwd.getpwuid(peer.uid).pw_name
     except KeyError:

@@ -19,12 +19,13 @@ import socket
 import urllib.parse
 from typing import Any, Iterator
 
-from agentd.api.units import format_size, parse_size
+from agentd.paths import DEFAULT_SOCKET as _DEFAULT_SOCKET
+from agentd.units import format_size, parse_size
 
 __all__ = ["ApiClient", "ApiClientError", "DaemonNotRunning", "declare_intent", "intent",
            "default_socket", "parse_size", "format_size"]
 
-DEFAULT_SOCKET = "/run/agentd/agentd.sock"
+DEFAULT_SOCKET = str(_DEFAULT_SOCKET)  # a str for click's --socket default
 
 
 def default_socket() -> str:

@@ -38,6 +38,7 @@ from agentd.api.contract import ApiError, Controller, Peer
 from agentd.api.kind_routes import add_kind_routes
 from agentd.api.limits import ApiLimits, RateLimiter
 from agentd.core.pidfd import PeerProcess
+from agentd.paths import DEFAULT_SOCKET
 from agentd.api.validation import (
     Field,
     check_body,
@@ -53,7 +54,6 @@ from agentd.api.validation import (
 
 log = logging.getLogger("agentd.api")
 
-DEFAULT_SOCKET = "/run/agentd/agentd.sock"
 SOCKET_MODE = 0o660
 NDJSON = "application/x-ndjson"
 _PEERCRED = struct.Struct("3i")

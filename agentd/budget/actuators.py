@@ -10,8 +10,6 @@ from agentd.cgroups import fs
 from agentd.cgroups.driver import CgroupDriver
 from agentd.kinds.settings import CgroupKnob
 
-AGENTS = "agents"
-
 
 class V1MemoryBudget:
     """memory.limit_in_bytes (+ memory.memsw.limit_in_bytes = the same: no swap past the

@@ -6,8 +6,8 @@ carried out by asking the tool-call engine."""
 
 from __future__ import annotations
 
-from agentd.api.units import format_size
-from agentd.budget.actuators import AGENTS, budget_setting, hold_setting
+from agentd.units import format_size
+from agentd.budget.actuators import budget_setting, hold_setting
 from agentd.budget.holds import AgentUse, EndHeldAgent, Hold, HoldState, Release, decide_holds
 from agentd.budget.model import (
     AgentFacts,
@@ -20,6 +20,7 @@ from agentd.budget.model import (
     decide,
     settings_from,
 )
+from agentd.cgroups import layout
 from agentd.cgroups.driver import CgroupError
 from agentd.kinds.contract import Access, Command, Kind
 
@@ -55,15 +56,15 @@ class BudgetKind(Kind):
             self.ctx.changes.revert_all(reason="no budget in force")
             self.holds = HoldState()
             return
-        self.ctx.driver.create(AGENTS)
-        self.ctx.changes.apply(self.setting, AGENTS, self.value_of(wanted.memory_max),
+        self.ctx.driver.create(layout.AGENTS)
+        self.ctx.changes.apply(self.setting, layout.AGENTS, self.value_of(wanted.memory_max),
                                reason=f"host budget {format_size(wanted.memory_max)} from {wanted.source}")
 
     def on_tick(self, now: float) -> None:
         if self.settings.memory_max is None:
             return
         try:
-            st = self.ctx.driver.stats(AGENTS)
+            st = self.ctx.driver.stats(layout.AGENTS)
         except (CgroupError, OSError):
             return
         self.memory_current = st.memory_current
@@ -89,7 +90,7 @@ class BudgetKind(Kind):
                 continue
             try:
                 st = self.ctx.driver.stats(a.cgroup)
-                runtime = self.ctx.driver.stats(f"{a.cgroup}/runtime").memory_current
+                runtime = self.ctx.driver.stats(layout.runtime_rel(a.name)).memory_current
             except (CgroupError, OSError):
                 continue
             if self.ctx.driver.kind == "v2":
@@ -106,7 +107,7 @@ class BudgetKind(Kind):
         for name in set(before) - live:  # its cgroup went with it: nothing to put back
             self._forget(name, live)
         for action in actions:
-            target = f"{AGENTS}/{action.agent}"
+            target = layout.agent_rel(action.agent)
             if isinstance(action, Hold):
                 try:
                     self.ctx.changes.apply(self.hold, target, self.hold_value(action.cap), reason=action.reason)
@@ -134,8 +135,8 @@ class BudgetKind(Kind):
 
     def _forget(self, agent: str, live: set[str]) -> None:
         # forget() takes a prefix: leave it while a live agent's name extends this one
-        target = f"{AGENTS}/{agent}"
-        if not any(f"{AGENTS}/{other}".startswith(target) for other in live):
+        target = layout.agent_rel(agent)
+        if not any(layout.agent_rel(other).startswith(target) for other in live):
             self.ctx.changes.forget(target)
 
     def _toolcalls(self) -> tuple[ToolCallFacts, ...]:
@@ -158,7 +159,8 @@ class BudgetKind(Kind):
         """Holds from before a restart are put back; the model decides again from live figures."""
         released = 0
         for change in self.ctx.changes.saved():
-            if change.target.startswith(f"{AGENTS}/"):
+            place = layout.parse_rel(change.target)
+            if place is not None and place.kind == "agent":  # a hold (the budget itself is agents/)
                 try:
                     self.ctx.changes.revert(change.setting, change.target, "re-decided after a restart")
                     released += 1

@@ -6,13 +6,13 @@ import errno
 import os
 from dataclasses import dataclass, field
 
-from agentd.cgroups import fs
+from agentd.cgroups import fs, layout
 from agentd.cgroups.driver import CgroupDriver, CgroupError
 from agentd.cgroups.hybrid import V1_CONTROLLERS, HybridDriver
 from agentd.cgroups.parse import parse_cgroup_file, parse_mounts
 from agentd.cgroups.v2 import V2Driver
 
-DAEMON_LEAF = "daemon"
+DAEMON_LEAF = layout.DAEMON
 
 
 @dataclass

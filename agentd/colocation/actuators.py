@@ -10,7 +10,7 @@ import signal
 from agentd.cgroups import fs
 from agentd.cgroups.driver import CgroupDriver
 from agentd.cgroups.parse import weight_to_shares
-from agentd.tracking import procfs
+from agentd import procfs
 
 
 class CpuWeight:

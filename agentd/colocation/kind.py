@@ -11,6 +11,7 @@ from typing import Any
 
 from agentd.api.contract import ApiError
 from agentd.api.validation import Field
+from agentd.cgroups import layout
 from agentd.colocation import actuators as act
 from agentd.colocation import model as m
 from agentd.colocation.policy import ColocationPolicy
@@ -406,7 +407,7 @@ class ColocationKind(Kind):
 
     # ------------------------------------------------------------------ helpers
     def _rel(self, job: m.Job) -> str:
-        return self.ctx.model.job_cgroup(job.name)
+        return layout.job_rel(job.name)
 
     def _job_procs(self, job: m.Job) -> list[int]:
         rel = self._rel(job)
@@ -428,10 +429,7 @@ class ColocationKind(Kind):
         return loc.numa_node if loc else None
 
     def _job_of_cgroup(self, cgroup: str) -> str | None:
-        marker = f"/{self.ctx.model.JOBS}/"
-        if not cgroup or marker not in cgroup:
-            return None
-        name = cgroup.rsplit(marker, 1)[1].split("/", 1)[0]
+        name = layout.job_of(cgroup) if cgroup else None
         return name if name in self.state.jobs else None
 
     def _auto_name(self, cls_name: str) -> str:

@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING
 
 from agentd.api.contract import ApiError
+from agentd.cgroups import layout
 from agentd.core.manager import NameTaken
 from agentd.core.toolcall_rules import IntentInvalid, parse_intent
 from agentd.policy.loader import PolicyInvalid
@@ -43,7 +44,7 @@ class DaemonController:
         for rec in self.d.store.agents():
             agent = live.get(rec["name"])
             rec["toolcalls_live"] = sum(1 for t in self.m.toolcalls.values() if t.agent == rec["name"])
-            rec["runtime_pids"] = self.m.driver.procs(f"{agent.cgroup}/runtime") if agent and agent.state == "live" else []
+            rec["runtime_pids"] = self.m.driver.procs(layout.runtime_rel(agent.name)) if agent and agent.state == "live" else []
             out.append(rec)
         return out[-500:]
 

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agentd import __version__
+from agentd.cgroups import layout
 from agentd.cgroups.detect import move_self_to_daemon_cgroup, open_driver
 from agentd.core import capabilities
 from agentd.core.controller import DaemonController
 from agentd.core.journal import Journal
 from agentd.policy.parse_worker import ParseWorkers
 from agentd.core.manager import Manager
-from agentd.core.procinfo import is_stopped
+from agentd.procfs import is_stopped
 from agentd.core.readopt import readopt
 from agentd.core.results import ResultsDir, default_results_root
 from agentd.core.statedir import open_state_dir
@@ -116,7 +117,7 @@ class Daemon:
         self.manager = Manager(self.driver, self.store, self.journal, self.policies.get, results=self.results,
                                all_policies=lambda: list(self.policies.policies.values()))
         self.controller = DaemonController(self)
-        self.driver.create(SharedModel.AGENTS)  # the layout's fixed parent, limited by the budget kind
+        self.driver.create(layout.AGENTS)  # the layout's fixed parent, limited by the budget kind
         self.kind_db = KindDatabase(config.state_dir / "kinds.db")
         model = SharedModel(agents=lambda: self.manager.agents, toolcalls=lambda: self.manager.toolcalls,
                             tree=self.manager.tree, agent_of_pid=self.manager.agent_of_pid,
@@ -207,7 +208,8 @@ class Daemon:
             self.lines["gpu"] = "gpu: off (disabled in config)"
             return
         try:
-            from agentd.gpu.sampler import FakeNvmlBackend, NvmlSampler
+            from agentd.gpu.fake_nvml import FakeNvmlBackend
+            from agentd.gpu.sampler import NvmlSampler
 
             backend = FakeNvmlBackend(gpus=self.config.simulate_gpus) if self.config.simulate_gpus else None
             self.gpu = NvmlSampler(backend=backend)
@@ -285,7 +287,7 @@ class Daemon:
             self._gpu_thread.stop()
         # A gated exec still waiting for placement must not stay stopped without us.
         for agent in self.manager.agents.values():
-            for pid in self.driver.procs(f"{agent.cgroup}/runtime") if agent.state == "live" else []:
+            for pid in self.driver.procs(layout.runtime_rel(agent.name)) if agent.state == "live" else []:
                 if is_stopped(pid):
                     try:
                         os.kill(pid, signal.SIGCONT)

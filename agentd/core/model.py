@@ -6,7 +6,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from agentd.core.escalation import LadderState
-from agentd.core.procinfo import ProcInfo
+from agentd.procfs import ProcInfo
 from agentd.core.toolcall_rules import Intent, Resolved
 
 @dataclass

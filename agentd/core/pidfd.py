@@ -18,7 +18,7 @@ import select
 import socket
 import struct
 
-from agentd.tracking import procfs
+from agentd import procfs
 
 SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
 

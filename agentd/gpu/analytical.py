@@ -130,19 +130,6 @@ def _per_device(replicated: int, parallel: int, quadratic: int, stats: int, wl: 
     return rep + (parallel + quadratic) // t + stats
 
 
-def korthikanti_bytes_per_layer(s: int, b: int, h: int, a: int, t: int = 1, sequence_parallel: bool = False,
-                                recompute: str = "none") -> float:
-    """The paper's closed forms (2-byte activations, 1-byte masks), for the tests."""
-    if recompute == "full":
-        return 2 * s * b * h
-    quad = 0 if recompute == "selective" else 5 * a * s / h
-    if sequence_parallel:
-        return s * b * h / t * (34 + quad)
-    if t == 1:
-        return s * b * h * (34 + quad)
-    return s * b * h * (10 + 24 / t + quad / t)
-
-
 def _layer_backward_peak(model: ModelSpec, wl: WorkloadSpec, grad_bytes: float = 0.0) -> int:
     """Bytes one layer holds at the worst moment of its own backward: its saved activations
     (recomputed first under full recomputation), the gradient tensors of that moment and

@@ -8,8 +8,8 @@ measured peaks, with a ridge prior pulling every weight toward 1 ("trust the der
 unless the data disagrees"). The fit minimizes relative error, is pure Python, and takes
 milliseconds, so it is refitted from the shipped data set at first use:
 
-    data/gpu/cpu_peaks.jsonl   made by data/gpu/measure.py (see data/gpu/README.md)
-    data/gpu/cuda_peaks.jsonl  made by data/gpu/measure.py --device cuda, when a GPU was there
+    data/gpu/cpu_peaks.jsonl   made by scripts/gpu_measure.py (see data/gpu/README.md)
+    data/gpu/cuda_peaks.jsonl  made by scripts/gpu_measure.py --device cuda, when a GPU was there
 
 Only rows with "split": "train" are used; "heldout" rows judge it (benchmarks/gpu_estimate.py).
 
@@ -33,7 +33,7 @@ from agentd.gpu import analytical
 from agentd.gpu.spec import Estimate, ModelSpec, WorkloadSpec, model_spec_from_dict, workload_spec_from_dict
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "gpu" / "cpu_peaks.jsonl"
-# measured on a GPU by `data/gpu/measure.py --device cuda`; joins the training data when present
+# measured on a GPU by `scripts/gpu_measure.py --device cuda`; joins the training data when present
 DATA_CUDA = DATA.with_name("cuda_peaks.jsonl")
 # "overhead" (CUDA context and workspace) is 0 in CPU rows, so its weight stays at the prior
 # 1 until GPU measurements join the data set; then it learns this hardware's context size.

@@ -4,10 +4,12 @@ NVML reports host pids. A process in a container has another pid inside; the NSp
 of /proc/<hostpid>/status lists the pid in every namespace from the host's outward-in
 (`NSpid: 4242 17 1`). The unit is the process's cgroup: the v2 line ("0::/...") of
 /proc/<pid>/cgroup, or on a hybrid host the v1 memory line, shown relative to agentd's
-root when it lies under agents/ (e.g. "agents/a1/tools/0003-pytest"), else raw.
+root when it lies in agentd's layout (agentd.cgroups.layout: e.g. "agents/a1/tools/0003-pytest",
+or "jobs/llama-ft" under a root whose path names agentd), else raw.
 
-The proc root is injectable so tests can point at a fixture tree; reading real /proc is
-the default. Every reader returns None instead of raising when the process is gone.
+The reading itself is agentd.procfs's (bounded); the proc root is injectable so tests can
+point at a fixture tree. Every reader returns an empty value instead of raising when the
+process is gone.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from agentd import procfs
+from agentd.cgroups import layout
+
 PROC = Path("/proc")
-AGENTD_UNIT_DIRS = ("agents",)  # the contract: paths containing /agents/
-AGENTD_OTHER_UNIT_DIRS = ("inference", "training", "jobs")  # jobs/<name>: agentd.colocation  # only under a root whose path names agentd
 
 
 @dataclass(frozen=True)
@@ -40,60 +43,23 @@ class ProcIdentity:
                 "comm": self.comm, "cgroup": self.cgroup, "unit": self.unit}
 
 
-def read_ns_pids(pid: int, proc: Path = PROC) -> tuple[int, ...]:
-    try:
-        for line in (proc / str(pid) / "status").read_text().splitlines():
-            if line.startswith("NSpid:"):
-                return tuple(int(x) for x in line.split()[1:])
-    except (OSError, ValueError):
-        pass
-    return ()
-
-
-def read_comm(pid: int, proc: Path = PROC) -> str:
-    try:
-        return (proc / str(pid) / "comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def read_cgroup(pid: int, proc: Path = PROC) -> str:
-    """The v2 cgroup path, or on a hybrid host without one the v1 memory controller's path."""
-    try:
-        text = (proc / str(pid) / "cgroup").read_text()
-    except OSError:
-        return ""
-    v2, mem = "", ""
-    for line in text.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        hid, ctrls, path = parts
-        if hid == "0" and ctrls == "":
-            v2 = path
-        elif "memory" in ctrls.split(","):
-            mem = path
-    # on a hybrid host the v2 path is "/" when agentd placed the process only in v1
-    if v2 and (v2 != "/" or not mem):
-        return v2
-    return mem or v2
-
-
 def unit_of(cgroup_path: str) -> str:
-    """agents/<agent>/... relative to agentd's root, else the raw path."""
-    parts = cgroup_path.strip("/").split("/")
-    for i, p in enumerate(parts):
-        if p in AGENTD_UNIT_DIRS and i + 1 < len(parts):
-            return "/".join(parts[i:])
-        if p in AGENTD_OTHER_UNIT_DIRS and i + 1 < len(parts) and any("agentd" in q for q in parts[:i]):
-            return "/".join(parts[i:])
-    return cgroup_path
+    """The layout's part of a cgroup path (agents/<agent>/..., or jobs/<name> under a root whose
+    path names agentd: jobs/ alone is too common a name to claim), else the raw path."""
+    found = layout.locate(cgroup_path)
+    if found is None:
+        return cgroup_path
+    root, place = found
+    if place.agent is None and "agentd" not in root:
+        return cgroup_path
+    return place.rel
 
 
 def identify(host_pid: int, proc: Path = PROC) -> ProcIdentity:
-    cg = read_cgroup(host_pid, proc)
-    return ProcIdentity(host_pid=host_pid, ns_pids=read_ns_pids(host_pid, proc), comm=read_comm(host_pid, proc),
-                        cgroup=cg, unit=unit_of(cg) if cg else "")
+    root = str(proc)
+    cg = procfs.read_cgroup(host_pid, root)
+    return ProcIdentity(host_pid=host_pid, ns_pids=procfs.read_ns_pids(host_pid, root),
+                        comm=procfs.read_comm(host_pid, root), cgroup=cg, unit=unit_of(cg) if cg else "")
 
 
 @dataclass
@@ -106,10 +72,10 @@ class IdentityCache:
 
     def _start(self, pid: int) -> str:
         try:
-            stat = (self.proc / str(pid) / "stat").read_text()
-            return stat.rsplit(")", 1)[1].split()[19]
-        except (OSError, IndexError):
+            stat = procfs.read_stat(pid, str(self.proc))
+        except OSError:
             return ""
+        return str(stat.start_ticks) if stat is not None else ""
 
     def get(self, pid: int) -> ProcIdentity:
         key = (pid, self._start(pid))
@@ -120,5 +86,5 @@ class IdentityCache:
                 self._cache.clear()
             self._cache[key] = ident
             return ident
-        cg = read_cgroup(pid, self.proc)
+        cg = procfs.read_cgroup(pid, str(self.proc))
         return replace(ident, cgroup=cg, unit=unit_of(cg) if cg else "")

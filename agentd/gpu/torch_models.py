@@ -2,7 +2,7 @@
 eager Llama/GPT-2 code is (LayerNorm or RMSNorm, grouped-query attention with repeated
 K/V heads, gated or plain MLP, tied or separate LM head).
 
-They exist so that estimates can be checked against reality: data/gpu/measure.py trains
+They exist so that estimates can be checked against reality: scripts/gpu_measure.py trains
 and runs them on the CPU and records the real peak of live tensor bytes, and the CPU-side
 estimator traces them with fake tensors. Needs torch; nothing in the daemon imports this.
 """

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from agentd.cgroups import layout
 from agentd.kinds.changes import ChangeLog
 from agentd.kinds.state import KindState
 
@@ -28,11 +29,11 @@ class SharedModel:
     two requests a kind may make of the engine, which then journals and records them as its
     own decisions: end a tool call, end an agent's runtime.
 
-    Layout under the delegated root: agents/<agent>/runtime, agents/<agent>/tools/<seq>-<tool>,
-    jobs/<name> (managed servers and training jobs)."""
+    The cgroup layout under the delegated root (agents/<agent>/runtime,
+    agents/<agent>/tools/<seq>-<tool>, jobs/<name>) is agentd.cgroups.layout's."""
 
-    JOBS = "jobs"
-    AGENTS = "agents"
+    JOBS = layout.JOBS
+    AGENTS = layout.AGENTS
 
     def __init__(self, agents: Callable[[], Mapping[str, Any]] = dict, toolcalls: Callable[[], Mapping[str, Any]] = dict,
                  tree: Any = None, agent_of_pid: Callable[[int], str | None] = lambda pid: None,
@@ -52,9 +53,7 @@ class SharedModel:
     def toolcalls(self) -> Mapping[str, Any]:
         return MappingProxyType(self._toolcalls())
 
-    @staticmethod
-    def job_cgroup(name: str) -> str:
-        return f"{SharedModel.JOBS}/{name}"
+    job_cgroup = staticmethod(layout.job_rel)
 
 
 @dataclass

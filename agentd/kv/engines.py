@@ -99,7 +99,7 @@ def check_num(body: dict, key: str, lo: float, hi: float, default: float | None 
 
 
 def process_alive(pid: int, start: int | None, root: str = "/proc") -> bool:
-    from agentd.tracking.procfs import read_stat
+    from agentd.procfs import read_stat
 
     st = read_stat(pid, root)
     if st is None or st.state in ("Z", "X"):
@@ -108,7 +108,7 @@ def process_alive(pid: int, start: int | None, root: str = "/proc") -> bool:
 
 
 def process_start(pid: int, root: str = "/proc") -> int | None:
-    from agentd.tracking.procfs import read_stat
+    from agentd.procfs import read_stat
 
     st = read_stat(pid, root)
     return st.start_ticks if st else None

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import yaml
 
-from agentd.api import units
+from agentd import units
 from agentd.policy.patterns import PatternInvalid, compile_pattern
 from agentd.policy.problems import Problem
 

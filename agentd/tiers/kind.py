@@ -20,7 +20,7 @@ from typing import Any
 
 from agentd.api.contract import ApiError
 from agentd.api.validation import Field
-from agentd.cgroups import fs
+from agentd.cgroups import fs, layout
 from agentd.kinds.contract import Access, Command, Kind
 from agentd.kinds.settings import CgroupKnob, Sysctl
 from agentd.tiers import actuators, model, observe
@@ -146,14 +146,14 @@ class TiersKind(Kind):
                 groups.append(("toolcalls", tc.cgroup, tc.name))
         for agent in self.ctx.model.agents().values():
             if getattr(agent, "state", "live") == "live":
-                groups.append(("runtimes", f"{agent.cgroup}/runtime", agent.name))
+                groups.append(("runtimes", layout.runtime_rel(agent.name), agent.name))
         try:
-            jobs = driver.children(self.ctx.model.JOBS) if driver.exists(self.ctx.model.JOBS) else []
+            jobs = driver.children(layout.JOBS) if driver.exists(layout.JOBS) else []
         except OSError:
             jobs = []
         for job in jobs:
             name = job.rsplit("/", 1)[-1]
-            groups.append(("jobs", self.ctx.model.job_cgroup(name), name))
+            groups.append(("jobs", layout.job_rel(name), name))
         out = []
         for scope, cgroup, name in groups:
             try:
@@ -460,7 +460,7 @@ def degrade_lines(topo: Topology, facts: dict) -> list[str]:
 
 
 def describe_pid(pid: int, scope: str, cgroup: str, name: str, proc_root: str = "/proc") -> ManagedProc | None:
-    from agentd.tracking import procfs
+    from agentd import procfs
 
     st = procfs.read_stat(pid, proc_root)
     if st is None:
@@ -473,7 +473,7 @@ def describe_pid(pid: int, scope: str, cgroup: str, name: str, proc_root: str = 
 
 
 def _start_of(pid: int, proc_root: str = "/proc") -> str | None:
-    from agentd.tracking import procfs
+    from agentd import procfs
 
     st = procfs.read_stat(pid, proc_root)
     return f"{pid}:{st.start_ticks}" if st else None

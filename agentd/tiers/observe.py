@@ -1,7 +1,7 @@
 """Where a process's memory sits, read from the kernel's own counters: /proc/PID/numa_maps
 (+ /proc/PID/maps for VMA ends), memory.numa_stat (v2 bytes, v1 pages), VmSwap, PSI, and
 taskstats delay accounting (swap-in, thrashing, reclaim delays) when the kernel counts them.
-Pure parsers plus thin readers with an injectable /proc root.
+Pure parsers plus thin readers (agentd.procfs's bounded reads) with an injectable /proc root.
 """
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import re
 
+from agentd import procfs
 from agentd.tiers.model import Vma
 
-PROC = "/proc"
+PROC = procfs.PROC
 PAGE = os.sysconf("SC_PAGE_SIZE")
 _NODE = re.compile(r"N(\d+)=(\d+)")
 
@@ -63,13 +64,11 @@ def parse_numa_maps(text: str, ends: dict[int, int] | None = None, page: int = P
 
 def read_vmas(pid: int, root: str = PROC, anon_only: bool = False) -> list[Vma] | None:
     """None when the process is gone or not readable."""
-    try:
-        with open(f"{root}/{pid}/maps", encoding="ascii", errors="replace") as f:
-            ends = parse_maps_ends(f.read())
-        with open(f"{root}/{pid}/numa_maps", encoding="ascii", errors="replace") as f:
-            vmas = parse_numa_maps(f.read(), ends)
-    except OSError:
+    maps = procfs.read_text(pid, "maps", root)
+    numa_maps = procfs.read_text(pid, "numa_maps", root) if maps is not None else None
+    if numa_maps is None:
         return None
+    vmas = parse_numa_maps(numa_maps, parse_maps_ends(maps))
     return [v for v in vmas if v.anon] if anon_only else vmas
 
 
@@ -110,13 +109,12 @@ def parse_psi(text: str) -> dict[str, dict[str, float]]:
 
 
 def read_swap_of_pid(pid: int, root: str = PROC) -> int | None:
-    try:
-        with open(f"{root}/{pid}/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("VmSwap:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
+    text = procfs.read_text(pid, "status", root)
+    if text is None:
         return None
+    for line in text.splitlines():
+        if line.startswith("VmSwap:"):
+            return int(line.split()[1]) * 1024
     return 0
 
 

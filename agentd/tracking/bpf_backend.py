@@ -28,7 +28,7 @@ from typing import Callable
 
 from agentd.events import ProcEvent, ProcEventKind
 from agentd.tracking import bpf_source as src
-from agentd.tracking import procfs
+from agentd import procfs
 from agentd.tracking.backend import BackendUnavailable, EventSink, TrackerBackend
 from agentd.tracking.gate_guard import GateGuard
 

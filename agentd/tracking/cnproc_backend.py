@@ -19,6 +19,7 @@ import socket
 import struct
 import threading
 
+from agentd import procfs
 from agentd.events import ProcEvent, ProcEventKind
 from agentd.tracking.backend import BackendUnavailable, EventSink, TrackerBackend
 
@@ -54,14 +55,6 @@ def control_message(listen: bool) -> bytes:
     return NLMSGHDR.pack(NLMSGHDR.size + len(cn), NLMSG_DONE, 0, 0, 0) + cn
 
 
-def _read_comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm", "rb") as f:
-            return f.read().rstrip(b"\n").decode(errors="replace")
-    except OSError:
-        return ""  # gone already: normal for short-lived processes
-
-
 class SeqTracker:
     """Counts gaps in the per-CPU sequence numbers of proc events."""
 
@@ -76,7 +69,7 @@ class SeqTracker:
             self.gaps += seq - prev - 1
 
 
-def parse_datagram(data: bytes, seqs: SeqTracker | None = None, read_comm=_read_comm) -> list[ProcEvent]:
+def parse_datagram(data: bytes, seqs: SeqTracker | None = None, read_comm=procfs.read_comm) -> list[ProcEvent]:
     """ProcEvents (fork of processes, exec, process exit) from one netlink datagram."""
     out: list[ProcEvent] = []
     off = 0

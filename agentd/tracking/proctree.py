@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Protocol
 
 from agentd.events import ProcEvent, ProcEventKind
-from agentd.tracking import procfs
+from agentd import procfs
 
 
 @dataclass(slots=True)

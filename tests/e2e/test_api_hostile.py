@@ -12,7 +12,8 @@ import pytest
 
 from agentd.api.client import ApiClient
 from agentd.api.limits import ApiLimits
-from tests.e2e.test_api_server import NOBODY, in_child, raw, serve, sockdir  # noqa: F401 (fixture)
+from tests.daemon_thread import tmp  # noqa: F401 - a fixture
+from tests.e2e.test_api_server import NOBODY, in_child, raw, serve
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="forks children that switch to uid 65534")
 
@@ -29,8 +30,8 @@ HOSTILE_BODIES = {
 
 
 @pytest.mark.parametrize("route", POST_ROUTES)
-def test_hostile_bodies_are_4xx_json_on_every_route(sockdir, route):
-    with serve(sockdir) as s:
+def test_hostile_bodies_are_4xx_json_on_every_route(tmp, route):
+    with serve(tmp) as s:
         for name, body in HOSTILE_BODIES.items():
             t0 = time.monotonic()
             status, data, _ = raw(s.socket_path, "POST", route, body,
@@ -41,9 +42,9 @@ def test_hostile_bodies_are_4xx_json_on_every_route(sockdir, route):
         assert s.server.stats.requests.get(500, 0) == 0
 
 
-def test_non_admin_validations_are_rate_limited_per_uid_admins_are_not(sockdir):
+def test_non_admin_validations_are_rate_limited_per_uid_admins_are_not(tmp):
     limits = ApiLimits(policy_rate_per_s=1.0, policy_rate_burst=3)
-    with serve(sockdir, limits) as s:
+    with serve(tmp, limits) as s:
         body = b'{"filename": "x.yaml", "text": "version: 1\\nname: x\\n"}'
 
         def burst():
@@ -74,8 +75,8 @@ def _stream_as(path: str, seconds: float) -> dict:
     return {"status": int(data.split(b" ")[1]), "closed": closed, "after": time.monotonic() - t0}
 
 
-def test_an_idle_user_stream_ends_an_admin_stream_stays(sockdir):
-    with serve(sockdir, ApiLimits(stream_idle_timeout_s=1.0)) as s:
+def test_an_idle_user_stream_ends_an_admin_stream_stays(tmp):
+    with serve(tmp, ApiLimits(stream_idle_timeout_s=1.0)) as s:
         user = in_child(lambda: _stream_as(s.socket_path, 6.0), uid=NOBODY)
         assert user["status"] == 200 and user["closed"] and 1.0 <= user["after"] < 4.0, user
         admin = _stream_as(s.socket_path, 3.0)

@@ -1,15 +1,15 @@
-"""agentctl: offline commands with click's CliRunner, online ones against the real API server
-on a real socket (behind the in-memory fake controller), and `run` as a real process."""
+"""agentctl: offline commands with click's CliRunner, online ones against the real daemon
+in-process (tests.daemon_thread: its own command set, journal, cgroups and cn_proc tracker
+behind the real socket), and `run` as a real process. Agents are real processes started by
+`agentctl run`; their tool calls are real children the tracker placed."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import types
@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from agentd.api.testing import ServerThread, fake_with_sample_data
+from agentd import __version__
+from agentd.api.client import ApiClient
 from cli.agentctl import main, render_unit
+from tests.daemon_thread import DaemonThread, test_config, tmp, wait_for  # noqa: F401 - tmp is a fixture
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,13 +30,24 @@ def invoke(*args, **kw):
     return CliRunner().invoke(main, list(args), catch_exceptions=False, **kw)
 
 
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the daemon needs root (cgroups, cn_proc)")
+
+
 @pytest.fixture
-def srv():
-    d = tempfile.mkdtemp(prefix="agentctl-")
-    os.chmod(d, 0o755)
-    with ServerThread(fake_with_sample_data(), os.path.join(d, "agentd.sock")) as s:
-        yield s
-    shutil.rmtree(d)
+def srv(tmp):
+    """The real daemon, its socket reachable by uid 65534, a policy directory to apply into."""
+    if os.geteuid() != 0:
+        pytest.skip("the daemon needs root (cgroups, cn_proc)")
+    d, leaf = tmp
+    with DaemonThread(test_config(d, leaf, policy_dir=Path(d, "policies.d"))) as dt:
+        yield dt
+
+
+@pytest.fixture
+def a1(srv) -> str:
+    """Agent a1 (root's) with one live tool call, `sleep 300`: its id."""
+    srv.start_agent("a1")
+    return srv.live_tool_call("a1")
 
 
 def cli(srv, *args):
@@ -178,24 +191,26 @@ def test_status_json_is_one_document(srv):
     r = cli(srv, "status", "--json")
     assert r.exit_code == 0
     doc = json.loads(r.output)
-    assert doc["backends"]["tracker"] == "fake" and doc["api"]["socket"] == srv.socket_path
-    assert json.loads(cli(srv, "--json", "status").output)["version"] == "fake"
+    assert doc["tracker"]["backend"] == "cn_proc" and doc["api"]["socket"] == srv.socket_path
+    assert json.loads(cli(srv, "--json", "status").output)["version"] == __version__
 
 
 def test_status_human(srv):
     r = cli(srv, "status")
-    assert r.exit_code == 0 and "backends:\n  tracker: fake" in r.output
+    assert r.exit_code == 0
+    assert f"agentd {__version__} - active" in r.output and f"socket {srv.socket_path}" in r.output
+    assert "tracker:\n  backend: cn_proc" in r.output and "policies: default" in r.output
 
 
-def test_events_human_and_ndjson(srv):
-    srv.call(srv.controller.publish, "toolcall.killed", "Tool call a1/0001-pytest killed at 4G.",
-             agent="a1", tool_call="a1/0001-pytest", level="error", memory_max=4 << 30)
+def test_events_human_and_ndjson(srv, a1):
+    srv.emit("toolcall.killed", f"Tool call {a1} killed at 4G.", agent="a1", tool_call=a1,
+             level="error", memory_max=4 << 30)
     r = cli(srv, "events")
     assert r.exit_code == 0
     lines = r.output.splitlines()
-    assert len(lines) == 2
-    assert "ERROR" in lines[1] and "a1/0001-pytest" in lines[1] and "a1/a1/" not in lines[1] and "Tool call a1/0001-pytest killed at 4G." in lines[1]
-    assert "memory_max=4G" in lines[1]
+    assert any("agent.registered" in line and "a1" in line for line in lines[:-1])  # the daemon's own
+    assert "ERROR" in lines[-1] and a1 in lines[-1] and "a1/a1/" not in lines[-1]
+    assert f"Tool call {a1} killed at 4G." in lines[-1] and "memory_max=4G" in lines[-1]
     r = cli(srv, "events", "--json", "--level", "error")
     docs = [json.loads(line) for line in r.output.splitlines()]
     assert [d["kind"] for d in docs] == ["toolcall.killed"]
@@ -210,12 +225,9 @@ def test_events_follow_prints_as_events_arrive(srv):
     watchdog = threading.Timer(30, proc.kill)  # a missed event fails the test, never hangs it
     watchdog.start()
     try:
-        import time
-        deadline = time.time() + 10
-        while not srv.controller.subscribers and time.time() < deadline:
-            time.sleep(0.02)
-        srv.call(srv.controller.publish, "toolcall.start", "quiet", agent="a1")
-        srv.call(srv.controller.publish, "toolcall.throttled", "loud", agent="a1", level="warn")
+        wait_for(lambda: srv.subscribers() == 1, "event stream")
+        srv.emit("toolcall.start", "quiet", agent="a1")
+        srv.emit("toolcall.throttled", "loud", agent="a1", level="warn")
         line = proc.stdout.readline()
         assert json.loads(line)["message"] == "loud"
     finally:
@@ -224,35 +236,42 @@ def test_events_follow_prints_as_events_arrive(srv):
         proc.wait(10)
 
 
-def test_top_once_and_json(srv):
+def test_top_once_and_json(srv, a1):
+    srv.start_agent("a2")
     r = cli(srv, "top", "--once")
     assert r.exit_code == 0
-    assert "AGENTS" in r.output and "LIVE TOOL CALLS" in r.output and "a1/0001-pytest" in r.output
+    assert "AGENTS" in r.output and "LIVE TOOL CALLS" in r.output and a1 in r.output
     assert "\x1b[" not in r.output  # --once never redraws
     doc = json.loads(cli(srv, "--json", "top", "--once").output)
     assert [a["name"] for a in doc["agents"]] == ["a1", "a2"]
+    assert a1 in [t["id"] for t in doc["tool_calls"]]
 
 
-def test_explain_cancel_and_policies(srv, tmp_path):
-    r = cli(srv, "explain", "a1/0001-pytest")
-    assert r.exit_code == 0 and "1 decision(s):" in r.output and "memory_max=1G" in r.output
-    r = cli(srv, "cancel", "a1/0001-pytest", "--reason", "stuck")
-    assert r.exit_code == 0 and "cancelled" in r.output
-    assert ("cancel_tool_call", ("a1/0001-pytest", "stuck")) in srv.controller.calls
+def test_explain_cancel_and_policies(srv, a1, tmp_path):
+    r = cli(srv, "explain", a1)
+    assert r.exit_code == 0, r.output
+    assert "decision(s):" in r.output and "toolcall.start" in r.output and "memory_max=512M" in r.output
+    r = cli(srv, "cancel", a1, "--reason", "stuck")
+    assert r.exit_code == 0 and "killing" in r.output
+    client = ApiClient(srv.socket_path)
+    wait_for(lambda: client.tool_call(a1)["state"] == "done", "end of the cancelled tool call")
+    assert "stuck" in client.tool_call(a1)["reason"]
     assert "default" in cli(srv, "policy", "list").output
     f = tmp_path / "gpu.yaml"
-    f.write_text("tools: {}\n")
-    assert "+tools: {}" in cli(srv, "policy", "diff", str(f)).output
+    f.write_text("version: 1\nname: gpu\ntoolcalls:\n  defaults: {pids_max: 64}\n")
+    r = cli(srv, "policy", "diff", str(f))
+    assert r.exit_code == 0 and "+toolcalls:" in r.output, r.output
     assert cli(srv, "policy", "apply", str(f)).exit_code == 0
-    assert cli(srv, "policy", "get", "gpu").output == "tools: {}\n"
-    f.write_text("invalid: yes\n")
+    assert cli(srv, "policy", "get", "gpu").output == f.read_text()
+    f.write_text("version: 1\nname: gpu\ntoolcalls:\n  defaults: {pids_max: many}\n")
     r = cli(srv, "policy", "apply", str(f))
-    assert r.exit_code == 1 and "gpu.yaml:1: <document>: the fake refuses it" in r.output
+    assert r.exit_code == 1 and "gpu.yaml:4: toolcalls.defaults.pids_max:" in r.output, r.output
+    assert "{pids_max: 64}" in cli(srv, "policy", "get", "gpu").output  # nothing changed
 
 
 def test_unknown_tool_call_is_exit_1_with_the_message(srv):
-    r = cli(srv, "explain", "nope")
-    assert r.exit_code == 1 and "there is no tool call 'nope'" in r.output
+    r = cli(srv, "explain", "a1/0001-nope")
+    assert r.exit_code == 1 and "no tool call 'a1/0001-nope'" in r.output
 
 
 def as_nobody(args):
@@ -300,7 +319,8 @@ def test_run_registers_its_own_pid_then_becomes_the_command(srv):
     assert r.returncode == 0, r.stderr
     pid, agent = r.stdout.split()
     assert agent == "coder"
-    assert ("register_agent", (int(pid), os.getuid(), "coder", None)) in srv.controller.calls
+    [coder] = [a for a in ApiClient(srv.socket_path).agents() if a["name"] == "coder"]
+    assert (coder["main_pid"], coder["uid"]) == (int(pid), os.getuid())
     assert "running sh as agent coder" in r.stderr
 
 
@@ -324,12 +344,11 @@ def test_intent_from_inside_an_agent_prints_granted_and_clipped(srv):
              "--memory", "8G", "--cpu", "2", "--duration", "2m", "--pids", "64"]
     r = _agentctl("--socket", srv.socket_path, "run", "--name", "ag", "--", *inner)
     assert r.returncode == 0, r.stderr
-    assert "granted: memory_max 4G, cpu_max 2, pids_max 64" in r.stdout
-    assert "clipped: memory asked 8G, granted 4G" in r.stdout
-    intent = [c for c in srv.controller.calls if c[0] == "declare_intent"][0][1]
-    assert intent[0] == "ag"
-    assert intent[2] == {"tool": "pytest", "memory": 8 << 30, "cpu": 2.0, "duration_s": 120.0,
-                         "pids": 64}
+    # the default policy's ceiling: memory_high 2G, memory_max 4G; duration x2 is the timeout
+    assert "granted: memory_high 2G, memory_max 4G, swap_max 0, cpu_weight 100, cpu_max 2, pids_max 64, timeout_s 240\n" in r.stdout
+    assert "clipped: memory_high asked 8G, granted 2G\n" in r.stdout
+    [clipped] = [e for e in ApiClient(srv.socket_path).recent_events(agent="ag") if e["kind"] == "intent.clipped"]
+    assert clipped["data"]["requested"] == 8 << 30
 
 
 def test_intent_outside_an_agent_is_refused_with_the_reason(srv):
@@ -356,7 +375,7 @@ def test_help_lists_every_command():
     assert textwrap.dedent("Exit codes: 0 ok, 1 failure, 2 usage.") in out
 
 
-def test_top_redraws_in_place_on_a_terminal_and_restores_the_cursor(srv):
+def test_top_redraws_in_place_on_a_terminal_and_restores_the_cursor(srv, a1):
     import pty
     import select
     import signal
@@ -381,7 +400,7 @@ def test_top_redraws_in_place_on_a_terminal_and_restores_the_cursor(srv):
         pass  # the pty closes with the process
     os.close(master)
     assert out.count(b"\x1b[H") >= 3  # redrawn, not scrolled
-    assert b"a1/0001-pytest" in out
+    assert a1.encode() in out
     assert out.startswith(b"\x1b[?25l") and out.rstrip().endswith(b"\x1b[?25h")
 
 
@@ -393,27 +412,25 @@ def test_the_cli_imports_nothing_of_the_daemon_but_the_client():
     assert r.returncode == 0 and r.stderr == "", r.stderr  # a missing gpu module is silent
     modules, commands = json.loads(r.stdout)
     # agentd.kinds.registry: the list of kinds whose `agentctl <kind>` groups the CLI adds
-    assert set(modules) <= {"agentd", "agentd.api", "agentd.api.client", "agentd.api.units", "agentd.kinds",
+    assert set(modules) <= {"agentd", "agentd.api", "agentd.api.client", "agentd.paths", "agentd.units", "agentd.kinds",
                             "agentd.kinds.registry"}
     assert "gpu" not in commands and "status" in commands
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to uid 65534")
 def test_top_for_a_non_admin_shows_its_own_agents_without_the_daemon_status(srv):
-    os.chmod(srv.socket_path, 0o666)
-    srv.call(srv.controller.add_agent, "mine", 65534)
+    srv.start_agent("roots")
+    srv.start_agent("mine", uid=65534)
     code, output = as_nobody(["--socket", srv.socket_path, "--json", "top", "--once"])
     assert code == 0, output
     snap = json.loads(output)
     assert "status" not in snap and [a["name"] for a in snap["agents"]] == ["mine"]
 
 
-def test_events_follow_retry_survives_a_daemon_restart():
-    import time
-
-    d = tempfile.mkdtemp(prefix="agentctl-retry-")
-    path = os.path.join(d, "agentd.sock")
-    env = {**os.environ, "AGENTD_SOCKET": path, "PYTHONUNBUFFERED": "1"}
+@needs_root
+def test_events_follow_retry_survives_a_daemon_restart(tmp):
+    d, leaf = tmp
+    config = test_config(d, leaf)
+    env = {**os.environ, "AGENTD_SOCKET": str(config.socket_path), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "cli.agentctl", "events", "-f", "--retry",
                              "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=REPO, env=env)
@@ -421,18 +438,16 @@ def test_events_follow_retry_survives_a_daemon_restart():
     watchdog.start()
     try:
         assert "waiting for it to come back" in proc.stderr.readline()  # not started yet
-        for message in ("first daemon", "second daemon"):
-            with ServerThread(fake_with_sample_data(), path) as s:
-                deadline = time.time() + 15
-                while not s.controller.subscribers and time.time() < deadline:
-                    time.sleep(0.05)
-                s.call(s.controller.publish, "agent.registered", message, agent="a1")
-                assert json.loads(proc.stdout.readline())["message"] == message
+        for message in ("first daemon", "second daemon"):  # the same state, socket and cgroups
+            with DaemonThread(config) as dt:
+                wait_for(lambda: dt.subscribers() == 1, "event stream")
+                dt.emit("agent.registered", message, agent="a1")
+                while (doc := json.loads(proc.stdout.readline()))["message"] != message:
+                    assert doc["kind"].startswith("daemon."), doc  # its own start, nothing else
     finally:
         watchdog.cancel()
         proc.terminate()
         proc.wait(10)
-        shutil.rmtree(d)
 
 
 def test_follow_ends_cleanly_when_the_daemon_is_killed_mid_stream(tmp_path):

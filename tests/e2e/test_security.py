@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from agentd.tracking import procfs
+from agentd import procfs
 from benchmarks.daemon_process import BIN, REPO, DaemonProcess, parse_lines
 
 pytestmark = [pytest.mark.kernel, pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the daemon, and setpriv to uid 65534")]

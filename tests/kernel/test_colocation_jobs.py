@@ -27,7 +27,7 @@ from agentd.cgroups import fs
 from agentd.cgroups.detect import open_driver
 from agentd.cgroups.parse import weight_to_shares
 from agentd.kinds.registry import KindEntry
-from agentd.tracking import procfs
+from agentd import procfs
 from tests.daemon_thread import DaemonThread, test_config
 from tests.e2e.test_kind_routes import as_nobody
 

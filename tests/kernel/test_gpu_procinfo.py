@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from agentd.gpu.procinfo import identify
-from agentd.gpu.sampler import FakeNvmlBackend, NvmlSampler
+from agentd.gpu.fake_nvml import FakeNvmlBackend
+from agentd.gpu.sampler import NvmlSampler
 
 pytestmark = [pytest.mark.kernel,
               pytest.mark.skipif(os.geteuid() != 0, reason="pid namespaces and cgroups need root")]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from agentd.events import ProcEventKind as K
-from agentd.tracking import procfs
+from agentd import procfs
 
 from test_tracker_support import Recorder  # tests/kernel is on sys.path, as for cgroup_fixtures
 

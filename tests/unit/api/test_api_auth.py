@@ -8,9 +8,9 @@ from agentd.api.auth import (
     can_see,
     decide,
     is_admin,
-    parse_status_groups,
 )
 from agentd.api.contract import Peer
+from agentd.procfs import parse_status_groups
 
 ROOT = Caller(Peer(100, 0, 0), admin=True, agent=None)
 OPERATOR = Caller(Peer(101, 1001, 1001), admin=True, agent=None)  # in the admin group

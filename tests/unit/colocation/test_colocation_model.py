@@ -249,7 +249,8 @@ def test_memory_above_the_critical_mark_terminates_at_once():
 
 
 def test_an_unhealthy_gpu_takes_no_job_and_gpu_views_come_from_a_snapshot():
-    from agentd.gpu.sampler import FakeNvmlBackend, NvmlSampler
+    from agentd.gpu.fake_nvml import FakeNvmlBackend
+    from agentd.gpu.sampler import NvmlSampler
 
     snap = NvmlSampler(backend=FakeNvmlBackend(gpus=2, xids={1: [79]})).sample()  # simulated Xid 79 on GPU 1
     views = m.gpu_views(snap, lambda uuid: 0)

@@ -135,7 +135,8 @@ def test_gradient_buffers_and_optimizer_implementation_flags(llama):
 
 def test_fit_next_to_live_load_carries_slowdown_bounds(llama):
     from agentd.gpu.estimate import estimate as est_fn, fit_check
-    from agentd.gpu.sampler import FakeNvmlBackend, NvmlSampler
+    from agentd.gpu.fake_nvml import FakeNvmlBackend
+    from agentd.gpu.sampler import NvmlSampler
     from agentd.gpu.spec import ModelSpec, WorkloadSpec
     from agentd.gpu.utilization import colocation_slowdown, solo_utilization
 

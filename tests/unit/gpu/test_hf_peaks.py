@@ -1,6 +1,6 @@
 """The Hugging Face ground truth (data/gpu/hf_peaks.jsonl) and the metrics computed from it.
 
-No measuring here (data/gpu/measure_hf.py does that): these check the committed rows'
+No measuring here (scripts/gpu_measure_hf.py does that): these check the committed rows'
 shape, the metric arithmetic on rows with known errors, and that the held-out families
 cannot reach any fitted model.
 """

@@ -1,7 +1,7 @@
 """Estimators against real peaks: the shipped CPU-measured grid, and fresh measurements now.
 
 The truth is the CPU allocator's own count of live tensor bytes during real training steps
-and prefills of small transformers (data/gpu/measure.py). torch (CPU build) is part of the
+and prefills of small transformers (scripts/gpu_measure.py). torch (CPU build) is part of the
 test venv: these tests import it unconditionally, so a venv without it fails here rather
 than skipping the only checks against reality.
 """
@@ -18,10 +18,11 @@ import torch
 from agentd.gpu import analytical
 from agentd.gpu.learned import DATA, load_rows
 from agentd.gpu.spec import ModelSpec, WorkloadSpec, model_spec_from_dict, workload_spec_from_dict
+from agentd.paths import SCRIPTS_DIR
 
 
 def _measure_module():
-    spec = importlib.util.spec_from_file_location("agentd_gpu_measure", Path(DATA).parent / "measure.py")
+    spec = importlib.util.spec_from_file_location("agentd_gpu_measure", SCRIPTS_DIR / "gpu_measure.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

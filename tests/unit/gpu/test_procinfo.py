@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from agentd.gpu.procinfo import IdentityCache, identify, read_cgroup, unit_of
+from agentd.gpu.procinfo import IdentityCache, identify, unit_of
+from agentd.procfs import read_cgroup
 
 
 def _proc(tmp_path, pid, cgroup, nspid="", comm="python"):
@@ -33,8 +34,8 @@ def test_hybrid_host_uses_the_v1_memory_path_when_v2_is_root(tmp_path):
 
 def test_unit_names():
     assert unit_of("/system.slice/agentd.service/agents/a1/tools/0003-pytest") == "agents/a1/tools/0003-pytest"
-    assert unit_of("/system.slice/agentd.service/training/llama-ft") == "training/llama-ft"
-    assert unit_of("/user.slice/training/x") == "/user.slice/training/x"  # not under agentd: raw
+    assert unit_of("/system.slice/agentd.service/jobs/llama-ft") == "jobs/llama-ft"  # agentd.colocation's
+    assert unit_of("/user.slice/jobs/x") == "/user.slice/jobs/x"  # not under agentd: raw
     assert unit_of("/system.slice/docker-abc.scope") == "/system.slice/docker-abc.scope"
 
 

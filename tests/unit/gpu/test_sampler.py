@@ -8,8 +8,9 @@ import os
 import pynvml
 import pytest
 
-from agentd.gpu.procinfo import read_cgroup, read_ns_pids
-from agentd.gpu.sampler import FakeNvmlBackend, GpuSnapshot, NvmlSampler, describe_init_error
+from agentd.procfs import read_cgroup, read_ns_pids
+from agentd.gpu.fake_nvml import FakeNvmlBackend
+from agentd.gpu.sampler import GpuSnapshot, NvmlSampler, describe_init_error
 
 
 

@@ -11,7 +11,7 @@ from agentd.kinds.state import KindDatabase
 from agentd.policy.loader import parse_text
 from agentd.tiers.kind import TiersKind, degrade_lines
 from agentd.tiers.topology import discover
-from agentd.tracking import procfs
+from agentd import procfs
 
 FIX = Path(__file__).resolve().parent / "fixtures"
 

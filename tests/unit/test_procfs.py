@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from agentd.tracking import procfs
+from agentd import procfs
 
 STAT_PLAIN = "1234 (bash) S 1200 1234 1200 34816 1300 4194304 1 2 3 4 5 6 7 8 20 0 1 0 98765 10000 200 18446744073709551615\n"
 # comm with spaces and a closing paren; fields after it must still line up.
@@ -106,3 +106,49 @@ def test_cgroup_id_is_the_directory_inode(tmp_path):
     (tmp_path / "a" / "b").mkdir(parents=True)
     assert procfs.cgroup_id_of("/a/b", str(tmp_path)) == os.stat(tmp_path / "a" / "b").st_ino
     assert procfs.cgroup_id_of("/nope", str(tmp_path)) is None
+
+
+# --- bounded reads: what a process puts in its own /proc files cannot flood the daemon --------
+
+
+def test_a_huge_argv_and_environment_are_read_only_up_to_the_limits():
+    """A real process with a 1 MiB argv and a 400 KiB environment: the daemon's readers
+    return at most LIMITS bytes of each (before the bound, read_cmdline took all of it)."""
+    import subprocess
+    import sys
+    import time
+
+    big_args = ["x" * (100 << 10)] * 10  # 10 arguments of 100 KiB (each under MAX_ARG_STRLEN)
+    env = {f"BIG{i}": "y" * (100 << 10) for i in range(4)}  # with the argv, under the 2 MiB exec limit
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", *big_args],
+                            stdin=subprocess.PIPE, env=env)
+    try:
+        deadline = time.monotonic() + 10
+        while (argv := procfs.read_cmdline(proc.pid))[:2] != [sys.executable, "-c"]:  # exec'd yet?
+            assert time.monotonic() < deadline, argv[:2]
+            time.sleep(0.01)
+        assert len("\0".join(argv)) <= procfs.LIMITS["cmdline"]
+        assert len(argv) < len(big_args)  # cut: the tail never reached the daemon
+        environ = procfs.read_environ(proc.pid)
+        assert environ.startswith(b"BIG0=yyy") and len(environ) == procfs.LIMITS["environ"]
+        info = procfs.read_proc(proc.pid)
+        assert info.comm.startswith("python") and all(len(a) <= procfs.ARGV_MAX_CHARS for a in info.argv)
+    finally:
+        proc.stdin.close()
+        proc.wait(10)
+
+
+def test_every_reader_has_a_limit(tmp_path):
+    (tmp_path / "5").mkdir()
+    for name in procfs.LIMITS:
+        (tmp_path / "5" / name).write_bytes(b"z" * (procfs.LIMITS[name] + 4096))
+        assert len(procfs.read_bytes(5, name, str(tmp_path))) == procfs.LIMITS[name]
+    assert procfs.read_comm(5, str(tmp_path)) == "z" * procfs.LIMITS["comm"]
+    assert procfs.read_stat(5, str(tmp_path)) is None  # a cut or garbled stat is no process
+
+
+def test_gone_processes_read_as_gone(tmp_path):
+    assert procfs.read_bytes(999999, "stat", str(tmp_path)) is None
+    assert procfs.read_comm(999999, str(tmp_path)) == "" and procfs.read_cgroup(999999, str(tmp_path)) == ""
+    assert procfs.read_ns_pids(999999, str(tmp_path)) == () and procfs.read_groups(999999, str(tmp_path)) is None
+    assert procfs.read_proc(999999, str(tmp_path)) is None and procfs.read_environ(999999, str(tmp_path)) == b""

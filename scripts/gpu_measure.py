@@ -1,7 +1,7 @@
 """Regenerate data/gpu/cpu_peaks.jsonl: real peak tensor bytes of small transformers on the CPU.
 
-    .venv/bin/python data/gpu/measure.py            # the full grid (a few minutes on 2 cores)
-    .venv/bin/python data/gpu/measure.py --limit 10 # a quick look
+    .venv/bin/python scripts/gpu_measure.py            # the full grid (a few minutes on 2 cores)
+    .venv/bin/python scripts/gpu_measure.py --limit 10 # a quick look
 
 For each configuration of a seeded grid, a reference decoder (agentd/gpu/torch_models.py)
 is built, and either trained for two steps (zero_grad(set_to_none) → forward → cross-entropy
@@ -31,17 +31,17 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
 
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
 
 from agentd.gpu.spec import ModelSpec, WorkloadSpec  # noqa: E402
 from agentd.gpu.torch_models import TinyDecoder, make_optimizer, prefill, train_step  # noqa: E402
+from agentd.paths import DATA_DIR  # noqa: E402
 
-OUT = HERE / "cpu_peaks.jsonl"
-OUT_CUDA = HERE / "cuda_peaks.jsonl"
+OUT = DATA_DIR / "gpu" / "cpu_peaks.jsonl"
+OUT_CUDA = DATA_DIR / "gpu" / "cuda_peaks.jsonl"
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -316,15 +316,20 @@ def main(argv=None) -> int:
     truth = ("gpu: torch.cuda max_memory_reserved + CUDA context (NVML process memory minus reserved); "
              "allocated_peak_bytes beside it" if args.device == "cuda"
              else "cpu: torch.profiler allocator Total Allocated (live tensor bytes)")
-    meta = {"_meta": {"made_by": "data/gpu/measure.py", "torch": torch.__version__, "device": args.device,
+    meta = {"_meta": {"made_by": "scripts/gpu_measure.py", "torch": torch.__version__, "device": args.device,
                       "ground_truth": truth,
                       "date": time.strftime("%Y-%m-%d", time.gmtime()), "configs": len(rows)}}
-    with open(args.out, "w") as f:
+    write_rows(args.out, meta, rows)
+    return 0
+
+
+def write_rows(path: Path, meta: dict, rows: list[dict]) -> None:
+    """The data file: the _meta line, then one row per line (sorted keys: stable diffs)."""
+    with open(path, "w") as f:
         f.write(json.dumps(meta) + "\n")
         for r in rows:
             f.write(json.dumps(r, sort_keys=True) + "\n")
-    print(f"wrote {len(rows)} rows to {args.out}")
-    return 0
+    print(f"wrote {len(rows)} rows to {path}")
 
 
 if __name__ == "__main__":

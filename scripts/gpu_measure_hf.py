@@ -1,14 +1,14 @@
 """Regenerate data/gpu/hf_peaks.jsonl: peak tensor bytes of real Hugging Face model code on the CPU.
 
-    .venv/bin/python data/gpu/measure_hf.py            # the whole grid (a few minutes on 2 cores)
-    .venv/bin/python data/gpu/measure_hf.py --limit 4  # a quick look
+    .venv/bin/python scripts/gpu_measure_hf.py            # the whole grid (a few minutes on 2 cores)
+    .venv/bin/python scripts/gpu_measure_hf.py --limit 4  # a quick look
 
 Each family's model class from `transformers` is built from a small config object with
 random weights (never from_pretrained: no network, no downloads), in fp32 or bf16, with each
 attention implementation transformers offers on the CPU (eager, sdpa). Train: two AdamW steps
 (zero_grad(set_to_none) -> forward with labels, the model's own loss -> backward -> step);
 infer: one no_grad prefill with use_cache=True and logits of the last position only, as
-generate() does. The peak is measured by data/gpu/measure.py's profiled_peak (the CPU
+generate() does. The peak is measured by scripts/gpu_measure.py's profiled_peak (the CPU
 allocator's live tensor bytes over step 2), the same method as cpu_peaks.jsonl.
 
 The estimator's input is what a user would give agentd: ModelSpec.from_hf_config on the
@@ -27,16 +27,17 @@ from dataclasses import asdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent.parent))
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))  # the repository root
+sys.path.insert(0, str(HERE))  # gpu_measure beside it
 
 import torch  # noqa: E402
 
 from agentd.gpu.spec import ModelSpec, WorkloadSpec  # noqa: E402
 from agentd.gpu.torch_models import make_optimizer  # noqa: E402
-from measure import TORCH_DTYPES, profiled_peak  # noqa: E402
+from agentd.paths import DATA_DIR  # noqa: E402
+from gpu_measure import TORCH_DTYPES, profiled_peak, write_rows  # noqa: E402
 
-OUT = HERE / "hf_peaks.jsonl"
+OUT = DATA_DIR / "gpu" / "hf_peaks.jsonl"
 HELDOUT_FAMILIES = ("gemma", "opt")
 BATCH, VOCAB = 2, 2048
 SIZES = {"s": 128, "m": 256}  # size -> sequence length; "m" doubles widths and layers of the configs below
@@ -166,17 +167,13 @@ def main(argv=None) -> int:
         print(f"{i + 1:3d}/{len(configs)} {fam:10s} {size} {dt} {mode:5s} {attn:5s} "
               f"peak={m['peak_bytes'] / 2**20:8.2f} MiB ({m['seconds']:.2f}s){' REFUSED' if refused else ''}",
               flush=True)
-    meta = {"_meta": {"made_by": "data/gpu/measure_hf.py", "torch": torch.__version__,
+    meta = {"_meta": {"made_by": "scripts/gpu_measure_hf.py", "torch": torch.__version__,
                       "transformers": transformers.__version__, "device": "cpu",
                       "ground_truth": "cpu: torch.profiler allocator Total Allocated (live tensor bytes), "
                                       "Hugging Face transformers model classes with random weights",
                       "heldout_families": list(HELDOUT_FAMILIES), "batch": BATCH, "seq_by_size": SIZES,
                       "date": time.strftime("%Y-%m-%d", time.gmtime()), "configs": len(rows)}}
-    with open(args.out, "w") as f:
-        f.write(json.dumps(meta) + "\n")
-        for r in rows:
-            f.write(json.dumps(r, sort_keys=True) + "\n")
-    print(f"wrote {len(rows)} rows to {args.out}")
+    write_rows(args.out, meta, rows)
     return 0
 
 
