@@ -22,8 +22,13 @@ ERROR_JOURNAL_EVERY_S = 60.0
 class KindHost:
     def __init__(self, kinds: list[Kind], *, driver, model: SharedModel, db: KindDatabase,
                  journal_emit: Callable[..., dict], clock: Callable[[], float],
-                 run_blocking: Callable[..., Any] | None = None, facts: dict | None = None):
+                 run_blocking: Callable[..., Any] | None = None, facts: dict | None = None,
+                 engine: Kind | None = None):
+        """`engine`: the tool-call engine (agentd.toolcalls.kind), the room whose model every
+        kind reads. It gets its context here like the others and is stopped after them;
+        the daemon calls its other hooks itself, first and not isolated (kind.py says why)."""
         self.kinds = kinds
+        self.engine = engine
         self.db = db
         self.journal_emit = journal_emit
         self.clock = clock
@@ -33,7 +38,7 @@ class KindHost:
         self._pending: deque = deque()
         self._dispatching = False
         self._quiet = False
-        for kind in kinds:
+        for kind in ([engine] if engine is not None else []) + list(kinds):
             prefix = kind.journal_prefix or kind.name
             state = db.view(kind.name)
             ctx = KindContext(name=kind.name, prefix=prefix, driver=driver, model=model, state=state,
@@ -42,8 +47,10 @@ class KindHost:
             if run_blocking is not None:
                 ctx.run_blocking = run_blocking
             self.contexts[kind.name] = ctx
-            self.reports[kind.name] = KindReport(kind.name)
             kind.attach(ctx)
+            if kind is engine:
+                continue
+            self.reports[kind.name] = KindReport(kind.name)
             check_commands(kind.name, kind.commands())
 
     # ------------------------------------------------------------------ dispatch
@@ -114,6 +121,8 @@ class KindHost:
     def stop(self, revert: bool = False) -> None:
         for kind in reversed(self.kinds):
             self._call(kind, "stop", revert)
+        if self.engine is not None:
+            self.engine.stop(revert)
 
     # ------------------------------------------------------------------ reads
     def commands(self) -> list[tuple[str, Command]]:
