@@ -25,6 +25,7 @@ from agentd.core.policies import PolicySet
 from agentd.core.store import Store
 from agentd.kinds.context import SharedModel
 from agentd.toolcalls.kind import ToolCallEngine
+from agentd.toolcalls.notes import PlacementNotes
 from agentd.toolcalls.results import ResultsDir, default_results_root
 from agentd.kinds.host import KindHost
 from agentd.kinds.registry import KINDS, KindEntry, load_kinds
@@ -112,8 +113,9 @@ class Daemon:
                                  "see the journal (policy.skipped)")
         self.parse_workers = ParseWorkers()  # API policy parsing, off the event loop
         # The tool-call engine: a room of its own that every kind reads (agentd/toolcalls/kind.py).
+        self.notes = PlacementNotes(config.state_dir / "placements.jsonl")
         self.engine = ToolCallEngine(self.driver, self.store, self.journal, self.policies.get, results=self.results,
-                                     all_policies=lambda: list(self.policies.policies.values()))
+                                     all_policies=lambda: list(self.policies.policies.values()), notes=self.notes)
         self.controller = DaemonController(self)
         self.driver.create(SharedModel.AGENTS)  # the layout's fixed parent, limited by the budget kind
         self.kind_db = KindDatabase(config.state_dir / "kinds.db")
@@ -286,6 +288,7 @@ class Daemon:
         self.store.close()
         self.kind_db.close()
         self.results.close()
+        self.notes.close()
         os.close(self._lock_fd)  # last: the state is consistent and closed
 
     def abort(self) -> None:
@@ -296,6 +299,7 @@ class Daemon:
         self.store.close()
         self.kind_db.close()
         self.results.close()
+        self.notes.close()
         os.close(self._lock_fd)
 
     def reload(self) -> None:

@@ -45,6 +45,7 @@ from agentd.toolcalls.actuators import Actuators
 from agentd.toolcalls.agents import AgentRegistry
 from agentd.toolcalls.ladder import Ladder
 from agentd.toolcalls.model import Agent, ToolCall
+from agentd.toolcalls.notes import PlacementNotes
 from agentd.toolcalls.placement import GatedPlacement
 from agentd.toolcalls.results import ResultsDir
 from agentd.tracking.backend import TrackerBackend
@@ -60,7 +61,8 @@ class ToolCallEngine(AgentRegistry, GatedPlacement, Ladder, Kind):
 
     def __init__(self, driver: CgroupDriver, store: Store, journal: Journal, policy_for: Callable[[str], Policy],
                  tracker: TrackerBackend | None = None, results: ResultsDir | None = None,
-                 clock: Callable[[], float] = time.time, all_policies: Callable[[], list[Policy]] = list):
+                 clock: Callable[[], float] = time.time, all_policies: Callable[[], list[Policy]] = list,
+                 notes: PlacementNotes | None = None):
         self.driver = driver
         self.act = Actuators(driver)
         self.v1 = driver.kind == "hybrid"
@@ -70,6 +72,7 @@ class ToolCallEngine(AgentRegistry, GatedPlacement, Ladder, Kind):
         self.all_policies = all_policies  # for agent rules
         self.tracker = tracker
         self.results = results  # where agents find a result file per tool call; None: no files
+        self.notes = notes  # placements made durable before SIGCONT (notes.py); None: none kept
         self.clock = clock  # decisions' clock (wall time: records and the ladder's grace); injectable
         self.saved = None  # KindState (attach): the runtimes' oom_score_adj from before registration
         self.agents: dict[str, Agent] = {}
@@ -130,6 +133,8 @@ class ToolCallEngine(AgentRegistry, GatedPlacement, Ladder, Kind):
 
     def on_tick(self, now: float) -> None:
         self.tick()  # the engine's own clock (self.clock), so a test's fake clock drives the ladder
+        if self.notes is not None:
+            self.notes.rotate_if_large()
 
     def on_policy(self, sections: dict) -> int:
         """The policy set changed: live tool calls get the limits it now gives them. The

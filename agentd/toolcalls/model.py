@@ -19,7 +19,7 @@ from agentd.core.procinfo import ProcInfo
 from agentd.api.units import format_size
 from agentd.toolcalls.escalation import LadderState, Sample, v2_grant_target
 from agentd.toolcalls.policy import ResourceLimits
-from agentd.toolcalls.rules import Intent, Resolved
+from agentd.toolcalls.rules import Clip, Intent, Resolved
 
 # The kernel's OOM killer must take a tool call before an agent's runtime (its LLM loop):
 # runtimes get RUNTIME_OOM_SCORE_ADJ (killable only as a last resort; lowering needs
@@ -236,3 +236,20 @@ def result_of(tc: ToolCall, retry: dict | None) -> dict:
     """The structured result an agent reads from its results directory."""
     return {"tool_call": tc.id, "pid": tc.pid, "outcome": tc.outcome, "reason": tc.reason, "peak_bytes": tc.peak_bytes,
             "limits": tc.resolved.limits.to_json(), "exit_code": tc.exit_code, "retry_with": retry}
+
+
+def placement_note(agent: str, seq: int, name: str, rel: str, pid: int, start: int, started: float, resolved: Resolved,
+                   intent: Intent | None, priority: str) -> dict:
+    """What placement decided, for agentd.toolcalls.notes (written before the SIGCONT)."""
+    return {"id": toolcall_id(agent, seq, name), "agent": agent, "seq": seq, "name": name, "cgroup": rel, "pid": pid,
+            "start": start, "started": started, "rule": resolved.rule, "limits": resolved.limits.to_json(),
+            "clips": [c.to_json() for c in resolved.clips], "intent": intent.to_json() if intent else None,
+            "priority": priority}
+
+
+def toolcall_from_note(note: dict, argv: list[str], comm: str = "", exe: str | None = None) -> ToolCall:
+    """The record placement would have written, rebuilt from its note (re-adoption)."""
+    resolved = Resolved(ResourceLimits(**note["limits"]), note["rule"], tuple(Clip(**c) for c in note["clips"]))
+    return ToolCall(note["id"], note["agent"], note["seq"], note["name"], note["cgroup"], note["pid"], argv, note["started"],
+                    resolved, Intent(**note["intent"]) if note["intent"] else None, LadderState(started=note["started"]),
+                    priority=note["priority"], comm=comm, exe=exe)

@@ -134,6 +134,10 @@ class GatedPlacement:
             marks.append(clock())
             oom_score_adj(pid, model.toolcall_oom_score_adj(priority))
             marks.append(clock())
+            if moved and self.notes is not None:  # durable before it runs (notes.py)
+                self.notes.write(model.placement_note(agent.name, seq, name, rel, pid, info.start, now, resolved,
+                                                      intent, priority))
+            marks.append(clock())
         finally:
             if gated:
                 cont_ns = clock()
@@ -143,7 +147,7 @@ class GatedPlacement:
             self._refill_spare(rel, limits)
         full_us = (cont_ns - exec_ns) / 1e3 if gated and exec_ns and cont_ns > exec_ns else None
         steps_us = {step: (b - a) / 1e3 for step, a, b in
-                    zip(("policy", "mkdir", "limits", "move", "oom_adj"), [t_start, *marks], marks)}
+                    zip(("policy", "mkdir", "limits", "move", "oom_adj", "note"), [t_start, *marks], marks)}
         if not moved:
             self.act.remove(rel)
         return Placement(agent=agent.name, pid=pid, info=info, intent=intent, intent_error=intent_error, name=name,

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 
 from agentd.cgroups import fs
 from agentd.cgroups.driver import CgroupError
-from agentd.core.procinfo import alive, is_stopped
+from agentd.core.procinfo import alive, is_stopped, read_proc
 from agentd.policy.schema import ResourceLimits
 from agentd.toolcalls.escalation import LadderState
-from agentd.toolcalls.model import Agent, ToolCall
+from agentd.toolcalls.model import Agent, ToolCall, toolcall_from_note
 from agentd.toolcalls.rules import Clip, Intent, Resolved, resolve_limits
 from agentd.tracking import procfs
 
@@ -34,7 +34,7 @@ def readopt(engine: "ToolCallEngine") -> dict:
     check them against the kernel, and leave nothing stopped, frozen or orphaned."""
     counts = {"agents": 0, "toolcalls": 0, "finished_while_down": 0, "orphan_cgroups": 0, "released": 0,
               "adopted_unplaced": 0, "agents_ended": 0,
-              "held": 0, "kills_resumed": 0, "thawed_unrecorded": 0, "limits_updated": 0}
+              "held": 0, "kills_resumed": 0, "thawed_unrecorded": 0, "limits_updated": 0, "records_restored": 0}
     driver = engine.driver
     for rec in engine.store.agents(live_only=True):
         agent = Agent(**{k: rec[k] for k in ("name", "uid", "main_pid", "main_start", "policy", "cgroup", "next_seq", "state", "created", "ended")})
@@ -62,6 +62,7 @@ def readopt(engine: "ToolCallEngine") -> dict:
         counts["toolcalls"] += 1
         _close_gap(engine, tc, counts)
     busy: list[str] = []
+    notes: dict[str, dict] | None = None  # read once, only if a populated tool cgroup has no record
     for agent in list(engine.agents.values()):
         known = {tc.cgroup for tc in engine.toolcalls.values() if tc.agent == agent.name}
         tools = f"{agent.cgroup}/tools"
@@ -79,12 +80,19 @@ def readopt(engine: "ToolCallEngine") -> dict:
                     # and v2 moves. It runs in the runtime, is placed anew below, then this goes.
                     busy.append(rel)
                 continue
-            # Created just before the crash, record not yet written: adopt it as it is.
-            seq_text, _, name = child.partition("-")
-            now = engine.clock()
-            policy = engine.policy_for(agent.policy)
-            tc = ToolCall(f"{agent.name}/{child}", agent.name, int(seq_text) if seq_text.isdigit() else 0, name or child, rel,
-                          pids[0], [], now, resolve_limits(policy, None, None), None, LadderState(started=now))
+            # Placed just before the crash, its record not yet in the store: rebuilt from the
+            # note placement wrote before the SIGCONT, else adopted as it is.
+            if notes is None:
+                notes = engine.notes.by_cgroup() if engine.notes is not None else {}
+            tc = _from_note(notes.get(rel), agent, pids)
+            if tc is not None:
+                counts["records_restored"] += 1
+            else:
+                seq_text, _, name = child.partition("-")
+                now = engine.clock()
+                policy = engine.policy_for(agent.policy)
+                tc = ToolCall(f"{agent.name}/{child}", agent.name, int(seq_text) if seq_text.isdigit() else 0, name or child,
+                              rel, pids[0], [], now, resolve_limits(policy, None, None), None, LadderState(started=now))
             driver.thaw(rel)
             for pid in pids:  # moved, then the old daemon died before its SIGCONT (and the guard with it)
                 if is_stopped(pid):
@@ -132,6 +140,20 @@ def _place(engine: "ToolCallEngine", agent: Agent, pid: int, *, gated: bool) -> 
                              "it runs on in the agent's runtime", level="error", agent=agent.name, pid=pid)
         if gated:
             engine.release(pid)
+
+
+def _from_note(note: dict | None, agent: Agent, pids: list[int]) -> ToolCall | None:
+    """The record placement would have written, if its note names this agent and a leader
+    still in the cgroup that is the very process placed (pid and start time)."""
+    if not note or note.get("agent") != agent.name or note.get("pid") not in pids:
+        return None
+    info = read_proc(note["pid"])
+    if info is None or info.start != note.get("start"):
+        return None
+    try:
+        return toolcall_from_note(note, info.argv, info.comm, info.exe)
+    except (KeyError, TypeError, ValueError):
+        return None  # not a note this daemon wrote
 
 
 def _remove_partial(driver, tools: str) -> int:
