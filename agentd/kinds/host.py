@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable
 
 from agentd.kinds.changes import ChangeLog
 from agentd.kinds.context import KindContext, SharedModel
-from agentd.kinds.contract import Command, Kind, KindReport, check_commands
+from agentd.kinds.contract import Command, Kind, KindReport, check_commands, check_kind
 from agentd.kinds.state import KindDatabase
 
 log = logging.getLogger("agentd")
@@ -49,6 +49,7 @@ class KindHost:
             self.contexts[kind.name] = ctx
             kind.attach(ctx)
             if kind is engine:
+                check_kind(engine)
                 continue
             self.reports[kind.name] = KindReport(kind.name)
             check_commands(kind.name, kind.commands())

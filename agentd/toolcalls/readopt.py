@@ -40,8 +40,8 @@ def readopt(engine: "ToolCallEngine") -> dict:
         agent = Agent(**{k: rec[k] for k in ("name", "uid", "main_pid", "main_start", "policy", "cgroup", "next_seq", "state", "created", "ended")})
         runtime = f"{agent.cgroup}/runtime"
         if not driver.exists(runtime):
-            driver.create(runtime)
-            driver.create(f"{agent.cgroup}/tools")
+            engine.act.create(runtime)
+            engine.act.create(f"{agent.cgroup}/tools")
         agent.next_seq = max(agent.next_seq, engine.store.max_seq(agent.name) + 1)  # next_seq is not written per tool call
         engine.adopt_agent(agent)
         counts["agents"] += 1
@@ -74,7 +74,7 @@ def readopt(engine: "ToolCallEngine") -> dict:
             pids = driver.procs(rel)
             if not pids:
                 try:
-                    driver.remove(rel)
+                    engine.act.remove(rel)
                 except (CgroupError, OSError):
                     # A process still in its v1 dirs: the old daemon died between the v1
                     # and v2 moves. It runs in the runtime, is placed anew below, then this goes.
@@ -93,7 +93,7 @@ def readopt(engine: "ToolCallEngine") -> dict:
                 policy = engine.policy_for(agent.policy)
                 tc = ToolCall(f"{agent.name}/{child}", agent.name, int(seq_text) if seq_text.isdigit() else 0, name or child,
                               rel, pids[0], [], now, resolve_limits(policy, None, None), None, LadderState(started=now))
-            driver.thaw(rel)
+            engine.act.thaw(rel)
             for pid in pids:  # moved, then the old daemon died before its SIGCONT (and the guard with it)
                 if is_stopped(pid):
                     engine.release(pid)
@@ -121,7 +121,7 @@ def readopt(engine: "ToolCallEngine") -> dict:
             engine.end_agent(agent, "its main process exited while agentd was down")
     for rel in busy:
         try:
-            driver.remove(rel)
+            engine.act.remove(rel)
         except (CgroupError, OSError) as exc:
             engine.journal.emit("cgroup.error", f"could not remove {rel} at re-adoption: {exc}", level="warn")
     engine.update_gate()
@@ -184,15 +184,14 @@ def _execd(pid: int, main_exe: str | None, main_argv: list[str] | None) -> bool:
 
 def _close_gap(engine: "ToolCallEngine", tc: ToolCall, counts: dict) -> None:
     """The kernel state of a re-adopted tool call against its record (see the module doc)."""
-    driver = engine.driver
     if tc.ladder.stage == "killed":
         counts["kills_resumed"] += 1
-        driver.kill(tc.cgroup)  # the tick then finishes it once its cgroup is empty
+        engine.act.kill(tc.cgroup)  # the tick then finishes it once its cgroup is empty
     elif tc.ladder.stage == "frozen":
         counts["held"] += 1  # the ladder resumes: thaw on relief, kill when its grace runs out
     elif _freeze_requested(engine, tc.cgroup):
         counts["thawed_unrecorded"] += 1
-        driver.thaw(tc.cgroup)
+        engine.act.thaw(tc.cgroup)
 
 
 def _freeze_requested(engine: "ToolCallEngine", rel: str) -> bool:
