@@ -135,7 +135,7 @@ class Daemon:
         self._load_tracker()
         self.engine.tree.seed_from_proc()  # the process tree the events then keep current
         t0 = time.monotonic()
-        self.readopt_counts = self.engine.readopt()  # first: the other kinds read what it takes back
+        self.readopt_counts = self.kinds.readopt_engine()  # first: the other kinds read what it takes back
         self.kinds.on_policy(self.policies.policies.values())
         self.kind_readopt = self.kinds.readopt()
         self.readopt_ms = (time.monotonic() - t0) * 1000
@@ -242,10 +242,9 @@ class Daemon:
 
     def _on_event(self, ev) -> None:
         try:
-            self.engine.on_event(ev)
+            self.kinds.on_kernel_event(ev)  # the engine, then the kinds (isolated from each other)
         except Exception:
             log.exception("error while handling %s", ev)
-        self.kinds.on_event(ev)
 
     async def _ticker(self) -> None:
         from agentd.sdnotify import watchdog_interval
@@ -255,10 +254,9 @@ class Daemon:
         last_watchdog = 0.0
         while True:
             try:
-                self.engine.on_tick(time.time())
+                self.kinds.on_tick(time.time())  # the engine's tick, then the kinds'
             except Exception:
                 log.exception("error in the tick")
-            self.kinds.on_tick(time.time())
             now = time.monotonic()
             if now - last_watchdog > every:
                 self._notify("WATCHDOG=1", f"STATUS={self._status_line()}")
@@ -316,8 +314,7 @@ class Daemon:
 
     def policies_changed(self) -> int:
         """The policy set changed (reload, apply): tool calls get new limits, kinds new sections."""
-        changed = self.engine.on_policy({})
-        self.kinds.on_policy(self.policies.policies.values())
+        changed = self.kinds.on_policy(self.policies.policies.values())  # the engine first
         return changed
 
     # ------------------------------------------------------------------ cooperative launch

@@ -6,17 +6,20 @@ Why a special room, not one more line in agentd.kinds.registry.KINDS:
 - every other kind reads the model this one keeps (KindContext.model is built from it), so
   it exists before them, whatever kinds a daemon is configured with (config.kinds may be any
   subset, a test's probe kind alone), and it is stopped after them;
+- its order matters: its hooks run first (re-adoption before the others get their
+  sections; its tick settles tool calls before the budget looks at them; its view of an
+  event before theirs);
 - its hooks are not isolated the way KindHost isolates the others': a half-updated model
   is not something the others can go on from, so its failures reach the daemon as before
-  (re-adoption that fails stops start-up; a failing tick or event is logged);
-- its order matters: the daemon calls its hook first (the tick settles tool calls before the
-  budget looks at them; re-adoption happens before the other kinds' sections arrive);
+  (re-adoption that fails stops start-up; a failing tick or event is logged there);
 - the daemon hands it what no kind context carries: the store of agent and tool-call
   records, the journal, the policy set (it reads whole policies: priority, agents, agent,
-  toolcalls), the results directory and the tracker.
-So the daemon builds it (ToolCallEngine(...)), attaches it through KindHost(engine=...) with
-a KindContext like the others' (its persisted state, the clock, run_blocking) and calls its
-hooks itself. Its placement hook for gated execs runs on the tracker's thread (placement.py).
+  toolcalls), the results directory, the placement notes and the tracker.
+So the daemon builds it (ToolCallEngine(...)) and hands it to KindHost(engine=...), which
+attaches it with a KindContext like the others' and calls the same hooks (readopt_engine,
+on_policy, on_kernel_event, on_tick, stop) in that order. The one hook outside the host is
+gated placement, on the tracker's thread (placement.py says why: latency). Its status and
+metrics stay the daemon's top-level `counters`, `tracker` and `agentd_<counter>_total`.
 
 The parts: agents.py (registry, names, identity), placement.py (gated placement),
 ladder.py (the ladder carried out, endings, re-evaluation), readopt.py (after a restart),
