@@ -122,15 +122,15 @@ async def _run(as_json: bool, tracker: str, trace: str | None, speed: float, out
         agent_exit = proc.returncode
         pump.join(timeout=2)
         deadline = time.monotonic() + 10
-        while daemon.manager.toolcalls and time.monotonic() < deadline:
+        while daemon.engine.toolcalls and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         await asyncio.sleep(0.3)  # the agent's exit reaches the tick
     finally:
         records = daemon.store.toolcalls(agent=AGENT_NAME)
         status = daemon.status()
-        for agent in list(daemon.manager.agents.values()):
+        for agent in list(daemon.engine.agents.values()):
             if agent.state == "live":
-                daemon.manager.end_agent(agent, "the demo is over")
+                daemon.engine.end_agent(agent, "the demo is over")
         await daemon.stop()
         try:
             daemon.driver.remove("")

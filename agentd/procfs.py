@@ -33,6 +33,7 @@ LIMITS = {
     "cgroup": 64 << 10,
     "maps": 16 << 20,
     "numa_maps": 16 << 20,
+    "oom_score_adj": 16,
 }
 ARGV_MAX_ARGS = 256  # argv kept per process (ProcInfo): what policy rules match against
 ARGV_MAX_CHARS = 4096  # per argument
@@ -309,6 +310,14 @@ def alive(pid: int, start: int, root: str = PROC) -> bool:
     """pid still runs the process that started at `start` (not a reused pid)."""
     info = read_proc(pid, root)
     return info is not None and info.start == start
+
+
+def read_oom_score_adj(pid: int, root: str = PROC) -> int | None:
+    text = read_text(pid, "oom_score_adj", root)
+    try:
+        return int(text.strip()) if text is not None else None
+    except ValueError:
+        return None
 
 
 def set_oom_score_adj(pid: int, value: int, root: str = PROC) -> bool | None:

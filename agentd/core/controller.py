@@ -1,5 +1,5 @@
 """The daemon's command set behind the API (agentd.api.contract.Controller): thin methods
-over the Manager and the PolicySet that validate input and raise ApiError with stable codes.
+over the tool-call engine and the PolicySet that validate input and raise ApiError with stable codes.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 
 from agentd.api.contract import ApiError
 from agentd.cgroups import layout
-from agentd.core.manager import NameTaken
-from agentd.core.toolcall_rules import IntentInvalid, parse_intent
 from agentd.policy.loader import PolicyInvalid
 from agentd.policy.parse_worker import ParseTimeout
 from agentd.policy.problems import Problem
 from agentd.policy.schema import valid_name
+from agentd.toolcalls.agents import NameTaken
+from agentd.toolcalls.rules import IntentInvalid, parse_intent
 
 if TYPE_CHECKING:
     from agentd.core.daemon import Daemon
@@ -32,7 +32,7 @@ class DaemonController:
 
     @property
     def m(self):
-        return self.d.manager
+        return self.d.engine
 
     # ------------------------------------------------------------------ reads
     def status(self) -> dict:
@@ -71,7 +71,7 @@ class DaemonController:
         return {"tool_call": tc, "decisions": events}
 
     def metrics(self) -> dict[str, float]:
-        out: dict[str, float] = {f"agentd_{k}_total": float(v) for k, v in self.m.counters.items()}
+        out: dict[str, float] = {f"agentd_{k}": v for k, v in self.m.metrics().items()}
         out["agentd_agents_live"] = float(sum(1 for a in self.m.agents.values() if a.state == "live"))
         out["agentd_toolcalls_live"] = float(len(self.m.toolcalls))
         out["agentd_tracker_events_lost_total"] = float(self.d.tracker.lost_events()) if self.d.tracker else 0.0

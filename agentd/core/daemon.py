@@ -21,14 +21,12 @@ from agentd.core import capabilities
 from agentd.core.controller import DaemonController
 from agentd.core.journal import Journal
 from agentd.policy.parse_worker import ParseWorkers
-from agentd.core.manager import Manager
-from agentd.procfs import is_stopped
-from agentd.core.readopt import readopt
-from agentd.core.results import ResultsDir, default_results_root
 from agentd.core.statedir import open_state_dir
 from agentd.core.policies import PolicySet
 from agentd.core.store import Store
-from agentd.kinds.context import SharedModel
+from agentd.toolcalls.kind import ToolCallEngine
+from agentd.toolcalls.notes import PlacementNotes
+from agentd.toolcalls.results import ResultsDir, default_results_root
 from agentd.kinds.host import KindHost
 from agentd.kinds.registry import KINDS, KindEntry, load_kinds
 from agentd.kinds.state import KindDatabase
@@ -114,16 +112,15 @@ class Daemon:
             self.degraded.append(f"policies: {len(self.policies.skipped)} problem(s) in the policy directory; "
                                  "see the journal (policy.skipped)")
         self.parse_workers = ParseWorkers()  # API policy parsing, off the event loop
-        self.manager = Manager(self.driver, self.store, self.journal, self.policies.get, results=self.results,
-                               all_policies=lambda: list(self.policies.policies.values()))
+        # The tool-call engine: a room of its own that every kind reads (agentd/toolcalls/kind.py).
+        self.notes = PlacementNotes(config.state_dir / "placements.jsonl")
+        self.engine = ToolCallEngine(self.driver, self.store, self.journal, self.policies.get, results=self.results,
+                                     all_policies=lambda: list(self.policies.policies.values()), notes=self.notes)
         self.controller = DaemonController(self)
         self.driver.create(layout.AGENTS)  # the layout's fixed parent, limited by the budget kind
         self.kind_db = KindDatabase(config.state_dir / "kinds.db")
-        model = SharedModel(agents=lambda: self.manager.agents, toolcalls=lambda: self.manager.toolcalls,
-                            tree=self.manager.tree, agent_of_pid=self.manager.agent_of_pid,
-                            agent_priority=self.manager.agent_priority, end_toolcall=self.manager.end_toolcall,
-                            end_agent_runtime=self.manager.end_agent_runtime)
-        self.kinds = KindHost(load_kinds(config.kinds), driver=self.driver, model=model, db=self.kind_db,
+        self.kinds = KindHost(load_kinds(config.kinds), engine=self.engine, driver=self.driver,
+                              model=self.engine.shared_model(), db=self.kind_db,
                               journal_emit=self.journal.emit, clock=time.time, run_blocking=self._run_in_thread,
                               facts={"cgroup_driver": features.kind, "swap": features.swap,
                                      "host_memory_max": config.host_memory_max})
@@ -136,9 +133,9 @@ class Daemon:
         # Compile the tracker first (seconds): re-adoption then runs right before the exec
         # gate opens, so the window in which an agent's exec is not gated is milliseconds.
         self._load_tracker()
-        self.manager.tree.seed_from_proc()  # the process tree the events then keep current
+        self.engine.tree.seed_from_proc()  # the process tree the events then keep current
         t0 = time.monotonic()
-        self.readopt_counts = readopt(self.manager)
+        self.readopt_counts = self.kinds.readopt_engine()  # first: the other kinds read what it takes back
         self.kinds.on_policy(self.policies.policies.values())
         self.kind_readopt = self.kinds.readopt()
         self.readopt_ms = (time.monotonic() - t0) * 1000
@@ -146,7 +143,7 @@ class Daemon:
             self.journal.emit("daemon.readopted", f"re-adopted {self.readopt_counts['agents']} agents and "
                               f"{self.readopt_counts['toolcalls']} tool calls in {self.readopt_ms:.0f} ms", **self.readopt_counts,
                               readopt_ms=round(self.readopt_ms, 2))
-        self.manager.run_blocking = self._run_in_thread
+        self.engine.run_blocking = self._run_in_thread
         self._start_tracker()
         self._probe_gpu()
         if self.config.api:
@@ -186,14 +183,14 @@ class Daemon:
     def _start_tracker(self) -> None:
         if self.tracker is None:
             return
-        self.manager.tracker = self.tracker
+        self.engine.tracker = self.tracker
         loop = self.loop
 
         def hand_over(ev) -> None:
             # A gated exec is placed right here on the tracker's thread: waiting for the
             # loop would keep it stopped behind whatever the loop is doing.
             if ev.gated and ev.kind == ProcEventKind.EXEC:
-                placement = self.manager.place_gated(ev)
+                placement = self.engine.place_gated(ev)
                 if placement is not None and not loop.is_closed():
                     loop.call_soon_threadsafe(self._on_placed, placement)
                 return
@@ -201,7 +198,7 @@ class Daemon:
                 loop.call_soon_threadsafe(self._on_event, ev)
 
         self.tracker.start(hand_over)
-        self.manager._update_gate()
+        self.engine.update_gate()
 
     def _probe_gpu(self) -> None:
         if not self.config.gpu:
@@ -240,16 +237,15 @@ class Daemon:
 
     def _on_placed(self, placement) -> None:
         try:
-            self.manager.record_placement(placement)
+            self.engine.record_placement(placement)
         except Exception:
             log.exception("error while recording the placement of pid %s", placement.pid)
 
     def _on_event(self, ev) -> None:
         try:
-            self.manager.on_event(ev)
+            self.kinds.on_kernel_event(ev)  # the engine, then the kinds (isolated from each other)
         except Exception:
             log.exception("error while handling %s", ev)
-        self.kinds.on_event(ev)
 
     async def _ticker(self) -> None:
         from agentd.sdnotify import watchdog_interval
@@ -259,10 +255,9 @@ class Daemon:
         last_watchdog = 0.0
         while True:
             try:
-                self.manager.tick()
+                self.kinds.on_tick(time.time())  # the engine's tick, then the kinds'
             except Exception:
                 log.exception("error in the tick")
-            self.kinds.on_tick(time.time())
             now = time.monotonic()
             if now - last_watchdog > every:
                 self._notify("WATCHDOG=1", f"STATUS={self._status_line()}")
@@ -285,21 +280,14 @@ class Daemon:
             self.tracker.stop()
         if self._gpu_thread is not None:
             self._gpu_thread.stop()
-        # A gated exec still waiting for placement must not stay stopped without us.
-        for agent in self.manager.agents.values():
-            for pid in self.driver.procs(layout.runtime_rel(agent.name)) if agent.state == "live" else []:
-                if is_stopped(pid):
-                    try:
-                        os.kill(pid, signal.SIGCONT)
-                    except ProcessLookupError:
-                        pass
-        self.kinds.stop(revert=False)
+        self.kinds.stop(revert=False)  # the other kinds, then the engine (a gated exec must not stay stopped)
         await self.parse_workers.close()
         self.journal.emit("daemon.stopped", "agentd stopped; managed agents keep running and will be re-adopted at the next start")
         self.journal.close()
         self.store.close()
         self.kind_db.close()
         self.results.close()
+        self.notes.close()
         os.close(self._lock_fd)  # last: the state is consistent and closed
 
     def abort(self) -> None:
@@ -310,6 +298,7 @@ class Daemon:
         self.store.close()
         self.kind_db.close()
         self.results.close()
+        self.notes.close()
         os.close(self._lock_fd)
 
     def reload(self) -> None:
@@ -326,15 +315,14 @@ class Daemon:
 
     def policies_changed(self) -> int:
         """The policy set changed (reload, apply): tool calls get new limits, kinds new sections."""
-        changed = self.manager.reevaluate()
-        self.kinds.on_policy(self.policies.policies.values())
+        changed = self.kinds.on_policy(self.policies.policies.values())  # the engine first
         return changed
 
     # ------------------------------------------------------------------ cooperative launch
     def launch_agent(self, argv: list[str], name: str, *, policy: str | None = None, env: dict | None = None,
                      stdout=None, stderr=None) -> subprocess.Popen:
         """Start an agent already inside its runtime cgroup (placed before exec: no race)."""
-        runtime = self.manager.prepare_agent_cgroup(name)
+        runtime = self.engine.prepare_agent_cgroup(name)
         driver = self.driver
 
         def place_self() -> None:
@@ -344,24 +332,24 @@ class Daemon:
         child_env["AGENTD_RESULTS_DIR"] = str(self.results.agent_path(name))
         child_env["AGENTD_SOCKET"] = str(self.config.socket_path)
         proc = subprocess.Popen(argv, env=child_env, preexec_fn=place_self, stdout=stdout, stderr=stderr)
-        self.manager.register_agent(proc.pid, os.getuid(), name, policy)
+        self.engine.register_agent(proc.pid, os.getuid(), name, policy)
         return proc
 
     # ------------------------------------------------------------------ status
     def _status_line(self) -> str:
-        live = sum(1 for a in self.manager.agents.values() if a.state == "live")
-        return f"{live} agents, {len(self.manager.toolcalls)} tool calls live"
+        live = sum(1 for a in self.engine.agents.values() if a.state == "live")
+        return f"{live} agents, {len(self.engine.toolcalls)} tool calls live"
 
     def status(self) -> dict:
         f = self.driver.features()
-        gated = self.manager.placement_us
+        gated = self.engine.placement_us
         ordered = sorted(gated)
         return {
             "version": __version__,
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started, 1),
             "lines": list(self.lines.values()),  # one line per subsystem: what runs, what is missing and why
-            "degraded": self.degraded + ([OOM_SHIELD_LINE] if self.manager.runtime_shield_refused else [])
+            "degraded": self.degraded + ([OOM_SHIELD_LINE] if self.engine.runtime_shield_refused else [])
             + self.kinds.degraded(),
             "cgroups": {"driver": f.kind, "features": {k: v for k, v in f.__dict__.items() if isinstance(v, bool)},
                         "missing": f.missing},
@@ -371,13 +359,13 @@ class Daemon:
                         "placement_p50_us": round(ordered[len(ordered) // 2], 1) if ordered else None,
                         "placement_p99_us": round(ordered[int(len(ordered) * 0.99)], 1) if ordered else None,
                         "placement_max_us": round(ordered[-1], 1) if ordered else None,
-                        **_full_path_stats(self.manager)},
+                        **_full_path_stats(self.engine)},
             "gpu": {"available": self.gpu is not None, "line": self.lines.get("gpu", ""),
                     "snapshot": self.gpu_snapshot.to_json() if self.gpu_snapshot is not None else None},
             "policies": sorted(self.policies.policies),
-            "agents_live": sum(1 for a in self.manager.agents.values() if a.state == "live"),
-            "toolcalls_live": len(self.manager.toolcalls),
-            "counters": dict(self.manager.counters),
+            "agents_live": sum(1 for a in self.engine.agents.values() if a.state == "live"),
+            "toolcalls_live": len(self.engine.toolcalls),
+            "counters": dict(self.engine.counters),
             "readopt": {**self.readopt_counts, "ms": round(self.readopt_ms, 2)},
             "socket": str(self.config.socket_path),
             "capabilities": {k: v for k, v in self.capabilities.items() if k != "line"},
@@ -423,11 +411,11 @@ def _pct(values, q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(len(ordered) * q))], 1) if ordered else None
 
 
-def _full_path_stats(manager) -> dict:
+def _full_path_stats(engine) -> dict:
     """Gated placements from the exec tracepoint's kernel timestamp to SIGCONT, and the
     p50/p99 of each step of place() (the daemon's own clock), for the overhead benchmark."""
-    full = manager.placement_full_us
+    full = engine.placement_full_us
     return {"placement_full_count": len(full), "placement_p50_us_full": _pct(full, 0.5),
             "placement_p99_us_full": _pct(full, 0.99), "placement_max_us_full": _pct(full, 1.0),
             "placement_steps_us": {step: {"p50": _pct(v, 0.5), "p99": _pct(v, 0.99)}
-                                   for step, v in manager.placement_steps_us.items()}}
+                                   for step, v in engine.placement_steps_us.items()}}

@@ -10,7 +10,7 @@ Kinds read the daemon's shared model (`KindContext.model`: agents, tool calls, t
 cgroups, the process tree) and the journal's events; they never import each other.
 
 Tool-call placement is the exception that proves the rule: a gated exec is placed on the
-tracker's thread (`Manager.place_gated`), because the exec stays stopped until it is done
+tracker's thread (`agentd.toolcalls.placement`), because the exec stays stopped until it is done
 and a hop through the event loop would add the loop's latency to every tool call.
 """
 

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable
 
 from agentd.kinds.changes import ChangeLog
 from agentd.kinds.context import KindContext, SharedModel
-from agentd.kinds.contract import Command, Kind, KindReport, check_commands
+from agentd.kinds.contract import Command, Kind, KindReport, check_commands, check_kind
 from agentd.kinds.state import KindDatabase
 
 log = logging.getLogger("agentd")
@@ -22,8 +22,15 @@ ERROR_JOURNAL_EVERY_S = 60.0
 class KindHost:
     def __init__(self, kinds: list[Kind], *, driver, model: SharedModel, db: KindDatabase,
                  journal_emit: Callable[..., dict], clock: Callable[[], float],
-                 run_blocking: Callable[..., Any] | None = None, facts: dict | None = None):
+                 run_blocking: Callable[..., Any] | None = None, facts: dict | None = None,
+                 engine: Kind | None = None):
+        """`engine`: the tool-call engine (agentd.toolcalls.kind), the room whose model every
+        kind reads. It gets its context here like the others, and the same hooks: first
+        (re-adopted before the others get their sections, its tick and events before
+        theirs), stopped last, and not isolated: its failures reach the daemon (kind.py
+        says why). Its gated placement is the one hook on the tracker's thread."""
         self.kinds = kinds
+        self.engine = engine
         self.db = db
         self.journal_emit = journal_emit
         self.clock = clock
@@ -33,7 +40,7 @@ class KindHost:
         self._pending: deque = deque()
         self._dispatching = False
         self._quiet = False
-        for kind in kinds:
+        for kind in ([engine] if engine is not None else []) + list(kinds):
             prefix = kind.journal_prefix or kind.name
             state = db.view(kind.name)
             ctx = KindContext(name=kind.name, prefix=prefix, driver=driver, model=model, state=state,
@@ -42,8 +49,11 @@ class KindHost:
             if run_blocking is not None:
                 ctx.run_blocking = run_blocking
             self.contexts[kind.name] = ctx
-            self.reports[kind.name] = KindReport(kind.name)
             kind.attach(ctx)
+            if kind is engine:
+                check_kind(engine)
+                continue
+            self.reports[kind.name] = KindReport(kind.name)
             check_commands(kind.name, kind.commands())
 
     # ------------------------------------------------------------------ dispatch
@@ -70,13 +80,23 @@ class KindHost:
                     self._quiet = False
             return None
 
-    def on_policy(self, policies: Iterable[Any]) -> None:
-        """Hand each kind its section from every policy in force ({policy name: section})."""
+    def on_policy(self, policies: Iterable[Any]) -> int:
+        """Hand each kind its section from every policy in force ({policy name: section}),
+        the engine first (its `toolcalls`). Returns how many live tool calls got new limits."""
         policies = list(policies)
+        changed = 0
+        if self.engine is not None:
+            changed = self.engine.on_policy({p.name: p.toolcalls for p in policies}) or 0
         for kind in self.kinds:
             sections = {p.name: p.sections[kind.name] for p in policies
                         if kind.name in (getattr(p, "sections", None) or {})}
             self._call(kind, "on_policy", sections)
+        return changed
+
+    def readopt_engine(self) -> dict[str, int]:
+        """Re-adoption of agents and tool calls, before the other kinds get their sections
+        and re-adopt (they read what it takes back). A failure stops start-up."""
+        return dict(self.engine.readopt()) if self.engine is not None else {}
 
     def readopt(self) -> dict[str, dict[str, int]]:
         out = {}
@@ -103,17 +123,34 @@ class KindHost:
         finally:
             self._dispatching = False
 
+    def on_kernel_event(self, event: Any) -> None:
+        """A tracker event: the engine's model first (the process tree, tool calls), then
+        the kinds, who see it even when the engine failed on it (the failure then reaches
+        the daemon, which logs it)."""
+        try:
+            if self.engine is not None:
+                self.engine.on_event(event)
+        finally:
+            self.on_event(event)
+
     def on_sample(self, snapshot: Any) -> None:
         for kind in self.kinds:
             self._call(kind, "on_sample", snapshot)
 
     def on_tick(self, now: float) -> None:
-        for kind in self.kinds:
-            self._call(kind, "on_tick", now)
+        """The engine's tick first (tool calls settled before the budget looks at them)."""
+        try:
+            if self.engine is not None:
+                self.engine.on_tick(now)
+        finally:
+            for kind in self.kinds:
+                self._call(kind, "on_tick", now)
 
     def stop(self, revert: bool = False) -> None:
         for kind in reversed(self.kinds):
             self._call(kind, "stop", revert)
+        if self.engine is not None:
+            self.engine.stop(revert)
 
     # ------------------------------------------------------------------ reads
     def commands(self) -> list[tuple[str, Command]]:

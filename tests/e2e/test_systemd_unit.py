@@ -90,7 +90,7 @@ def test_the_unit_agrees_with_the_daemons_defaults():
     """The policy directory agentd uses by default is the one the unit creates and leaves
     writable (ProtectSystem=strict would make `policy apply` fail otherwise); the state is
     0700; results live under the runtime directory, reachable by agents."""
-    from agentd.core.results import default_results_root
+    from agentd.toolcalls.results import default_results_root
     from agentd.paths import DEFAULT_POLICY_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR
 
     d = _directives(UNIT.read_text())

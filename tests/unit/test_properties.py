@@ -16,7 +16,7 @@ from agentd.api.contract import ApiError
 from agentd.api.server import AGENT_BODY, CANCEL_BODY, POLICY_BODY
 from agentd.api.validation import check_body, parse_json_body
 from agentd.core.policies import PolicySet
-from agentd.core.toolcall_rules import Intent, IntentInvalid, parse_intent
+from agentd.toolcalls.rules import Intent, IntentInvalid, parse_intent
 from agentd.paths import DEFAULT_POLICY
 from agentd.policy.loader import PolicyInvalid, parse_text
 from agentd.policy.problems import Problem

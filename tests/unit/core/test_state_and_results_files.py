@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from agentd.core.pidfd import PeerProcess
-from agentd.core.results import ResultsDir, ResultsDirError
+from agentd.toolcalls.results import ResultsDir, ResultsDirError
 from agentd.core.statedir import AlreadyRunning, StateDirError, open_state_dir, take_lock
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from agentd.core.toolcall_rules import rule_matches
+from agentd.toolcalls.rules import rule_matches
 from agentd.policy import bounded_yaml
 from agentd.policy.loader import parse_text
 from agentd.policy.schema import Match

@@ -20,8 +20,8 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass, field, replace
 
-from agentd.policy.schema import Escalation, ResourceLimits
-from agentd.api.units import format_size
+from agentd.toolcalls.policy import Escalation, ResourceLimits
+from agentd.units import format_size
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,7 @@ def step(state: LadderState, s: Sample, limits: ResourceLimits, esc: Escalation,
 
 
 def describe_exit(exit_code: int) -> str:
-    """exit_code as the manager keeps it: >= 0 an exit status, < 0 minus the signal number."""
+    """exit_code as the engine keeps it: >= 0 an exit status, < 0 minus the signal number."""
     if exit_code >= 0:
         return f"exited with status {exit_code}"
     try:

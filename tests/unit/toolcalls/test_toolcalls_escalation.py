@@ -1,7 +1,7 @@
 """The burst ladder (throttle -> freeze -> kill) with a fake clock: every rung, both
 cgroup versions, and that the agent runtime is never a target (actions name no cgroup)."""
 
-from agentd.core.escalation import LadderState, Sample, finish, step, v2_grant_target
+from agentd.toolcalls.escalation import LadderState, Sample, finish, step, v2_grant_target
 from agentd.policy.schema import Escalation, ResourceLimits
 
 M = 1 << 20

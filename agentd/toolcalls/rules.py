@@ -13,7 +13,8 @@ import re
 from dataclasses import dataclass, field
 
 from agentd.policy import patterns
-from agentd.policy.schema import Match, Policy, ResourceLimits, ToolRule, valid_name
+from agentd.policy.schema import Policy
+from agentd.toolcalls.policy import Match, ResourceLimits, ToolRule, valid_name
 from agentd.policy.spec import parse_size
 
 # Interpreters and wrappers whose first real argument names the tool better than they do.

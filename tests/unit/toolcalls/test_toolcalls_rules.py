@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from agentd.core.toolcall_rules import (
+from agentd.toolcalls.rules import (
     IntentInvalid,
     find_tool_rule,
     parse_intent,
