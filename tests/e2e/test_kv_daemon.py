@@ -146,6 +146,8 @@ def test_duration_model_learns_from_real_tool_calls_and_pins_follow_them(tmp):
     d, leaf = tmp
     with KvDaemon(d, leaf) as dt:
         sock = dt.config.socket_path
+        kv = KvClient("eng", sock)  # registered first: the question below must come quickly
+        register(kv, capacity_bytes=64 << 30)
         steps = [["sleep", "0.3"]] * 4 + [["sleep", "4"]]
         agent = subprocess.Popen([str(BIN / "agentctl"), "--socket", sock, "run", "--name", "kva", "--", sys.executable,
                                   str(SCRIPTED), *[json.dumps(s) for s in steps]],
@@ -168,20 +170,23 @@ def test_duration_model_learns_from_real_tool_calls_and_pins_follow_them(tmp):
             sleep = {x["key"]: x for x in dur["durations"]}["kva|exec|sleep"]
             assert dur["learned_from_tracker"] >= 4 and sleep["n"] >= 4
             assert 0.25 <= sleep["p50_s"] <= 0.6
+            # An engine's turn ends in the `sleep 4` just started: like the sleeps seen, it may end soon: keep.
+            dec = kv.turn_ended("prog", tokens=30_000, tool_call=running["id"], pressure=0.0)
+            assert dec["agent"] == "kva" and dec["tool_call"] == running["id"]
+            assert dec["hints"]["vllm"]["tool_waiting"] is True
+            # Asked well within the sleeps seen (0.3 s): keep. A loaded host may ask late; past
+            # twice every sleep seen the Lindy tail says it runs on: the host tier. Between the two
+            # the answer turns on the fitted distribution's tail and either is right.
+            if dec["elapsed_s"] < 0.2:
+                assert dec["action"] == "keep" and dec["expected_resume_s"] < 0.5, dec
+            elif dec["elapsed_s"] > 0.6:
+                assert dec["action"] == "demote", dec
             out = subprocess.run([str(BIN / "agentctl"), "--socket", sock, "kv", "durations", "--json"],
                                  capture_output=True, text=True, timeout=30)
             assert "kva|exec|sleep" in {x["key"] for x in json.loads(out.stdout)["durations"]}, out.stderr
             out = subprocess.run([str(BIN / "agentctl"), "--socket", sock, "kv", "durations"], capture_output=True,
                                  text=True, timeout=30)
             assert out.returncode == 0 and "kva|exec|sleep" in out.stdout
-            # An engine's turn ends in the `sleep 4` just started: like the sleeps seen, it may end soon: keep.
-            kv = KvClient("eng", sock)
-            register(kv, capacity_bytes=64 << 30)
-            dec = kv.turn_ended("prog", tokens=30_000, tool_call=running["id"], pressure=0.0)
-            assert dec["agent"] == "kva" and dec["tool_call"] == running["id"]
-            assert dec["action"] == "keep" and dec["hints"]["vllm"]["tool_waiting"] is True
-            # (under load the question may come late: past every sleep seen, the Lindy tail answers)
-            assert dec["expected_resume_s"] < 0.5 or dec["elapsed_s"] > 0.3, dec
             # Once it has outlived every sleep seen, and the engine is full, the answer is the host tier.
             time.sleep(max(0.0, running["started"] + 1.5 - time.time()))
             dec = kv.decide("prog", pressure=1.0)
