@@ -61,10 +61,10 @@ colocation:
 class ColocationDaemon(DaemonThread):
     """The real Daemon with the colocation kind and 2 simulated GPUs (a labelled fake NVML)."""
 
-    def __init__(self, tmp: str, leaf: str):
+    def __init__(self, tmp: str, leaf: str, policy: str = POLICY):
         pdir = Path(tmp, "policies")
         pdir.mkdir(exist_ok=True)
-        (pdir / "gpu.yaml").write_text(POLICY)
+        (pdir / "gpu.yaml").write_text(policy)
         super().__init__(test_config(tmp, leaf, policy_dir=pdir, gpu=True, simulate_gpus=2, kinds=(COLOCATION,)))
 
     def __enter__(self):
@@ -317,7 +317,9 @@ def test_guard_lowers_freezes_thaws_and_terminates_a_real_best_effort_process(en
 
 def test_memory_pressure_freezes_the_best_effort_job_that_outgrew_its_estimate(env):
     d, leaf, procs = env
-    with ColocationDaemon(d, leaf) as dt:
+    # A 3 s step: the frozen job is checked and its memory freed before the guard's next
+    # step (SIGTERM), also on a loaded host (0.6 s was a race with the checks below).
+    with ColocationDaemon(d, leaf, POLICY.replace("step_s: 0.6", "step_s: 3.0")) as dt:
         driver = dt.daemon.driver
         client = ApiClient(dt.config.socket_path)
         inf = run_job(dt, procs, "inference", "inf", "import time; time.sleep(60)", size="20G")
