@@ -28,6 +28,7 @@ import pytest
 
 from agentd.tracking import procfs
 from benchmarks.daemon_process import BIN, REPO, DaemonProcess, parse_lines
+from tests.e2e import attacks
 
 pytestmark = [pytest.mark.kernel, pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the daemon, and setpriv to uid 65534")]
 
@@ -143,20 +144,12 @@ def _own_v2_path() -> str:
 @pytest.fixture
 def delegated():
     """A cgroup under this test's own v2 cgroup, delegated to uid 65534 the way systemd
-    delegates user@.service: the directory and its cgroup.procs/subtree_control/threads."""
-    from tests.kernel.cgroup_fixtures import _force_remove
-
-    root = os.path.join(procfs.v2_mount(), _own_v2_path().lstrip("/"), f"deleg-{uuid.uuid4().hex[:8]}")
-    os.mkdir(root)
-    start = os.path.join(root, "start")
-    os.mkdir(start)
-    for d in (root, start):
-        for name in ("", "cgroup.procs", "cgroup.subtree_control", "cgroup.threads"):
-            os.chown(os.path.join(d, name), NOBODY, NOBODY)
+    delegates user@.service (tests/e2e/attacks.py)."""
+    root = attacks.make_delegated(os.path.join(procfs.v2_mount(), _own_v2_path().lstrip("/")))
     try:
         yield root
     finally:
-        _force_remove(root)
+        attacks.remove_delegated(root)
 
 
 def test_a_delegated_cgroup_named_like_an_agent_is_not_that_agent(daemon, delegated):
@@ -165,26 +158,15 @@ def test_a_delegated_cgroup_named_like_an_agent_is_not_that_agent(daemon, delega
                                 json.dumps(["sleep", "30"]))
     try:
         wait_for(lambda: len(daemon.toolcalls("victim")) == 2, what="the victim's tool calls")
-        fake = os.path.join(delegated, "agents", "victim", "x")
-
-        def into_delegated_cgroup() -> None:  # as root, before setpriv: where systemd puts a session
-            with open(os.path.join(delegated, "start", "cgroup.procs"), "w") as f:
-                f.write(str(os.getpid()))
-
         # The user makes <delegated>/agents/victim/x and moves itself in (it may: it owns
         # both ends), then calls the API from there.
-        shell = (f'mkdir -p {fake} && echo $$ > {fake}/cgroup.procs && cat /proc/self/cgroup | grep ^0:: >&2 && '
-                 f'exec {sys.executable} {AGENTS / "probe.py"} toolcalls:victim events:victim '
-                 '\'intent:{"duration_s": 0.001, "tool": "sleep"}\'')
-        out = subprocess.run([*AS_NOBODY, "sh", "-c", shell], env=nobody_env(daemon), capture_output=True, text=True,
-                             timeout=60, preexec_fn=into_delegated_cgroup)
-        assert out.returncode == 0, out.stderr
-        assert "/agents/victim/x" in out.stderr  # the attacker really sat in the look-alike cgroup
-        toolcalls, events, intent = parse_lines(out.stdout)
-        assert toolcalls.get("status") == 403, toolcalls
-        assert events.get("status") == 403, events
-        assert intent.get("status") == 403 and "not inside a managed agent" in intent["message"], intent
-        assert SECRET not in out.stdout
+        got = attacks.lookalike_cgroup(str(daemon.socket), delegated, "victim")
+        assert got["rc"] == 0, got
+        assert got["sat_in_lookalike"], got  # the attacker really sat in the look-alike cgroup
+        assert got["toolcalls"].get("status") == 403, got
+        assert got["events"].get("status") == 403, got
+        assert got["intent"].get("status") == 403 and "not inside a managed agent" in got["intent"]["message"], got
+        assert SECRET not in got["stdout"]
     finally:
         victim.kill()
         victim.communicate(timeout=10)
@@ -301,13 +283,13 @@ def test_the_state_is_roots_alone():
         d.start()
         os.chmod(d.socket, 0o666)
         run_root_agent_with_secret(d, "private", stay=False)
-        assert stat.S_IMODE(d.state.stat().st_mode) == 0o700
+        got = attacks.read_state_as_nobody(str(d.state))
+        assert got["dir"] == {"mode": "0o700", "uid": 0, "dir": True}, got
         for name in ("agentd.db", "agentd.db-wal", "journal.jsonl", "agentd.lock"):
-            st = (d.state / name).stat()
-            assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 0, name
+            assert got["files"][name]["mode"] == "0o600" and got["files"][name]["uid"] == 0, (name, got)
         for name in ("agentd.db", "agentd.db-wal", "journal.jsonl"):
-            r = subprocess.run([*AS_NOBODY, "cat", str(d.state / name)], capture_output=True)
-            assert r.returncode != 0 and b"Permission denied" in r.stderr and SECRET.encode() not in r.stdout, name
+            f = got["files"][name]
+            assert f["read_rc"] != 0 and f["denied"] and f["read_bytes"] == 0, (name, got)
         # The secret is there for root, so the reads above were refused, not empty.
         assert SECRET in (d.state / "journal.jsonl").read_text() or SECRET.encode() in (d.state / "agentd.db-wal").read_bytes()
     finally:
