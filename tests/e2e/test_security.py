@@ -296,6 +296,16 @@ def test_the_state_is_roots_alone():
         d.cleanup()
 
 
+def test_status_says_how_the_socket_state_and_results_are_protected(daemon):
+    lines = " | ".join(daemon.client.status()["lines"])
+    assert f"socket: {daemon.socket} (0660, group root: who may connect; callers known by SO_PEERCRED" in lines, lines
+    assert f"state: {daemon.state} (0700, files 0600, locked by pid {daemon.proc.pid})" in lines, lines
+    assert f"results: {daemon.dir / 'results'} (root's folders, each file 0400 to its agent's uid)" in lines, lines
+    human = subprocess.run([str(BIN / "agentctl"), "--socket", str(daemon.socket), "status"], capture_output=True,
+                           text=True, timeout=30).stdout
+    assert "    socket: " in human and "    state: " in human and "capabilities: " in human, human
+
+
 # --- 8. one daemon per state directory ----------------------------------------------------
 
 
