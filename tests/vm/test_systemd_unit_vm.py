@@ -27,7 +27,7 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 GUEST = HERE / "systemd_unit_guest.py"
-TIMEOUT = float(os.environ.get("AGENTD_VM_SYSTEMD_TIMEOUT", "600"))
+TIMEOUT = float(os.environ.get("AGENTD_VM_SYSTEMD_TIMEOUT", "900"))  # the attacks add 1-3 min
 
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="needs root (the VM's guest runs as root)"),
               pytest.mark.skipif(os.environ.get("AGENTD_IN_VM") == "1", reason="never boots a VM from the VM")]
