@@ -8,7 +8,7 @@ Every command runs as `prefix + argv`: on the host the prefix is empty, in the V
 systemd's pid and mount namespaces (nsenter). The guest runs them through this module's
 command line, inside those namespaces:
 
-    python -m tests.e2e.attacks flood|streams|lookalike|state|second-daemon SOCKET [ARGS]
+    python -m tests.e2e.attacks flood|streams|lookalike|pidreuse|state|second-daemon SOCKET [ARGS]
 
 prints one JSON object.
 """
@@ -232,6 +232,77 @@ def register_as(socket_path: str, name: str, uid: int) -> dict:
     return (parse_lines(out.stdout) or [{"rc": out.returncode, "stderr": out.stderr[-1000:]}])[0]
 
 
+# --- 3. registration while the caller's pid changes hands ----------------------------------
+
+
+def reuse_pid(pid: int, argv: list[str], tries: int = 300) -> subprocess.Popen | None:
+    """Start argv (as root) with exactly `pid`, through ns_last_pid: what a user gets by
+    cycling through pids, in milliseconds. None when other processes keep taking it."""
+    for _ in range(tries):
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(pid - 1))
+        p = subprocess.Popen(argv)
+        if p.pid == pid:
+            return p
+        p.kill()
+        p.wait()
+    return None
+
+
+def pid_reuse_registration(socket_path: str, name: str = "stolen") -> dict:
+    """uid 65534 sends POST /v1/agents but for the body's last byte and exits; a root
+    process is given its pid (ns_last_pid); then the last byte arrives from a child that
+    kept the connection. Returns the answer, and where root's process ended up."""
+    body = json.dumps({"name": name}).encode()
+    head = (f"POST /v1/agents HTTP/1.1\r\nHost: agentd\r\nContent-Type: application/json\r\n"
+            f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    go_r, go_w = os.pipe()
+    res_r, res_w = os.pipe()
+    caller = os.fork()
+    if caller == 0:  # the caller: uid 65534, sends the headers and all but the body's last byte
+        try:
+            os.close(go_w)
+            os.close(res_r)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(socket_path)
+            s.sendall(head + body[:-1])
+            time.sleep(0.5)  # the daemon has read the headers and checked this process
+            if os.fork() == 0:  # a child keeps the connection; the caller itself exits
+                os.read(go_r, 1)
+                s.sendall(body[-1:])
+                s.settimeout(60)
+                answer = b""
+                while chunk := s.recv(65536):  # Connection: close: the answer ends at EOF
+                    answer += chunk
+                os.write(res_w, answer)
+        except BaseException as e:  # noqa: BLE001 - reported through the pipe
+            os.write(res_w, repr(e).encode())
+        os._exit(0)
+    os.close(go_r)
+    os.close(res_w)
+    os.waitpid(caller, 0)  # the caller exited and is reaped: its pid is free
+    root_proc = reuse_pid(caller, ["sleep", "120"])
+    try:
+        os.write(go_w, b"x")  # now the body's last byte arrives
+        with os.fdopen(res_r, "rb") as f:
+            answer = f.read().decode(errors="replace")
+        if root_proc is None:
+            return {"skipped": f"could not get pid {caller} back for a root process (a busy host took it)"}
+        status = int(answer.split()[1]) if answer.startswith("HTTP/1.1 ") else None
+        with open(f"/proc/{root_proc.pid}/cgroup") as f:
+            cgroup = next((line[3:].strip() for line in f if line.startswith("0::")), "")
+        return {"pid": caller, "root_uid": os.stat(f"/proc/{root_proc.pid}").st_uid, "status": status,
+                "answer": answer[-1500:], "root_cgroup": cgroup}
+    finally:
+        if root_proc is not None:
+            root_proc.kill()
+            root_proc.wait()
+        os.close(go_w)
+
+
 # --- 5. the state directory ------------------------------------------------------------------
 
 
@@ -295,6 +366,9 @@ def main(argv: list[str]) -> int:
                                                        "register_same_name": register_as(socket_path, v, NOBODY)})
         finally:
             remove_delegated(delegated)
+    elif what == "pidreuse":
+        out = pid_reuse_registration(socket_path, f"stolen-{uuid.uuid4().hex[:6]}")
+        out["agents"] = [a["name"] for a in ApiClient(socket_path).agents()]
     elif what == "state":  # rest: the state directory
         out = read_state_as_nobody(rest[0])
     elif what == "second-daemon":  # rest: the second daemon's command line

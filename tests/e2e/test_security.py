@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -175,72 +174,15 @@ def test_a_delegated_cgroup_named_like_an_agent_is_not_that_agent(daemon, delega
 # --- 3. registration and pid reuse --------------------------------------------------------
 
 
-def _reuse_pid(pid: int, argv: list[str], tries: int = 300) -> subprocess.Popen | None:
-    """Start argv (as root) with exactly `pid`, through ns_last_pid: what a user gets by
-    cycling through pids, in milliseconds. None when other processes keep taking it."""
-    for _ in range(tries):
-        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
-            f.write(str(pid - 1))
-        p = subprocess.Popen(argv)
-        if p.pid == pid:
-            return p
-        p.kill()
-        p.wait()
-    return None
-
-
 def test_a_pid_that_changes_hands_during_registration_is_not_registered(daemon):
-    body = json.dumps({"name": "stolen"}).encode()
-    head = (f"POST /v1/agents HTTP/1.1\r\nHost: agentd\r\nContent-Type: application/json\r\n"
-            f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n").encode()
-    go_r, go_w = os.pipe()
-    res_r, res_w = os.pipe()
-    caller = os.fork()
-    if caller == 0:  # the caller: uid 65534, sends the headers and all but the body's last byte
-        try:
-            os.close(go_w)
-            os.close(res_r)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.connect(str(daemon.socket))
-            s.sendall(head + body[:-1])
-            time.sleep(0.5)  # the daemon has read the headers and checked this process
-            if os.fork() == 0:  # a child keeps the connection; the caller itself exits
-                os.read(go_r, 1)
-                s.sendall(body[-1:])
-                s.settimeout(20)
-                answer = b""
-                while chunk := s.recv(65536):  # Connection: close: the answer ends at EOF
-                    answer += chunk
-                os.write(res_w, answer)
-        except BaseException as e:  # noqa: BLE001 - reported through the pipe
-            os.write(res_w, repr(e).encode())
-        os._exit(0)
-    os.close(go_r)
-    os.close(res_w)
-    os.waitpid(caller, 0)  # the caller exited and is reaped: its pid is free
-    root_proc = _reuse_pid(caller, ["sleep", "60"])
-    try:
-        if root_proc is None:
-            os.write(go_w, b"x")
-            pytest.skip(f"could not get pid {caller} back for a root process (a busy host took it)")
-        assert os.stat(f"/proc/{root_proc.pid}").st_uid == 0
-        os.write(go_w, b"x")  # now the body's last byte arrives
-        with os.fdopen(res_r, "rb") as f:
-            answer = f.read().decode(errors="replace")
-        assert answer.startswith("HTTP/1.1 "), answer
-        status = int(answer.split()[1])
-        assert status != 201, answer  # on the old daemon: 201, root's sleep in agent "stolen"
-        assert status in (403, 409) and ("peer_gone" in answer or "process_gone" in answer), answer
-        assert "/agents/" not in procfs.read_cgroup_v2(root_proc.pid)
-        assert agent_record(daemon, "stolen") is None
-    finally:
-        if root_proc is not None:
-            root_proc.kill()
-            root_proc.wait()
-        os.close(go_w)
+    got = attacks.pid_reuse_registration(str(daemon.socket), "stolen")
+    if "skipped" in got:
+        pytest.skip(got["skipped"])
+    assert got["root_uid"] == 0, got
+    assert got["status"] != 201, got  # on the old daemon: 201, root's sleep in agent "stolen"
+    assert got["status"] in (403, 409) and ("peer_gone" in got["answer"] or "process_gone" in got["answer"]), got
+    assert "/agents/" not in got["root_cgroup"], got
+    assert agent_record(daemon, "stolen") is None
 
 
 # --- 4. names have an owner ---------------------------------------------------------------

@@ -22,8 +22,9 @@ systemd's namespaces:
   attacks  issue 8's attacks by uid 65534 through setpriv against the unit's daemon, with
            tests/e2e/attacks.py (the host tests' code): the validation flood while root's
            GET /v1/status stays fast, hostile policies, the stream hog, a look-alike
-           agents/<victim>/x cgroup and the victim's name, reading the state, and a second
-           daemon on the same state directory
+           agents/<victim>/x cgroup and the victim's name, a pid reused (ns_last_pid) between
+           a registration's headers and body, reading the state, and a second daemon on the
+           same state directory
 
 Each check appends one JSON line to $AGENTD_VM_RESULTS/checks.jsonl; the systemd console
 log and the daemon's journal are left there too.
@@ -360,6 +361,14 @@ def attack_checks(pid: str) -> None:
           and same.get("status") == 409,
           victim=got.get("victim"), cgroup=look.get("cgroup"), toolcalls=look.get("toolcalls"), events=look.get("events"),
           intent=look.get("intent"), register_same_name=same, error=got.get("error"), stderr=got.get("stderr"))
+
+    got = attack("pidreuse")
+    check("attack: a caller's pid given to a root process between headers and body is not registered",
+          "skipped" not in got and got.get("root_uid") == 0 and got.get("status") in (403, 409)
+          and ("peer_gone" in got.get("answer", "") or "process_gone" in got.get("answer", ""))
+          and "/agents/" not in got.get("root_cgroup", "/agents/") and not any(a.startswith("stolen-") for a in got.get("agents", [])),
+          **{k: got.get(k) for k in ("skipped", "pid", "root_uid", "status", "root_cgroup", "error", "stderr")},
+          answer=(got.get("answer") or "")[-400:])
 
     got = attack("state", STATE)
     files = got.get("files") or {}

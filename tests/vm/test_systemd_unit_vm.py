@@ -120,6 +120,10 @@ def test_attack_lookalike_cgroup_and_name(checks):
     _assert(checks, "attack: a user in <its delegated cgroup>/agents/<victim>/x is not the victim; nor does it get its name")
 
 
+def test_attack_pid_reuse_during_registration(checks):
+    _assert(checks, "attack: a caller's pid given to a root process between headers and body is not registered")
+
+
 def test_attack_state_is_unreadable(checks):
     _assert(checks, "attack: uid 65534 reads nothing of the state (0700, files 0600)")
 
