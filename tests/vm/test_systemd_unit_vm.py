@@ -104,6 +104,10 @@ def test_results_root_and_cap_chown(checks):
     _assert(checks, "results: the results root under the unit, and CAP_CHOWN to hand files to agents")
 
 
+def test_status_says_how_things_are_protected_and_why_each_capability(checks):
+    _assert(checks, "status: how the socket, state and results are protected, and what each kept capability is for")
+
+
 def test_attack_validation_flood_leaves_root_fast(checks):
     _assert(checks, "attack: 16 users' hostile validations, root's GET /v1/status stays fast, no 500")
 
