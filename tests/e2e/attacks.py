@@ -58,7 +58,11 @@ def validation_flood(socket_path: str, *, users: int = 16, payloads=FLOOD_PAYLOA
     100,000 deep, a 5,000-digit integer, .inf, a catastrophic regex, JSON nested 100,000
     deep) while root polls GET /v1/status. Returns root's latencies and every answer's status."""
     root = ApiClient(socket_path, timeout=60)
-    root.status()
+    idle = []
+    for _ in range(20):  # the same request with nobody flooding: what this machine gives
+        t0 = time.monotonic()
+        root.status()
+        idle.append(time.monotonic() - t0)
     stop = threading.Event()
     latencies: list[float] = []
 
@@ -90,7 +94,8 @@ def validation_flood(socket_path: str, *, users: int = 16, payloads=FLOOD_PAYLOA
         stop.set()
         poller.join()
     statuses = [status for _, status in answers]
-    return {"root_requests": len(latencies), "root_max_s": round(max(latencies), 3) if latencies else None,
+    return {"root_idle_max_s": round(max(idle), 3), "root_requests": len(latencies),
+            "root_max_s": round(max(latencies), 3) if latencies else None,
             "statuses": statuses, "answers": answers, "expected": users * len(payloads),
             "counts": {str(s): statuses.count(s) for s in sorted(set(statuses))}, "client_errors": errors}
 
