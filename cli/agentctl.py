@@ -174,6 +174,9 @@ def status_summary(data: dict) -> str:
              f"    agents {data.get('agents_live', 0)} live, tool calls {data.get('toolcalls_live', 0)} live, "
              f"policies: {', '.join(data.get('policies') or [])}"]
     lines += [f"    {line}" for line in data.get("lines") or [] if line not in degraded]
+    caps = data.get("capabilities") or {}
+    if caps.get("held") and not caps.get("all"):  # under the unit: what each one kept is for
+        lines += [f"      {name}: {caps.get('why', {}).get(name, '')}" for name in caps["held"]]
     lines += [f"  ! {line}" for line in degraded]
     return "\n".join(lines)
 

@@ -13,6 +13,7 @@ import collections
 import contextlib
 import dataclasses
 import enum
+import grp
 import inspect
 import json
 import logging
@@ -834,6 +835,24 @@ def parse_listen(spec: str) -> tuple[str, int]:
         raise ValueError(f"metrics listen address {spec!r} must look like 127.0.0.1:9464")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)
+
+
+def socket_line(path: Path, admin_group: str | None) -> str:
+    """How the socket is protected, for `agentctl status`: who may connect, and how each
+    request's caller is known."""
+    try:
+        st = os.stat(path)
+        try:
+            group = grp.getgrgid(st.st_gid).gr_name
+        except KeyError:
+            group = str(st.st_gid)
+        who = f"{stat.S_IMODE(st.st_mode):04o}, group {group}"
+    except OSError as exc:
+        who = os.strerror(exc.errno or 0)
+    admins = "uid 0" + (f" and group {admin_group}" if admin_group else "")
+    return (f"socket: {path} ({who}: who may connect; callers known by SO_PEERCRED, an agent by its cgroup's id, "
+            f"a registering process held by a pidfd; admins: {admins}; per-uid limits on connections, "
+            "streams and policy validations)")
 
 
 def bind_unix_socket(path: Path, mode: int, gid: int | None) -> socket.socket:

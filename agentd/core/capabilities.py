@@ -19,7 +19,8 @@ REASONS: dict[str, tuple[int, str]] = {
     "CAP_SYS_NICE": (23, "nice -10 for the tracker's consumer thread"),
     "CAP_SYS_RESOURCE": (24, "a lower oom_score_adj for root-launched agent runtimes (the OOM shield)"),
     "CAP_CHOWN": (0, "result files handed to the agent's uid; the socket's group"),
-    "CAP_SYS_ADMIN": (21, "perf_event_open of the tracepoints where kernel.perf_event_paranoid=3 (Debian, Ubuntu)"),
+    "CAP_SYS_ADMIN": (21, "perf_event_open of the tracepoints where kernel.perf_event_paranoid=3 (Debian, Ubuntu: "
+                          "EACCES without it); nothing else"),
 }
 ALL_CAPS = 41  # CAP_CHECKPOINT_RESTORE (40) is the last one on the kernels agentd supports
 

@@ -4,7 +4,8 @@
 `setpriv --bounding-set=...` it shows which call fails without which capability on the
 running kernel (tests/kernel/test_unit_capabilities.py does, for every capability of
 systemd/agentd.service). Every call is the smallest form of one agentd makes: a BPF map and
-a tracepoint program, attached with perf_event_open; the proc connector; a signal to,
+a tracepoint program, attached with perf_event_open (and, for comparison, a raw tracepoint
+program attached with bpf(BPF_RAW_TRACEPOINT_OPEN)); the proc connector; a signal to,
 an oom_score_adj of, a file chowned to another uid; a negative nice; kernel.task_delayacct.
 Everything made here is undone before it returns.
 """
@@ -25,8 +26,8 @@ NOBODY = 65534
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 SYS_BPF, SYS_PERF_EVENT_OPEN = 321, 298  # x86_64 (the unit sets SystemCallArchitectures=native)
-BPF_MAP_CREATE, BPF_PROG_LOAD = 0, 5
-BPF_MAP_TYPE_ARRAY, BPF_PROG_TYPE_TRACEPOINT = 2, 5
+BPF_MAP_CREATE, BPF_PROG_LOAD, BPF_RAW_TRACEPOINT_OPEN = 0, 5, 17
+BPF_MAP_TYPE_ARRAY, BPF_PROG_TYPE_TRACEPOINT, BPF_PROG_TYPE_RAW_TRACEPOINT = 2, 5, 17
 PERF_TYPE_TRACEPOINT = 2
 PERF_EVENT_IOC_SET_BPF = 0x40042408
 TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
@@ -50,12 +51,25 @@ def bpf_map_create() -> int:
     return _syscall(SYS_BPF, BPF_MAP_CREATE, attr, 128)
 
 
-def bpf_prog_load_tracepoint() -> int:
+def bpf_prog_load_tracepoint(prog_type: int = BPF_PROG_TYPE_TRACEPOINT) -> int:
     insns = ctypes.create_string_buffer(bytes([0xb7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0]), 16)
     lic = ctypes.create_string_buffer(b"GPL")
-    attr = ctypes.create_string_buffer(struct.pack("IIQQ", BPF_PROG_TYPE_TRACEPOINT, 2, ctypes.addressof(insns),
+    attr = ctypes.create_string_buffer(struct.pack("IIQQ", prog_type, 2, ctypes.addressof(insns),
                                                    ctypes.addressof(lic)), 128)
     return _syscall(SYS_BPF, BPF_PROG_LOAD, attr, 128)
+
+
+def raw_tracepoint_attach() -> None:
+    """The other way to run a program at a tracepoint (BCC's RAW_TRACEPOINT_PROBE): a raw
+    tracepoint program attached with bpf(BPF_RAW_TRACEPOINT_OPEN), no perf event at all.
+    Probed to see whether it escapes Debian's perf_event_paranoid=3 (CAP_SYS_ADMIN)."""
+    prog = bpf_prog_load_tracepoint(BPF_PROG_TYPE_RAW_TRACEPOINT)
+    name = ctypes.create_string_buffer(b"sched_process_exec")
+    attr = ctypes.create_string_buffer(struct.pack("QI", ctypes.addressof(name), prog), 128)
+    try:
+        _close(_syscall(SYS_BPF, BPF_RAW_TRACEPOINT_OPEN, attr, 128))
+    finally:
+        _close(prog)
 
 
 def tracepoint_id(name: str = "sched/sched_process_exec") -> int:
@@ -162,6 +176,7 @@ PROBES = {
     "bpf(BPF_PROG_LOAD, tracepoint)": lambda: _close(bpf_prog_load_tracepoint()),
     "perf_event_open(tracepoint)": lambda: _close(perf_event_open_tracepoint()),
     "ioctl(PERF_EVENT_IOC_SET_BPF)": attach,
+    "bpf(BPF_RAW_TRACEPOINT_OPEN)": raw_tracepoint_attach,
     "cn_proc(PROC_CN_MCAST_LISTEN)": cn_proc_listen,
     "kill(other uid)": kill_other_user,
     "write(oom_score_adj, lower, root process)": lower_oom_score_adj,
@@ -175,8 +190,9 @@ PROBES = {
 
 # capability of the unit -> the calls that fail without it
 NEEDED_FOR = {
-    "CAP_BPF": ["bpf(BPF_MAP_CREATE)", "bpf(BPF_PROG_LOAD, tracepoint)", "ioctl(PERF_EVENT_IOC_SET_BPF)"],
-    "CAP_PERFMON": ["bpf(BPF_PROG_LOAD, tracepoint)", "perf_event_open(tracepoint)"],
+    "CAP_BPF": ["bpf(BPF_MAP_CREATE)", "bpf(BPF_PROG_LOAD, tracepoint)", "ioctl(PERF_EVENT_IOC_SET_BPF)",
+                "bpf(BPF_RAW_TRACEPOINT_OPEN)"],
+    "CAP_PERFMON": ["bpf(BPF_PROG_LOAD, tracepoint)", "perf_event_open(tracepoint)", "bpf(BPF_RAW_TRACEPOINT_OPEN)"],
     "CAP_NET_ADMIN": ["cn_proc(PROC_CN_MCAST_LISTEN)"],  # before Linux 6.6 only
     "CAP_KILL": ["kill(other uid)"],
     "CAP_SYS_PTRACE": ["readlink(/proc/<other uid>/exe)"],

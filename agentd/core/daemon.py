@@ -151,6 +151,9 @@ class Daemon:
 
             self.api = await start_api(self.controller, self.config.socket_path, admin_group=self.config.admin_group,
                                        sock_group=self.config.socket_group, metrics_listen=self.config.metrics_listen)
+            from agentd.api.server import socket_line
+
+            self.lines["socket"] = socket_line(self.config.socket_path, self.config.admin_group)
         for sig, handler in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop), (signal.SIGHUP, self.reload)):
             try:
                 self.loop.add_signal_handler(sig, handler)

@@ -202,6 +202,19 @@ def test_status_human(srv):
     assert "tracker:\n  backend: cn_proc" in r.output and "policies: default" in r.output
 
 
+def test_status_human_says_what_each_kept_capability_is_for():
+    from agentd.core.capabilities import REASONS, summary
+    from cli.agentctl import status_summary
+
+    unit = summary(sum(1 << bit for bit, _ in REASONS.values()))  # exactly the unit's set
+    text = status_summary({"pid": 1, "capabilities": unit, "lines": [unit["line"]]})
+    assert "capabilities: CAP_BPF, CAP_PERFMON" in text
+    for name, (_, why) in REASONS.items():
+        assert f"      {name}: {why}" in text
+    root = summary((1 << 41) - 1)  # plain root: one line, no list
+    assert "CAP_SYS_ADMIN:" not in status_summary({"capabilities": root, "lines": [root["line"]]})
+
+
 def test_events_human_and_ndjson(srv, a1):
     srv.emit("toolcall.killed", f"Tool call {a1} killed at 4G.", agent="a1", tool_call=a1,
              level="error", memory_max=4 << 30)

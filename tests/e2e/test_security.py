@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import pytest
 
 from agentd import procfs
 from benchmarks.daemon_process import BIN, REPO, DaemonProcess, parse_lines
+from tests.e2e import attacks
 
 pytestmark = [pytest.mark.kernel, pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the daemon, and setpriv to uid 65534")]
 
@@ -143,20 +143,12 @@ def _own_v2_path() -> str:
 @pytest.fixture
 def delegated():
     """A cgroup under this test's own v2 cgroup, delegated to uid 65534 the way systemd
-    delegates user@.service: the directory and its cgroup.procs/subtree_control/threads."""
-    from tests.kernel.cgroup_fixtures import _force_remove
-
-    root = os.path.join(procfs.v2_mount(), _own_v2_path().lstrip("/"), f"deleg-{uuid.uuid4().hex[:8]}")
-    os.mkdir(root)
-    start = os.path.join(root, "start")
-    os.mkdir(start)
-    for d in (root, start):
-        for name in ("", "cgroup.procs", "cgroup.subtree_control", "cgroup.threads"):
-            os.chown(os.path.join(d, name), NOBODY, NOBODY)
+    delegates user@.service (tests/e2e/attacks.py)."""
+    root = attacks.make_delegated(os.path.join(procfs.v2_mount(), _own_v2_path().lstrip("/")))
     try:
         yield root
     finally:
-        _force_remove(root)
+        attacks.remove_delegated(root)
 
 
 def test_a_delegated_cgroup_named_like_an_agent_is_not_that_agent(daemon, delegated):
@@ -165,26 +157,15 @@ def test_a_delegated_cgroup_named_like_an_agent_is_not_that_agent(daemon, delega
                                 json.dumps(["sleep", "30"]))
     try:
         wait_for(lambda: len(daemon.toolcalls("victim")) == 2, what="the victim's tool calls")
-        fake = os.path.join(delegated, "agents", "victim", "x")
-
-        def into_delegated_cgroup() -> None:  # as root, before setpriv: where systemd puts a session
-            with open(os.path.join(delegated, "start", "cgroup.procs"), "w") as f:
-                f.write(str(os.getpid()))
-
         # The user makes <delegated>/agents/victim/x and moves itself in (it may: it owns
         # both ends), then calls the API from there.
-        shell = (f'mkdir -p {fake} && echo $$ > {fake}/cgroup.procs && cat /proc/self/cgroup | grep ^0:: >&2 && '
-                 f'exec {sys.executable} {AGENTS / "probe.py"} toolcalls:victim events:victim '
-                 '\'intent:{"duration_s": 0.001, "tool": "sleep"}\'')
-        out = subprocess.run([*AS_NOBODY, "sh", "-c", shell], env=nobody_env(daemon), capture_output=True, text=True,
-                             timeout=60, preexec_fn=into_delegated_cgroup)
-        assert out.returncode == 0, out.stderr
-        assert "/agents/victim/x" in out.stderr  # the attacker really sat in the look-alike cgroup
-        toolcalls, events, intent = parse_lines(out.stdout)
-        assert toolcalls.get("status") == 403, toolcalls
-        assert events.get("status") == 403, events
-        assert intent.get("status") == 403 and "not inside a managed agent" in intent["message"], intent
-        assert SECRET not in out.stdout
+        got = attacks.lookalike_cgroup(str(daemon.socket), delegated, "victim")
+        assert got["rc"] == 0, got
+        assert got["sat_in_lookalike"], got  # the attacker really sat in the look-alike cgroup
+        assert got["toolcalls"].get("status") == 403, got
+        assert got["events"].get("status") == 403, got
+        assert got["intent"].get("status") == 403 and "not inside a managed agent" in got["intent"]["message"], got
+        assert SECRET not in got["stdout"]
     finally:
         victim.kill()
         victim.communicate(timeout=10)
@@ -193,72 +174,15 @@ def test_a_delegated_cgroup_named_like_an_agent_is_not_that_agent(daemon, delega
 # --- 3. registration and pid reuse --------------------------------------------------------
 
 
-def _reuse_pid(pid: int, argv: list[str], tries: int = 300) -> subprocess.Popen | None:
-    """Start argv (as root) with exactly `pid`, through ns_last_pid: what a user gets by
-    cycling through pids, in milliseconds. None when other processes keep taking it."""
-    for _ in range(tries):
-        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
-            f.write(str(pid - 1))
-        p = subprocess.Popen(argv)
-        if p.pid == pid:
-            return p
-        p.kill()
-        p.wait()
-    return None
-
-
 def test_a_pid_that_changes_hands_during_registration_is_not_registered(daemon):
-    body = json.dumps({"name": "stolen"}).encode()
-    head = (f"POST /v1/agents HTTP/1.1\r\nHost: agentd\r\nContent-Type: application/json\r\n"
-            f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n").encode()
-    go_r, go_w = os.pipe()
-    res_r, res_w = os.pipe()
-    caller = os.fork()
-    if caller == 0:  # the caller: uid 65534, sends the headers and all but the body's last byte
-        try:
-            os.close(go_w)
-            os.close(res_r)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.connect(str(daemon.socket))
-            s.sendall(head + body[:-1])
-            time.sleep(0.5)  # the daemon has read the headers and checked this process
-            if os.fork() == 0:  # a child keeps the connection; the caller itself exits
-                os.read(go_r, 1)
-                s.sendall(body[-1:])
-                s.settimeout(20)
-                answer = b""
-                while chunk := s.recv(65536):  # Connection: close: the answer ends at EOF
-                    answer += chunk
-                os.write(res_w, answer)
-        except BaseException as e:  # noqa: BLE001 - reported through the pipe
-            os.write(res_w, repr(e).encode())
-        os._exit(0)
-    os.close(go_r)
-    os.close(res_w)
-    os.waitpid(caller, 0)  # the caller exited and is reaped: its pid is free
-    root_proc = _reuse_pid(caller, ["sleep", "60"])
-    try:
-        if root_proc is None:
-            os.write(go_w, b"x")
-            pytest.skip(f"could not get pid {caller} back for a root process (a busy host took it)")
-        assert os.stat(f"/proc/{root_proc.pid}").st_uid == 0
-        os.write(go_w, b"x")  # now the body's last byte arrives
-        with os.fdopen(res_r, "rb") as f:
-            answer = f.read().decode(errors="replace")
-        assert answer.startswith("HTTP/1.1 "), answer
-        status = int(answer.split()[1])
-        assert status != 201, answer  # on the old daemon: 201, root's sleep in agent "stolen"
-        assert status in (403, 409) and ("peer_gone" in answer or "process_gone" in answer), answer
-        assert "/agents/" not in procfs.read_cgroup_v2(root_proc.pid)
-        assert agent_record(daemon, "stolen") is None
-    finally:
-        if root_proc is not None:
-            root_proc.kill()
-            root_proc.wait()
-        os.close(go_w)
+    got = attacks.pid_reuse_registration(str(daemon.socket), "stolen")
+    if "skipped" in got:
+        pytest.skip(got["skipped"])
+    assert got["root_uid"] == 0, got
+    assert got["status"] != 201, got  # on the old daemon: 201, root's sleep in agent "stolen"
+    assert got["status"] in (403, 409) and ("peer_gone" in got["answer"] or "process_gone" in got["answer"]), got
+    assert "/agents/" not in got["root_cgroup"], got
+    assert agent_record(daemon, "stolen") is None
 
 
 # --- 4. names have an owner ---------------------------------------------------------------
@@ -301,17 +225,27 @@ def test_the_state_is_roots_alone():
         d.start()
         os.chmod(d.socket, 0o666)
         run_root_agent_with_secret(d, "private", stay=False)
-        assert stat.S_IMODE(d.state.stat().st_mode) == 0o700
+        got = attacks.read_state_as_nobody(str(d.state))
+        assert got["dir"] == {"mode": "0o700", "uid": 0, "dir": True}, got
         for name in ("agentd.db", "agentd.db-wal", "journal.jsonl", "agentd.lock"):
-            st = (d.state / name).stat()
-            assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 0, name
+            assert got["files"][name]["mode"] == "0o600" and got["files"][name]["uid"] == 0, (name, got)
         for name in ("agentd.db", "agentd.db-wal", "journal.jsonl"):
-            r = subprocess.run([*AS_NOBODY, "cat", str(d.state / name)], capture_output=True)
-            assert r.returncode != 0 and b"Permission denied" in r.stderr and SECRET.encode() not in r.stdout, name
+            f = got["files"][name]
+            assert f["read_rc"] != 0 and f["denied"] and f["read_bytes"] == 0, (name, got)
         # The secret is there for root, so the reads above were refused, not empty.
         assert SECRET in (d.state / "journal.jsonl").read_text() or SECRET.encode() in (d.state / "agentd.db-wal").read_bytes()
     finally:
         d.cleanup()
+
+
+def test_status_says_how_the_socket_state_and_results_are_protected(daemon):
+    lines = " | ".join(daemon.client.status()["lines"])
+    assert f"socket: {daemon.socket} (0660, group root: who may connect; callers known by SO_PEERCRED" in lines, lines
+    assert f"state: {daemon.state} (0700, files 0600, locked by pid {daemon.proc.pid})" in lines, lines
+    assert f"results: {daemon.dir / 'results'} (root's folders, each file 0400 to its agent's uid)" in lines, lines
+    human = subprocess.run([str(BIN / "agentctl"), "--socket", str(daemon.socket), "status"], capture_output=True,
+                           text=True, timeout=30).stdout
+    assert "    socket: " in human and "    state: " in human and "capabilities: " in human, human
 
 
 # --- 8. one daemon per state directory ----------------------------------------------------

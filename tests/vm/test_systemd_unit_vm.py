@@ -6,8 +6,9 @@ namespace (pure cgroup v2, Debian's 6.12 kernel), installs the unit with
 `agentctl install-service` and checks, each reported here as its own test:
 READY (Type=notify), the BPF tracker and exec gate under CapabilityBoundingSet and
 SystemCallFilter, the watchdog pings, `agentctl policy apply` under ProtectSystem=strict,
-a reload (SIGHUP -> RELOADING=1 -> READY=1), the results root and CAP_CHOWN, and which
-call fails without which capability on the guest's kernel. (No agent runs here: in
+a reload (SIGHUP -> RELOADING=1 -> READY=1), the results root and CAP_CHOWN, which
+call fails without which capability on the guest's kernel, and issue 8's attacks by uid
+65534 against the unit's daemon (tests/e2e/attacks.py, shared with the host tests). (No agent runs here: in
 systemd's pid namespace the BPF tracker's pids, of the initial namespace, cannot be mapped;
 tests/e2e/test_security.py checks a uid 65534 agent's result file against the daemon.) A VM that cannot boot fails every test here with the
 reason.
@@ -26,7 +27,7 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 GUEST = HERE / "systemd_unit_guest.py"
-TIMEOUT = float(os.environ.get("AGENTD_VM_SYSTEMD_TIMEOUT", "600"))
+TIMEOUT = float(os.environ.get("AGENTD_VM_SYSTEMD_TIMEOUT", "900"))  # the attacks add 1-3 min
 
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="needs root (the VM's guest runs as root)"),
               pytest.mark.skipif(os.environ.get("AGENTD_IN_VM") == "1", reason="never boots a VM from the VM")]
@@ -101,6 +102,38 @@ def test_reload(checks):
 
 def test_results_root_and_cap_chown(checks):
     _assert(checks, "results: the results root under the unit, and CAP_CHOWN to hand files to agents")
+
+
+def test_status_says_how_things_are_protected_and_why_each_capability(checks):
+    _assert(checks, "status: how the socket, state and results are protected, and what each kept capability is for")
+
+
+def test_attack_validation_flood_leaves_root_fast(checks):
+    _assert(checks, "attack: 16 users' hostile validations, root's GET /v1/status stays fast, no 500")
+
+
+def test_attack_hostile_policies_are_clean_problems(checks):
+    _assert(checks, "attack: hostile policies (deep nesting, 5,000-digit integer, .inf) are file:line problems for root")
+
+
+def test_attack_stream_hog(checks):
+    _assert(checks, "attack: one user holding every event stream, root still gets one")
+
+
+def test_attack_lookalike_cgroup_and_name(checks):
+    _assert(checks, "attack: a user in <its delegated cgroup>/agents/<victim>/x is not the victim; nor does it get its name")
+
+
+def test_attack_pid_reuse_during_registration(checks):
+    _assert(checks, "attack: a caller's pid given to a root process between headers and body is not registered")
+
+
+def test_attack_state_is_unreadable(checks):
+    _assert(checks, "attack: uid 65534 reads nothing of the state (0700, files 0600)")
+
+
+def test_attack_second_daemon_on_the_state(checks):
+    _assert(checks, "attack: a second daemon on the unit's state directory refuses to start, the first one serves on")
 
 
 def test_no_restart_while_checked(checks):
