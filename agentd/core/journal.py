@@ -4,8 +4,10 @@ it, and fans it out to API subscribers. Called only from the event loop's thread
 
 With a batched store (the daemon's default) the loop only enqueues: the event's row and its
 JSONL line are written by the store's writer thread, after the batch that holds the row is
-committed (so the JSONL file never shows an event the database lost). The fan-out to
-subscribers and listeners stays on the loop. Rows the store dropped on a full queue are
+committed (so the JSONL file never shows an event the database lost), and its log line is
+written by that thread as it takes the event (before the commit, so a database locked by
+another process does not hold the log back). The fan-out to subscribers and listeners stays
+on the loop; an event whose row the store dropped is logged on the loop. Rows the store dropped on a full queue are
 reported by a `journal.dropped` event once the queue takes events again.
 """
 
@@ -43,6 +45,7 @@ class Journal:
         self._jsonl_lock = threading.Lock()  # the writer thread writes, the loop closes
         if store.batched:
             store.on_events_committed = self._write_jsonl_lines
+            store.on_events_taken = self._log_events
         self._subscribers: dict[asyncio.Queue, tuple[str | None, int]] = {}
         self.listeners: list[Callable[[dict], None]] = []  # e.g. the demo's live view
         self.counts: dict[str, int] = {}
@@ -52,13 +55,16 @@ class Journal:
              tool_call: str | None = None, **data) -> dict:
         event = {"ts": self.clock(), "level": level, "kind": kind, "agent": agent, "tool_call": tool_call,
                  "message": message, "data": data}
+        batcher = self.store.batcher
+        drops = batcher.stats["dropped"] if batcher is not None else 0
         event["seq"] = self.store.append_event(event)
         self.counts[kind] = self.counts.get(kind, 0) + 1
-        if self._jsonl is not None and not self.store.batched:
-            self._write_jsonl_lines([event])
-        number = LEVELS.get(level, 20)
-        if log.isEnabledFor(number):  # no formatting for a level that is off (debug, per event)
-            log.log(number, "%s%s", f"[{tool_call or agent}] " if (tool_call or agent) else "", message)
+        if batcher is None:
+            if self._jsonl is not None:
+                self._write_jsonl_lines([event])
+            self._log_events([event])
+        elif batcher.stats["dropped"] != drops:  # its row was refused: the writer will not log it
+            self._log_events([event])
         for queue, (want_agent, min_level) in list(self._subscribers.items()):
             if want_agent and want_agent != agent:
                 continue
@@ -81,6 +87,14 @@ class Journal:
         n = self.store.take_unreported_drops()
         self.emit("journal.dropped", f"{n} journal events were not stored (the store's write queue was full); "
                   "subscribers and the log got them", level="error", dropped=n, total=self.store.batcher.stats["dropped"])
+
+    @staticmethod
+    def _log_events(events: list[dict]) -> None:
+        for ev in events:
+            number = LEVELS.get(ev["level"], 20)
+            if log.isEnabledFor(number):  # no formatting for a level that is off (debug, per event)
+                who = ev["tool_call"] or ev["agent"]
+                log.log(number, "%s%s", f"[{who}] " if who else "", ev["message"])
 
     def _write_jsonl_lines(self, events: list[dict]) -> None:
         with self._jsonl_lock:

@@ -166,6 +166,8 @@ class Store:
         self.stats = {"writes_deferred": 0, "writer_retries": 0, "writes_failed": 0}
         self.writes = writes
         self.on_events_committed: Callable[[list[dict]], None] | None = None  # on the writer thread
+        self.on_events_taken: Callable[[list[dict]], None] | None = None  # writer thread, once per event, before its commit
+        self._taken_seq = 0  # the highest event seq handed to on_events_taken (a busy batch is retried)
         self._wdb: sqlite3.Connection | None = None  # the batch writer's own connection
         self.batcher = BatchWriter(self._commit_batch, name="agentd-store-writer", on_start=self._open_writer_db,
                                    on_stop=self._close_writer_db) if writes == "batched" else None
@@ -228,6 +230,16 @@ class Store:
     def _commit_batch(self, batch: list) -> None:
         """On the writer thread: the batch in one transaction, then its events to the hook."""
         db, events = self._wdb, []
+        self._run_items(None, batch, events)  # the batch's (seq, event)s, nothing run yet
+        fresh = [ev for seq, ev in events if seq > self._taken_seq]
+        if events:
+            self._taken_seq = max(self._taken_seq, events[-1][0])
+        if fresh and self.on_events_taken is not None:
+            try:
+                self.on_events_taken(fresh)  # the log: at once, even while the lock is held elsewhere
+            except Exception as exc:  # noqa: BLE001
+                log.warning("event hook failed: %s", exc)
+        events = []
         try:
             db.execute("BEGIN IMMEDIATE")  # the write lock first: busy here means nothing ran
         except sqlite3.OperationalError as exc:
@@ -244,20 +256,22 @@ class Store:
             raise
         if events and self.on_events_committed is not None:
             try:
-                self.on_events_committed(events)
+                self.on_events_committed([ev for _seq, ev in events])
             except Exception as exc:  # noqa: BLE001 - the rows are in; a hook's failure must not redo them
                 log.warning("after-commit hook failed: %s", exc)
 
     @staticmethod
-    def _run_items(db: sqlite3.Connection, items: list, events: list) -> None:
+    def _run_items(db: sqlite3.Connection | None, items: list, events: list) -> None:
+        """Execute the items on db (None: only collect their events)."""
         for kind, payload in items:
             if kind == "event":
                 seq, ev = payload
-                db.execute(_EVENT_INSERT, _event_args(seq, ev))
-                events.append(ev)
+                if db is not None:
+                    db.execute(_EVENT_INSERT, _event_args(seq, ev))
+                events.append((seq, ev))
             elif kind == "group":  # a transaction(): its items, in order
                 Store._run_items(db, payload, events)
-            else:
+            elif db is not None:
                 for sql, args in payload:
                     db.execute(sql, args)
 

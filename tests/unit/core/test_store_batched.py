@@ -229,8 +229,34 @@ def test_a_debug_event_is_not_formatted_for_the_log_unless_debug_is_on(tmp_path)
     fake.isEnabledFor.return_value = False
     with mock.patch.object(journal_mod, "log", fake):
         j.emit("k", "quiet", level="debug", agent="a")
+        assert s.flush(5)
         assert not fake.log.called
         fake.isEnabledFor.return_value = True
         j.emit("k", "loud", level="debug", agent="a")
+        assert s.flush(5)
         assert fake.log.call_args[0][0] == 10
+    s.close()
+
+
+def test_log_lines_come_from_the_writer_in_order_even_while_the_lock_is_held(tmp_path, caplog):
+    """The loop does not write log lines (a file or journald pipe write and flush each);
+    the writer does, as it takes the events, before (and whether or not) the commit succeeds."""
+    caplog.set_level("INFO", logger="agentd")
+    s = Store(tmp_path / "s.db", writes="batched")
+    j = Journal(s)
+    other = sqlite3.connect(str(tmp_path / "s.db"), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    for i in range(5):
+        j.emit("k", f"line{i}", agent="a")
+    deadline = time.monotonic() + 5
+    while sum("line" in r.getMessage() for r in caplog.records) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    mine = [r for r in caplog.records if "line" in r.getMessage()]
+    assert [r.getMessage() for r in mine] == [f"[a] line{i}" for i in range(5)]  # once each, in order
+    assert {r.threadName for r in mine} == {"agentd-store-writer"}
+    assert s.pending_writes == 5  # not committed yet: the lock is still held
+    other.execute("COMMIT")
+    other.close()
+    assert s.flush(5)
+    assert len([r for r in caplog.records if "line" in r.getMessage()]) == 5  # retries log nothing twice
     s.close()
