@@ -221,6 +221,42 @@ class Follower:
         self._sock.close()
 
 
+# --- the write path alone -------------------------------------------------------------------------
+
+
+def write_path_alone(path: str, n: int) -> dict:
+    """What one tool call's journal and store work costs its caller (the loop) and the whole
+    process, without the daemon: per tool call a start record and event, an end record and
+    event (the end's two in one transaction, as the ladder does), real SQLite and JSONL."""
+    from agentd.core.journal import Journal
+    from agentd.core.store import Store
+
+    tmp = Path(tempfile.mkdtemp(prefix="agentd-loopbench-"))
+    store = Store(tmp / "agentd.db", writes=path)
+    journal = Journal(store, jsonl=tmp / "journal.jsonl")
+    record = {"id": "", "agent": "bench", "seq": 0, "name": "true", "cgroup": "", "pid": 0, "argv": ["/bin/true"],
+              "started": 0.0, "ended": None, "state": "running", "outcome": None, "reason": None, "rule": "defaults",
+              "limits": {"memory_high": 64 << 20, "memory_max": 128 << 20, "pids_max": 64}, "clips": [], "intent": None,
+              "peak_bytes": 0, "cpu_s": 0.0, "exit_code": None, "ladder": None}
+    caller = []
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for i in range(n):
+        t0 = time.perf_counter()
+        ident = f"bench/{i:05d}-true"
+        store.put_toolcall({**record, "id": ident, "seq": i, "cgroup": f"agents/bench/tools/{i:05d}-true", "pid": i})
+        journal.emit("toolcall.start", f"tool call {ident} started: /bin/true", agent="bench", tool_call=ident, pid=i)
+        with store.transaction():
+            store.put_toolcall({**record, "id": ident, "seq": i, "state": "done", "outcome": "ok", "ended": 1.0})
+            journal.emit("toolcall.end", f"tool call {ident} ended: ok", agent="bench", tool_call=ident, outcome="ok")
+        caller.append(time.perf_counter() - t0)
+    journal.close()
+    store.close()
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    shutil.rmtree(tmp, ignore_errors=True)
+    return {"path": path, "toolcalls": n, "caller_us_p50": _pct(caller, 0.5) * 1e6, "caller_us_p99": _pct(caller, 0.99) * 1e6,
+            "caller_us_mean": sum(caller) / n * 1e6, "cpu_us_per_toolcall": cpu / n * 1e6, "wall_s": wall}
+
+
 # --- one path ----------------------------------------------------------------------------------
 
 
@@ -322,19 +358,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=None)
     ap.add_argument("--profile", metavar="FILE", help="cProfile the daemon's loop thread into FILE.<path>")
     ap.add_argument("--paths", default=",".join(PATHS), help="write paths to compare (direct,batched)")
+    ap.add_argument("--alone-only", action="store_true", help="only the write path without the daemon")
     args = ap.parse_args(argv)
     if args.profile:
         os.environ["LOOP_LOAD_PROFILE"] = args.profile
     rates = [int(r) for r in args.rates.split(",")]
     seconds = args.seconds or (3.0 if args.quick else 10.0)
+    paths = [p for p in args.paths.split(",") if p in PATHS]
+    logging.basicConfig(level=logging.INFO, format="agentd: %(message)s", stream=open(os.devnull, "w"))
+    alone = [write_path_alone(p, 2000 if args.quick else 10_000) for p in paths]
+    print("write path alone (journal + store work of one tool call: 2 records, 2 events):")
+    for a in alone:
+        print(f"  {a['path']:>8}: on the caller {a['caller_us_p50']:.0f} us p50, {a['caller_us_p99']:.0f} us p99, "
+              f"{a['caller_us_mean']:.0f} us mean; process CPU {a['cpu_us_per_toolcall']:.0f} us per tool call")
+    logging.getLogger().handlers.clear()
+    if args.alone_only:
+        return 0
     print("  ".join(f"{key:>{max(len(key), 8)}}" for key, _ in COLUMNS))
     rows, trackers = [], {}
-    paths = [p for p in args.paths.split(",") if p in PATHS]
     for path in paths:
         got, trackers[path] = run_path(path, args.tracker, rates, seconds)
         rows += got
     metrics = {f"{r['path']}_{r['rate']}_{key}": (round(v, 3) if isinstance(v, float) else v)
                for r in rows for key, v in r.items() if key not in ("path", "rate")}
+    for a in alone:
+        for key in ("caller_us_p50", "caller_us_p99", "caller_us_mean", "cpu_us_per_toolcall"):
+            metrics[f"{a['path']}_alone_{key}"] = round(a[key], 1)
     for path in paths:  # the headline: the highest rate, each path
         top = [r for r in rows if r["path"] == path and r["rate"] == max(rates)]
         if top:
@@ -342,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
                 metrics[f"{path}_top_{key}"] = round(top[0][key], 3)
     path = write_result("loop_load", metrics, {"rates": rates, "seconds_per_rate": seconds, "tracker": args.tracker,
                                                "trackers": trackers, "paths": paths, "probe_s": PROBE_S,
-                                               "quick": args.quick}, rows=rows)
+                                               "quick": args.quick}, rows=rows, write_path_alone=alone)
     print(f"wrote {path}")
     return 0
 
