@@ -45,9 +45,11 @@ def main() -> None:
               help="hybrid: make a tool call's cgroup only in the v1 hierarchies its limits use (needed), or in all of them")
 @click.option("--spare-cgroups", type=click.IntRange(0, 8), default=1, show_default=True,
               help="hybrid: v1 tool cgroups made ahead per agent and limits, renamed at placement")
+@click.option("--store-writes", type=click.Choice(["batched", "direct"]), default="batched", show_default=True,
+              help="batched: journal and records committed by one writer thread, in batches; direct: each on the event loop")
 @click.option("-v", "--verbose", is_flag=True)
 def run(socket_path, state_dir, results_dir, policy_dir, default_policy, cgroup_root, cgroup_leaf, tracker, admin_group, socket_group,
-        metrics_listen, host_memory_max, simulate_gpus, no_move_self, tool_cgroups, spare_cgroups, verbose) -> None:
+        metrics_listen, host_memory_max, simulate_gpus, no_move_self, tool_cgroups, spare_cgroups, store_writes, verbose) -> None:
     """Run the daemon in the foreground (systemd: Type=notify)."""
     from agentd.core.daemon import DaemonConfig, run_daemon
 
@@ -63,7 +65,7 @@ def run(socket_path, state_dir, results_dir, policy_dir, default_policy, cgroup_
                           cgroup_root=cgroup_root, cgroup_leaf=cgroup_leaf, tracker=tracker, admin_group=admin_group, socket_group=socket_group,
                           metrics_listen=metrics_listen, move_self=not no_move_self,
                           host_memory_max=budget, simulate_gpus=simulate_gpus, tool_cgroups=tool_cgroups,
-                          spare_cgroups=spare_cgroups)
+                          spare_cgroups=spare_cgroups, store_writes=store_writes)
     try:
         asyncio.run(run_daemon(config))
     except Exception as exc:  # one clear line, not a traceback, for the operator

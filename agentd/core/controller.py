@@ -78,6 +78,9 @@ class DaemonController:
         out["agentd_journal_dropped_total"] = float(self.d.journal.dropped)
         out["agentd_store_writes_deferred_total"] = float(self.d.store.stats["writes_deferred"])
         out["agentd_store_writes_pending"] = float(self.d.store.pending_writes)
+        if self.d.store.batcher is not None:  # the batched write path (agentd/core/batch_writer.py)
+            for key in ("batches", "items", "dropped", "failed", "busy_retries"):
+                out[f"agentd_store_batch_{key}_total"] = float(self.d.store.batcher.stats[key])
         out["agentd_policy_parse_timeouts_total"] = float(self.d.parse_workers.stats["timeouts"])
         snap = self.d.gpu_snapshot
         for gpu in (snap.gpus if snap is not None else []):

@@ -64,6 +64,7 @@ class DaemonConfig:
     results_dir: Path | None = None  # where agents read their result files; None: <socket dir>/results
     tool_cgroups: str = "needed"  # hybrid: tool cgroups only in the v1 hierarchies their limits use, or "all"
     spare_cgroups: int = 1  # hybrid: v1 tool cgroups made ahead per agent and limits, renamed at placement
+    store_writes: str = "batched"  # batched: one writer thread commits journal and records; direct: on the loop
 
 
 class Daemon:
@@ -102,7 +103,7 @@ class Daemon:
                                "(root's folders, each file 0400 to its agent's uid)")
         self.capabilities = capabilities.summary(capabilities.effective())
         self.lines["capabilities"] = self.capabilities["line"]
-        self.store = Store(config.state_dir / "agentd.db")
+        self.store = Store(config.state_dir / "agentd.db", writes=config.store_writes)
         self.journal = Journal(self.store, jsonl=config.state_dir / "journal.jsonl")
         self.policies = PolicySet(config.policy_dir, config.default_policy, require_root_owned=config.require_root_owned_policies)
         for problem in self.policies.skipped:  # one bad file must not keep the daemon down

@@ -1,6 +1,14 @@
 """Every decision is an event: a JSON line with level, kind, the agent and tool call it
 concerns, a sentence, and the numbers behind it. The journal stores it (crash-safe), logs
 it, and fans it out to API subscribers. Called only from the event loop's thread.
+
+With a batched store (the daemon's default) the loop only enqueues: the event's row and its
+JSONL line are written by the store's writer thread, after the batch that holds the row is
+committed (so the JSONL file never shows an event the database lost), and its log line is
+written by that thread as it takes the event (before the commit, so a database locked by
+another process does not hold the log back). The fan-out to subscribers and listeners stays
+on the loop; an event whose row the store dropped is logged on the loop. Rows the store dropped on a full queue are
+reported by a `journal.dropped` event once the queue takes events again.
 """
 
 from __future__ import annotations
@@ -9,6 +17,7 @@ import asyncio
 import json
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -33,6 +42,10 @@ class Journal:
         self.clock = clock
         self.jsonl_path = jsonl  # one JSON line per event, for `tail -f` and log shippers
         self._jsonl = _open_private(jsonl) if jsonl else None
+        self._jsonl_lock = threading.Lock()  # the writer thread writes, the loop closes
+        if store.batched:
+            store.on_events_committed = self._write_jsonl_lines
+            store.on_events_taken = self._log_events
         self._subscribers: dict[asyncio.Queue, tuple[str | None, int]] = {}
         self.listeners: list[Callable[[dict], None]] = []  # e.g. the demo's live view
         self.counts: dict[str, int] = {}
@@ -42,11 +55,16 @@ class Journal:
              tool_call: str | None = None, **data) -> dict:
         event = {"ts": self.clock(), "level": level, "kind": kind, "agent": agent, "tool_call": tool_call,
                  "message": message, "data": data}
+        batcher = self.store.batcher
+        drops = batcher.stats["dropped"] if batcher is not None else 0
         event["seq"] = self.store.append_event(event)
         self.counts[kind] = self.counts.get(kind, 0) + 1
-        if self._jsonl is not None:
-            self._write_jsonl(event)
-        log.log(LEVELS.get(level, 20), "%s%s", f"[{tool_call or agent}] " if (tool_call or agent) else "", message)
+        if batcher is None:
+            if self._jsonl is not None:
+                self._write_jsonl_lines([event])
+            self._log_events([event])
+        elif batcher.stats["dropped"] != drops:  # its row was refused: the writer will not log it
+            self._log_events([event])
         for queue, (want_agent, min_level) in list(self._subscribers.items()):
             if want_agent and want_agent != agent:
                 continue
@@ -58,11 +76,35 @@ class Journal:
                 self.dropped += 1
         for listener in self.listeners:
             listener(event)
+        if self.store.batched and self.store.batcher.unreported_drops and kind != "journal.dropped":
+            self._report_drops()
         return event
 
-    def _write_jsonl(self, event: dict) -> None:
+    def _report_drops(self) -> None:
+        """Rows the store refused on a full queue: said in the journal once it takes events again."""
+        if self.store.batcher.pending >= self.store.batcher.limit:
+            return  # still full: this event would be dropped too; the next emit tries again
+        n = self.store.take_unreported_drops()
+        self.emit("journal.dropped", f"{n} journal events were not stored (the store's write queue was full); "
+                  "subscribers and the log got them", level="error", dropped=n, total=self.store.batcher.stats["dropped"])
+
+    @staticmethod
+    def _log_events(events: list[dict]) -> None:
+        for ev in events:
+            number = LEVELS.get(ev["level"], 20)
+            if log.isEnabledFor(number):  # no formatting for a level that is off (debug, per event)
+                who = ev["tool_call"] or ev["agent"]
+                log.log(number, "%s%s", f"[{who}] " if who else "", ev["message"])
+
+    def _write_jsonl_lines(self, events: list[dict]) -> None:
+        with self._jsonl_lock:
+            if self._jsonl is None:
+                return
+            self._write_jsonl("".join(json.dumps(e, default=str) + "\n" for e in events))
+
+    def _write_jsonl(self, text: str) -> None:
         try:
-            self._jsonl.write(json.dumps(event, default=str) + "\n")
+            self._jsonl.write(text)
             if self._jsonl.tell() > JSONL_MAX_BYTES:
                 self._jsonl.close()
                 self.jsonl_path.replace(self.jsonl_path.with_name(self.jsonl_path.name + ".1"))
@@ -71,9 +113,12 @@ class Journal:
             log.warning("cannot write %s: %s; events stay in the database", self.jsonl_path, exc)
 
     def close(self) -> None:
-        if self._jsonl is not None:
-            self._jsonl.close()
-            self._jsonl = None
+        if self.store.batched:
+            self.store.flush(timeout=5.0)  # the queued events' lines first
+        with self._jsonl_lock:
+            if self._jsonl is not None:
+                self._jsonl.close()
+                self._jsonl = None
 
     def subscribe(self, agent: str | None = None, min_level: str = "info") -> asyncio.Queue:
         queue: asyncio.Queue = asyncio.Queue(maxsize=SUBSCRIBER_QUEUE)

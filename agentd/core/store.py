@@ -12,6 +12,19 @@ BUSY_TIMEOUT_MS for the lock; if it is still held, the write (and every later on
 their order) goes to a queue that a writer thread, with its own connection, commits as soon
 as the lock is free. Reads are not blocked by a writer in WAL mode; while writes are queued
 they see the database as it was. Only queued writes can be lost to a SIGKILL.
+
+That is the "direct" write path: each write commits on its caller's thread (the event
+loop), one transaction per write. The "batched" path (the daemon's default) never commits
+on the caller's thread: every write goes to one writer thread (agentd.core.batch_writer)
+that commits up to MAX_ITEMS queued writes per transaction, within MAX_WAIT_S of the first,
+and hands the committed events to `on_events_committed` (the journal's JSONL lines). Order
+is kept (one queue, one thread). A SIGKILL loses at most the writes not yet committed:
+milliseconds' worth, or what queued while another process held the lock; a placement's
+record survives through its placement note (agentd/toolcalls/notes.py). Reads see their
+own writes: a read first waits (up to READ_FLUSH_S) for what was queued before it, except
+while the database is locked by another process, when it reads the database as it was.
+A full queue never blocks its caller: journal events' rows past the limit are dropped and
+counted (the journal reports them), records are always queued.
 """
 
 from __future__ import annotations
@@ -24,12 +37,17 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
+
+from agentd.core.batch_writer import BatchWriter, Busy
 
 MAX_EVENTS = 20_000
 MAX_DONE_TOOLCALLS = 5_000
 BUSY_TIMEOUT_MS = 20  # the longest a write may hold up its caller (the event loop)
 WRITER_RETRY_S = (0.005, 0.05)  # the writer thread's pause between attempts, growing
 OPEN_TIMEOUT_S = 10.0  # start-up may wait for the lock: nothing runs yet
+READ_FLUSH_S = 1.0  # the longest a read waits for the writes queued before it (batched)
+WRITE_PATHS = ("batched", "direct")
 
 log = logging.getLogger("agentd.store")
 
@@ -114,8 +132,18 @@ def _commit(db: sqlite3.Connection, ops: list[tuple[str, tuple]]) -> None:
         raise
 
 
+_EVENT_INSERT = "INSERT INTO events(seq, ts, level, kind, agent, tool_call, message, data) VALUES (?,?,?,?,?,?,?,?)"
+
+
+def _event_args(seq: int, ev: dict) -> tuple:
+    return (seq, ev["ts"], ev["level"], ev["kind"], ev.get("agent"), ev.get("tool_call"), ev["message"],
+            json.dumps(ev.get("data") or {}, default=str))
+
+
 class Store:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, writes: str = "direct"):
+        if writes not in WRITE_PATHS:
+            raise ValueError(f"store writes: expected one of {', '.join(WRITE_PATHS)}, got {writes!r}")
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = path
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=OPEN_TIMEOUT_S)
@@ -136,8 +164,27 @@ class Store:
         self._writer: threading.Thread | None = None
         self._closing = False
         self.stats = {"writes_deferred": 0, "writer_retries": 0, "writes_failed": 0}
+        self.writes = writes
+        self.on_events_committed: Callable[[list[dict]], None] | None = None  # on the writer thread
+        self.on_events_taken: Callable[[list[dict]], None] | None = None  # writer thread, once per event, before its commit
+        self._taken_seq = 0  # the highest event seq handed to on_events_taken (a busy batch is retried)
+        self._wdb: sqlite3.Connection | None = None  # the batch writer's own connection
+        self.batcher = BatchWriter(self._commit_batch, name="agentd-store-writer", on_start=self._open_writer_db,
+                                   on_stop=self._close_writer_db) if writes == "batched" else None
+
+    @property
+    def batched(self) -> bool:
+        return self.batcher is not None
 
     def close(self) -> None:
+        if self.batcher is not None:
+            left = self.batcher.close(timeout=5.0)
+            if left:
+                log.error("Closing the store with %d writes still queued behind a held database lock; "
+                          "they are lost.", left)
+            with self._lock:
+                self._db.close()
+            return
         self.flush(timeout=5.0)
         with self._lock:
             self._closing = True
@@ -149,6 +196,8 @@ class Store:
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until no write is queued (True) or the timeout passes (False)."""
+        if self.batcher is not None:
+            return self.batcher.flush(timeout)
         deadline = time.monotonic() + timeout
         with self._lock:
             while self._pending:
@@ -160,7 +209,78 @@ class Store:
 
     @property
     def pending_writes(self) -> int:
-        return len(self._pending)
+        return self.batcher.pending if self.batcher is not None else len(self._pending)
+
+    def take_unreported_drops(self) -> int:
+        """Journal events' rows dropped on a full queue since the last call (batched)."""
+        return self.batcher.take_unreported_drops() if self.batcher is not None else 0
+
+    # ------------------------------------------------------------------ the batched path
+    def _open_writer_db(self) -> None:
+        # timeout=0: the writer polls (BatchWriter.RETRY_S) instead of SQLite's busy wait,
+        # which sleeps whole seconds where SQLite was built without usleep
+        self._wdb = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=0)
+        self._wdb.execute("PRAGMA synchronous=NORMAL")
+
+    def _close_writer_db(self) -> None:
+        if self._wdb is not None:
+            self._wdb.close()
+            self._wdb = None
+
+    def _commit_batch(self, batch: list) -> None:
+        """On the writer thread: the batch in one transaction, then its events to the hook."""
+        db, events = self._wdb, []
+        self._run_items(None, batch, events)  # the batch's (seq, event)s, nothing run yet
+        fresh = [ev for seq, ev in events if seq > self._taken_seq]
+        if events:
+            self._taken_seq = max(self._taken_seq, events[-1][0])
+        if fresh and self.on_events_taken is not None:
+            try:
+                self.on_events_taken(fresh)  # the log: at once, even while the lock is held elsewhere
+            except Exception as exc:  # noqa: BLE001
+                log.warning("event hook failed: %s", exc)
+        events = []
+        try:
+            db.execute("BEGIN IMMEDIATE")  # the write lock first: busy here means nothing ran
+        except sqlite3.OperationalError as exc:
+            if _busy(exc):
+                raise Busy() from exc
+            raise
+        try:
+            self._run_items(db, batch, events)
+            db.execute("COMMIT")
+        except BaseException as exc:
+            db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError) and _busy(exc):
+                raise Busy() from exc
+            raise
+        if events and self.on_events_committed is not None:
+            try:
+                self.on_events_committed([ev for _seq, ev in events])
+            except Exception as exc:  # noqa: BLE001 - the rows are in; a hook's failure must not redo them
+                log.warning("after-commit hook failed: %s", exc)
+
+    @staticmethod
+    def _run_items(db: sqlite3.Connection | None, items: list, events: list) -> None:
+        """Execute the items on db (None: only collect their events)."""
+        for kind, payload in items:
+            if kind == "event":
+                seq, ev = payload
+                if db is not None:
+                    db.execute(_EVENT_INSERT, _event_args(seq, ev))
+                events.append((seq, ev))
+            elif kind == "group":  # a transaction(): its items, in order
+                Store._run_items(db, payload, events)
+            elif db is not None:
+                for sql, args in payload:
+                    db.execute(sql, args)
+
+    def _see_own_writes(self) -> None:
+        """Before a read (batched): wait for the writes queued before it, unless another
+        process holds the lock (then the read sees the database as it was)."""
+        b = self.batcher
+        if b is not None and b.pending and not b.on_writer_thread() and not b.busy:
+            b.flush(READ_FLUSH_S)
 
     @contextmanager
     def transaction(self):
@@ -183,17 +303,27 @@ class Store:
         return int(row[0] or 0)
 
     def _exec(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
+        self._see_own_writes()
         with self._lock:
             return self._db.execute(sql, args)
 
     def _write(self, sql: str, args: tuple = ()) -> None:
-        with self._lock:
+        self._queue_or_commit(("ops", [(sql, args)]) if self.batcher is not None else (sql, args))
+
+    def _queue_or_commit(self, item, droppable: bool = False) -> None:
+        """Into the open transaction() of this thread, else committed (direct) or queued (batched)."""
+        with self._lock:  # held throughout: writes keep the order of their callers
             if self._batch is not None and self._batch_thread == threading.get_ident():
-                self._batch.append((sql, args))
-                return
-            self._submit([(sql, args)])
+                self._batch.append(item)
+            elif self.batcher is not None:
+                self.batcher.put(item, droppable=droppable)
+            else:
+                self._submit([item])
 
     def _submit(self, ops: list) -> None:
+        if self.batcher is not None:
+            self.batcher.put(("group", ops))  # one queue item: always in one batch, all or nothing
+            return
         with self._lock:
             if not self._pending:
                 try:
@@ -291,11 +421,10 @@ class Store:
         with self._lock:
             seq = self._next_event_seq
             self._next_event_seq += 1
-            self._write(
-                "INSERT INTO events(seq, ts, level, kind, agent, tool_call, message, data) VALUES (?,?,?,?,?,?,?,?)",
-                (seq, ev["ts"], ev["level"], ev["kind"], ev.get("agent"), ev.get("tool_call"), ev["message"],
-                 json.dumps(ev.get("data") or {})),
-            )
+            if self.batcher is not None:  # serialized on the writer thread
+                self._queue_or_commit(("event", (seq, ev)), droppable=True)
+            else:
+                self._write(_EVENT_INSERT, _event_args(seq, ev))
             self._inserts += 1
             if self._inserts % 1000 == 0:
                 self.rotate()
