@@ -129,7 +129,9 @@ def decide_holds(state: HoldState, agents: tuple[AgentUse, ...], budget: int | N
     # would end agents that only had to wait (issue 10).
     least = sum(floors[a.name] for a in agents)
     for a in list(back):
-        room = line - (least - floors[a.name])
+        # + SLACK: a cap sits that far above use, so an agent given all the room waits at
+        # room + SLACK; it is not to be ended for what its own cap allowed.
+        room = line - (least - floors[a.name]) + SLACK
         if a.waiting and a.runtime_needed > room:
             reason = (f"waiting cannot help: its runtime alone needs {fmt(a.runtime_needed)} that reclaim cannot "
                       f"free, more than the {fmt(max(room, 0))} the budget {fmt(budget)} leaves beside the least "

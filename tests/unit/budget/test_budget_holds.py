@@ -106,10 +106,10 @@ def test_a_held_agent_whose_runtime_alone_cannot_fit_is_ended_and_says_why():
 
 
 # The fit test at its boundary (issue 10). The high agent's least is 700 MB, so a held low's
-# runtime has LINE - 700 MB. What the kernel charges includes page cache (an interpreter's
-# imports, files written), which reclaim frees before anyone is paused: only what reclaim
-# cannot free (anon, shmem, kernel memory) has to fit.
-ROOM = LINE - 700 * MB
+# runtime has LINE - 700 MB (+ the SLACK its cap sits above use). What the kernel charges
+# includes page cache (an interpreter's imports, files written), which reclaim frees before
+# anyone is paused: only what reclaim cannot free (anon, shmem, kernel memory) has to fit.
+ROOM = LINE - 700 * MB + SLACK
 
 
 def _held_low_beside_a_700_mb_high(l1: AgentUse, high: AgentUse | None = None):
@@ -148,6 +148,26 @@ def test_the_other_agents_page_cache_counts_as_room_too():
     l1 = AgentUse("l1", "low", 1, 390 * MB, runtime_needed=ROOM + 200 * MB + 1, waiting=True)
     state, actions = _held_low_beside_a_700_mb_high(l1, high)
     assert [a.agent for a in actions if isinstance(a, EndHeldAgent)] == ["l1"]
+
+
+def test_a_low_given_all_the_room_and_waiting_at_its_cap_is_not_ended_for_the_caps_slack():
+    # the e2e test's shape at 440 MB: the high agent first seen at its peak (its least learned
+    # = 207 MB); the low climbs to the cap the model gives it (line - 207 MB + SLACK once
+    # patience runs out) and waits there for the burst to pass
+    budget = 440 * MB
+    line = budget - int(budget * S.margin_pct / 100)
+    state, _ = decide_holds(HoldState(), (use("l", "low", 155), use("h", "high", 207, 1)), budget, S, 0.0)
+    low, t, ended = 155 * MB, 0.2, []
+    for _ in range(25):
+        cap = state.held.get("l")
+        waiting = cap is not None and low + SLACK // 2 >= cap
+        state, actions = decide_holds(state, (AgentUse("l", "low", 0.0, low, runtime_needed=low - 2 * MB, waiting=waiting),
+                                              use("h", "high", 207, 1)), budget, S, t)
+        ended += [a for a in actions if isinstance(a, EndHeldAgent)]
+        low = min(low + 8 * MB, state.held.get("l", low + 8 * MB))
+        t += 0.2
+    assert state.held["l"] == line - 207 * MB + SLACK  # it was given the whole room ...
+    assert not ended and state.ended == 0  # ... and waits there for the burst to pass
 
 
 def test_a_held_agent_is_not_ended_while_the_burst_beside_it_can_still_pass():
