@@ -108,6 +108,8 @@ def run_agent(plan_path: str, out_path: str) -> int:
                                   text=True)
         except OSError as exc:  # fork refused (ENOMEM at a memory limit): the tool call fails, the agent goes on,
             rc = -exc.errno     # as an agent runtime reports a spawn error to its model and carries on
+        except subprocess.SubprocessError:  # the child failed before exec and could not say why in full (its
+            rc = -1                          # error report cut short at the cap: "Bad exception data"): the same
         else:
             rc = proc.returncode
             for line in proc.stdout.splitlines():

@@ -9,9 +9,11 @@ Everything it needs is learned at run time: each agent's peak so far and its lar
 growth between two samples (how far a higher-priority agent may still climb, and how close
 to the budget "near" is for the held ones). The policy gives only floors.
 
-End an agent only when waiting cannot help: a held agent whose runtime alone outgrows
-what the budget leaves beside the least every other agent has used. State + sample in,
-actions out; no kernel, no clock.
+End an agent only when waiting cannot help: a held agent whose runtime alone needs more
+than the budget leaves beside the least every other agent has needed. "Needs" is what
+reclaim cannot free (the kernel's usage less page cache: the caller reads it from
+memory.stat), since at a cap or at the budget the kernel reclaims the rest before it
+pauses anyone. State + sample in, actions out; no kernel, no clock.
 """
 
 from __future__ import annotations
@@ -36,9 +38,14 @@ class AgentUse:
     name: str
     priority: str
     created: float
-    bytes: int  # agents/<name> now (runtime and tool calls)
-    runtime_bytes: int = 0  # its runtime alone
+    bytes: int  # agents/<name> now (runtime and tool calls), as the kernel charges it: page cache included
+    runtime_needed: int = 0  # its runtime alone, what reclaim cannot free (anon, shmem, kernel memory)
     waiting: bool = False  # paused at its hold cap (v1 under_oom; v2 memory.high events rising)
+    needed: int | None = None  # agents/<name>, what reclaim cannot free; None: not known, all of bytes
+
+    @property
+    def needed_bytes(self) -> int:
+        return self.bytes if self.needed is None else self.needed
 
 
 @dataclass
@@ -47,7 +54,7 @@ class HoldState:
     peaks: dict[str, int] = field(default_factory=dict)  # learned: each agent's largest use so far
     last: dict[str, int] = field(default_factory=dict)  # each agent's use at the previous sample
     bursts: dict[str, int] = field(default_factory=dict)  # learned: each agent's largest growth between samples
-    floors: dict[str, int] = field(default_factory=dict)  # learned: each agent's smallest use so far
+    floors: dict[str, int] = field(default_factory=dict)  # learned: the least each agent has needed so far
     stalled_since: float | None = None  # every held agent waiting while the front did not grow
     holds: int = 0
     ended: int = 0
@@ -96,7 +103,7 @@ def decide_holds(state: HoldState, agents: tuple[AgentUse, ...], budget: int | N
     # an agent's first sample is its start, not a burst
     bursts = {a.name: max(state.bursts.get(a.name, 0), a.bytes - state.last[a.name] if a.name in state.last else 0)
               for a in agents}
-    floors = {a.name: min(state.floors.get(a.name, a.bytes), a.bytes) for a in agents}
+    floors = {a.name: min(state.floors.get(a.name, a.needed_bytes), a.needed_bytes) for a in agents}
     new = replace(state, held=held, peaks=peaks, bursts=bursts, floors=floors, last={a.name: a.bytes for a in agents})
     if budget is None or not settings.enabled or len(agents) < 2:
         return replace(new, held={}, stalled_since=None), [Release(n, "no budget in force or no one to hold") for n in held]
@@ -117,15 +124,20 @@ def decide_holds(state: HoldState, agents: tuple[AgentUse, ...], budget: int | N
 
     actions: list = []
     # Waiting cannot help: a held agent whose runtime alone does not fit even when everyone
-    # else is back at the least they have used (a burst passing frees no more than that).
+    # else is back at the least they have needed (a burst passing frees no more than that).
+    # Both sides without page cache: reclaim frees it before anyone is paused, so counting it
+    # would end agents that only had to wait (issue 10).
     least = sum(floors[a.name] for a in agents)
     for a in list(back):
-        room = line - (least - floors[a.name])
-        if a.waiting and a.runtime_bytes > room:
-            reason = (f"waiting cannot help: its runtime alone uses {fmt(a.runtime_bytes)}, more than the "
-                      f"{fmt(max(room, 0))} the budget {fmt(budget)} leaves beside the least the other "
-                      f"agents have used; ended its runtime")
-            actions.append(EndHeldAgent(a.name, reason, {"budget": budget, "runtime_bytes": a.runtime_bytes, "room": room}))
+        # + SLACK: a cap sits that far above use, so an agent given all the room waits at
+        # room + SLACK; it is not to be ended for what its own cap allowed.
+        room = line - (least - floors[a.name]) + SLACK
+        if a.waiting and a.runtime_needed > room:
+            reason = (f"waiting cannot help: its runtime alone needs {fmt(a.runtime_needed)} that reclaim cannot "
+                      f"free, more than the {fmt(max(room, 0))} the budget {fmt(budget)} leaves beside the least "
+                      f"the other agents have needed; ended its runtime")
+            actions.append(EndHeldAgent(a.name, reason, {"budget": budget, "runtime_needed": a.runtime_needed,
+                                                         "room": room}))
             new = replace(new, ended=new.ended + 1)
             back.remove(a)
             held.pop(a.name, None)

@@ -22,6 +22,7 @@ from agentd.budget.model import (
 )
 from agentd.cgroups import layout
 from agentd.cgroups.driver import CgroupError
+from agentd.cgroups.parse import unreclaimable_bytes
 from agentd.kinds.contract import Access, Command, Kind
 
 
@@ -93,13 +94,15 @@ class BudgetKind(Kind):
                 runtime = self.ctx.driver.stats(layout.runtime_rel(a.name)).memory_current
             except (CgroupError, OSError):
                 continue
+            needed, runtime_needed = self._needed(a.cgroup, st.memory_current), self._needed(f"{a.cgroup}/runtime", runtime)
             if self.ctx.driver.kind == "v2":
                 high = st.memory_events.get("high", 0)
                 waiting = high > self.high_seen.get(a.name, high)
                 self.high_seen[a.name] = high
             else:
                 waiting = bool(st.memory_events.get("under_oom"))
-            uses.append(AgentUse(a.name, self.ctx.model.agent_priority(a), a.created, st.memory_current, runtime, waiting))
+            uses.append(AgentUse(a.name, self.ctx.model.agent_priority(a), a.created, st.memory_current,
+                                 runtime_needed=runtime_needed, waiting=waiting, needed=needed))
         before = dict(self.holds.held)
         self.holds, actions = decide_holds(self.holds, tuple(uses), self.settings.memory_max, self.settings.hold, now,
                                            fmt=format_size)
@@ -124,6 +127,14 @@ class BudgetKind(Kind):
                 self.ctx.emit("ended", f"ended agent {action.agent}'s runtime: {action.reason}", level="warn",
                               agent=action.agent, **action.figures)
                 self.ctx.model.end_agent_runtime(action.agent, action.reason, limit="host_budget", **action.figures)
+
+    def _needed(self, rel: str, memory_current: int) -> int:
+        """What of rel's usage reclaim cannot free (page cache left out); all of it when its
+        memory.stat cannot be read."""
+        try:
+            return unreclaimable_bytes(memory_current, self.ctx.driver.memory_stat(rel))
+        except (CgroupError, OSError):
+            return memory_current
 
     def _release(self, target: str, agent: str, reason: str, live: set[str]) -> None:
         try:

@@ -157,6 +157,19 @@ class CgroupDriver(ABC):
 
     # Optional methods (added after the first interface; concrete so fakes need not define them).
 
+    def memory_stat(self, rel: str) -> dict[str, int]:
+        """rel's memory.stat, hierarchical (its whole subtree: v1's total_* keys, named as on
+        v2), or {} when no mounted hierarchy has the memory controller. What of the usage
+        reclaim could free: agentd.cgroups.parse.unreclaimable_bytes."""
+        from agentd.cgroups import fs  # both import this module
+        from agentd.cgroups.parse import hierarchical_memory_stat, parse_flat_keyed
+
+        try:
+            path = self.knob_path(rel, "memory.stat")
+        except CgroupError:
+            return {}
+        return hierarchical_memory_stat(parse_flat_keyed(fs.read(path)))
+
     def oom_watch_poll_mask(self) -> int:
         """What to poll the open_oom_watch fd for: POLLIN for the v1 eventfd (asyncio
         add_reader works), POLLPRI for the v2 memory.events fd (use agentd.cgroups.psi)."""

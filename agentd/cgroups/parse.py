@@ -29,6 +29,29 @@ def parse_flat_keyed(text: str) -> dict[str, int]:
     return out
 
 
+def hierarchical_memory_stat(stat: dict[str, int]) -> dict[str, int]:
+    """memory.stat for a cgroup's whole subtree. v1 keeps the subtree's figures under total_*
+    (the plain keys count only the cgroup's own processes, none for agents/<name>, whose
+    processes sit in children); v2's keys are already the subtree's."""
+    if any(k.startswith("total_") for k in stat):
+        return {k[len("total_"):]: v for k, v in stat.items() if k.startswith("total_")}
+    return dict(stat)
+
+
+# What reclaim frees without swap: page cache on the file LRU, and (v2 lists it) reclaimable
+# slab. Not the "file"/"cache" figures: they include shmem/tmpfs, which without swap stays.
+RECLAIMABLE_KEYS = ("active_file", "inactive_file", "slab_reclaimable")
+
+
+def unreclaimable_bytes(memory_current: int, stat: dict[str, int]) -> int:
+    """What of a cgroup's charged memory reclaim cannot free: its usage less the page cache
+    and reclaimable slab in its memory.stat (anon, shmem, mlocked and kernel memory remain).
+    A memory.stat without the file LRU keys (none read) counts all of the usage."""
+    if "active_file" not in stat and "inactive_file" not in stat:
+        return memory_current
+    return max(0, memory_current - sum(stat.get(k, 0) for k in RECLAIMABLE_KEYS))
+
+
 def parse_psi(text: str) -> PressureStats:
     """A <resource>.pressure file: "some avg10=.. avg60=.. avg300=.. total=.." and "full ..."."""
     stats = PressureStats()

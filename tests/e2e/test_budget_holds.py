@@ -52,12 +52,9 @@ def _watch(driver, stop: threading.Event, seen: dict) -> None:
         time.sleep(0.01)
 
 
-# Known bug (issue 10): about 1 run in 6 the budget judges that the low agent's runtime
-# "cannot fit" and ends it, because agents' usage as the kernel counts it includes page cache
-# (the interpreters' imports) that reclaim would free. Skipped in CI until the model counts
-# only what cannot be reclaimed; run it by hand: it fails when the bug shows.
-@pytest.mark.skipif(os.environ.get("CI") == "true", reason="flaky until the budget's fit test ignores reclaimable "
-                    "page cache (issue 10)")
+# Issue 10: page cache charged to the agents (interpreters' imports) no longer counts in the
+# fit test ("waiting cannot help"): only what reclaim cannot free does. The other cause of
+# failures here was any OOM kill on the host counted as ours (below).
 def test_a_low_agent_is_paused_while_the_high_agent_bursts_then_released_not_killed(daemon, tmp_path):
     driver = daemon.driver()
     limit_name = "memory.high" if driver.kind == "v2" else "memory.limit_in_bytes"
@@ -90,7 +87,12 @@ def test_a_low_agent_is_paused_while_the_high_agent_bursts_then_released_not_kil
     assert held, [e["kind"] for e in events]
     assert released and released[-1]["ts"] >= held[0]["ts"]
     assert not [e for e in events if e.get("agent") == "high" and e["kind"] == "budget.held"]  # the high agent never
-    assert not [e for e in events if e["kind"] in ("budget.ended", "agent.runtime_ended", "kernel.oom_victim")]
+    assert not [e for e in events if e["kind"] in ("budget.ended", "agent.runtime_ended")], story
+    # The tracker sees every OOM kill on the host (other work's too): ours are the two runtimes
+    # (agentctl run execs them, same pid) or a victim the daemon placed in an agent.
+    ours = {low.pid, high.pid}
+    assert not [e for e in events if e["kind"] == "kernel.oom_victim"
+                and (e.get("agent") or e.get("data", {}).get("pid") in ours)], story
     assert seen.get("paused"), seen  # the kernel itself paused (v1) or throttled (v2) the low agent
     assert seen.get("oom_kills", 0) == 0
     assert max(report["steps"]) >= 0.2  # one of its allocations waited out the hold

@@ -7,14 +7,17 @@ import pytest
 from agentd.cgroups.parse import (
     format_v2_cpu_max,
     format_v2_max,
+    hierarchical_memory_stat,
     parse_cgroup_file,
     parse_flat_keyed,
     parse_mounts,
     parse_psi,
     parse_size,
+    unreclaimable_bytes,
     weight_to_shares,
 )
 
+MiB = 1 << 20
 MEMORY_EVENTS = "low 0\nhigh 17\nmax 4\noom 1\noom_kill 1\noom_group_kill 0\n"
 CPU_STAT = (
     "usage_usec 1234567\nuser_usec 1000000\nsystem_usec 234567\nnice_usec 0\n"
@@ -22,6 +25,20 @@ CPU_STAT = (
     "nr_bursts 0\nburst_usec 0\n"
 )
 MEMORY_STAT_V2 = "anon 1048576\nfile 4096\nkernel 65536\nsock 0\nshmem 0\npgfault 300\n"
+# v1 memory.stat of a cgroup whose processes sit in a child (agents/<name>: runtime, tools):
+# its own keys are zero, the subtree's are the total_* ones.
+MEMORY_STAT_V1_PARENT = (
+    "cache 0\nrss 0\nshmem 0\ninactive_anon 0\nactive_anon 0\ninactive_file 0\nactive_file 0\n"
+    "unevictable 0\nhierarchical_memory_limit 9223372036854771712\n"
+    "total_cache 220200960\ntotal_rss 157286400\ntotal_shmem 16777216\ntotal_mapped_file 0\n"
+    "total_inactive_anon 174063616\ntotal_active_anon 0\ntotal_inactive_file 150994944\n"
+    "total_active_file 52428800\ntotal_unevictable 0\n"
+)
+MEMORY_STAT_V2_FULL = (
+    "anon 157286400\nfile 220200960\nkernel 4194304\nshmem 16777216\nfile_mapped 0\n"
+    "inactive_anon 174063616\nactive_anon 0\ninactive_file 150994944\nactive_file 52428800\n"
+    "unevictable 0\nslab_reclaimable 2097152\nslab_unreclaimable 1048576\nslab 3145728\n"
+)
 OOM_CONTROL_V1 = "oom_kill_disable 1\nunder_oom 1\noom_kill 0\n"
 PSI = (
     "some avg10=1.53 avg60=0.40 avg300=0.09 total=2041811\n"
@@ -50,6 +67,24 @@ def test_flat_keyed_files():
     assert parse_flat_keyed(OOM_CONTROL_V1) == {"oom_kill_disable": 1, "under_oom": 1, "oom_kill": 0}
     assert parse_flat_keyed("") == {}
     assert parse_flat_keyed("garbage\nx y z\nk notanint\nok 3\n") == {"ok": 3}
+
+
+def test_memory_stat_of_the_subtree_on_v1_and_v2():
+    v1 = hierarchical_memory_stat(parse_flat_keyed(MEMORY_STAT_V1_PARENT))
+    assert v1["inactive_file"] == 144 * MiB and v1["active_file"] == 50 * MiB and v1["rss"] == 150 * MiB
+    assert "hierarchical_memory_limit" not in v1
+    v2 = hierarchical_memory_stat(parse_flat_keyed(MEMORY_STAT_V2_FULL))
+    assert v2 == parse_flat_keyed(MEMORY_STAT_V2_FULL)
+
+
+def test_unreclaimable_leaves_out_page_cache_but_keeps_shmem_and_kernel_memory():
+    # charged: 150 MiB anon + 16 MiB shmem + 194 MiB page cache (+ 4 MiB kernel on v2)
+    v1 = hierarchical_memory_stat(parse_flat_keyed(MEMORY_STAT_V1_PARENT))
+    assert unreclaimable_bytes(360 * MiB, v1) == 166 * MiB  # shmem has no swap to go to: it stays
+    v2 = parse_flat_keyed(MEMORY_STAT_V2_FULL)
+    assert unreclaimable_bytes(364 * MiB, v2) == 364 * MiB - 194 * MiB - 2 * MiB  # reclaimable slab goes too
+    assert unreclaimable_bytes(360 * MiB, {}) == 360 * MiB  # nothing read: all of it counts
+    assert unreclaimable_bytes(100 * MiB, v1) == 0  # read a moment apart: never below 0
 
 
 def test_psi_lines():
