@@ -6,7 +6,9 @@ The guest test ids are listed on the host (`pytest --collect-only tests/vm/guest
 AGENTD_VM_COLLECT=1) when this module is collected; the outcomes come back in the guest's
 JUnit XML. If the VM cannot boot, every test here FAILS with the reason.
 
-Environment: AGENTD_VM_TIMEOUT (seconds for boot + guest run, default 300);
+Environment: AGENTD_VM_TIMEOUT (seconds for boot + guest run, default 900: the daemon
+tests in tests/vm/guest/test_daemon_guest.py run the demo and start the daemon three times,
+each start compiling the BPF tracker under emulation);
 AGENTD_VM_KEEP=1 keeps the results folder (console.log, stdout, stderr, junit.xml) even
 when every guest test passed (it is always kept otherwise).
 """
@@ -29,7 +31,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 GUEST_DIR = HERE / "guest"
 GUEST_REL = "tests/vm/guest"
-TIMEOUT = float(os.environ.get("AGENTD_VM_TIMEOUT", "300"))
+TIMEOUT = float(os.environ.get("AGENTD_VM_TIMEOUT", "900"))
 
 
 def _load_harness():
@@ -157,8 +159,10 @@ def guest_run():
                "--durations=5", f"--junitxml={junit}", "-o", "junit_logging=all", GUEST_REL]
     run = GuestRun()
     try:
+        # PYTHONPATH: the daemon and agentctl the guest tests start run this checkout's code
+        # (the venv's editable install may point at another checkout).
         run.result = harness.boot_and_run(command, numa=True, zram=True, timeout=TIMEOUT,
-                                          files_dir=rw, env=_plugin_env())
+                                          files_dir=rw, env={**_plugin_env(), "PYTHONPATH": str(REPO)})
     except harness.VMError as e:
         run.error = e
         yield run

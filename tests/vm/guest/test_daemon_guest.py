@@ -1,0 +1,206 @@
+"""The real daemon on pure cgroup v2, inside the VM (tests/vm/test_vm.py boots it):
+
+- `agentd demo --json` (the contract benchmarks/vm_demo.py records): the burst throttled at
+  memory.high, the runaway frozen on PSI and then killed at the end of the ladder, the hung
+  server's whole tree ended at its timeout, the fork storm stopped at pids.max;
+- the BPF exec gate: every exec of an agent, seen from the probe's first instruction
+  (/proc/self/cgroup), runs in its own tool cgroup: 0 escapes;
+- a SIGKILL of the daemon while a tool call is frozen at its limit: the restarted daemon
+  re-adopts the agent and the tool call and decides it (killed), nothing stays frozen or
+  stopped, no record is lost.
+
+Emulation makes each daemon start (BCC compiles the tracker) and each Python start slow:
+the gate and crash tests share one daemon, the demo runs once.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from guestlib import Cgroup
+
+REPO = Path(__file__).resolve().parents[3]
+RUNAWAY = str(REPO / "examples" / "workloads" / "runaway.py")
+SCRIPTED = REPO / "tests" / "e2e" / "agents" / "scripted.py"
+PY = sys.executable
+GATED_EXECS = 40
+
+# The crash test's ladder: a runaway throttled at 32M, granted once, frozen on PSI; a long
+# freeze grace so that the daemon is surely killed while the tool call is frozen.
+CRASH_POLICY = """\
+version: 1
+name: default
+toolcalls:
+  defaults: {memory_high: 32M, memory_max: 64M, swap_max: 0, pids_max: 64, timeout_s: 600}
+  ceiling: {memory_high: 256M, memory_max: 512M, pids_max: 256, timeout_s: 1200}
+  escalation: {psi_full_pct: 40, sustain_s: 1, freeze_s: 20}
+"""
+
+
+@pytest.fixture(scope="module")
+def demo(cgroup_root):
+    from benchmarks import vm_demo_guest
+
+    run = vm_demo_guest.run_demo(tracker="bpf")
+    assert "error" not in run, f"{run['error']}\n{run['stderr_tail']}"
+    assert run["rc"] == 0, run["stderr_tail"]
+    print(f"agentd demo --json took {run['demo_s']} s in the VM")
+    return run
+
+
+def test_demo_json_on_pure_v2(demo):
+    from benchmarks.vm_demo_guest import metrics
+
+    out = demo["demo"]
+    m = metrics(demo, {"escaped_pct": 0.0, "execs": 0})
+    assert m["cgroup_driver"] == "v2"
+    assert m["tracker"] == "bpf" and m["exec_gate"] == 1, out["lines"]
+    assert m["agent_exit"] == 0
+    calls = {c["name"]: c for c in out["tool_calls"]}
+    assert m["tool_calls"] == len(calls) == 8, list(calls)
+    assert len({c["cgroup"] for c in calls.values()}) == 8  # one cgroup per tool call
+    assert all(c["cgroup"].startswith("agents/demo/tools/") for c in calls.values())
+    # The burst: throttled at memory.high, granted once, completed.
+    burst = calls["python-burst.py"]
+    assert burst["outcome"] == "throttled" and burst["exit_code"] == 0, burst
+    assert "toolcall.throttled" in burst["events"] and "toolcall.frozen" not in burst["events"], burst
+    # The runaway: throttled, then frozen on PSI (v2 has no pause at the limit), then killed
+    # at the end of the ladder by agentd (not by the kernel's OOM killer).
+    runaway = calls["python-runaway.py"]
+    assert runaway["outcome"] == "killed" and runaway["exit_code"] == -9, runaway
+    kinds = runaway["events"]
+    assert kinds.index("toolcall.throttled") < kinds.index("toolcall.frozen") < kinds.index("toolcall.killed"), kinds
+    assert "no relief" in runaway["reason"] and runaway["peak_bytes"] >= 256 << 20, runaway
+    assert m["frozen_then_killed"] == 1
+    # The hung server: its timeout ended the whole tree (both sleeps, not only the shell).
+    server = calls["server"]
+    assert server["outcome"] == "killed" and "timeout" in server["reason"], server
+    assert demo["leftover_server_pids"] == []
+    # The fork storm: stopped by the kernel at pids.max, the tool call went on.
+    storm = calls["forkstorm"]
+    assert storm["outcome"] == "throttled" and "pids_max" in storm["reason"] and storm["exit_code"] == 0, storm
+    assert calls["git"]["outcome"] == "ok" and calls["git"]["exit_code"] == 0
+    # Nothing of the demo is left in the kernel.
+    own = Path("/proc/self/cgroup").read_text().split("::", 1)[1].strip().rstrip("/")
+    assert not Path(f"/sys/fs/cgroup{own}/agentd-demo/agents/demo").exists()
+
+
+@pytest.fixture(scope="module")
+def daemon(cgroup_root):
+    """The real daemon (`agentd run --tracker bpf`) with CRASH_POLICY, removed afterwards."""
+    from benchmarks import vm_demo_guest
+    from benchmarks.daemon_process import DaemonProcess
+
+    d = DaemonProcess(tracker="bpf", policy=CRASH_POLICY, env=vm_demo_guest._env())
+    try:
+        t0 = time.monotonic()
+        d.start(timeout=600)
+        print(f"daemon started in {time.monotonic() - t0:.1f} s (BCC compiles the tracker)")
+        yield d
+    finally:
+        d.cleanup()
+
+
+def test_gated_execs_run_in_their_tool_cgroup_from_the_first_instruction(daemon, tmp_path):
+    from benchmarks import vm_demo_guest
+
+    probe = vm_demo_guest.build_probe(tmp_path)
+    gate = vm_demo_guest.gate_check(daemon, probe, GATED_EXECS)
+    print(f"gate: {json.dumps(gate)}")
+    assert gate["agent_exit"] == 0, gate["stderr_tail"]
+    assert gate["tracker"] == "bpf" and gate["exec_gate"]
+    assert gate["execs"] == GATED_EXECS
+    assert gate["escaped"] == 0, gate["escaped_examples"]
+    assert gate["distinct_cgroups"] == GATED_EXECS  # one cgroup per exec, each its own
+    calls = daemon.toolcalls("gate")
+    assert len(calls) == GATED_EXECS and all(c["name"] == "probe" for c in calls)
+
+
+def test_sigkill_while_frozen_then_restart_readopts_and_decides(daemon):
+    steps = [["sh", "-c", "exit 0"], [PY, "-S", RUNAWAY, "4", "1024"], ["sh", "-c", "exit 0"]]
+    agent = subprocess.Popen([str(Path(PY).parent / "agentctl"), "--socket", str(daemon.socket), "run", "--name", "crash",
+                              "--", PY, str(SCRIPTED), *[json.dumps(s) for s in steps]],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=daemon.env)
+    try:
+        tools = Path(daemon.driver().tree.dir("agents/crash/tools"))
+        frozen = _wait_frozen(tools, timeout=300)
+        rel = str(frozen).split(f"/{daemon.leaf}/", 1)[1]
+        before = _wait_recorded_frozen(daemon, "crash", rel)
+        daemon.kill9()
+        time.sleep(0.5)
+        # The moment held: the tool call is still frozen now that its daemon is dead.
+        assert Cgroup(frozen).keyed("cgroup.events")["frozen"] == 1
+        daemon.start(timeout=600)
+        out, err = agent.communicate(timeout=300)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+    assert agent.returncode == 0, err
+    lines = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+    assert [l.get("rc") for l in lines[:3]] == [0, -9, 0], lines  # the runaway killed, the agent went on
+    status = daemon.client.status()
+    assert status["readopt"]["agents"] == 1 and status["readopt"]["toolcalls"] >= 1, status["readopt"]
+    assert status["readopt"]["held"] == 1, status["readopt"]  # the frozen one, resumed by the new daemon
+    after = {c["id"]: c for c in _wait_done(daemon, "crash", 3)}
+    assert before <= set(after)  # no record lost
+    runaway = [c for c in after.values() if c["cgroup"] == rel]
+    assert len(runaway) == 1 and runaway[0]["name"] == "python-runaway.py", after
+    assert runaway[0]["outcome"] == "killed", runaway
+    assert not frozen.exists()  # decided and removed, not left frozen
+    for pid in _pids_under(Path(daemon.driver().tree.dir(""))):
+        assert Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T", f"pid {pid} left stopped"
+
+
+def _wait_frozen(tools: Path, timeout: float) -> Path:
+    """The first tool cgroup the kernel reports frozen (cgroup.events), seen from outside."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for d in tools.iterdir() if tools.exists() else ():
+            try:
+                if d.is_dir() and Cgroup(d).keyed("cgroup.events").get("frozen") == 1:
+                    return d
+            except OSError:
+                pass
+        time.sleep(0.1)
+    raise AssertionError(f"no tool call of {tools} was frozen within {timeout} s")
+
+
+def _wait_recorded_frozen(daemon, agent: str, rel: str, timeout: float = 30) -> set[str]:
+    """The ids of the agent's tool calls once the store holds the frozen one as frozen (the
+    kernel is frozen first, the record follows): the crash falls after both."""
+    deadline = time.monotonic() + timeout
+    while True:
+        calls = daemon.toolcalls(agent)
+        if any(c["cgroup"] == rel and c["state"] == "frozen" for c in calls):
+            return {c["id"] for c in calls}
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{rel} frozen in the kernel but not in the daemon's records: {calls}")
+        time.sleep(0.1)
+
+
+def _wait_done(daemon, agent: str, count: int, timeout: float = 120) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        calls = daemon.toolcalls(agent)
+        if len(calls) >= count and all(c["state"] == "done" for c in calls):
+            return calls
+        if time.monotonic() > deadline:
+            raise AssertionError(f"tool calls not done in time: {calls}")
+        time.sleep(0.2)
+
+
+def _pids_under(root: Path) -> list[int]:
+    pids: list[int] = []
+    for procs in root.rglob("cgroup.procs"):
+        try:
+            pids += [int(p) for p in procs.read_text().split()]
+        except OSError:
+            pass
+    return pids
