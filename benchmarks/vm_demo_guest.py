@@ -10,6 +10,10 @@ against the real daemon, and prints one JSON object.
   placed and continued, and the probe's first instructions write /proc/self/cgroup
   (benchmarks/placement.py's probe). An exec that saw any cgroup other than its own tool
   cgroup escaped.
+- demo_agent(): the demo's agent (examples/demo_agent.py) under an already running daemon
+  with the demo's default policy, its records in the shape of `agentd demo --json` (the
+  guest tests use it: one daemon for the demo agent, the gate check and a crash, instead of
+  one BCC compile of the tracker per daemon, each a minute or more under emulation).
 - metrics(): the contract's metrics from the two (pure).
 
     python -m benchmarks.vm_demo_guest [--execs N] [--tracker auto|bpf|cn_proc]
@@ -73,6 +77,42 @@ def run_demo(tracker: str = "auto", timeout: float = 900) -> dict:
     except json.JSONDecodeError as exc:
         out["error"] = f"agentd demo --json exited {proc.returncode}, stdout is not one JSON object ({exc}): {proc.stdout[:300]!r}"
     return out
+
+
+def demo_agent(daemon, name: str = "demo", timeout: float = 900) -> dict:
+    """The demo's agent run through `agentctl run` under `daemon` (a DaemonProcess whose
+    default policy is policies/default.yaml, as the demo's): {"demo": the same shape as
+    `agentd demo --json`, "demo_s", "leftover_server_pids", "rc", "stderr_tail"}."""
+    from agentd.demo import summary_rows
+
+    t0 = time.monotonic()
+    proc = subprocess.run([str(daemon_bin("agentctl")), "--socket", str(daemon.socket), "run", "--name", name, "--",
+                           sys.executable, str(REPO / "examples" / "demo_agent.py")],
+                          capture_output=True, text=True, timeout=timeout, env=_env())
+    took = round(time.monotonic() - t0, 1)
+    records = wait_done(daemon, name)
+    events: dict[str, list[str]] = {}
+    for ev in daemon.client.recent_events(agent=name, limit=5000):
+        if ev.get("tool_call"):
+            events.setdefault(ev["tool_call"], []).append(ev["kind"])
+    status = daemon.client.status()
+    demo = {"agent_exit": proc.returncode, "tool_calls": summary_rows(sorted(records, key=lambda r: r["seq"]), events),
+            "tracker": status["tracker"], "cgroups": status["cgroups"]["driver"], "lines": status["lines"]}
+    return {"demo": demo, "demo_s": took, "rc": proc.returncode, "stdout_tail": proc.stdout[-2000:],
+            "stderr_tail": proc.stderr[-2000:], "leftover_server_pids": leftover_processes(["sleep", "300"])}
+
+
+def wait_done(daemon, agent: str, timeout: float = 120) -> list[dict]:
+    """The agent's tool-call records once every one is done (the daemon finishes a tool
+    call a tick or more after its last process exits)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        calls = daemon.client.tool_calls(agent=agent)
+        if all(c["state"] == "done" for c in calls):
+            return calls
+        if time.monotonic() > deadline:
+            raise AssertionError(f"tool calls of {agent} not done within {timeout} s: {calls}")
+        time.sleep(0.2)
 
 
 def build_probe(workdir: Path) -> str:
