@@ -6,9 +6,9 @@ The guest test ids are listed on the host (`pytest --collect-only tests/vm/guest
 AGENTD_VM_COLLECT=1) when this module is collected; the outcomes come back in the guest's
 JUnit XML. If the VM cannot boot, every test here FAILS with the reason.
 
-Environment: AGENTD_VM_TIMEOUT (seconds for boot + guest run, default 900: the daemon
-tests in tests/vm/guest/test_daemon_guest.py run the demo and start the daemon three times,
-each start compiling the BPF tracker under emulation);
+Environment: AGENTD_VM_TIMEOUT (seconds for boot + guest run, default 1200: the daemon
+tests in tests/vm/guest/test_daemon_guest.py run the demo agent and start the daemon twice,
+each start compiling the BPF tracker under emulation, minutes on a busy host);
 AGENTD_VM_KEEP=1 keeps the results folder (console.log, stdout, stderr, junit.xml) even
 when every guest test passed (it is always kept otherwise).
 """
@@ -31,7 +31,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 GUEST_DIR = HERE / "guest"
 GUEST_REL = "tests/vm/guest"
-TIMEOUT = float(os.environ.get("AGENTD_VM_TIMEOUT", "900"))
+TIMEOUT = float(os.environ.get("AGENTD_VM_TIMEOUT", "1200"))
 
 
 def _load_harness():
