@@ -79,16 +79,19 @@ def run_demo(tracker: str = "auto", timeout: float = 900) -> dict:
     return out
 
 
-def demo_agent(daemon, name: str = "demo", timeout: float = 900) -> dict:
+def demo_agent(daemon, name: str = "demo", turns: str = "", timeout: float = 900) -> dict:
     """The demo's agent run through `agentctl run` under `daemon` (a DaemonProcess whose
     default policy is policies/default.yaml, as the demo's): {"demo": the same shape as
-    `agentd demo --json`, "demo_s", "leftover_server_pids", "rc", "stderr_tail"}."""
+    `agentd demo --json`, "demo_s", "leftover_server_pids", "rc", "stderr_tail"}.
+    turns: DEMO_TURNS for the agent ("3,4,5,6": only the ladder's turns; "": all)."""
     from agentd.demo import summary_rows
 
+    env = _env()
+    env["DEMO_TURNS"] = turns
     t0 = time.monotonic()
     proc = subprocess.run([str(daemon_bin("agentctl")), "--socket", str(daemon.socket), "run", "--name", name, "--",
                            sys.executable, str(REPO / "examples" / "demo_agent.py")],
-                          capture_output=True, text=True, timeout=timeout, env=_env())
+                          capture_output=True, text=True, timeout=timeout, env=env)
     took = round(time.monotonic() - t0, 1)
     records = wait_done(daemon, name)
     events: dict[str, list[str]] = {}

@@ -31,7 +31,6 @@ from guestlib import Cgroup
 
 REPO = Path(__file__).resolve().parents[3]
 RUNAWAY = str(REPO / "examples" / "workloads" / "runaway.py")
-SCRIPTED = REPO / "tests" / "e2e" / "agents" / "scripted.py"
 PY = sys.executable
 GATED_EXECS = 24
 
@@ -70,19 +69,24 @@ def daemon(cgroup_root):
         d.cleanup()
 
 
+# The demo's turns that show the ladder (burst, runaway, hung server, fork storm); the others
+# (grep, pytest, git, echo) end `ok` and cost a minute or more of emulated Python here.
+LADDER_TURNS = "3,4,5,6"
+
+
 def test_demo_agent_on_pure_v2(daemon):
     from benchmarks import vm_demo_guest
 
-    run = vm_demo_guest.demo_agent(daemon)
-    print(f"the demo agent took {run['demo_s']} s in the VM")
+    run = vm_demo_guest.demo_agent(daemon, turns=LADDER_TURNS)
+    print(f"the demo agent (turns {LADDER_TURNS}) took {run['demo_s']} s in the VM")
     out = run["demo"]
     m = vm_demo_guest.metrics(run, {"escaped_pct": 0.0, "execs": 0})
     assert m["cgroup_driver"] == "v2"
     assert m["tracker"] == "bpf" and m["exec_gate"] == 1, out["lines"]
     assert m["agent_exit"] == 0, run["stdout_tail"] + run["stderr_tail"]
     calls = {c["name"]: c for c in out["tool_calls"]}
-    assert m["tool_calls"] == len(calls) == 8, list(calls)
-    assert len({c["cgroup"] for c in calls.values()}) == 8  # one cgroup per tool call
+    assert m["outcomes"] == ["throttled", "killed", "killed", "throttled"], (m["outcomes"], list(calls))
+    assert len({c["cgroup"] for c in calls.values()}) == 4  # one cgroup per tool call
     assert all(c["cgroup"].startswith("agents/demo/tools/") for c in calls.values())
     # The burst: throttled at memory.high, granted once, completed.
     burst = calls["python-burst.py"]
@@ -103,8 +107,6 @@ def test_demo_agent_on_pure_v2(daemon):
     # The fork storm: stopped by the kernel at pids.max, the tool call went on.
     storm = calls["forkstorm"]
     assert storm["outcome"] == "throttled" and "pids_max" in storm["reason"] and storm["exit_code"] == 0, storm
-    assert calls["git"]["outcome"] == "ok" and calls["git"]["exit_code"] == 0
-    assert m["outcomes"] == ["ok", "ok", "throttled", "killed", "killed", "throttled", "ok", "ok"], m["outcomes"]
 
 
 def test_gated_execs_run_in_their_tool_cgroup_from_the_first_instruction(daemon, tmp_path):
@@ -123,9 +125,11 @@ def test_gated_execs_run_in_their_tool_cgroup_from_the_first_instruction(daemon,
 
 
 def test_sigkill_while_frozen_then_restart_readopts_and_decides(daemon):
-    steps = [["sh", "-c", "exit 0"], [PY, "-S", RUNAWAY, "4", "1024"], ["sh", "-c", "exit 0"]]
+    # A shell agent (no Python start-up to wait for): the runaway, then one more tool call
+    # that the restarted daemon's gate must place.
+    script = f"{PY} -S {RUNAWAY} 4 1024; echo runaway $?; cat /proc/self/cgroup; echo agent done"
     agent = subprocess.Popen([str(Path(PY).parent / "agentctl"), "--socket", str(daemon.socket), "run", "--name", "crash",
-                              "--policy", "crash", "--", PY, str(SCRIPTED), *[json.dumps(s) for s in steps]],
+                              "--policy", "crash", "--", "sh", "-c", script],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=daemon.env)
     try:
         tools = Path(daemon.driver().tree.dir("agents/crash/tools"))
@@ -148,12 +152,14 @@ def test_sigkill_while_frozen_then_restart_readopts_and_decides(daemon):
             agent.kill()
             agent.wait()
     assert agent.returncode == 0, err
-    lines = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
-    assert [l.get("rc") for l in lines[:3]] == [0, -9, 0], lines  # the runaway killed, the agent went on
+    lines = out.splitlines()
+    assert lines[0] == "runaway 137" and lines[-1] == "agent done", out  # the runaway SIGKILLed, the agent went on
+    # The tool call after the restart: gated and placed in its own tool cgroup by the new daemon.
+    assert [l for l in lines if l.startswith("0::")][0].endswith("/agents/crash/tools/0002-cat"), out
     status = daemon.client.status()
     assert status["readopt"]["agents"] == 1 and status["readopt"]["toolcalls"] >= 1, status["readopt"]
     assert status["readopt"]["held"] == 1, status["readopt"]  # the frozen one, resumed by the new daemon
-    after = {c["id"]: c for c in _wait_done(daemon, "crash", 3)}
+    after = {c["id"]: c for c in _wait_done(daemon, "crash", 2)}
     assert before <= set(after)  # no record lost
     runaway = [c for c in after.values() if c["cgroup"] == rel]
     assert len(runaway) == 1 and runaway[0]["name"] == "python-runaway.py", after
