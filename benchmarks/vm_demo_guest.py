@@ -129,6 +129,13 @@ def build_probe(workdir: Path) -> str:
     return str(probe)
 
 
+def probe_for_guest(workdir: Path) -> str:
+    """The probe the host built into the VM's results folder before booting (gcc there takes
+    seconds, here half a minute under emulation), else one built now."""
+    prebuilt = Path(os.environ.get("AGENTD_VM_RESULTS", "/nonexistent")) / "probe"
+    return str(prebuilt) if os.access(prebuilt, os.X_OK) else build_probe(workdir)
+
+
 def probe_agent_script(probe: str, outdir: Path, n: int) -> str:
     """A shell agent that runs the probe n times, one after the other, each writing what it
     saw into outdir/<i>: the shell forks, opens the file, then execs the probe (gated)."""

@@ -158,6 +158,7 @@ def guest_run():
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs",
                "--durations=5", f"--junitxml={junit}", "-o", "junit_logging=all", GUEST_REL]
     run = GuestRun()
+    _build_probe(rw)
     try:
         # PYTHONPATH: the daemon and agentctl the guest tests start run this checkout's code
         # (the venv's editable install may point at another checkout).
@@ -180,6 +181,17 @@ def guest_run():
     if run.result.rc == 0 and not os.environ.get("AGENTD_VM_KEEP"):
         shutil.rmtree(rw, ignore_errors=True)
         run.result.files_removed = True
+
+
+def _build_probe(rw: Path) -> None:
+    """The static probe of tests/vm/guest/test_daemon_guest.py, built here (seconds) instead
+    of in the guest (half a minute under emulation); the guest builds it if this fails."""
+    try:
+        from benchmarks.vm_demo_guest import build_probe
+
+        build_probe(rw)
+    except Exception:
+        pass
 
 
 def _plugin_env() -> dict[str, str]:

@@ -112,7 +112,7 @@ def test_demo_agent_on_pure_v2(daemon):
 def test_gated_execs_run_in_their_tool_cgroup_from_the_first_instruction(daemon, tmp_path):
     from benchmarks import vm_demo_guest
 
-    probe = vm_demo_guest.build_probe(tmp_path)
+    probe = vm_demo_guest.probe_for_guest(tmp_path)
     gate = vm_demo_guest.gate_check(daemon, probe, GATED_EXECS)
     print(f"gate: {json.dumps(gate)}")
     assert gate["agent_exit"] == 0, gate["stderr_tail"]
