@@ -49,13 +49,15 @@ def short_command(argv: list[str]) -> str:
     return " ".join(os.path.basename(a) if a.startswith("/") else a for a in argv)
 
 
-def summary_rows(records: list[dict]) -> list[dict]:
+def summary_rows(records: list[dict], events: dict[str, list[str]] | None = None) -> list[dict]:
+    """One row per tool call; `events`: the journal kinds of each tool call by id (the
+    ladder it went through: throttled, frozen, killed), carried as the row's "events"."""
     rows = []
     for r in records:
         wall = (r.get("ended") or time.time()) - r["started"]
         rows.append({"name": r["name"], "command": short_command(r["argv"])[:60], "cgroup": r["cgroup"], "peak_bytes": r["peak_bytes"],
                      "cpu_s": r["cpu_s"], "wall_s": round(wall, 3), "outcome": r["outcome"] or r["state"], "reason": r["reason"] or "",
-                     "exit_code": r.get("exit_code"), "limits": r["limits"]})
+                     "exit_code": r.get("exit_code"), "limits": r["limits"], "events": list((events or {}).get(r["id"], ()))})
     return rows
 
 
@@ -63,6 +65,13 @@ def _tool_leaf(cgroup: str) -> str:
     """0003-pytest of agents/<agent>/tools/0003-pytest (the cgroup itself if not a tool call's)."""
     place = parse_rel(cgroup)
     return place.tool if place is not None and place.tool else cgroup
+
+
+def _collect_toolcall_events(into: dict[str, list[str]]):
+    def collect(event: dict) -> None:
+        if event.get("tool_call"):
+            into.setdefault(event["tool_call"], []).append(event["kind"])
+    return collect
 
 
 def print_table(rows: list[dict], out) -> None:
@@ -91,6 +100,8 @@ async def _run(as_json: bool, tracker: str, trace: str | None, speed: float, out
                           tracker=tracker, move_self=False, require_root_owned_policies=False, cgroup_leaf="agentd-demo")
     daemon = Daemon(config)
     t0 = time.time()
+    toolcall_events: dict[str, list[str]] = {}
+    daemon.journal.listeners.append(_collect_toolcall_events(toolcall_events))
     if not as_json:
         daemon.journal.listeners.append(_live_printer(out, t0))
         print("agentd demo: the daemon with its default policy (policies/default.yaml) and a scripted coding agent", file=out)
@@ -137,7 +148,7 @@ async def _run(as_json: bool, tracker: str, trace: str | None, speed: float, out
         except OSError:
             pass
         shutil.rmtree(state, ignore_errors=True)
-    rows = summary_rows(records)
+    rows = summary_rows(records, toolcall_events)
     if as_json:
         print(json.dumps({"agent_exit": agent_exit, "tool_calls": rows, "tracker": status["tracker"], "cgroups": status["cgroups"]["driver"],
                           "lines": status["lines"]}, indent=None), file=out)

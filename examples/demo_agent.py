@@ -61,10 +61,19 @@ def result_of(pid: int) -> dict | None:
     return None
 
 
+def chosen_turns(spec: str | None) -> list[int]:
+    """DEMO_TURNS="3,4,5,6": only those turns (1-based), e.g. the ladder's in a slow VM;
+    unset or empty: every turn."""
+    if not spec:
+        return list(range(len(TURNS)))
+    return [int(n) - 1 for n in spec.split(",") if n.strip()]
+
+
 def main() -> int:
     task = os.environ.get("DEMO_TRACE")
     gaps = turn_gaps(task, float(os.environ.get("DEMO_SPEED", "20")))
-    for i, (goal, argv, intent) in enumerate(TURNS):
+    for i in chosen_turns(os.environ.get("DEMO_TURNS")):
+        goal, argv, intent = TURNS[i]
         time.sleep(gaps[i] if i < len(gaps) else 0.2)
         env = dict(os.environ)
         if intent:

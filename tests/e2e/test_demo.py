@@ -24,13 +24,16 @@ def test_demo_json_contract():
     assert result["agent_exit"] == 0
     calls = result["tool_calls"]
     for call in calls:
-        assert {"name", "cgroup", "peak_bytes", "cpu_s", "wall_s", "outcome", "reason", "exit_code"} <= call.keys()
+        assert {"name", "cgroup", "peak_bytes", "cpu_s", "wall_s", "outcome", "reason", "exit_code", "events"} <= call.keys()
+        assert call["events"][0] == "toolcall.start" and call["events"][-1] == "toolcall.end", call["events"]
         assert call["outcome"] in ("ok", "throttled", "frozen", "killed", "failed")
         assert call["cgroup"].startswith("agents/demo/tools/")
     by_name = {c["name"]: c for c in calls}
     assert by_name["python-burst.py"]["outcome"] == "throttled"
     assert by_name["python-runaway.py"]["outcome"] == "killed"
     assert by_name["python-runaway.py"]["peak_bytes"] >= 256 << 20
+    runaway_events = by_name["python-runaway.py"]["events"]  # the ladder, from the journal
+    assert runaway_events.index("toolcall.throttled") < runaway_events.index("toolcall.killed"), runaway_events
     assert by_name["server"]["outcome"] == "killed" and "timeout" in by_name["server"]["reason"]
     assert by_name["forkstorm"]["outcome"] == "throttled" and "pids_max" in by_name["forkstorm"]["reason"]
     assert by_name["git"]["outcome"] == "ok" and by_name["git"]["exit_code"] == 0

@@ -171,7 +171,7 @@ def numa_layout(memory_mb: int, cpus: int) -> list[str]:
 
 def precompile() -> None:
     """Write the repository's bytecode on the host: the guest sees the tree read-only."""
-    dirs = [d for d in ("agentd", "cli", "tests") if (REPO / d).is_dir()]
+    dirs = [d for d in ("agentd", "cli", "tests", "benchmarks") if (REPO / d).is_dir()]
     subprocess.run(
         [sys.executable, "-m", "compileall", "-q", "-j", "0", *dirs],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,

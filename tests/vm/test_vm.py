@@ -6,7 +6,9 @@ The guest test ids are listed on the host (`pytest --collect-only tests/vm/guest
 AGENTD_VM_COLLECT=1) when this module is collected; the outcomes come back in the guest's
 JUnit XML. If the VM cannot boot, every test here FAILS with the reason.
 
-Environment: AGENTD_VM_TIMEOUT (seconds for boot + guest run, default 300);
+Environment: AGENTD_VM_TIMEOUT (seconds for boot + guest run, default 1200: the daemon
+tests in tests/vm/guest/test_daemon_guest.py run the demo agent and start the daemon twice,
+each start compiling the BPF tracker under emulation, minutes on a busy host);
 AGENTD_VM_KEEP=1 keeps the results folder (console.log, stdout, stderr, junit.xml) even
 when every guest test passed (it is always kept otherwise).
 """
@@ -29,7 +31,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 GUEST_DIR = HERE / "guest"
 GUEST_REL = "tests/vm/guest"
-TIMEOUT = float(os.environ.get("AGENTD_VM_TIMEOUT", "300"))
+TIMEOUT = float(os.environ.get("AGENTD_VM_TIMEOUT", "1200"))
 
 
 def _load_harness():
@@ -156,9 +158,12 @@ def guest_run():
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs",
                "--durations=5", f"--junitxml={junit}", "-o", "junit_logging=all", GUEST_REL]
     run = GuestRun()
+    _build_probe(rw)
     try:
+        # PYTHONPATH: the daemon and agentctl the guest tests start run this checkout's code
+        # (the venv's editable install may point at another checkout).
         run.result = harness.boot_and_run(command, numa=True, zram=True, timeout=TIMEOUT,
-                                          files_dir=rw, env=_plugin_env())
+                                          files_dir=rw, env={**_plugin_env(), "PYTHONPATH": str(REPO)})
     except harness.VMError as e:
         run.error = e
         yield run
@@ -176,6 +181,17 @@ def guest_run():
     if run.result.rc == 0 and not os.environ.get("AGENTD_VM_KEEP"):
         shutil.rmtree(rw, ignore_errors=True)
         run.result.files_removed = True
+
+
+def _build_probe(rw: Path) -> None:
+    """The static probe of tests/vm/guest/test_daemon_guest.py, built here (seconds) instead
+    of in the guest (half a minute under emulation); the guest builds it if this fails."""
+    try:
+        from benchmarks.vm_demo_guest import build_probe
+
+        build_probe(rw)
+    except Exception:
+        pass
 
 
 def _plugin_env() -> dict[str, str]:
