@@ -18,6 +18,8 @@ import errno
 import os
 from dataclasses import dataclass
 
+from agentd import heldsys
+
 PROC = "/proc"
 _GONE = (errno.ENOENT, errno.ESRCH)
 
@@ -62,6 +64,8 @@ def read_bytes(pid: int | str, name: str, root: str = PROC) -> bytes | None:
     """/proc/<pid>/<name> up to LIMITS[name] bytes; None when the process has gone. Other
     errors (EACCES: another user's file) raise OSError."""
     try:
+        if heldsys.active():  # the placement path: one read(2), keeping the GIL (heldsys says why)
+            return heldsys.read(f"{root}/{pid}/{name}", LIMITS[name])
         with open(f"{root}/{pid}/{name}", "rb") as f:
             return f.read(LIMITS[name])
     except OSError as exc:
@@ -197,7 +201,7 @@ def read_environ(pid: int, root: str = PROC) -> bytes:
 def read_exe(pid: int, root: str = PROC) -> str | None:
     """The executable's path; None when gone, a kernel thread, or not readable."""
     try:
-        return os.readlink(f"{root}/{pid}/exe")
+        return (heldsys.readlink if heldsys.active() else os.readlink)(f"{root}/{pid}/exe")
     except OSError:
         return None
 
@@ -324,6 +328,9 @@ def set_oom_score_adj(pid: int, value: int, root: str = PROC) -> bool | None:
     """True when written, False when the pid is gone, None when the kernel refused (EACCES:
     lowering a score needs CAP_SYS_RESOURCE)."""
     try:
+        if heldsys.active():  # the placement path (heldsys)
+            heldsys.write(f"{root}/{pid}/oom_score_adj", str(value).encode())
+            return True
         with open(f"{root}/{pid}/oom_score_adj", "w") as f:
             f.write(str(value))
         return True

@@ -20,6 +20,7 @@ import signal
 import time
 from collections import deque
 
+from agentd import heldsys
 from agentd.cgroups import layout
 from agentd.units import format_size
 from agentd.cgroups.driver import CgroupError, Limits
@@ -91,7 +92,8 @@ class GatedPlacement:
             self.release(ev.pid)
             return None
         try:
-            return self.place(agent, ev.pid, gated=True, t0=t0, exec_ns=ev.ts_ns)
+            with heldsys.holding():  # no GIL hand-over at each syscall while it is stopped (heldsys)
+                return self.place(agent, ev.pid, gated=True, t0=t0, exec_ns=ev.ts_ns)
         except Exception as exc:
             self.release(ev.pid)
             return Placement(agent=agent.name, pid=ev.pid, error=str(exc))
