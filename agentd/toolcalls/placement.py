@@ -8,6 +8,8 @@ reload, a burst of API requests: milliseconds) to every tool call's start. So `p
 runs on the tracker's thread and touches only what is thread-safe (the cgroup driver, /proc,
 the engine's lock for next_seq and pending intents); the bookkeeping (record, journal,
 counters) follows on the loop in `record_placement`. It never leaves a process stopped.
+Its syscalls keep the GIL (agentd.heldsys): a thread that gives the GIL up at each syscall
+waits for the busy loop to hand it back, dozens of times per exec.
 
 A mixin of the engine (agentd.toolcalls.kind.ToolCallEngine).
 """
