@@ -296,12 +296,25 @@ def read_proc(pid: int, root: str = PROC) -> ProcInfo | None:
     """What /proc says about pid (argv bounded by ARGV_MAX_ARGS and ARGV_MAX_CHARS); None
     when it is gone (normal, not an error)."""
     stat = read_stat(pid, root)
-    status = read_status(pid, root) if stat else None
-    argv = read_cmdline(pid, root) if status else None
-    if stat is None or status is None or argv is None:
+    status = read_bytes(pid, "status", root) if stat else None
+    uid = parse_uid_real(status) if status else None  # the one line needed: placement reads this per exec
+    argv = read_cmdline(pid, root) if uid is not None else None
+    if stat is None or uid is None or argv is None:
         return None
     return ProcInfo(pid, stat.ppid, stat.comm[:16], read_exe(pid, root),
-                    [a[:ARGV_MAX_CHARS] for a in argv[:ARGV_MAX_ARGS]], status.uid_real, stat.start_ticks)
+                    [a[:ARGV_MAX_CHARS] for a in argv[:ARGV_MAX_ARGS]], uid, stat.start_ticks)
+
+
+def parse_uid_real(status: bytes) -> int | None:
+    """The real uid of a /proc/<pid>/status text (its "Uid:" line), None when absent or cut."""
+    start = status.find(b"\nUid:")
+    end = status.find(b"\n", start + 1) if start >= 0 else -1
+    if end < 0:
+        return None
+    try:
+        return int(status[start + 5:end].split()[0])
+    except (IndexError, ValueError):
+        return None
 
 
 def is_stopped(pid: int, root: str = PROC) -> bool:
