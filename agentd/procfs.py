@@ -18,6 +18,8 @@ import errno
 import os
 from dataclasses import dataclass
 
+from agentd import heldsys
+
 PROC = "/proc"
 _GONE = (errno.ENOENT, errno.ESRCH)
 
@@ -62,6 +64,8 @@ def read_bytes(pid: int | str, name: str, root: str = PROC) -> bytes | None:
     """/proc/<pid>/<name> up to LIMITS[name] bytes; None when the process has gone. Other
     errors (EACCES: another user's file) raise OSError."""
     try:
+        if heldsys.active():  # the placement path: one read(2), keeping the GIL (heldsys says why)
+            return heldsys.read(f"{root}/{pid}/{name}", LIMITS[name])
         with open(f"{root}/{pid}/{name}", "rb") as f:
             return f.read(LIMITS[name])
     except OSError as exc:
@@ -197,7 +201,7 @@ def read_environ(pid: int, root: str = PROC) -> bytes:
 def read_exe(pid: int, root: str = PROC) -> str | None:
     """The executable's path; None when gone, a kernel thread, or not readable."""
     try:
-        return os.readlink(f"{root}/{pid}/exe")
+        return (heldsys.readlink if heldsys.active() else os.readlink)(f"{root}/{pid}/exe")
     except OSError:
         return None
 
@@ -292,12 +296,25 @@ def read_proc(pid: int, root: str = PROC) -> ProcInfo | None:
     """What /proc says about pid (argv bounded by ARGV_MAX_ARGS and ARGV_MAX_CHARS); None
     when it is gone (normal, not an error)."""
     stat = read_stat(pid, root)
-    status = read_status(pid, root) if stat else None
-    argv = read_cmdline(pid, root) if status else None
-    if stat is None or status is None or argv is None:
+    status = read_bytes(pid, "status", root) if stat else None
+    uid = parse_uid_real(status) if status else None  # the one line needed: placement reads this per exec
+    argv = read_cmdline(pid, root) if uid is not None else None
+    if stat is None or uid is None or argv is None:
         return None
     return ProcInfo(pid, stat.ppid, stat.comm[:16], read_exe(pid, root),
-                    [a[:ARGV_MAX_CHARS] for a in argv[:ARGV_MAX_ARGS]], status.uid_real, stat.start_ticks)
+                    [a[:ARGV_MAX_CHARS] for a in argv[:ARGV_MAX_ARGS]], uid, stat.start_ticks)
+
+
+def parse_uid_real(status: bytes) -> int | None:
+    """The real uid of a /proc/<pid>/status text (its "Uid:" line), None when absent or cut."""
+    start = status.find(b"\nUid:")
+    end = status.find(b"\n", start + 1) if start >= 0 else -1
+    if end < 0:
+        return None
+    try:
+        return int(status[start + 5:end].split()[0])
+    except (IndexError, ValueError):
+        return None
 
 
 def is_stopped(pid: int, root: str = PROC) -> bool:
@@ -324,6 +341,9 @@ def set_oom_score_adj(pid: int, value: int, root: str = PROC) -> bool | None:
     """True when written, False when the pid is gone, None when the kernel refused (EACCES:
     lowering a score needs CAP_SYS_RESOURCE)."""
     try:
+        if heldsys.active():  # the placement path (heldsys)
+            heldsys.write(f"{root}/{pid}/oom_score_adj", str(value).encode())
+            return True
         with open(f"{root}/{pid}/oom_score_adj", "w") as f:
             f.write(str(value))
         return True

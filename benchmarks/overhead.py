@@ -21,7 +21,9 @@ cn_proc tracker. The host is shared: the variants run
 interleaved in rounds (one daemon per variant per round, the rounds' samples pooled), so
 that a busy minute hits them all alike; ratios to bpf_all are reported beside absolutes.
 
-    python -m benchmarks.overhead [--quick] [--rate 200] [--variants bpf,bpf_all]
+    python -m benchmarks.overhead [--quick] [--rate 200] [--variants bpf,bpf_all] [--baseline DIR]
+    (--baseline DIR: also run the shipped variant with the agentd package of another checkout,
+    e.g. /work/main, interleaved in the same rounds: a code change measured before/after)
     (quick: 1,000 tool calls per variant in 2 rounds; full: 10,000 in 5 rounds)
 """
 
@@ -143,9 +145,12 @@ def journal_starts(state: Path) -> list[dict]:
     return out
 
 
-def run_one(tracker: str, count: int, workdir: Path, rate: float, extra_args: tuple[str, ...], label: str) -> dict:
-    """One daemon, `count` tool calls: raw samples and counters (pooled over rounds by pool())."""
-    daemon = DaemonProcess(tracker=tracker, policy=POLICY, extra_args=extra_args)
+def run_one(tracker: str, count: int, workdir: Path, rate: float, extra_args: tuple[str, ...], label: str,
+            code: str | None = None) -> dict:
+    """One daemon, `count` tool calls: raw samples and counters (pooled over rounds by pool()).
+    code: a checkout whose agentd the daemon runs (PYTHONPATH), None for this one."""
+    env = dict(os.environ, PYTHONPATH=code) if code else None
+    daemon = DaemonProcess(tracker=tracker, policy=POLICY, extra_args=extra_args, env=env)
     out = workdir / f"{label}-{time.monotonic_ns()}.out"
     try:
         daemon.start()
@@ -218,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--rate", type=float, default=200.0, help="tool calls started per second (open loop)")
     ap.add_argument("--variants", default=",".join(v[0] for v in VARIANTS), help="which variants to run (comma list)")
+    ap.add_argument("--baseline", default=None, metavar="DIR",
+                    help="also run the bpf variant with the agentd of the checkout DIR (label bpf_baseline), interleaved")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("overhead: needs root", file=sys.stderr)
@@ -225,6 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     count = args.count or (1000 if args.quick else 10_000)
     n_rounds = args.rounds or (2 if args.quick else 5)
     chosen = [v for v in VARIANTS if v[0] in args.variants.split(",")]
+    if args.baseline:
+        if not (Path(args.baseline) / "agentd" / "__init__.py").exists():
+            print(f"overhead: --baseline {args.baseline}: no agentd package there", file=sys.stderr)
+            return 2
+        shipped = next(v for v in VARIANTS if v[0] == "bpf")
+        chosen.append(("bpf_baseline", "bpf", shipped[2], False, f"as bpf, with the agentd of {args.baseline}"))
     stats_path = Path("/proc/sys/kernel/bpf_stats_enabled")
     old_stats = stats_path.read_text().strip()
     stats_path.write_text("1")
@@ -240,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"overhead: round {rnd + 1}/{n_rounds}: {per} tool calls at {args.rate:g}/s, {label} ...",
                           file=sys.stderr, flush=True)
                     if not favor:
-                        raw[label].append(run_one(tracker, per, Path(tmp), args.rate, extra, label))
+                        code = str(Path(args.baseline).resolve()) if label == "bpf_baseline" else None
+                        raw[label].append(run_one(tracker, per, Path(tmp), args.rate, extra, label, code))
                         continue
                     with cgroup_mount.favordynmods() as why:
                         if why is None:
@@ -267,6 +281,11 @@ def main(argv: list[str] | None = None) -> int:
             for q in ("p50", "p99"):  # ratios: the host is shared, absolute times drift between runs
                 metrics[f"placement_{q}_full_ratio_{label}_vs_bpf_all"] = round(
                     r[f"placement_{q}_us_full"] / base[f"placement_{q}_us_full"], 3)
+    before = results.get("bpf_baseline")
+    if final is not None and before is not None and before.get("placement_p50_us_full") and final.get("placement_p50_us_full"):
+        for q in ("p50", "p99"):  # this checkout's shipped path against the baseline's, same rounds
+            metrics[f"placement_{q}_full_ratio_bpf_vs_bpf_baseline"] = round(
+                final[f"placement_{q}_us_full"] / before[f"placement_{q}_us_full"], 3)
     path = write_result("overhead", metrics, {
         "tool_calls_per_variant": count, "rounds": n_rounds, "rate_asked_per_s": args.rate,
         "tool": "cat /proc/self/cgroup, started open loop by a python agent",

@@ -9,6 +9,7 @@ import select
 import signal
 import time
 
+from agentd import heldsys
 from agentd.cgroups.driver import CgroupError
 
 _COMPONENT = re.compile(r"[A-Za-z0-9._@:+-]+")
@@ -55,7 +56,7 @@ class Hierarchy:
     def mkdirs(self, rel: str) -> list[str]:
         """Create the root (if missing) and rel below it; returns the directories created."""
         rel = validate_rel(rel)
-        if os.path.isdir(self.root_dir):  # the common case: one stat, then rel's mkdirs
+        if isdir(self.root_dir):  # the common case: one stat, then rel's mkdirs
             return mkdirs(self.root_dir, rel)
         return mkdirs(self.mount, self.root) + mkdirs(self.root_dir, rel)
 
@@ -74,6 +75,12 @@ def read_int(path: str) -> int:
 
 def write(path: str, value: str) -> None:
     """One write() of value, as cgroupfs wants; errors carry the file and the value."""
+    if heldsys.active():  # the placement path: keep the GIL (heldsys says why)
+        try:
+            heldsys.write(path, value.encode())
+            return
+        except OSError as e:
+            raise CgroupError(e.errno, f"writing {value!r} to {path} failed: {os.strerror(e.errno or 0)}") from e
     try:
         fd = os.open(path, os.O_WRONLY)
     except OSError as e:
@@ -88,6 +95,14 @@ def write(path: str, value: str) -> None:
 
 def write_pid(procs_file: str, pid: int) -> bool:
     """Move pid by writing cgroup.procs. False when the pid is gone (ESRCH); other errors raise."""
+    if heldsys.active():  # the placement path: keep the GIL (heldsys says why)
+        try:
+            heldsys.write(procs_file, str(pid).encode())
+            return True
+        except OSError as e:
+            if e.errno == errno.ESRCH:
+                return False
+            raise CgroupError(e.errno, f"moving pid {pid} into {procs_file} failed: {os.strerror(e.errno or 0)}") from e
     try:
         fd = os.open(procs_file, os.O_WRONLY)
     except OSError as e:
@@ -113,11 +128,23 @@ def read_pids(procs_file: str) -> list[int]:
     return [int(x) for x in text.split()]
 
 
+def isdir(path: str) -> bool:
+    return heldsys.isdir(path) if heldsys.active() else os.path.isdir(path)
+
+
+def _mkdir(path: str) -> None:
+    (heldsys.mkdir if heldsys.active() else os.mkdir)(path)
+
+
+def rename(src: str, dst: str) -> None:
+    (heldsys.rename if heldsys.active() else os.rename)(src, dst)
+
+
 def mkdirs(base: str, rel: str) -> list[str]:
     """mkdir each missing component of rel under base; returns the directories created."""
     leaf = os.path.join(base, rel.strip("/")) if rel.strip("/") else base
     try:  # the common case on the placement path: only the leaf is new
-        os.mkdir(leaf)
+        _mkdir(leaf)
         return [leaf]
     except FileExistsError:
         return []
@@ -130,7 +157,7 @@ def mkdirs(base: str, rel: str) -> list[str]:
     for part in [p for p in rel.split("/") if p]:
         path = os.path.join(path, part)
         try:
-            os.mkdir(path)
+            _mkdir(path)
             created.append(path)
         except FileExistsError:
             pass

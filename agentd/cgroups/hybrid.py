@@ -114,7 +114,7 @@ class HybridDriver(UnifiedBackedDriver):
             return False
         for tree in self._needed(limits):
             try:
-                os.rename(tree.dir(f"{parent}/{spare}"), tree.dir(rel))
+                fs.rename(tree.dir(f"{parent}/{spare}"), tree.dir(rel))
             except OSError:  # gone with its agent, or a clash: the caller makes rel the usual way
                 for t in self._needed(limits):
                     fs.rmdir_tree(t.dir(f"{parent}/{spare}"))
@@ -170,7 +170,7 @@ class HybridDriver(UnifiedBackedDriver):
         rel = fs.validate_rel(rel)
         # Controllers first, so the process is limited before it shows in the v2 grouping.
         for tree in self.v1.values():
-            if not os.path.isdir(tree.dir(rel)):
+            if not fs.isdir(tree.dir(rel)):
                 continue  # a tool cgroup made only where its limits need it (create)
             if not fs.write_pid(tree.file(rel, "cgroup.procs"), pid):
                 return False

@@ -11,6 +11,7 @@ import sys
 import signal
 import subprocess
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,17 +190,35 @@ class Daemon:
             return
         self.engine.tracker = self.tracker
         loop = self.loop
+        # Events and placements for the loop, in the tracker's order. One wake-up of the loop
+        # per batch, not per event: each call_soon_threadsafe writes the loop's self-pipe, a
+        # syscall that hands the GIL to the loop, and the tracker thread then waits to get it
+        # back (milliseconds when the loop is busy) with gated execs queued behind it.
+        queue: deque = deque()
+
+        def drain() -> None:
+            try:
+                while queue:
+                    handler, item = queue.popleft()
+                    handler(item)
+            finally:
+                if queue:  # a handler raised: the rest still get their turn
+                    loop.call_soon(drain)
+
+        def to_loop(handler, item) -> None:
+            queue.append((handler, item))
+            if len(queue) == 1 and not loop.is_closed():  # else a drain is already due
+                loop.call_soon_threadsafe(drain)
 
         def hand_over(ev) -> None:
             # A gated exec is placed right here on the tracker's thread: waiting for the
             # loop would keep it stopped behind whatever the loop is doing.
             if ev.gated and ev.kind == ProcEventKind.EXEC:
                 placement = self.engine.place_gated(ev)
-                if placement is not None and not loop.is_closed():
-                    loop.call_soon_threadsafe(self._on_placed, placement)
+                if placement is not None:
+                    to_loop(self._on_placed, placement)
                 return
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(self._on_event, ev)
+            to_loop(self._on_event, ev)
 
         self.tracker.start(hand_over)
         self.engine.update_gate()

@@ -25,6 +25,8 @@ import os
 import threading
 from pathlib import Path
 
+from agentd import heldsys
+
 log = logging.getLogger("agentd.toolcalls")
 
 MAX_BYTES = 1 << 20  # per generation (~4,000 notes)
@@ -46,8 +48,8 @@ class PlacementNotes:
         """One line, one write(2); thread-safe. A failed write never fails the placement."""
         line = (json.dumps(note, separators=(",", ":"), default=str) + "\n").encode()
         try:
-            with self._lock:
-                os.write(self._fd, line)
+            with self._lock:  # on the gated path, without giving up the GIL (agentd.heldsys)
+                (heldsys.write_fd if heldsys.active() else os.write)(self._fd, line)
             return True
         except OSError as exc:
             self.failed += 1

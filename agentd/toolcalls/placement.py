@@ -8,6 +8,8 @@ reload, a burst of API requests: milliseconds) to every tool call's start. So `p
 runs on the tracker's thread and touches only what is thread-safe (the cgroup driver, /proc,
 the engine's lock for next_seq and pending intents); the bookkeeping (record, journal,
 counters) follows on the loop in `record_placement`. It never leaves a process stopped.
+Its syscalls keep the GIL (agentd.heldsys): a thread that gives the GIL up at each syscall
+waits for the busy loop to hand it back, dozens of times per exec.
 
 A mixin of the engine (agentd.toolcalls.kind.ToolCallEngine).
 """
@@ -20,6 +22,7 @@ import signal
 import time
 from collections import deque
 
+from agentd import heldsys
 from agentd.cgroups import layout
 from agentd.units import format_size
 from agentd.cgroups.driver import CgroupError, Limits
@@ -91,7 +94,8 @@ class GatedPlacement:
             self.release(ev.pid)
             return None
         try:
-            return self.place(agent, ev.pid, gated=True, t0=t0, exec_ns=ev.ts_ns)
+            with heldsys.holding():  # no GIL hand-over at each syscall while it is stopped (heldsys)
+                return self.place(agent, ev.pid, gated=True, t0=t0, exec_ns=ev.ts_ns)
         except Exception as exc:
             self.release(ev.pid)
             return Placement(agent=agent.name, pid=ev.pid, error=str(exc))

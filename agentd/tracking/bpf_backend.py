@@ -17,6 +17,7 @@ background once continued. Do not gate a cgroup whose agent drives a job-control
 from __future__ import annotations
 
 import ctypes
+import contextlib
 import logging
 import os
 import signal
@@ -28,7 +29,7 @@ from typing import Callable
 
 from agentd.events import ProcEvent, ProcEventKind
 from agentd.tracking import bpf_source as src
-from agentd import procfs
+from agentd import heldsys, procfs
 from agentd.tracking.backend import BackendUnavailable, EventSink, TrackerBackend
 from agentd.tracking.gate_guard import GateGuard
 
@@ -370,16 +371,19 @@ class BpfBackend(TrackerBackend):
         if ev is None:
             self.invalid_events += 1
             return 0
-        if ev.gated:
-            with self._lock:
-                self._owed[ev.pid] = self._clock() + self.gate_timeout_s
-            if self._guard is not None:
-                self._guard.owe(ev.pid)
-        try:
-            self._sink(ev)
-        except Exception:
-            self.sink_errors += 1
-            log.exception("tracker sink failed on %s", ev)
+        # A gated exec is stopped until placed: from here to its SIGCONT, syscalls keep the
+        # GIL instead of handing it to the event loop at each one (agentd.heldsys).
+        with heldsys.holding() if ev.gated else contextlib.nullcontext():
+            if ev.gated:
+                with self._lock:
+                    self._owed[ev.pid] = self._clock() + self.gate_timeout_s
+                if self._guard is not None:
+                    self._guard.owe(ev.pid)
+            try:
+                self._sink(ev)
+            except Exception:
+                self.sink_errors += 1
+                log.exception("tracker sink failed on %s", ev)
         return 0
 
     def _continue_overdue(self) -> None:

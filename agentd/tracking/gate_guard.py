@@ -15,6 +15,8 @@ import os
 import subprocess
 import sys
 
+from agentd import heldsys
+
 log = logging.getLogger(__name__)
 
 GUARD_CODE = r"""
@@ -67,7 +69,8 @@ class GateGuard:
         if self._w is None:
             return
         try:
-            os.write(self._w, line)  # < PIPE_BUF: atomic
+            # < PIPE_BUF: atomic. On the gated path without giving up the GIL (heldsys).
+            (heldsys.write_fd if heldsys.active() else os.write)(self._w, line)
         except OSError as exc:
             log.warning("the exec-gate guard is gone (%s); stopped execs now depend on this daemon alone", exc.strerror)
             self.close()

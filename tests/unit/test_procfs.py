@@ -152,3 +152,11 @@ def test_gone_processes_read_as_gone(tmp_path):
     assert procfs.read_comm(999999, str(tmp_path)) == "" and procfs.read_cgroup(999999, str(tmp_path)) == ""
     assert procfs.read_ns_pids(999999, str(tmp_path)) == () and procfs.read_groups(999999, str(tmp_path)) is None
     assert procfs.read_proc(999999, str(tmp_path)) is None and procfs.read_environ(999999, str(tmp_path)) == b""
+
+
+def test_the_real_uid_is_read_from_the_uid_line():
+    assert procfs.parse_uid_real(STATUS.encode()) == 1000
+    assert procfs.parse_uid_real(b"Name:\tx\nUid:\t7\t0\t0\t0\nGid:\t0\n") == 7
+    assert procfs.parse_uid_real(b"Name:\tx\nUid:\t7\t0") is None  # cut in the middle of the line
+    assert procfs.parse_uid_real(b"Name:\tx\nUid:\t\nGid:\t0\n") is None
+    assert procfs.parse_uid_real(b"Name:\tx\nGid:\t0\n") is None
