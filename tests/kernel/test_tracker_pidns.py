@@ -1,0 +1,148 @@
+"""The real daemon in a child pid namespace (`unshare --pid --fork --mount-proc`, as systemd in
+nspawn/LXC or a container sees it), with the BPF tracker and its exec gate: an agent started
+inside that namespace with `agentctl run` gets its tool calls run, placed and ended.
+
+The kernel reports pids as the init namespace sees them; a daemon that took those for its own
+placed the wrong pid and left every gated exec stopped for good. Root only. The daemon's
+cgroup root nests under this process's own cgroups (benchmarks.daemon_process); the namespace
+ends with its pid 1 (the daemon), and every cgroup is removed at teardown."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from benchmarks.daemon_process import BIN, DaemonProcess
+
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the daemon and unshare --pid need root"),
+    pytest.mark.skipif(shutil.which("unshare") is None or shutil.which("nsenter") is None,
+                       reason="util-linux unshare/nsenter missing"),
+]
+pytest.importorskip("bcc", reason="BCC (python3-bpfcc) is not importable")
+
+UNSHARE = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child=SIGKILL", "--"]
+CALL = ("import json, sys; from agentd.api.client import ApiClient; "
+        "c = ApiClient(sys.argv[1], timeout=10); print(json.dumps(getattr(c, sys.argv[2])(**json.loads(sys.argv[3]))))")
+
+
+class ClientInNs:
+    """ApiClient calls made from inside the daemon's namespace: the daemon refuses a peer whose
+    pid it cannot see (SO_PEERCRED gives it pid 0), as it should."""
+
+    def __init__(self, d: "DaemonInPidns"):
+        self.d = d
+
+    def __getattr__(self, method):
+        def call(**kw):
+            out = subprocess.run(self.d.in_ns(sys.executable, "-c", CALL, str(self.d.socket), method, json.dumps(kw)),
+                                 capture_output=True, text=True, timeout=30)
+            if out.returncode != 0:
+                raise RuntimeError(out.stderr[-1000:])
+            return json.loads(out.stdout)
+        return call
+
+
+class DaemonInPidns(DaemonProcess):
+    """The daemon as pid 1 of a fresh pid namespace; agents join it through nsenter."""
+
+    def start(self, timeout: float = 60) -> "DaemonInPidns":
+        argv = [str(BIN / "agentd"), "run", "--socket", str(self.socket), "--state-dir", str(self.state),
+                "--policy-dir", str(self.policy_dir), "--default-policy", str(self.default_policy),
+                "--cgroup-leaf", self.leaf, "--tracker", self.tracker, *self.extra_args]
+        self.proc = subprocess.Popen(UNSHARE + argv, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        self.client = ClientInNs(self)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agentd exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+            try:
+                self.client.status()
+                return self
+            except (RuntimeError, AssertionError, psutil.Error, subprocess.TimeoutExpired):
+                time.sleep(0.3)
+        raise RuntimeError(f"agentd did not answer within {timeout} s: {self.log.read_text()[-2000:]}")
+
+    def daemon_host_pid(self) -> int:
+        """The daemon as this (init) namespace sees it: unshare's forked child."""
+        kids = psutil.Process(self.proc.pid).children()
+        assert kids, "unshare has no child"
+        return kids[0].pid
+
+    def in_ns(self, *argv: str) -> list[str]:
+        return ["nsenter", "--target", str(self.daemon_host_pid()), "--pid", "--mount", "--", *argv]
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        try:
+            os.kill(self.daemon_host_pid(), signal.SIGTERM)  # unshare ends with its child
+            return self.proc.wait(20)
+        except (AssertionError, psutil.Error, subprocess.TimeoutExpired):
+            self.proc.kill()
+            return self.proc.wait(5)
+
+
+@pytest.fixture
+def daemon():
+    d = DaemonInPidns(tracker="bpf")
+    try:
+        d.start()
+        yield d
+    finally:
+        d.cleanup()
+
+
+def test_the_daemon_really_runs_in_a_child_pid_namespace(daemon):
+    host_pid = daemon.daemon_host_pid()
+    nspid = [ln for ln in open(f"/proc/{host_pid}/status") if ln.startswith("NSpid:")][0].split()[1:]
+    assert len(nspid) == 2 and nspid[1] == "1", nspid
+
+
+def test_an_agents_tool_calls_run_and_end_with_the_gate_in_a_child_pid_namespace(daemon):
+    status = daemon.client.status()
+    assert status["tracker"]["backend"] == "bpf"
+    argv = daemon.in_ns(str(BIN / "agentctl"), "--socket", str(daemon.socket), "run", "--name", "nsag", "--",
+                        "bash", "-c", "cat /proc/self/cgroup; ls /nonexistent; exit 0")
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        stopped = [p.pid for p in psutil.process_iter(["status"]) if p.info["status"] == psutil.STATUS_STOPPED]
+        pytest.fail(f"the agent's tool calls hung (stopped processes on the host: {stopped}); "
+                    f"daemon log: {daemon.log.read_text()[-1500:]}")
+    assert proc.returncode == 0, proc.stderr
+    # The cat ran where the daemon placed it: its own tool cgroup under the agent's.
+    v2 = [ln for ln in proc.stdout.splitlines() if ln.startswith("0::")][0]
+    assert f"/{daemon.leaf}/agents/nsag/tools/" in v2, proc.stdout
+    deadline = time.monotonic() + 15
+    while True:
+        calls = daemon.toolcalls("nsag")
+        if len(calls) >= 2 and all(c["state"] == "done" for c in calls):
+            break
+        assert time.monotonic() < deadline, f"tool calls not done: {calls}"
+        time.sleep(0.2)
+    by_name = {c["name"]: c for c in calls}
+    assert by_name["cat"]["outcome"] == "ok", by_name["cat"]
+    # The exit (reported from BPF in the daemon's namespace) ends the record, with its code.
+    assert (by_name["ls"]["outcome"], by_name["ls"]["exit_code"]) == ("failed", 2), by_name["ls"]
+    # Each record says where the tool call ran (placed by the gate before its first instruction).
+    for c in calls:
+        assert c.get("cgroup", "").endswith(c["cgroup"].rsplit("/", 1)[-1]) and "/tools/" in c["cgroup"], json.dumps(c)
+    # Its pid is the daemon's view: the process ran inside the namespace, pid < the host's.
+    assert all(c["pid"] > 1 for c in calls)
+
+
+def test_the_namespace_is_one_clear_line_in_status(daemon):
+    degraded = daemon.client.status().get("degraded", [])
+    lines = [d for d in degraded if d.startswith("tracker: in a child pid namespace")]
+    assert len(lines) == 1, degraded
+    assert "tracker: in a child pid namespace" in daemon.log.read_text()
