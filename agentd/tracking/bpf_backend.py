@@ -172,6 +172,7 @@ class BpfBackend(TrackerBackend):
         self.sink_errors = 0
         self.exit_codes = ""  # after load: where exit codes come from (bpf_source.Program)
         self.group_exit = ""
+        self.pid_ns = None  # after load: the child pid namespace pids are read in, if any
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -203,6 +204,7 @@ class BpfBackend(TrackerBackend):
         self._bpf = _compile(program.text, ["-w"], program.tracepoints)
         self.exit_codes = program.exit_codes
         self.group_exit = program.group_exit
+        self.pid_ns = program.pid_ns
 
     def start(self, sink: EventSink) -> None:
         if self._thread is not None:
