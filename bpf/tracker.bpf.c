@@ -35,6 +35,9 @@
 //                              every pid it gets is read in that namespace; tasks it cannot
 //                              see there are not reported and never stopped (STAT_PIDNS_UNSEEN)
 //   AGENTD_PIDNS_DEV / AGENTD_PIDNS_INO  st_dev / st_ino of the daemon's /proc/self/ns/pid
+//   AGENTD_OFF_*               BTF offsets from a task to its pid in its namespace (children,
+//                              sibling, task_pid, thread_pid, pid_level, pid_numbers, upid_*);
+//                              -1: forks are not reported in a child pid namespace
 
 #define AGENTD_TP(ev) int agentd__##ev(struct agentd_args_##ev *args)
 
@@ -200,6 +203,39 @@ static __always_inline void submit(void *rec)
     events.ringbuf_submit(rec, 0);
 }
 
+#if AGENTD_PIDNS && AGENTD_OFF_CHILDREN >= 0
+// The forked child's pid in the daemon's namespace, 0 when it cannot be had. The tracepoint
+// gives only the init namespace's number, and the child is not current; but copy_process()
+// has just put it at the tail of current->children (wake_up_new_task() comes after this
+// tracepoint, so it cannot have exited), which the host pid check confirms. Its number is
+// task->thread_pid->numbers[level].nr, in the namespace of the parent's own level.
+static __always_inline u32 child_ns_pid(u32 host_pid)
+{
+    u64 task = bpf_get_current_task();
+    u64 last = 0, child, cpid = 0, ppid = 0, cns = 0, pns = 0;
+    int hostnr = 0, nr = 0;
+    u32 clevel = 0, plevel = 0;
+    if (bpf_probe_read_kernel(&last, sizeof(last), (void *)(task + AGENTD_OFF_CHILDREN + 8)))  // children.prev
+        return 0;
+    child = last - AGENTD_OFF_SIBLING;
+    if (bpf_probe_read_kernel(&hostnr, sizeof(hostnr), (void *)(child + AGENTD_OFF_TASK_PID)) || (u32)hostnr != host_pid)
+        return 0;  // CLONE_PARENT (its list is the grandparent's), or a race: not reported
+    if (bpf_probe_read_kernel(&cpid, sizeof(cpid), (void *)(child + AGENTD_OFF_THREAD_PID)) || !cpid ||
+        bpf_probe_read_kernel(&ppid, sizeof(ppid), (void *)(task + AGENTD_OFF_THREAD_PID)) || !ppid ||
+        bpf_probe_read_kernel(&clevel, sizeof(clevel), (void *)(cpid + AGENTD_OFF_PID_LEVEL)) ||
+        bpf_probe_read_kernel(&plevel, sizeof(plevel), (void *)(ppid + AGENTD_OFF_PID_LEVEL)) ||
+        clevel != plevel || clevel > 32)
+        return 0;  // CLONE_NEWPID: the child lives a level below the daemon's namespace
+    u64 cu = cpid + AGENTD_OFF_PID_NUMBERS + (u64)clevel * AGENTD_OFF_UPID_SIZE;
+    u64 pu = ppid + AGENTD_OFF_PID_NUMBERS + (u64)plevel * AGENTD_OFF_UPID_SIZE;
+    if (bpf_probe_read_kernel(&cns, sizeof(cns), (void *)(cu + AGENTD_OFF_UPID_NS)) ||
+        bpf_probe_read_kernel(&pns, sizeof(pns), (void *)(pu + AGENTD_OFF_UPID_NS)) || cns != pns ||
+        bpf_probe_read_kernel(&nr, sizeof(nr), (void *)(cu + AGENTD_OFF_UPID_NR)) || nr <= 0)
+        return 0;
+    return nr;
+}
+#endif
+
 // Thread creations are not processes. task_newtask carries the clone flags of the new
 // task (keyed by its tid); sched_process_fork, which fires later, looks them up.
 AGENTD_TP(task_newtask)
@@ -227,17 +263,29 @@ AGENTD_TP(sched_process_fork)
     }
     if (!watched())
         return 0;
+    u32 child_pid = args->child_pid;
 #if AGENTD_PIDNS
-    // args->child_pid is the init namespace's number for the child, and the helper speaks
-    // only for current (the parent): the fork is not reported; the daemon learns the child
-    // at its exec (or from /proc).
-    stat_inc(STAT_PIDNS_UNSEEN);
-    return 0;
+    // args->child_pid is the init namespace's number; the parent (current) must be one the
+    // daemon sees, and the child's own number comes from BTF. Without BTF the fork is not
+    // reported: the daemon learns the child at its exec (or from /proc).
+    u32 ns_tid, ns_tgid;
+#if AGENTD_OFF_CHILDREN >= 0
+    if (current_ids(&ns_tid, &ns_tgid) == 0)
+        child_pid = child_ns_pid(child_pid);
+    else
+        child_pid = 0;
+#else
+    child_pid = 0;
+#endif
+    if (!child_pid) {
+        stat_inc(STAT_PIDNS_UNSEEN);
+        return 0;
+    }
 #endif
     struct event_head *h = reserve_head(AGENTD_FORK);
     if (!h)
         return 0;
-    h->pid = args->child_pid;
+    h->pid = child_pid;
     h->ppid = h->tgid;
     AGENTD_STR_sched_process_fork_child_comm(h->comm, sizeof(h->comm));
     submit(h);

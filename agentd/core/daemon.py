@@ -183,7 +183,7 @@ class Daemon:
         if pid_ns is not None:  # kernel pids translated: say once what that leaves out
             from agentd.tracking.pidns import degraded_line
 
-            self.lines["pidns"] = degraded_line(pid_ns)
+            self.lines["pidns"] = degraded_line(pid_ns, bool(getattr(self.tracker, "pidns_forks", False)))
             self.degraded.append(self.lines["pidns"])
 
     def _start_tracker(self) -> None:

@@ -173,6 +173,7 @@ class BpfBackend(TrackerBackend):
         self.exit_codes = ""  # after load: where exit codes come from (bpf_source.Program)
         self.group_exit = ""
         self.pid_ns = None  # after load: the child pid namespace pids are read in, if any
+        self.pidns_forks = False  # after load, with pid_ns: forks reported too (BTF)
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -205,6 +206,7 @@ class BpfBackend(TrackerBackend):
         self.exit_codes = program.exit_codes
         self.group_exit = program.group_exit
         self.pid_ns = program.pid_ns
+        self.pidns_forks = program.pidns_forks
 
     def start(self, sink: EventSink) -> None:
         if self._thread is not None:

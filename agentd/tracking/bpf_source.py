@@ -150,7 +150,20 @@ SIGNAL_TRACEPOINTS = (
 EXIT_GROUP_TRACEPOINT = Tracepoint("syscalls", "sys_enter_exit_group", ("error_code",))
 ALL_TRACEPOINTS = (*CORE_TRACEPOINTS, OOM_TRACEPOINT, *SIGNAL_TRACEPOINTS, EXIT_GROUP_TRACEPOINT)
 
-BTF_WANTED = {"task_struct": {"exit_code", "signal"}, "signal_struct": {"live"}}
+BTF_WANTED = {
+    "task_struct": {"exit_code", "signal", "children", "sibling", "pid", "thread_pid"},
+    "signal_struct": {"live"},
+    # In a child pid namespace, a forked child's pid there: task->thread_pid->numbers[level].
+    "pid": {"level", "numbers"},
+    "upid": {"nr", "ns", btf.SIZE},
+}
+# bpf_source name -> (struct, member): offsets the fork program needs in a child pid namespace.
+PIDNS_FORK_OFFSETS = {
+    "children": ("task_struct", "children"), "sibling": ("task_struct", "sibling"),
+    "task_pid": ("task_struct", "pid"), "thread_pid": ("task_struct", "thread_pid"),
+    "pid_level": ("pid", "level"), "pid_numbers": ("pid", "numbers"),
+    "upid_nr": ("upid", "nr"), "upid_ns": ("upid", "ns"), "upid_size": ("upid", btf.SIZE),
+}
 
 
 @dataclass(frozen=True)
@@ -178,6 +191,9 @@ def kernel_facts() -> KernelFacts:
         offsets["exit_code"] = task["exit_code"]
     if "signal" in task and "live" in sig:
         offsets["signal"], offsets["live"] = task["signal"], sig["live"]
+    fork = {k: found.get(st, {}).get(m) for k, (st, m) in PIDNS_FORK_OFFSETS.items()}
+    if all(v is not None for v in fork.values()):
+        offsets.update(fork)
     ns = pidns.current()
     return KernelFacts(layouts, offsets, ns if ns.is_child else None)
 
@@ -189,6 +205,7 @@ class Program:
     exit_codes: str  # "task" (every exit, from task_struct.exit_code), "signals", "signals+exit_group"
     group_exit: str  # how the last thread's exit is known: "tracepoint", "signal_live", "leader"
     pid_ns: PidNamespace | None = None  # pids are read in this (child) namespace
+    pidns_forks: bool = False  # with pid_ns: fork events too (the child's pid from BTF)
 
 
 def plan_tracepoints(opts: TrackerOptions, facts: KernelFacts) -> tuple[tuple[Tracepoint, ...], str, str]:
@@ -235,10 +252,15 @@ def render_program(opts: TrackerOptions, template: str, facts: KernelFacts) -> P
         "AGENTD_PIDNS_DEV": facts.pid_ns.dev if facts.pid_ns else 0,
         "AGENTD_PIDNS_INO": facts.pid_ns.ino if facts.pid_ns else 0,
     }
+    # A child pid namespace's fork events: the child's pid there, read through BTF (all or none).
+    fork_ns = facts.pid_ns is not None and all(k in facts.offsets for k in PIDNS_FORK_OFFSETS)
+    for k in PIDNS_FORK_OFFSETS:
+        kernel[f"AGENTD_OFF_{k.upper()}"] = facts.offsets[k] if fork_ns else -1
     head = "".join(f"#define {k} {int(v)}\n" for k, v in kernel.items())
     head += "".join(f"#define AGENTD_ATTACH_{tp.event} 1\n" for tp in tracepoints)
     head += render_layouts([facts.layouts[tp.event] for tp in tracepoints])
-    return Program(render_tracker_source(opts, head + template), tracepoints, exit_codes, group_exit, facts.pid_ns)
+    return Program(render_tracker_source(opts, head + template), tracepoints, exit_codes, group_exit, facts.pid_ns,
+                   fork_ns)
 
 
 def render_tracker_source(opts: TrackerOptions, template: str) -> str:

@@ -35,8 +35,10 @@ def current(proc: str = "/proc") -> PidNamespace:
     return PidNamespace(dev=st.st_dev, ino=st.st_ino)
 
 
-def degraded_line(ns: PidNamespace) -> str:
-    """The one line the daemon says at start-up and in `agentctl status` (degraded)."""
+def degraded_line(ns: PidNamespace, forks: bool) -> str:
+    """The one line the daemon says at start-up and in `agentctl status` (degraded); forks:
+    whether fork events are reported there (the child's pid read through BTF)."""
+    lost = "OOM victims and moves of one process by another" if forks else "forks, OOM victims and moves of one process by another"
     return (f"tracker: in a child pid namespace (pid:[{ns.ino}]); the BPF tracker reads pids in it, "
-            "so processes outside it or in pid namespaces below it are neither seen nor gated, and forks, "
-            "OOM victims and moves of one process by another are not reported (processes are learnt at exec)")
+            "so processes outside it or in pid namespaces below it are neither seen nor gated, and "
+            f"{lost} are not reported")

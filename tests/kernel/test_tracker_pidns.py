@@ -150,3 +150,41 @@ def test_the_namespace_is_one_clear_line_in_status(daemon):
     lines = [d for d in degraded if d.startswith("tracker: in a child pid namespace")]
     assert len(lines) == 1, degraded
     assert "tracker: in a child pid namespace" in daemon.log.read_text()
+
+
+def test_the_tracker_names_every_pid_as_its_namespace_does_and_stops_none_it_cannot(tmp_path):
+    """The BpfBackend itself, loaded inside a fresh pid namespace: fork, exec and exit carry
+    the namespace's pids (the exit its code), a gated exec is stopped and released by that
+    pid, and an exec in a namespace below it runs unstopped although its cgroup is gated."""
+    from cgroup_fixtures import _own_v2_path  # the test's own v2 cgroup: nest under it
+    from agentd import procfs
+
+    gated = os.path.join(procfs.v2_mount(), _own_v2_path().lstrip("/"), f"pidns-gate-{os.getpid()}")
+    os.mkdir(gated)
+    try:
+        proc = subprocess.run(UNSHARE + [sys.executable, os.path.join(os.path.dirname(__file__), "pidns_probe.py"), gated],
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    finally:
+        for pid in open(os.path.join(gated, "cgroup.procs")).read().split():
+            os.kill(int(pid), signal.SIGKILL)
+        for _ in range(50):
+            try:
+                os.rmdir(gated)
+                break
+            except OSError:
+                time.sleep(0.1)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["pid_ns"] and out["self"] == 1, out
+    plain = out["plain"]
+    assert plain["pid"] < 100, plain  # this namespace's number, not the host's
+    assert plain["exec"] == 1 and plain["exit_codes"] == [3 << 8], plain
+    assert out["forks_reported"], "this kernel has BTF: forks are reported with the child's pid"
+    assert plain["fork"] == 1, plain
+    # sh's own exec (before its move, not gated) and /bin/true's (gated, released by its pid).
+    assert out["gated"]["rc"] == 0 and sorted(out["gated"]["events"]) == [False, True], out["gated"]
+    nested = out["nested"]
+    assert nested["rc"] == 5, nested  # ran to its end: nothing left stopped
+    assert nested["gated_execs"] == ["/usr/bin/unshare"], nested
+    assert out["stats"]["pidns_unseen"] >= 2 and out["stats"]["gate_timeouts"] == 0, out["stats"]
