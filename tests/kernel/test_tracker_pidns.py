@@ -141,6 +141,11 @@ def test_an_agents_tool_calls_run_and_end_with_the_gate_in_a_child_pid_namespace
     assert {c["cgroup"] for c in calls} == {"agents/nsag/tools/0001-cat", "agents/nsag/tools/0002-ls"}, calls
     # The pids are the daemon's numbers, not the host's: small ones in a fresh namespace.
     assert all(1 < c["pid"] < 1000 for c in calls), [c["pid"] for c in calls]
+    # The agent's own exit (its pid in the namespace) ends it: it does not show live.
+    deadline = time.monotonic() + 10
+    while daemon.client.agent(name="nsag").get("state") != "done":
+        assert time.monotonic() < deadline, json.dumps(daemon.client.agent(name="nsag"))
+        time.sleep(0.2)
     # Placed by the daemon, not continued by the gate's fail-open timeout.
     assert "stopped at exec and not placed" not in daemon.log.read_text()
 
