@@ -202,7 +202,14 @@ class BpfBackend(TrackerBackend):
         if self.debug:
             print(program.text, file=sys.stderr)
         # -w: the Debian 6.1 headers produce warnings unrelated to this program.
-        self._bpf = _compile(program.text, ["-w"], program.tracepoints)
+        try:
+            self._bpf = _compile(program.text, ["-w"], program.tracepoints)
+        except BackendUnavailable as exc:
+            if program.pid_ns is None:
+                raise
+            # Without pids it can name, a gated exec would stay stopped: no tracker at all.
+            raise BackendUnavailable(f"{exc} (in a child pid namespace the tracker needs "
+                                     "bpf_get_ns_current_pid_tgid, Linux 5.7+)") from exc
         self.exit_codes = program.exit_codes
         self.group_exit = program.group_exit
         self.pid_ns = program.pid_ns
