@@ -193,3 +193,55 @@ def test_the_tracker_names_every_pid_as_its_namespace_does_and_stops_none_it_can
     assert nested["rc"] == 5, nested  # ran to its end: nothing left stopped
     assert nested["gated_execs"] == ["/usr/bin/unshare"], nested
     assert out["stats"]["pidns_unseen"] >= 2 and out["stats"]["gate_timeouts"] == 0, out["stats"]
+
+
+def test_without_btf_a_foreign_namespace_sees_nothing_and_stops_nothing():
+    """The program built for a pid namespace this test is not in (a fresh one held open by a
+    sleeping child), and without BTF offsets (forks not reported): it loads, reports none of
+    this namespace's processes, and a gated exec of one of them runs unstopped."""
+    from cgroup_fixtures import _own_v2_path
+    from agentd import procfs
+    from agentd.tracking.bpf_backend import BpfBackend
+    from agentd.tracking.bpf_source import KernelFacts, kernel_facts
+    from agentd.tracking.pidns import PidNamespace
+
+    holder = subprocess.Popen(UNSHARE + ["sleep", "60"])
+    gated = os.path.join(procfs.v2_mount(), _own_v2_path().lstrip("/"), f"pidns-foreign-{os.getpid()}")
+    os.mkdir(gated)
+    backend = None
+    try:
+        child = None
+        for _ in range(100):
+            kids = psutil.Process(holder.pid).children()
+            if kids:
+                child = kids[0].pid
+                break
+            time.sleep(0.05)
+        st = os.stat(f"/proc/{child}/ns/pid")
+        foreign = PidNamespace(st.st_dev, st.st_ino)
+        assert foreign.is_child
+        real = kernel_facts()
+        seen = []
+        backend = BpfBackend(gate_timeout_s=30, facts=lambda: KernelFacts(real.layouts, {}, foreign))
+        backend.start(seen.append)
+        assert backend.pid_ns == foreign and not backend.pidns_forks
+        backend.set_gated_cgroups({os.stat(gated).st_ino})
+        p = subprocess.Popen(["/bin/sh", "-c", f"echo $$ > {gated}/cgroup.procs; exec /bin/true"])
+        assert p.wait(10) == 0  # not stopped: the program could not have named it
+        time.sleep(0.2)
+        assert not [e for e in seen if e.pid == p.pid], seen
+        stats = backend.stats()
+        assert stats["pidns_unseen"] >= 3 and stats["gate_owed"] == 0, stats
+    finally:
+        if backend is not None:
+            backend.stop()
+        holder.kill()
+        holder.wait(10)
+        for pid in open(os.path.join(gated, "cgroup.procs")).read().split():
+            os.kill(int(pid), signal.SIGKILL)
+        for _ in range(50):
+            try:
+                os.rmdir(gated)
+                break
+            except OSError:
+                time.sleep(0.1)
