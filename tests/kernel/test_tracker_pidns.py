@@ -150,6 +150,12 @@ def test_an_agents_tool_calls_run_and_end_with_the_gate_in_a_child_pid_namespace
     assert "stopped at exec and not placed" not in daemon.log.read_text()
 
 
+def test_a_caller_outside_the_namespace_is_refused_with_the_reason(daemon):
+    out = subprocess.run([str(BIN / "agentctl"), "--socket", str(daemon.socket), "status"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "not in the daemon's pid namespace" in out.stderr, out.stderr
+
+
 def test_the_namespace_is_one_clear_line_in_status(daemon):
     degraded = daemon.client.status().get("degraded", [])
     lines = [d for d in degraded if d.startswith("tracker: in a child pid namespace")]
