@@ -251,3 +251,15 @@ def test_without_btf_a_foreign_namespace_sees_nothing_and_stops_nothing():
                 break
             except OSError:
                 time.sleep(0.1)
+
+
+def test_cn_proc_refuses_to_run_in_a_child_pid_namespace():
+    """Its events carry init-namespace pids (multicast from another listener's subscription):
+    there they would name other processes, so auto has no tracker rather than a wrong one."""
+    code = ("from agentd.tracking.cnproc_backend import CnProcBackend\n"
+            "from agentd.tracking.backend import BackendUnavailable\n"
+            "try:\n    CnProcBackend().load()\n    print('loaded')\n"
+            "except BackendUnavailable as exc:\n    print('refused:', exc)\n")
+    out = subprocess.run(UNSHARE + [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.stdout.startswith("refused: cn_proc does not work in a child pid namespace"), out.stdout + out.stderr
