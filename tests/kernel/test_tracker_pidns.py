@@ -263,3 +263,34 @@ def test_cn_proc_refuses_to_run_in_a_child_pid_namespace():
     out = subprocess.run(UNSHARE + [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert out.stdout.startswith("refused: cn_proc does not work in a child pid namespace"), out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("btf", ["btf", "no_btf"])
+@pytest.mark.parametrize("kernel", ["5.15", "6.1", "6.8", "6.12", "6.18"])
+def test_the_pidns_program_for_each_supported_kernel_passes_the_verifier(kernel, btf):
+    """The child-namespace variant (helper for exec/exit, BTF walk for fork, or forks left
+    out without BTF) rendered from each supported kernel's format files loads here."""
+    import bcc
+    from pathlib import Path
+
+    from agentd.tracking import bpf_source as src
+    from agentd.tracking.bpf_backend import _compile
+    from agentd.tracking.pidns import PidNamespace
+    from agentd.tracking.tp_format import read_format
+
+    fixtures = Path(__file__).resolve().parents[1] / "unit" / "tracking" / "tracefs" / kernel
+    layouts = {}
+    for tp in src.ALL_TRACEPOINTS:
+        layout = read_format(tp.category, tp.event, dirs=(str(fixtures),))
+        if layout is not None:
+            layouts[tp.event] = layout
+    offsets = src.kernel_facts().offsets if btf == "btf" else {}
+    facts = src.KernelFacts(layouts, offsets, PidNamespace(dev=4, ino=4026532178))
+    program = src.render_program(src.TrackerOptions(exit_code=True), src.load_template(), facts)
+    assert program.pidns_forks == (btf == "btf")
+    bpf = _compile(program.text, ["-w"])
+    try:
+        for tp in program.tracepoints:
+            bpf.load_func(tp.fn_name.encode(), bcc.BPF.TRACEPOINT)
+    finally:
+        bpf.cleanup()
