@@ -18,7 +18,8 @@ class ProcEventKind(str, Enum):
 class ProcEvent:
     """A process event from the kernel.
 
-    pid/tgid are host pids. For FORK, `ppid` is the parent tgid and `pid` the child.
+    pid/tgid are pids as the daemon's pid namespace numbers them (host pids in the init
+    namespace; see agentd/tracking/pidns.py). For FORK, `ppid` is the parent tgid and `pid` the child.
     `cgroup_id` is the v2 (default hierarchy) cgroup id of the task when the event fired,
     0 when the backend cannot tell (cn_proc). `gated` is True when the BPF exec hook
     stopped the task with SIGSTOP and the daemon owes it a SIGCONT after placement.

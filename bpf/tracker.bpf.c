@@ -31,6 +31,13 @@
 //                              thread (BTF); both -1: the thread group leader's exit counts
 //   AGENTD_SIGNAL_EXIT_CODES   1: signal_generate / signal_deliver remember fatal signals
 //   AGENTD_EXIT_GROUP_CODES    1: also exit_group(2) codes (a syscall tracepoint)
+//   AGENTD_PIDNS               1: the daemon runs in a child pid namespace (dev/ino below):
+//                              every pid it gets is read in that namespace; tasks it cannot
+//                              see there are not reported and never stopped (STAT_PIDNS_UNSEEN)
+//   AGENTD_PIDNS_DEV / AGENTD_PIDNS_INO  st_dev / st_ino of the daemon's /proc/self/ns/pid
+//   AGENTD_OFF_*               BTF offsets from a task to its pid in its namespace (children,
+//                              sibling, task_pid, thread_pid, pid_level, pid_numbers, upid_*);
+//                              -1: forks are not reported in a child pid namespace
 
 #define AGENTD_TP(ev) int agentd__##ev(struct agentd_args_##ev *args)
 
@@ -54,6 +61,7 @@
 #define STAT_EMITTED 2
 #define STAT_THREADS 3         // thread creations filtered out (CLONE_THREAD)
 #define STAT_SIGNAL_FAILED 4   // bpf_send_signal returned an error
+#define STAT_PIDNS_UNSEEN 5    // child pid namespace: an event whose pid the daemon cannot see
 #define STAT_SLOTS 8
 
 struct event_head {
@@ -113,14 +121,37 @@ static __always_inline int watched(void)
 #endif
 }
 
+// current's pid and tgid as the daemon sees them; -1 when it cannot see current (a task
+// outside the daemon's pid namespace, or in one below it: the helper answers only for tasks
+// whose own namespace is the daemon's). In the init namespace: the host ids, always.
+static __always_inline int current_ids(u32 *pid, u32 *tgid)
+{
+#if AGENTD_PIDNS
+    struct bpf_pidns_info ns = {};
+    if (bpf_get_ns_current_pid_tgid(AGENTD_PIDNS_DEV, AGENTD_PIDNS_INO, &ns, sizeof(ns)) != 0) {
+        *pid = 0;
+        *tgid = 0;
+        return -1;
+    }
+    *pid = ns.pid;
+    *tgid = ns.tgid;
+#else
+    u64 id = bpf_get_current_pid_tgid();
+    *pid = (u32)id;
+    *tgid = id >> 32;
+#endif
+    return 0;
+}
+
 static __always_inline void fill(struct event_head *h, u32 kind)
 {
-    u64 id = bpf_get_current_pid_tgid();
+    u32 pid, tgid;
+    current_ids(&pid, &tgid);
     h->ts_ns = bpf_ktime_get_ns();
     h->cgroup_id = bpf_get_current_cgroup_id();
     h->kind = kind;
     h->pid = 0;
-    h->tgid = id >> 32;
+    h->tgid = tgid;
     h->ppid = 0;
     h->exit_code = 0;
     h->flags = 0;
@@ -172,6 +203,39 @@ static __always_inline void submit(void *rec)
     events.ringbuf_submit(rec, 0);
 }
 
+#if AGENTD_PIDNS && AGENTD_OFF_CHILDREN >= 0
+// The forked child's pid in the daemon's namespace, 0 when it cannot be had. The tracepoint
+// gives only the init namespace's number, and the child is not current; but copy_process()
+// has just put it at the tail of current->children (wake_up_new_task() comes after this
+// tracepoint, so it cannot have exited), which the host pid check confirms. Its number is
+// task->thread_pid->numbers[level].nr, in the namespace of the parent's own level.
+static __always_inline u32 child_ns_pid(u32 host_pid)
+{
+    u64 task = bpf_get_current_task();
+    u64 last = 0, child, cpid = 0, ppid = 0, cns = 0, pns = 0;
+    int hostnr = 0, nr = 0;
+    u32 clevel = 0, plevel = 0;
+    if (bpf_probe_read_kernel(&last, sizeof(last), (void *)(task + AGENTD_OFF_CHILDREN + 8)))  // children.prev
+        return 0;
+    child = last - AGENTD_OFF_SIBLING;
+    if (bpf_probe_read_kernel(&hostnr, sizeof(hostnr), (void *)(child + AGENTD_OFF_TASK_PID)) || (u32)hostnr != host_pid)
+        return 0;  // CLONE_PARENT (its list is the grandparent's), or a race: not reported
+    if (bpf_probe_read_kernel(&cpid, sizeof(cpid), (void *)(child + AGENTD_OFF_THREAD_PID)) || !cpid ||
+        bpf_probe_read_kernel(&ppid, sizeof(ppid), (void *)(task + AGENTD_OFF_THREAD_PID)) || !ppid ||
+        bpf_probe_read_kernel(&clevel, sizeof(clevel), (void *)(cpid + AGENTD_OFF_PID_LEVEL)) ||
+        bpf_probe_read_kernel(&plevel, sizeof(plevel), (void *)(ppid + AGENTD_OFF_PID_LEVEL)) ||
+        clevel != plevel || clevel > 32)
+        return 0;  // CLONE_NEWPID: the child lives a level below the daemon's namespace
+    u64 cu = cpid + AGENTD_OFF_PID_NUMBERS + (u64)clevel * AGENTD_OFF_UPID_SIZE;
+    u64 pu = ppid + AGENTD_OFF_PID_NUMBERS + (u64)plevel * AGENTD_OFF_UPID_SIZE;
+    if (bpf_probe_read_kernel(&cns, sizeof(cns), (void *)(cu + AGENTD_OFF_UPID_NS)) ||
+        bpf_probe_read_kernel(&pns, sizeof(pns), (void *)(pu + AGENTD_OFF_UPID_NS)) || cns != pns ||
+        bpf_probe_read_kernel(&nr, sizeof(nr), (void *)(cu + AGENTD_OFF_UPID_NR)) || nr <= 0)
+        return 0;
+    return nr;
+}
+#endif
+
 // Thread creations are not processes. task_newtask carries the clone flags of the new
 // task (keyed by its tid); sched_process_fork, which fires later, looks them up.
 AGENTD_TP(task_newtask)
@@ -199,10 +263,29 @@ AGENTD_TP(sched_process_fork)
     }
     if (!watched())
         return 0;
+    u32 child_pid = args->child_pid;
+#if AGENTD_PIDNS
+    // args->child_pid is the init namespace's number; the parent (current) must be one the
+    // daemon sees, and the child's own number comes from BTF. Without BTF the fork is not
+    // reported: the daemon learns the child at its exec (or from /proc).
+    u32 ns_tid, ns_tgid;
+#if AGENTD_OFF_CHILDREN >= 0
+    if (current_ids(&ns_tid, &ns_tgid) == 0)
+        child_pid = child_ns_pid(child_pid);
+    else
+        child_pid = 0;
+#else
+    child_pid = 0;
+#endif
+    if (!child_pid) {
+        stat_inc(STAT_PIDNS_UNSEEN);
+        return 0;
+    }
+#endif
     struct event_head *h = reserve_head(AGENTD_FORK);
     if (!h)
         return 0;
-    h->pid = args->child_pid;
+    h->pid = child_pid;
     h->ppid = h->tgid;
     AGENTD_STR_sched_process_fork_child_comm(h->comm, sizeof(h->comm));
     submit(h);
@@ -212,14 +295,25 @@ AGENTD_TP(sched_process_fork)
 AGENTD_TP(sched_process_exec)
 {
     struct event *e;
+    u32 pid = args->pid, old_pid = args->old_pid;
+#if AGENTD_PIDNS
+    // A task the daemon cannot name is never stopped: nobody could continue it.
+    u32 ns_tid, ns_tgid;
+    if (current_ids(&ns_tid, &ns_tgid)) {
+        stat_inc(STAT_PIDNS_UNSEEN);
+        return 0;
+    }
+    pid = ns_tgid;  // after de_thread the exec'ing task leads its group: pid == tgid
+    old_pid = ns_tgid;  // the old thread id has no number the daemon can read any more
+#endif
 #if AGENTD_GATE
     u64 cg = bpf_get_current_cgroup_id();
     if (gated_cgroups.lookup(&cg)) {
         e = gate_events.ringbuf_reserve(sizeof(struct event));
         if (e) {
             fill(&e->h, AGENTD_EXEC);
-            e->h.pid = args->pid;
-            e->h.ppid = args->old_pid;
+            e->h.pid = pid;
+            e->h.ppid = old_pid;
             AGENTD_STR_sched_process_exec_filename(e->path, sizeof(e->path));
             // Delivered on the way back to user space: the new image runs no instruction.
             if (bpf_send_signal(AGENTD_SIGSTOP) == 0)
@@ -243,8 +337,8 @@ AGENTD_TP(sched_process_exec)
     e = reserve_full(AGENTD_EXEC);
     if (!e)
         return 0;
-    e->h.pid = args->pid;
-    e->h.ppid = args->old_pid;
+    e->h.pid = pid;
+    e->h.ppid = old_pid;
     AGENTD_STR_sched_process_exec_filename(e->path, sizeof(e->path));
     submit(e);
     return 0;
@@ -364,10 +458,17 @@ AGENTD_TP(sched_process_exit)
 #endif
     if (!watched())
         return 0;
+#if AGENTD_PIDNS
+    u32 ns_tid, ns_tgid;
+    if (current_ids(&ns_tid, &ns_tgid)) {
+        stat_inc(STAT_PIDNS_UNSEEN);
+        return 0;
+    }
+#endif
     struct event_head *h = reserve_head(AGENTD_EXIT);
     if (!h)
         return 0;
-    h->pid = h->tgid;
+    h->pid = h->tgid;  // fill(): the daemon's number for it
     if (have_code) {
         h->exit_code = c;
         h->flags |= AGENTD_F_EXIT_CODE;
@@ -379,6 +480,11 @@ AGENTD_TP(sched_process_exit)
 #ifdef AGENTD_ATTACH_mark_victim
 AGENTD_TP(mark_victim)
 {
+#if AGENTD_PIDNS
+    // The victim is not current: its pid is the init namespace's. Not reported; its exit is.
+    stat_inc(STAT_PIDNS_UNSEEN);
+    return 0;
+#endif
     struct event_head *h = reserve_head(AGENTD_OOM_VICTIM);
     if (!h)
         return 0;
@@ -398,12 +504,25 @@ AGENTD_TP(cgroup_attach_task)
     // v1 hierarchies fire too; only the v2 one carries the ids the gate and tree use.
     if (args->dst_root != AGENTD_V2_ROOT)
         return 0;
+    u64 id = bpf_get_current_pid_tgid();
+    u32 moved = args->pid;
+    int self_move = moved == (u32)(id >> 32) || moved == (u32)id;
+#if AGENTD_PIDNS
+    // Only a task that moves itself can be named (it is current); another's move is not
+    // reported (the daemon sees where it went at the task's next exec or its own checks).
+    u32 ns_tid, ns_tgid;
+    if (!self_move || current_ids(&ns_tid, &ns_tgid)) {
+        stat_inc(STAT_PIDNS_UNSEEN);
+        return 0;
+    }
+    moved = moved == (u32)(id >> 32) ? ns_tgid : ns_tid;
+#endif
     struct event *e = reserve_full(AGENTD_CGROUP_ATTACH);
     if (!e)
         return 0;
-    e->h.pid = args->pid;
+    e->h.pid = moved;
     e->h.cgroup_id = args->dst_id;
-    if (args->pid == e->h.tgid || args->pid == (u32)bpf_get_current_pid_tgid())
+    if (self_move)
         e->h.flags |= AGENTD_F_SELF_MOVE;
     AGENTD_STR_cgroup_attach_task_comm(e->h.comm, sizeof(e->h.comm));
     AGENTD_STR_cgroup_attach_task_dst_path(e->path, sizeof(e->path));

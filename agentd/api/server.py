@@ -455,7 +455,8 @@ class ApiServer:
             peer = peer_of(request)
             if peer is None:
                 raise ApiError(403, "peer_unknown",
-                               "the caller's credentials (SO_PEERCRED) could not be read")
+                               "the caller's credentials (SO_PEERCRED) could not be read, or its pid is not "
+                               "in the daemon's pid namespace (run agentctl inside the daemon's container)")
             caller = self.caller_of(peer)
             if peer_exited(request):  # checked after the lookups: they were about this process
                 raise ApiError(403, "peer_gone",

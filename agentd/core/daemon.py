@@ -184,6 +184,12 @@ class Daemon:
         self.lines["tracker"] = line
         if not self.tracker.can_gate:
             self.degraded.append(line)
+        pid_ns = getattr(self.tracker, "pid_ns", None)
+        if pid_ns is not None:  # kernel pids translated: say once what that leaves out
+            from agentd.tracking.pidns import degraded_line
+
+            self.lines["pidns"] = degraded_line(pid_ns, bool(getattr(self.tracker, "pidns_forks", False)))
+            self.degraded.append(self.lines["pidns"])
 
     def _start_tracker(self) -> None:
         if self.tracker is None:

@@ -173,6 +173,8 @@ class BpfBackend(TrackerBackend):
         self.sink_errors = 0
         self.exit_codes = ""  # after load: where exit codes come from (bpf_source.Program)
         self.group_exit = ""
+        self.pid_ns = None  # after load: the child pid namespace pids are read in, if any
+        self.pidns_forks = False  # after load, with pid_ns: forks reported too (BTF)
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -201,9 +203,18 @@ class BpfBackend(TrackerBackend):
         if self.debug:
             print(program.text, file=sys.stderr)
         # -w: the Debian 6.1 headers produce warnings unrelated to this program.
-        self._bpf = _compile(program.text, ["-w"], program.tracepoints)
+        try:
+            self._bpf = _compile(program.text, ["-w"], program.tracepoints)
+        except BackendUnavailable as exc:
+            if program.pid_ns is None:
+                raise
+            # Without pids it can name, a gated exec would stay stopped: no tracker at all.
+            raise BackendUnavailable(f"{exc} (in a child pid namespace the tracker needs "
+                                     "bpf_get_ns_current_pid_tgid, Linux 5.7+)") from exc
         self.exit_codes = program.exit_codes
         self.group_exit = program.group_exit
+        self.pid_ns = program.pid_ns
+        self.pidns_forks = program.pidns_forks
 
     def start(self, sink: EventSink) -> None:
         if self._thread is not None:

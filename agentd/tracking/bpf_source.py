@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agentd.events import ProcEventKind
-from agentd.tracking import btf
+from agentd.tracking import btf, pidns
+from agentd.tracking.pidns import PidNamespace
 from agentd.tracking.tp_format import Layout, read_format, render_layouts
 
 PATH_LEN = 256
@@ -40,12 +41,14 @@ STAT_GATE_SKIPPED = 1
 STAT_EMITTED = 2
 STAT_THREADS = 3
 STAT_SIGNAL_FAILED = 4
+STAT_PIDNS_UNSEEN = 5
 STAT_NAMES = {
     STAT_LOST: "lost",
     STAT_GATE_SKIPPED: "gate_skipped",
     STAT_EMITTED: "emitted",
     STAT_THREADS: "threads_filtered",
     STAT_SIGNAL_FAILED: "signal_failed",
+    STAT_PIDNS_UNSEEN: "pidns_unseen",
 }
 
 V2_HIERARCHY_ID = 0  # the "0::" line of /proc/<pid>/cgroup
@@ -147,16 +150,31 @@ SIGNAL_TRACEPOINTS = (
 EXIT_GROUP_TRACEPOINT = Tracepoint("syscalls", "sys_enter_exit_group", ("error_code",))
 ALL_TRACEPOINTS = (*CORE_TRACEPOINTS, OOM_TRACEPOINT, *SIGNAL_TRACEPOINTS, EXIT_GROUP_TRACEPOINT)
 
-BTF_WANTED = {"task_struct": {"exit_code", "signal"}, "signal_struct": {"live"}}
+BTF_WANTED = {
+    "task_struct": {"exit_code", "signal", "children", "sibling", "pid", "thread_pid"},
+    "signal_struct": {"live"},
+    # In a child pid namespace, a forked child's pid there: task->thread_pid->numbers[level].
+    "pid": {"level", "numbers"},
+    "upid": {"nr", "ns", btf.SIZE},
+}
+# bpf_source name -> (struct, member): offsets the fork program needs in a child pid namespace.
+PIDNS_FORK_OFFSETS = {
+    "children": ("task_struct", "children"), "sibling": ("task_struct", "sibling"),
+    "task_pid": ("task_struct", "pid"), "thread_pid": ("task_struct", "thread_pid"),
+    "pid_level": ("pid", "level"), "pid_numbers": ("pid", "numbers"),
+    "upid_nr": ("upid", "nr"), "upid_ns": ("upid", "ns"), "upid_size": ("upid", btf.SIZE),
+}
 
 
 @dataclass(frozen=True)
 class KernelFacts:
     """What the program must fit: tracepoint layouts by event name, and byte offsets of
-    task_struct.exit_code / task_struct.signal / signal_struct.live where BTF has them."""
+    task_struct.exit_code / task_struct.signal / signal_struct.live where BTF has them;
+    pid_ns: the daemon's pid namespace when it is a child one (None: the init namespace)."""
 
     layouts: dict[str, Layout]
     offsets: dict[str, int]
+    pid_ns: PidNamespace | None = None
 
 
 def kernel_facts() -> KernelFacts:
@@ -173,7 +191,11 @@ def kernel_facts() -> KernelFacts:
         offsets["exit_code"] = task["exit_code"]
     if "signal" in task and "live" in sig:
         offsets["signal"], offsets["live"] = task["signal"], sig["live"]
-    return KernelFacts(layouts, offsets)
+    fork = {k: found.get(st, {}).get(m) for k, (st, m) in PIDNS_FORK_OFFSETS.items()}
+    if all(v is not None for v in fork.values()):
+        offsets.update(fork)
+    ns = pidns.current()
+    return KernelFacts(layouts, offsets, ns if ns.is_child else None)
 
 
 @dataclass(frozen=True)
@@ -182,6 +204,8 @@ class Program:
     tracepoints: tuple[Tracepoint, ...]  # attach each: tp "category:event" -> fn_name
     exit_codes: str  # "task" (every exit, from task_struct.exit_code), "signals", "signals+exit_group"
     group_exit: str  # how the last thread's exit is known: "tracepoint", "signal_live", "leader"
+    pid_ns: PidNamespace | None = None  # pids are read in this (child) namespace
+    pidns_forks: bool = False  # with pid_ns: fork events too (the child's pid from BTF)
 
 
 def plan_tracepoints(opts: TrackerOptions, facts: KernelFacts) -> tuple[tuple[Tracepoint, ...], str, str]:
@@ -224,11 +248,19 @@ def render_program(opts: TrackerOptions, template: str, facts: KernelFacts) -> P
         "AGENTD_GROUP_DEAD_FIELD": int(group_exit == "tracepoint"),
         "AGENTD_SIGNAL_EXIT_CODES": int(exit_codes != "task"),
         "AGENTD_EXIT_GROUP_CODES": int(exit_codes == "signals+exit_group"),
+        "AGENTD_PIDNS": int(facts.pid_ns is not None),
+        "AGENTD_PIDNS_DEV": facts.pid_ns.dev if facts.pid_ns else 0,
+        "AGENTD_PIDNS_INO": facts.pid_ns.ino if facts.pid_ns else 0,
     }
+    # A child pid namespace's fork events: the child's pid there, read through BTF (all or none).
+    fork_ns = facts.pid_ns is not None and all(k in facts.offsets for k in PIDNS_FORK_OFFSETS)
+    for k in PIDNS_FORK_OFFSETS:
+        kernel[f"AGENTD_OFF_{k.upper()}"] = facts.offsets[k] if fork_ns else -1
     head = "".join(f"#define {k} {int(v)}\n" for k, v in kernel.items())
     head += "".join(f"#define AGENTD_ATTACH_{tp.event} 1\n" for tp in tracepoints)
     head += render_layouts([facts.layouts[tp.event] for tp in tracepoints])
-    return Program(render_tracker_source(opts, head + template), tracepoints, exit_codes, group_exit)
+    return Program(render_tracker_source(opts, head + template), tracepoints, exit_codes, group_exit, facts.pid_ns,
+                   fork_ns)
 
 
 def render_tracker_source(opts: TrackerOptions, template: str) -> str:

@@ -2,8 +2,10 @@
 
 The tracker is compiled against headers that do not match the running kernel, so it cannot
 name a struct field; BTF says where a field really is. Only what the exit program needs is
-looked up (task_struct.exit_code, task_struct.signal, signal_struct.live). Pure parsing:
-`member_offsets(blob, wanted)` takes the BTF bytes and returns byte offsets.
+looked up (task_struct.exit_code, task_struct.signal, signal_struct.live; in a child pid
+namespace the fields that lead from a task to its pid there). Pure parsing:
+`member_offsets(blob, wanted)` takes the BTF bytes and returns byte offsets; the pseudo-member
+SIZE gives the struct's own size.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ BTF_MAGIC = 0xEB9F
 _KIND_STRUCT, _KIND_UNION = 4, 5
 _FIXED_EXTRA = {1: 4, 2: 0, 3: 12, 7: 0, 8: 0, 9: 0, 10: 0, 11: 0, 12: 0, 14: 4, 16: 0, 17: 4, 18: 0}
 _PER_MEMBER = {4: 12, 5: 12, 6: 8, 13: 8, 15: 12, 19: 12}
+
+
+SIZE = "__size__"  # ask for a struct's size by this name among its members
 
 
 class BtfError(ValueError):
@@ -46,7 +51,7 @@ def member_offsets(blob: bytes, wanted: dict[str, set[str]]) -> dict[str, dict[s
     out: dict[str, dict[str, int]] = {}
     pos = types
     while pos < end and len(out) < len(wanted):
-        name_off, info, _size = struct.unpack_from("<III", blob, pos)
+        name_off, info, size = struct.unpack_from("<III", blob, pos)
         kind = (info >> 24) & 0x1F
         vlen = info & 0xFFFF
         pos += 12
@@ -61,7 +66,7 @@ def member_offsets(blob: bytes, wanted: dict[str, set[str]]) -> dict[str, dict[s
             sname = wanted_bytes.get(blob[start:blob.index(b"\0", start)])
             if sname is not None and sname not in out:
                 bitfields = bool(info >> 31)
-                found = {}
+                found = {SIZE: size} if SIZE in wanted[sname] else {}
                 for i in range(vlen):
                     m_name, _m_type, m_off = struct.unpack_from("<III", blob, pos + 12 * i)
                     mname = name(m_name) if m_name else ""

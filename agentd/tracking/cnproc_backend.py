@@ -21,6 +21,7 @@ import threading
 
 from agentd import procfs
 from agentd.events import ProcEvent, ProcEventKind
+from agentd.tracking import pidns
 from agentd.tracking.backend import BackendUnavailable, EventSink, TrackerBackend
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,12 @@ class CnProcBackend(TrackerBackend):
         """Open the connector socket and subscribe. Idempotent."""
         if self._sock is not None:
             return
+        ns = pidns.current()
+        if ns.is_child:
+            # The kernel ignores a listen request from there, yet multicasts the events another
+            # listener turned on: init-namespace pids that name other processes, or none here.
+            raise BackendUnavailable(f"cn_proc does not work in a child pid namespace (pid:[{ns.ino}]): "
+                                     "its pids are the init namespace's")
         try:
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
         except OSError as exc:
