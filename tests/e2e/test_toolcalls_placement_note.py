@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from agentd.cgroups import layout
 from benchmarks.daemon_process import DaemonProcess
+from tests.e2e.test_crash_moments import call, wait_for
 
 pytestmark = [pytest.mark.kernel, pytest.mark.skipif(os.geteuid() != 0, reason="the daemon needs root")]
 
@@ -47,25 +49,10 @@ def daemon():
         d.cleanup()
 
 
-def wait_for(fn, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.02)
-
-
-def call(d: DaemonProcess, agent: str, seq: int) -> dict | None:
-    return next((c for c in d.toolcalls(agent) if c["seq"] == seq), None)
-
-
 def running_in_tool_cgroup(d: DaemonProcess, agent: str, name: str) -> tuple[str, int] | None:
     """(cgroup, pid) of a continued (not stopped) process in one of the agent's tool cgroups."""
     driver = d.driver()
-    tools = f"agents/{agent}/tools"
+    tools = layout.tools_rel(agent)
     for child in driver.children(tools) if driver.exists(tools) else []:
         if not child.endswith(f"-{name}"):
             continue
