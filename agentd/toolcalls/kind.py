@@ -49,6 +49,7 @@ from agentd.kinds.contract import Kind
 from agentd.policy.schema import Policy
 from agentd.toolcalls.actuators import Actuators
 from agentd.toolcalls.agents import AgentRegistry
+from agentd.toolcalls.endwork import EndWork
 from agentd.toolcalls.ladder import Ladder
 from agentd.toolcalls.model import Agent, ToolCall
 from agentd.toolcalls.notes import PlacementNotes
@@ -59,6 +60,8 @@ from agentd.tracking.proctree import ProcTree
 
 COUNTERS = ("toolcalls_started", "toolcalls_finished", "toolcalls_killed", "toolcalls_frozen", "toolcalls_throttled",
             "moved_back", "placement_errors", "intents_rejected", "agents_registered", "events_handled")
+
+TICK_BUDGET_S = 0.02  # one tick's samples stay this short; the rest wait for the next tick
 
 
 class ToolCallEngine(AgentRegistry, GatedPlacement, Ladder, Kind):
@@ -100,6 +103,14 @@ class ToolCallEngine(AgentRegistry, GatedPlacement, Ladder, Kind):
         self.lock = threading.Lock()
         # tool call id (or "agent:<name>") -> when its cgroup (or main process) was first seen gone
         self._empty_since: dict[str, float] = {}
+        # Ends are decided by exit events (ladder.settle_exited): tool call id -> when its
+        # leader's exit arrived, until its cgroup is seen empty.
+        self._leader_gone: dict[str, float] = {}
+        # The tick samples live tool calls round-robin, this long at most per tick.
+        self._tick_queue: deque[str] = deque()
+        self.tick_budget_s = TICK_BUDGET_S
+        # Cgroup removal and result files, off the loop once the daemon starts it (endwork.py).
+        self.ends = EndWork()
 
     # ------------------------------------------------------------------ the Kind hooks
     def attach(self, ctx) -> None:
@@ -157,7 +168,9 @@ class ToolCallEngine(AgentRegistry, GatedPlacement, Ladder, Kind):
 
     def stop(self, revert: bool) -> None:
         """Agents and tool calls run on for the next daemon to re-adopt; only a gated exec
-        still waiting for placement must not stay stopped without us."""
+        still waiting for placement must not stay stopped without us. Ends already decided
+        are settled first (their records, result files and toolcall.end)."""
+        self.ends.close()
         for agent in self.agents.values():
             for pid in self.driver.procs(layout.runtime_rel(agent.name)) if agent.state == "live" else []:
                 if is_stopped(pid):
