@@ -41,10 +41,12 @@ class Ladder:
         if not self._tick_queue:
             self._tick_queue.extend(self.toolcalls)
         t0 = time.perf_counter()
-        while self._tick_queue and time.perf_counter() - t0 < self.tick_budget_s:
+        while self._tick_queue:  # at least one, however short the budget
             tc = self.toolcalls.get(self._tick_queue.popleft())
             if tc is not None:
                 self.tick_toolcall(tc, now)
+                if time.perf_counter() - t0 >= self.tick_budget_s:
+                    break
         for agent in list(self.agents.values()):
             if agent.state == "live" and not self.main_alive(agent):
                 # /proc can say so before the tracker has delivered the exits queued ahead of

@@ -1,0 +1,129 @@
+"""A tool call's end on real processes and cgroups: decided when its last process's exit
+arrives (no tick needed), its cgroup removed and its result file written off the loop before
+the record and toolcall.end say it ended, and the tick's samples bounded per tick."""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import threading
+import time
+
+import pytest
+
+from agentd.core.journal import Journal
+from agentd.core.store import Store
+from agentd.events import ProcEvent, ProcEventKind
+from agentd.kinds.changes import ChangeLog
+from agentd.kinds.context import KindContext, SharedModel
+from agentd.kinds.state import KindDatabase
+from agentd.policy.schema import Policy
+from agentd.toolcalls.kind import ToolCallEngine
+from agentd.toolcalls.results import ResultsDir
+from tests.kernel.cgroup_fixtures import driver, children, needs_root  # noqa: F401 - fixtures
+
+pytestmark = [pytest.mark.kernel, needs_root]
+
+
+@pytest.fixture
+def engine(driver, children, tmp_path):  # noqa: F811
+    store = Store(tmp_path / "agentd.db")
+    db = KindDatabase(tmp_path / "kinds.db")
+    results = ResultsDir(tmp_path / "results")
+    eng = ToolCallEngine(driver, store, Journal(store), lambda name: Policy("default"), results=results)
+    state = db.view(eng.name)
+    eng.attach(KindContext(name=eng.name, prefix=eng.journal_prefix, driver=driver, model=SharedModel(), state=state,
+                           changes=ChangeLog(eng.journal_prefix, state, lambda *a, **k: {}, lambda: 0.0),
+                           journal_emit=lambda *a, **k: {}))
+    eng.ends_seen = []  # (kind, tool call) of every journal event
+    eng.journal.listeners.append(lambda rec: eng.ends_seen.append((rec["kind"], rec.get("tool_call"))))
+    runtime = children.cmd(["sleep", "60"])
+    eng.test_agent = eng.register_agent(runtime.pid, 0, "ends", None)
+    yield eng
+    eng.ends.close()
+    for tc in list(eng.toolcalls.values()):
+        eng.act.kill(tc.cgroup)
+    eng.end_agent(eng.test_agent, "test over")
+    results.close()
+    store.close()
+    db.close()
+
+
+def _exit(pid: int, code: int = 0) -> ProcEvent:
+    return ProcEvent(ProcEventKind.EXIT, pid, tgid=pid, comm="sleep", exit_code=code << 8, exit_code_known=True)
+
+
+def _tool(engine, children, argv, **kw):  # noqa: F811
+    p = children.cmd(argv, **kw)
+    tc = engine.start_tool_call(engine.test_agent, p.pid, gated=False)
+    assert tc is not None and tc.id in engine.toolcalls
+    return p, tc
+
+
+def _wait_empty(engine, rel: str) -> None:
+    deadline = time.monotonic() + 10
+    while engine.act.populated_now(rel):
+        assert time.monotonic() < deadline, f"{rel} still populated"
+        time.sleep(0.01)
+
+
+def test_a_tool_call_ends_on_its_leaders_exit_event_without_a_tick(engine, children, tmp_path):  # noqa: F811
+    p, tc = _tool(engine, children, ["sleep", "0.1"])
+    p.wait()
+    engine.on_event(_exit(p.pid))
+    assert tc.id not in engine.toolcalls
+    assert ("toolcall.end", tc.id) in engine.ends_seen
+    rec = [r for r in engine.store.toolcalls(limit=10) if r["id"] == tc.id][0]
+    assert (rec["state"], rec["outcome"], rec["exit_code"]) == ("done", "ok", 0)
+    assert not engine.driver.exists(tc.cgroup)
+    result = json.loads((tmp_path / "results" / "ends" / f"{p.pid}.json").read_text())
+    assert result["outcome"] == "ok"
+
+
+def test_a_leader_that_leaves_a_child_behind_ends_when_the_child_exits(engine, children):  # noqa: F811
+    p, tc = _tool(engine, children, ["sh", "-c", "read go; sleep 0.3 & exit 0"], stdin=subprocess.PIPE, text=True)
+    children.go(p)  # its child forks inside the tool call's cgroup
+    p.wait()
+    engine.on_event(_exit(p.pid))
+    assert tc.id in engine.toolcalls  # its background sleep still runs in its cgroup
+    left = engine.driver.procs(tc.cgroup)
+    assert len(left) == 1
+    _wait_empty(engine, tc.cgroup)
+    engine.on_event(_exit(left[0]))  # the last process's exit: no tick needed
+    assert tc.id not in engine.toolcalls and ("toolcall.end", tc.id) in engine.ends_seen
+
+
+def test_cgroup_and_result_file_go_off_the_loop_before_the_record_and_end_say_so(engine, children, tmp_path):  # noqa: F811
+    on_loop: queue.Queue = queue.Queue()
+    engine.ends.start(on_loop.put)  # the "loop" is this test's thread
+    threads = []
+    write = engine.results.write
+    engine.results.write = lambda *a: (threads.append(threading.current_thread()), write(*a))
+    p, tc = _tool(engine, children, ["sleep", "0.1"])
+    p.wait()
+    engine.on_event(_exit(p.pid))
+    assert tc.id not in engine.toolcalls  # decided now ...
+    settle = on_loop.get(timeout=10)  # ... carried out on the end worker, which then wakes the loop
+    assert threads and threads[0] is not threading.current_thread()
+    assert not engine.driver.exists(tc.cgroup)
+    assert (tmp_path / "results" / "ends" / f"{p.pid}.json").exists()
+    assert ("toolcall.end", tc.id) not in engine.ends_seen  # announced only on the loop, after the file
+    assert [r["state"] for r in engine.store.toolcalls(limit=10) if r["id"] == tc.id] == ["running"]
+    settle()
+    assert ("toolcall.end", tc.id) in engine.ends_seen
+    assert [r["state"] for r in engine.store.toolcalls(limit=10) if r["id"] == tc.id] == ["done"]
+
+
+def test_the_tick_samples_a_bounded_chunk_and_goes_on_where_it_stopped(engine, children):  # noqa: F811
+    tcs = [_tool(engine, children, ["sleep", "60"])[1] for _ in range(3)]
+    sampled: list[str] = []
+    stats = engine.driver.stats
+    engine.driver.stats = lambda rel: (sampled.append(rel), stats(rel))[1]
+    engine.tick_budget_s = 0.0  # one sample per tick
+    for n in range(1, 4):
+        engine.tick()
+        assert len(sampled) == n
+    assert sorted(sampled) == sorted(tc.cgroup for tc in tcs)  # each once, none twice
+    engine.tick()
+    assert len(sampled) == 4  # the next round starts again
