@@ -72,13 +72,15 @@ class Ladder:
                 continue
             if self.act.populated_now(tc.cgroup):
                 continue
-            self.tick_toolcall(tc, now)
+            self.tick_toolcall(tc, now, emptied=True)
             if ident not in self.toolcalls:
                 self._leader_gone.pop(ident, None)
 
-    def tick_toolcall(self, tc: ToolCall, now: float, final: bool = False) -> None:
+    def tick_toolcall(self, tc: ToolCall, now: float, final: bool = False, emptied: bool = False) -> None:
+        """One sample through the ladder; `emptied`: its cgroup was just seen empty, so the
+        one final read an end needs (driver.final_stats), not a running sample."""
         try:
-            st = self.driver.stats(tc.cgroup)
+            st = self.driver.final_stats(tc.cgroup) if emptied else self.driver.stats(tc.cgroup)
         except (CgroupError, OSError):
             self.finish(tc, now)
             return

@@ -21,7 +21,7 @@ from agentd.kinds.state import KindDatabase
 from agentd.policy.schema import Policy
 from agentd.toolcalls.kind import ToolCallEngine
 from agentd.toolcalls.results import ResultsDir
-from tests.kernel.cgroup_fixtures import driver, children, needs_root  # noqa: F401 - fixtures
+from tests.kernel.cgroup_fixtures import driver, children, needs_root, unified_v2_driver  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.kernel, needs_root]
 
@@ -127,3 +127,35 @@ def test_the_tick_samples_a_bounded_chunk_and_goes_on_where_it_stopped(engine, c
     assert sorted(sampled) == sorted(tc.cgroup for tc in tcs)  # each once, none twice
     engine.tick()
     assert len(sampled) == 4  # the next round starts again
+
+
+def test_the_final_read_of_an_emptied_cgroup_has_the_figures_an_end_needs(driver, children):  # noqa: F811
+    from agentd.cgroups.driver import Limits
+
+    driver.create("done", Limits(memory_max=256 << 20, pids_max=16))
+    driver.apply_limits("done", Limits(memory_max=256 << 20, pids_max=16))
+    p = children.cmd(["python3", "-c", "import sys; sys.stdin.readline(); b = bytearray(48 << 20); sum(range(300000))"],
+                     stdin=subprocess.PIPE, text=True)
+    assert driver.move(p.pid, "done")
+    children.go(p)
+    p.wait()
+    full, final = driver.stats("done"), driver.final_stats("done")
+    assert not full.populated and final.memory_peak == full.memory_peak >= 48 << 20
+    assert final.memory_limit == full.memory_limit == 256 << 20
+    assert final.cpu_usage_us == full.cpu_usage_us > 0
+    assert final.pids_max_events == full.pids_max_events
+    for key in ("oom_kill", "under_oom", "high"):
+        assert final.memory_events.get(key, 0) == full.memory_events.get(key, 0)
+
+
+def test_the_final_read_on_a_v2_driver_matches_its_full_sample(unified_v2_driver, children):  # noqa: F811
+    drv = unified_v2_driver  # no controllers on a hybrid host's cgroup2 mount: cpu.stat and whatever else it has
+    drv.create("done")
+    p = children.cmd(["python3", "-c", "sum(range(300000))"])
+    drv.move(p.pid, "done")
+    p.wait()
+    full, final = drv.stats("done"), drv.final_stats("done")
+    assert not full.populated and final.cpu_usage_us == full.cpu_usage_us
+    assert (final.memory_peak, final.memory_limit, final.memory_high, final.pids_max_events) == \
+        (full.memory_peak, full.memory_limit, full.memory_high, full.pids_max_events)
+    assert final.memory_events == full.memory_events
