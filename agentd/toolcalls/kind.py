@@ -23,9 +23,9 @@ metrics stay the daemon's top-level `counters`, `tracker` and `agentd_<counter>_
 
 The parts: agents.py (registry, names, identity), placement.py (gated placement),
 ladder.py (the ladder carried out, endings, re-evaluation), readopt.py (after a restart),
-notes.py (placements made durable before SIGCONT), endwork.py (the slow half of an end, off the loop), model.py + escalation.py + rules.py
-(pure), actuators.py (kernel effects), results.py (result files), policy.py (the
-`toolcalls` section). The engine is one object over one state (below); agents, placement
+notes.py (placements made durable before SIGCONT), endwork.py (the slow half of an end,
+off the loop), model.py + escalation.py + rules.py (pure), actuators.py (kernel effects),
+results.py (result files), policy.py (the `toolcalls` section). The engine is one object over one state (below); agents, placement
 and ladder are its jobs, one mixin module each, all carried out through `self.act`.
 """
 
