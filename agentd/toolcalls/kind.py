@@ -51,7 +51,7 @@ from agentd.toolcalls.actuators import Actuators
 from agentd.toolcalls.agents import AgentRegistry
 from agentd.toolcalls.endwork import EndWork
 from agentd.toolcalls.ladder import Ladder
-from agentd.toolcalls.model import Agent, ToolCall
+from agentd.toolcalls.model import Agent, LiveToolCalls, ToolCall
 from agentd.toolcalls.notes import PlacementNotes
 from agentd.toolcalls.placement import GatedPlacement
 from agentd.toolcalls.results import ResultsDir
@@ -87,7 +87,7 @@ class ToolCallEngine(AgentRegistry, GatedPlacement, Ladder, Kind):
         self.agents: dict[str, Agent] = {}
         # Fed by every tracker event (no /proc reads per event): who descends from whom.
         self.tree = ProcTree()
-        self.toolcalls: dict[str, ToolCall] = {}  # live only
+        self.toolcalls = LiveToolCalls()  # live only; by_pid: leader pid -> tool call
         self.by_runtime_id: dict[int, str] = {}
         self.counters = {k: 0 for k in COUNTERS}
         self.placement_us: deque[float] = deque(maxlen=10_000)  # recent gated placement latencies

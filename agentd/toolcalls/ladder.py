@@ -132,12 +132,12 @@ class Ladder:
 
     # ------------------------------------------------------------------ kernel events
     def on_exit(self, ev: ProcEvent) -> None:
-        for tc in self.toolcalls.values():
-            if tc.pid == ev.pid:
-                tc.leader_exited = True
-                if ev.exit_code_known:
-                    tc.exit_code = model.exit_code_of(ev.exit_code)
-                self._leader_gone[tc.id] = self.clock()
+        tc = self.toolcalls.by_pid.get(ev.pid)
+        if tc is not None:
+            tc.leader_exited = True
+            if ev.exit_code_known:
+                tc.exit_code = model.exit_code_of(ev.exit_code)
+            self._leader_gone[tc.id] = self.clock()
         if self._leader_gone:
             self.settle_exited(self.clock())
         for agent in list(self.agents.values()):
