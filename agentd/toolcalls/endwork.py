@@ -12,10 +12,12 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from typing import Any, Callable
 
 log = logging.getLogger("agentd")
+SETTLE_BUDGET_S = 0.02  # one loop callback settles ends for this long at most
 
 
 class EndWork:
@@ -73,24 +75,39 @@ class EndWork:
                 except RuntimeError:  # the loop is closed: close() runs what is left
                     pass
 
-    def run_done(self) -> None:
-        """On the loop: the `then` of every finished job, in order."""
+    def run_done(self, budget_s: float | None = SETTLE_BUDGET_S) -> None:
+        """On the loop: the `then` of finished jobs, in order, for at most budget_s (a
+        worker that caught up must not hand the loop one long callback); the rest in the
+        next callback. None: all of them."""
         with self._lock:
             done = list(self._done)
             self._done.clear()
-            self._scheduled = False
-        for then, value in done:
+        t0 = time.perf_counter()
+        for n, (then, value) in enumerate(done):
+            if budget_s is not None and n and time.perf_counter() - t0 >= budget_s:
+                with self._lock:
+                    self._done.extendleft(reversed(done[n:]))
+                if self._notify is not None:
+                    self._notify(self.run_done)  # still scheduled: the worker does not wake us again
+                return
             try:
                 then(value)
             except Exception:
                 log.exception("settling an ended tool call failed")
+        with self._lock:
+            if self._done:  # came in meanwhile: its wake-up was skipped, so run again
+                wake = True
+            else:
+                wake, self._scheduled = False, False
+        if wake and self._notify is not None:
+            self._notify(self.run_done)
 
     def drain(self) -> None:
         """On the loop: wait for every submitted job and settle them now (an agent's end,
         the daemon's stop: nothing of theirs may be left half done behind them)."""
         if self._queue is not None:
             self._queue.join()
-        self.run_done()
+        self._settle_all()
 
     def close(self) -> None:
         if self._queue is None or self._thread is None:
@@ -100,4 +117,14 @@ class EndWork:
         self._thread.join(10)
         self._thread = None
         self._queue = None
-        self.run_done()
+        self._settle_all()
+
+    def _settle_all(self) -> None:
+        with self._lock:
+            done = list(self._done)
+            self._done.clear()
+        for then, value in done:
+            try:
+                then(value)
+            except Exception:
+                log.exception("settling an ended tool call failed")

@@ -45,3 +45,22 @@ def test_drain_settles_every_submitted_job_now_and_a_failing_job_does_not_stop_t
     work.close()
     work.submit(lambda: "inline", settled.append)  # closed: inline again
     assert settled[-1] == "inline"
+
+
+def test_one_loop_callback_settles_for_a_bounded_time_and_schedules_the_rest():
+    import time
+
+    loop: queue.Queue = queue.Queue()
+    work, settled = EndWork(), []
+    work.start(loop.put)
+    for n in range(6):
+        work.submit(lambda n=n: n, lambda v: (time.sleep(0.015), settled.append(v)))
+    work._queue.join()  # every job done: their `then`s wait for the loop
+    callbacks = 0
+    while len(settled) < 6:
+        before = len(settled)
+        loop.get(timeout=5)()
+        callbacks += 1
+        assert len(settled) - before <= 2  # 20 ms budget, 15 ms each: never all six at once
+    assert settled == list(range(6)) and callbacks >= 3
+    work.close()
