@@ -146,6 +146,7 @@ class Daemon:
                               readopt_ms=round(self.readopt_ms, 2))
         self.engine.run_blocking = self._run_in_thread
         self.engine.ends.start(self._call_soon_threadsafe)  # cgroup removal and result files off the loop
+        self.engine.reads.start(self._call_soon_threadsafe)  # and the final reads of emptied tool cgroups
         self._start_tracker()
         self._probe_gpu()
         if self.config.api:
@@ -289,6 +290,7 @@ class Daemon:
             self.tracker.stop()
         if self._gpu_thread is not None:
             self._gpu_thread.stop()
+        self.engine.reads.drain()
         self.engine.ends.drain()  # ends already decided are settled while every kind still listens
         self.kinds.stop(revert=False)  # the other kinds, then the engine (a gated exec must not stay stopped)
         await self.parse_workers.close()

@@ -213,6 +213,7 @@ class AgentRegistry:
                                   level="warn", agent=agent.name, tool_call=tc.id)
                 self.act.kill(tc.cgroup)
             self.tick_toolcall(tc, self.clock(), final=True)
+        self.reads.drain()
         self.ends.drain()  # its tool calls' cgroups gone and results written before its own go
         agent.state, agent.ended = "done", self.clock()
         self.restore_runtime_oom(agent)

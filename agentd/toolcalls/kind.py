@@ -111,6 +111,10 @@ class ToolCallEngine(AgentRegistry, GatedPlacement, Ladder, Kind):
         self.tick_budget_s = TICK_BUDGET_S
         # Cgroup removal and result files, off the loop once the daemon starts it (endwork.py).
         self.ends = EndWork()
+        # The final reads of emptied cgroups, off the loop too (a thread of their own, so
+        # they do not wait behind the ends' rmdirs and files); ids with one in flight.
+        self.reads = EndWork()
+        self._final_reads: set[str] = set()
 
     # ------------------------------------------------------------------ the Kind hooks
     def attach(self, ctx) -> None:
@@ -170,6 +174,7 @@ class ToolCallEngine(AgentRegistry, GatedPlacement, Ladder, Kind):
         """Agents and tool calls run on for the next daemon to re-adopt; only a gated exec
         still waiting for placement must not stay stopped without us. Ends already decided
         are settled first (their records, result files and toolcall.end)."""
+        self.reads.close()
         self.ends.close()
         for agent in self.agents.values():
             for pid in self.driver.procs(layout.runtime_rel(agent.name)) if agent.state == "live" else []:

@@ -68,19 +68,43 @@ class Ladder:
             if tc is None:
                 self._leader_gone.pop(ident, None)
                 continue
-            if now - since > RECHECK_ON_EXIT_S:
+            if now - since > RECHECK_ON_EXIT_S or ident in self._final_reads:
                 continue
-            if self.act.populated_now(tc.cgroup):
+            if self.reads.threaded:  # the reads off the loop too; the ladder step back on it
+                self._final_reads.add(ident)
+                self.reads.submit(lambda rel=tc.cgroup: self._final_read(rel), lambda st, tc=tc: self._on_final_read(tc, st))
                 continue
-            self.tick_toolcall(tc, now, emptied=True)
+            st = self._final_read(tc.cgroup)
+            if st is not None:
+                self.tick_toolcall(tc, now, stats=st)
             if ident not in self.toolcalls:
                 self._leader_gone.pop(ident, None)
 
-    def tick_toolcall(self, tc: ToolCall, now: float, final: bool = False, emptied: bool = False) -> None:
-        """One sample through the ladder; `emptied`: its cgroup was just seen empty, so the
-        one final read an end needs (driver.final_stats), not a running sample."""
+    def _final_read(self, rel: str):
+        """None while processes remain (one cgroup.events read); else the one read an end
+        needs (driver.final_stats), or the error that says the cgroup is gone."""
+        if self.act.populated_now(rel):
+            return None
         try:
-            st = self.driver.final_stats(tc.cgroup) if emptied else self.driver.stats(tc.cgroup)
+            return self.driver.final_stats(rel)
+        except (CgroupError, OSError) as exc:
+            return exc
+
+    def _on_final_read(self, tc: ToolCall, st) -> None:
+        self._final_reads.discard(tc.id)
+        if st is None or self.toolcalls.get(tc.id) is not tc:
+            return  # still running (a later exit or the tick looks again), or already settled
+        self.tick_toolcall(tc, self.clock(), stats=st)
+        if tc.id not in self.toolcalls:
+            self._leader_gone.pop(tc.id, None)
+
+    def tick_toolcall(self, tc: ToolCall, now: float, final: bool = False, stats=None) -> None:
+        """One sample through the ladder; `stats`: already read (an emptied cgroup's final
+        read, or the error reading it), else read now."""
+        try:
+            if isinstance(stats, Exception):
+                raise stats
+            st = stats if stats is not None else self.driver.stats(tc.cgroup)
         except (CgroupError, OSError):
             self.finish(tc, now)
             return

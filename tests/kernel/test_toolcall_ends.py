@@ -41,6 +41,7 @@ def engine(driver, children, tmp_path):  # noqa: F811
     runtime = children.cmd(["sleep", "60"])
     eng.test_agent = eng.register_agent(runtime.pid, 0, "ends", None)
     yield eng
+    eng.reads.close()
     eng.ends.close()
     for tc in list(eng.toolcalls.values()):
         eng.act.kill(tc.cgroup)
@@ -159,3 +160,21 @@ def test_the_final_read_on_a_v2_driver_matches_its_full_sample(unified_v2_driver
     assert (final.memory_peak, final.memory_limit, final.memory_high, final.pids_max_events) == \
         (full.memory_peak, full.memory_limit, full.memory_high, full.pids_max_events)
     assert final.memory_events == full.memory_events
+
+
+def test_the_final_read_runs_off_the_loop_and_the_ladder_step_back_on_it(engine, children):  # noqa: F811
+    on_loop: queue.Queue = queue.Queue()
+    engine.reads.start(on_loop.put)
+    engine.ends.start(on_loop.put)
+    readers = []
+    final_stats = engine.driver.final_stats
+    engine.driver.final_stats = lambda rel: (readers.append(threading.current_thread()), final_stats(rel))[1]
+    p, tc = _tool(engine, children, ["sleep", "0.1"])
+    p.wait()
+    engine.on_event(_exit(p.pid))
+    engine.on_event(_exit(p.pid))  # a repeated look while the read is in flight reads once
+    assert tc.id in engine.toolcalls  # the read is in flight; nothing decided on this thread yet
+    while ("toolcall.end", tc.id) not in engine.ends_seen:
+        on_loop.get(timeout=10)()
+    assert len(readers) == 1 and readers[0] is not threading.current_thread()
+    assert tc.id not in engine.toolcalls and not engine.driver.exists(tc.cgroup)
