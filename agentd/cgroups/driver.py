@@ -137,6 +137,12 @@ class CgroupDriver(ABC):
     @abstractmethod
     def stats(self, rel: str) -> CgroupStats: ...
 
+    def final_stats(self, rel: str) -> CgroupStats:
+        """An emptied cgroup's last figures: what its end needs (peak, limits, OOM kills,
+        refused forks, CPU), not what a running one is sampled for (usage, pressure, pids
+        now, populated: reported as 0/empty). Drivers read less; this default reads all."""
+        return self.stats(rel)
+
     @abstractmethod
     def cgroup_id(self, rel: str) -> int:
         """The v2 cgroup id (inode of the v2 directory), what bpf_get_current_cgroup_id returns."""

@@ -331,6 +331,21 @@ class HybridDriver(UnifiedBackedDriver):
             s.pids_max_events = parse_flat_keyed(fs.read(pids.file(rel, "pids.events"))).get("max", 0)
         return self._unified_stats(rel, s)
 
+    def final_stats(self, rel: str) -> CgroupStats:
+        rel = fs.validate_rel(rel)
+        s = CgroupStats()
+        mem = self.v1.get("memory")
+        if mem is not None:
+            s.memory_peak = fs.read_int(mem.file(rel, "memory.max_usage_in_bytes"))
+            s.memory_limit = parse_size(fs.read(mem.file(rel, "memory.limit_in_bytes")))
+            oom = parse_flat_keyed(fs.read(mem.file(rel, "memory.oom_control")))
+            s.memory_events = {"oom_kill": oom.get("oom_kill", 0), "under_oom": oom.get("under_oom", 0)}
+        pids = self.v1.get("pids")
+        if pids is not None and os.path.isdir(pids.dir(rel)):
+            s.pids_max_events = parse_flat_keyed(fs.read(pids.file(rel, "pids.events"))).get("max", 0)
+        s.cpu_usage_us = self.tree.cpu_usage_us(rel)
+        return s
+
     def open_oom_watch(self, rel: str) -> int:
         """An eventfd (read it: POLLIN) that the kernel signals when rel hits its memory limit
         and goes under_oom, and also when the cgroup is removed: read stats() to tell which."""

@@ -171,6 +171,32 @@ class V2Driver(UnifiedBackedDriver):
             s.pids_max_events = parse_flat_keyed(text).get("max", 0)
         return self._unified_stats(rel, s)
 
+    def final_stats(self, rel: str) -> CgroupStats:
+        rel = fs.validate_rel(rel)
+        s = CgroupStats()
+        d = self.tree.dir(rel)
+
+        def opt(name: str) -> str | None:
+            try:
+                return fs.read(os.path.join(d, name))
+            except CgroupError as e:
+                if e.errno == errno.ENOENT:
+                    return None
+                raise
+
+        if (text := opt("memory.peak")) is not None:
+            s.memory_peak = int(text)
+        if (text := opt("memory.max")) is not None:
+            s.memory_limit = parse_size(text)
+        if (text := opt("memory.high")) is not None:
+            s.memory_high = parse_size(text)
+        if (text := opt("memory.events")) is not None:
+            s.memory_events = parse_flat_keyed(text)
+        if (text := opt("pids.events")) is not None:
+            s.pids_max_events = parse_flat_keyed(text).get("max", 0)
+        s.cpu_usage_us = self.tree.cpu_usage_us(rel)
+        return s
+
     def open_oom_watch(self, rel: str) -> int:
         """memory.events opened read-only: kernfs signals POLLPRI (and POLLERR) each time a
         counter in it changes (high, max, oom, oom_kill). Call read_oom_watch after each wake."""

@@ -146,6 +146,8 @@ class Daemon:
                               f"{self.readopt_counts['toolcalls']} tool calls in {self.readopt_ms:.0f} ms", **self.readopt_counts,
                               readopt_ms=round(self.readopt_ms, 2))
         self.engine.run_blocking = self._run_in_thread
+        self.engine.ends.start(self._call_soon_threadsafe)  # cgroup removal and result files off the loop
+        self.engine.reads.start(self._call_soon_threadsafe)  # and the final reads of emptied tool cgroups
         self._start_tracker()
         self._probe_gpu()
         if self.config.api:
@@ -257,6 +259,10 @@ class Daemon:
         self.gpu_snapshot = snapshot
         self.kinds.on_sample(snapshot)
 
+    def _call_soon_threadsafe(self, fn) -> None:
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(fn)
+
     def _run_in_thread(self, fn, *args) -> None:
         def done(future) -> None:
             if future.exception() is not None:
@@ -309,6 +315,8 @@ class Daemon:
             self.tracker.stop()
         if self._gpu_thread is not None:
             self._gpu_thread.stop()
+        self.engine.reads.drain()
+        self.engine.ends.drain()  # ends already decided are settled while every kind still listens
         self.kinds.stop(revert=False)  # the other kinds, then the engine (a gated exec must not stay stopped)
         await self.parse_workers.close()
         self.journal.emit("daemon.stopped", "agentd stopped; managed agents keep running and will be re-adopted at the next start")

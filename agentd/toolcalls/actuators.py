@@ -112,6 +112,16 @@ class Actuators:
         except (CgroupError, OSError):
             pass
 
+    def populated_now(self, rel: str) -> bool:
+        """cgroup.events alone (one small read, not a whole sample); gone counts as empty."""
+        tree = getattr(self.driver, "tree", None)
+        if tree is None or not hasattr(tree, "events"):
+            return self.populated(rel)
+        try:
+            return bool(tree.events(rel).get("populated", 0))
+        except (CgroupError, OSError):
+            return False
+
     def populated(self, rel: str) -> bool:
         try:
             return self.driver.stats(rel).populated

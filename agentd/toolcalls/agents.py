@@ -177,7 +177,7 @@ class AgentRegistry:
     def lineage(self, pid: int) -> Lineage:
         """The nearest live tool-call leader or agent runtime among pid and its ancestors
         (from the process tree, so a process that moved itself out is still known)."""
-        leaders = {tc.pid: tc for tc in self.toolcalls.values()}
+        leaders = self.toolcalls.by_pid.copy()  # one C-level copy: the tracker's thread reads it too
         mains = {a.main_pid: a for a in self.agents.values() if a.state == "live"}
         return find_lineage(pid, self.tree.ancestors(pid), leaders, mains, self.agents)
 
@@ -213,6 +213,8 @@ class AgentRegistry:
                                   level="warn", agent=agent.name, tool_call=tc.id)
                 self.act.kill(tc.cgroup)
             self.tick_toolcall(tc, self.clock(), final=True)
+        self.reads.drain()
+        self.ends.drain()  # its tool calls' cgroups gone and results written before its own go
         agent.state, agent.ended = "done", self.clock()
         self.restore_runtime_oom(agent)
         try:

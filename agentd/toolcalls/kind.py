@@ -23,9 +23,9 @@ metrics stay the daemon's top-level `counters`, `tracker` and `agentd_<counter>_
 
 The parts: agents.py (registry, names, identity), placement.py (gated placement),
 ladder.py (the ladder carried out, endings, re-evaluation), readopt.py (after a restart),
-notes.py (placements made durable before SIGCONT), model.py + escalation.py + rules.py
-(pure), actuators.py (kernel effects), results.py (result files), policy.py (the
-`toolcalls` section). The engine is one object over one state (below); agents, placement
+notes.py (placements made durable before SIGCONT), endwork.py (the slow half of an end,
+off the loop), model.py + escalation.py + rules.py (pure), actuators.py (kernel effects),
+results.py (result files), policy.py (the `toolcalls` section). The engine is one object over one state (below); agents, placement
 and ladder are its jobs, one mixin module each, all carried out through `self.act`.
 """
 
@@ -49,8 +49,9 @@ from agentd.kinds.contract import Kind
 from agentd.policy.schema import Policy
 from agentd.toolcalls.actuators import Actuators
 from agentd.toolcalls.agents import AgentRegistry
+from agentd.toolcalls.endwork import EndWork
 from agentd.toolcalls.ladder import Ladder
-from agentd.toolcalls.model import Agent, ToolCall
+from agentd.toolcalls.model import Agent, LiveToolCalls, ToolCall
 from agentd.toolcalls.notes import PlacementNotes
 from agentd.toolcalls.placement import GatedPlacement
 from agentd.toolcalls.results import ResultsDir
@@ -59,6 +60,8 @@ from agentd.tracking.proctree import ProcTree
 
 COUNTERS = ("toolcalls_started", "toolcalls_finished", "toolcalls_killed", "toolcalls_frozen", "toolcalls_throttled",
             "moved_back", "placement_errors", "intents_rejected", "agents_registered", "events_handled")
+
+TICK_BUDGET_S = 0.02  # one tick's samples stay this short; the rest wait for the next tick
 
 
 class ToolCallEngine(AgentRegistry, GatedPlacement, Ladder, Kind):
@@ -84,7 +87,7 @@ class ToolCallEngine(AgentRegistry, GatedPlacement, Ladder, Kind):
         self.agents: dict[str, Agent] = {}
         # Fed by every tracker event (no /proc reads per event): who descends from whom.
         self.tree = ProcTree()
-        self.toolcalls: dict[str, ToolCall] = {}  # live only
+        self.toolcalls = LiveToolCalls()  # live only; by_pid: leader pid -> tool call
         self.by_runtime_id: dict[int, str] = {}
         self.counters = {k: 0 for k in COUNTERS}
         self.placement_us: deque[float] = deque(maxlen=10_000)  # recent gated placement latencies
@@ -100,6 +103,18 @@ class ToolCallEngine(AgentRegistry, GatedPlacement, Ladder, Kind):
         self.lock = threading.Lock()
         # tool call id (or "agent:<name>") -> when its cgroup (or main process) was first seen gone
         self._empty_since: dict[str, float] = {}
+        # Ends are decided by exit events (ladder.settle_exited): tool call id -> when its
+        # leader's exit arrived, until its cgroup is seen empty.
+        self._leader_gone: dict[str, float] = {}
+        # The tick samples live tool calls round-robin, this long at most per tick.
+        self._tick_queue: deque[str] = deque()
+        self.tick_budget_s = TICK_BUDGET_S
+        # Cgroup removal and result files, off the loop once the daemon starts it (endwork.py).
+        self.ends = EndWork()
+        # The final reads of emptied cgroups, off the loop too (a thread of their own, so
+        # they do not wait behind the ends' rmdirs and files); ids with one in flight.
+        self.reads = EndWork()
+        self._final_reads: set[str] = set()
 
     # ------------------------------------------------------------------ the Kind hooks
     def attach(self, ctx) -> None:
@@ -157,7 +172,10 @@ class ToolCallEngine(AgentRegistry, GatedPlacement, Ladder, Kind):
 
     def stop(self, revert: bool) -> None:
         """Agents and tool calls run on for the next daemon to re-adopt; only a gated exec
-        still waiting for placement must not stay stopped without us."""
+        still waiting for placement must not stay stopped without us. Ends already decided
+        are settled first (their records, result files and toolcall.end)."""
+        self.reads.close()
+        self.ends.close()
         for agent in self.agents.values():
             for pid in self.driver.procs(layout.runtime_rel(agent.name)) if agent.state == "live" else []:
                 if is_stopped(pid):

@@ -9,6 +9,7 @@ A mixin of the engine (agentd.toolcalls.kind.ToolCallEngine), on the event loop'
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 
 from agentd.units import format_size
@@ -25,14 +26,27 @@ from agentd import procfs
 
 _COUNTER_OF = {"toolcall.throttled": "toolcalls_throttled", "toolcall.frozen": "toolcalls_frozen",
                "toolcall.killed": "toolcalls_killed"}
+RECHECK_ON_EXIT_S = 1.0  # how long later exits look again at a tool call whose leader exited (then: the tick)
 
 
 class Ladder:
     # ------------------------------------------------------------------ the tick
     def tick(self) -> None:
+        """The ladder's samples of tool calls that still run, a bounded chunk per tick (one
+        loop callback stays short); the next tick goes on where this one stopped. Ends are
+        decided by exit events (settle_exited); the samples find the rest (a leader that
+        moved itself out, no tracker, a tool call killed by the ladder)."""
         now = self.clock()
-        for tc in list(self.toolcalls.values()):
-            self.tick_toolcall(tc, now)
+        self.settle_exited(now)
+        if not self._tick_queue:
+            self._tick_queue.extend(self.toolcalls)
+        t0 = time.perf_counter()
+        while self._tick_queue:  # at least one, however short the budget
+            tc = self.toolcalls.get(self._tick_queue.popleft())
+            if tc is not None:
+                self.tick_toolcall(tc, now)
+                if time.perf_counter() - t0 >= self.tick_budget_s:
+                    break
         for agent in list(self.agents.values()):
             if agent.state == "live" and not self.main_alive(agent):
                 # /proc can say so before the tracker has delivered the exits queued ahead of
@@ -44,9 +58,53 @@ class Ladder:
                 self._empty_since.pop(key, None)
                 self.end_agent(agent, "its main process is gone")
 
-    def tick_toolcall(self, tc: ToolCall, now: float, final: bool = False) -> None:
+    def settle_exited(self, now: float) -> None:
+        """Tool calls whose leader exited end as soon as their cgroup is empty: one cheap
+        cgroup.events read each, then one final read (the sample that counts its last
+        events). A leader that left children behind is looked at again on later exits for
+        a while (the kernel leaves the cgroup just after the exit event), then by the tick."""
+        for ident, since in list(self._leader_gone.items()):
+            tc = self.toolcalls.get(ident)
+            if tc is None:
+                self._leader_gone.pop(ident, None)
+                continue
+            if now - since > RECHECK_ON_EXIT_S or ident in self._final_reads:
+                continue
+            if self.reads.threaded:  # the reads off the loop too; the ladder step back on it
+                self._final_reads.add(ident)
+                self.reads.submit(lambda rel=tc.cgroup: self._final_read(rel), lambda st, tc=tc: self._on_final_read(tc, st))
+                continue
+            st = self._final_read(tc.cgroup)
+            if st is not None:
+                self.tick_toolcall(tc, now, stats=st)
+            if ident not in self.toolcalls:
+                self._leader_gone.pop(ident, None)
+
+    def _final_read(self, rel: str):
+        """None while processes remain (one cgroup.events read); else the one read an end
+        needs (driver.final_stats), or the error that says the cgroup is gone."""
+        if self.act.populated_now(rel):
+            return None
         try:
-            st = self.driver.stats(tc.cgroup)
+            return self.driver.final_stats(rel)
+        except (CgroupError, OSError) as exc:
+            return exc
+
+    def _on_final_read(self, tc: ToolCall, st) -> None:
+        self._final_reads.discard(tc.id)
+        if st is None or self.toolcalls.get(tc.id) is not tc:
+            return  # still running (a later exit or the tick looks again), or already settled
+        self.tick_toolcall(tc, self.clock(), stats=st)
+        if tc.id not in self.toolcalls:
+            self._leader_gone.pop(tc.id, None)
+
+    def tick_toolcall(self, tc: ToolCall, now: float, final: bool = False, stats=None) -> None:
+        """One sample through the ladder; `stats`: already read (an emptied cgroup's final
+        read, or the error reading it), else read now."""
+        try:
+            if isinstance(stats, Exception):
+                raise stats
+            st = stats if stats is not None else self.driver.stats(tc.cgroup)
         except (CgroupError, OSError):
             self.finish(tc, now)
             return
@@ -98,11 +156,14 @@ class Ladder:
 
     # ------------------------------------------------------------------ kernel events
     def on_exit(self, ev: ProcEvent) -> None:
-        for tc in self.toolcalls.values():
-            if tc.pid == ev.pid:
-                tc.leader_exited = True
-                if ev.exit_code_known:
-                    tc.exit_code = model.exit_code_of(ev.exit_code)
+        tc = self.toolcalls.by_pid.get(ev.pid)
+        if tc is not None:
+            tc.leader_exited = True
+            if ev.exit_code_known:
+                tc.exit_code = model.exit_code_of(ev.exit_code)
+            self._leader_gone[tc.id] = self.clock()
+        if self._leader_gone:
+            self.settle_exited(self.clock())
         for agent in list(self.agents.values()):
             if agent.main_pid == ev.pid and agent.state == "live":
                 self.end_agent(agent, "its main process exited")
@@ -166,20 +227,40 @@ class Ladder:
         return tc
 
     def finish(self, tc: ToolCall, now: float, populated: bool = True) -> None:
-        """Settle a tool call whose processes are gone (or must go): outcome, cgroup removed,
-        record, result file and toolcall.end, in one store transaction."""
+        """Settle a tool call whose processes are gone (or must go): its outcome now; its
+        cgroup killed and removed and its result file written off the loop (endwork.py);
+        then, back on the loop, its record and toolcall.end in one store transaction, so
+        an agent told of the end (or reading the record) finds its result file already."""
         tc.ladder = escalation.finish(tc.ladder, tc.exit_code)
         tc.state, tc.ended, tc.outcome, tc.reason = "done", now, tc.ladder.outcome, tc.ladder.reason
+        self.toolcalls.pop(tc.id, None)
+        self._leader_gone.pop(tc.id, None)
+        self._empty_since.pop(tc.id, None)
+        self.counters["toolcalls_finished"] += 1
+        result = self._result_of(tc)
+        self.ends.submit(lambda: self._end_work(tc.id, tc.cgroup, populated, result), lambda problems: self._settled(tc, problems))
+
+    def _end_work(self, ident: str, rel: str, populated: bool, result: tuple | None) -> list[tuple[str, str]]:
+        """On the end worker: no journal or store here, only what went wrong, for _settled."""
+        problems = []
         try:
             if populated:
-                self.act.kill(tc.cgroup)  # stragglers of a finished tool call would be orphans
-            self.act.remove(tc.cgroup)
+                self.act.kill(rel)  # stragglers of a finished tool call would be orphans
+            self.act.remove(rel)
         except (CgroupError, OSError) as exc:
-            self.journal.emit("cgroup.error", f"could not remove {tc.cgroup}: {exc}", level="warn", tool_call=tc.id)
-        self.toolcalls.pop(tc.id, None)
-        self.counters["toolcalls_finished"] += 1
+            problems.append(("cgroup.error", f"could not remove {rel}: {exc}"))
+        if result is not None and self.results is not None:
+            try:
+                self.results.write(*result)
+            except (OSError, ValueError, ResultsDirError) as exc:
+                problems.append(("result.error", f"could not write the result file for {ident}: {exc}"))
+        return problems
+
+    def _settled(self, tc: ToolCall, problems: list[tuple[str, str]]) -> None:
+        for kind, message in problems:
+            self.journal.emit(kind, message, level="warn", tool_call=tc.id)
         with self.store.transaction():
-            self.finish_record(tc)
+            self.store.put_toolcall(tc.record())
             self._emit_end(tc)
 
     def _emit_end(self, tc: ToolCall) -> None:
@@ -204,13 +285,20 @@ class Ladder:
     def _write_result(self, tc: ToolCall) -> None:
         """The structured result for agents that cannot read the event stream:
         <results root>/<agent>/<pid>.json, readable by the agent's uid only (results.py)."""
-        if self.results is None:
+        result = self._result_of(tc)
+        if result is None:
             return
+        try:
+            self.results.write(*result)
+        except (OSError, ValueError, ResultsDirError) as exc:
+            self.journal.emit("result.error", f"could not write the result file for {tc.id}: {exc}", level="warn", tool_call=tc.id)
+
+    def _result_of(self, tc: ToolCall) -> tuple | None:
+        """results.write's arguments (agent, owner uid, pid, result), decided on the loop."""
+        if self.results is None:
+            return None
         agent = self.agents.get(tc.agent)
         owner = agent.uid if agent is not None else self.store.agent_uid(tc.agent)
         if owner is None:
-            return
-        try:
-            self.results.write(tc.agent, owner, tc.pid, model.result_of(tc, self.retry_hint(tc)))
-        except (OSError, ValueError, ResultsDirError) as exc:
-            self.journal.emit("result.error", f"could not write the result file for {tc.id}: {exc}", level="warn", tool_call=tc.id)
+            return None
+        return tc.agent, owner, tc.pid, model.result_of(tc, self.retry_hint(tc))

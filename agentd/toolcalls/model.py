@@ -177,6 +177,31 @@ def exit_code_of(status: int) -> int:
     return (status >> 8) & 0xFF if status & 0x7F == 0 else -(status & 0x7F)
 
 
+class LiveToolCalls(dict):
+    """The live tool calls by id, with `by_pid` (leader pid -> tool call) kept along: an
+    exit or exec event finds its tool call in one lookup, not by a scan of every live one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_pid: dict[int, ToolCall] = {}
+
+    def __setitem__(self, ident: str, tc: ToolCall) -> None:
+        old = self.get(ident)
+        if old is not None and self.by_pid.get(old.pid) is old:
+            del self.by_pid[old.pid]
+        super().__setitem__(ident, tc)
+        self.by_pid[tc.pid] = tc
+
+    def pop(self, ident: str, *default):
+        tc = super().pop(ident, *default)
+        if tc is not None and self.by_pid.get(tc.pid) is tc:
+            del self.by_pid[tc.pid]
+        return tc
+
+    def __delitem__(self, ident: str) -> None:
+        self.pop(ident)
+
+
 def find_lineage(pid: int, ancestors: Iterable[int], leaders: dict[int, ToolCall], mains: dict[int, Agent],
                  agents: dict[str, Agent]) -> Lineage:
     """The nearest live tool-call leader or agent runtime among pid and its ancestors."""

@@ -100,3 +100,20 @@ def test_readopt_uses_only_the_engines_public_methods():
     private = sorted({n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
                       and n.value.id == "engine" and n.attr.startswith("_")})
     assert private == []
+
+
+def test_live_toolcalls_keep_their_leader_pid_index_through_every_change():
+    from types import SimpleNamespace
+
+    from agentd.toolcalls.model import LiveToolCalls
+
+    live = LiveToolCalls()
+    a, b = SimpleNamespace(pid=10), SimpleNamespace(pid=11)
+    live["a"], live["b"] = a, b
+    assert live.by_pid == {10: a, 11: b}
+    a2 = SimpleNamespace(pid=12)
+    live["a"] = a2  # re-adopted or replaced: the old leader's entry goes
+    assert live.by_pid == {12: a2, 11: b}
+    assert live.pop("b") is b and live.pop("gone", None) is None
+    del live["a"]
+    assert live == {} and live.by_pid == {}
