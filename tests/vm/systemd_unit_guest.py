@@ -363,8 +363,8 @@ def symlink_attack_check() -> None:
 
 def db_integrity() -> str:
     """PRAGMA integrity_check of the daemon's database, as root in systemd's namespaces."""
-    code = ("import sqlite3, sys\\ncon = sqlite3.connect(sys.argv[1], timeout=30)\\n"
-            "print(con.execute('PRAGMA integrity_check').fetchone()[0])\\n")
+    code = ("import sqlite3, sys\ncon = sqlite3.connect(sys.argv[1], timeout=30)\n"
+            "print(con.execute('PRAGMA integrity_check').fetchone()[0])\n")
     r = inside(str(BIN / "python"), "-c", code, f"{STATE}/agentd.db")
     return (r.stdout.strip() or r.stderr.strip()[-300:])
 
