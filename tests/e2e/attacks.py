@@ -440,9 +440,8 @@ def second_daemon(argv: list[str], timeout: float = 120) -> dict:
 
 
 def _victim_then(socket_path: str, attack) -> dict:
-    """A root process registers agent `victim-<id>` and stays (no exec: see
-    tests/vm/systemd_unit_guest.py for why no process in an agent there may exec), the attack
-    runs against it, then it is killed."""
+    """A root process registers agent `victim-<id>` and stays (it never execs: a live agent
+    is all the attack needs), the attack runs against it, then it is killed."""
     name = f"victim-{uuid.uuid4().hex[:6]}"
     code = ("import sys, time\nfrom agentd.api.client import ApiClient\n"
             "ApiClient(sys.argv[1]).register_agent(name=sys.argv[2])\nprint('registered', flush=True)\ntime.sleep(300)\n")
