@@ -8,16 +8,18 @@ Every command runs as `prefix + argv`: on the host the prefix is empty, in the V
 systemd's pid and mount namespaces (nsenter). The guest runs them through this module's
 command line, inside those namespaces:
 
-    python -m tests.e2e.attacks flood|policies|streams|lookalike|pidreuse|state|second-daemon SOCKET [ARGS]
+    python -m tests.e2e.attacks toolcall|results-symlink|register-as|agents|flood|policies|streams|lookalike|pidreuse|state|second-daemon SOCKET [ARGS]
 
 prints one JSON object.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -48,6 +50,99 @@ def user_env(socket_path: str) -> dict:
 
 def parse_lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+# --- 1. an agent's symlinks where root writes its result ------------------------------------
+
+AGENTCTL = [sys.executable, "-m", "cli.agentctl"]  # this checkout's (user_env's PYTHONPATH)
+
+# The agent's runtime (an unprivileged uid): a first tool call makes agentd create the results
+# folder, a second plants links where root writes its result (.<pid>.json.tmp to $1, then
+# <pid>.json to $2) and exits. On a daemon that chowned the folder to the agent, root then
+# wrote the result through them.
+PLANT_RESULT_LINKS = r"""
+sh -c 'true'
+i=0; while [ ! -d "$AGENTD_RESULTS_DIR" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+sh -c 'ln -s "$1" "$AGENTD_RESULTS_DIR/.$$.json.tmp" 2>/dev/null && echo planted-tmp
+       ln -s "$2" "$AGENTD_RESULTS_DIR/$$.json" 2>/dev/null && echo planted-final
+       echo "pid=$$"' tool "$1" "$2"
+"""
+
+
+def run_agent(socket_path: str, name: str, command: list[str], uid: int = NOBODY, timeout: float = 300) -> dict:
+    """`uid` runs `agentctl --json run --name NAME -- COMMAND`; its exit status, output and
+    the agent record agentctl printed (results_dir among it)."""
+    r = subprocess.run([*as_user(uid), *AGENTCTL, "--json", "--socket", socket_path, "run", "--name", name, "--",
+                        *command], env=user_env(socket_path), cwd="/", capture_output=True, text=True, timeout=timeout)
+    agent = next((json.loads(line) for line in r.stderr.splitlines() if line.startswith("{")), {})
+    return {"rc": r.returncode, "stdout": r.stdout[-2000:], "stderr": r.stderr[-2000:], "agent": agent}
+
+
+def await_result(socket_path: str, agent: str, results_dir: str, uid: int, match, timeout: float = 180) -> dict:
+    """Wait for the agent's tool call that match(record) picks to be `done` and for its
+    result file; then how the file is (owner, mode, a regular file) and what `uid` reads."""
+    client = ApiClient(socket_path, timeout=60)
+    deadline = time.monotonic() + timeout
+    call = None
+    while time.monotonic() < deadline:
+        call = next((c for c in client.tool_calls(agent=agent) if match(c)), None)
+        if call is not None and call["state"] == "done":
+            break
+        time.sleep(0.3)
+    out: dict = {"toolcall": call and {k: call[k] for k in ("id", "pid", "argv", "state", "outcome", "exit_code")}}
+    if call is None or call["state"] != "done":
+        return {**out, "error": f"no tool call of {agent} done within {timeout:.0f}s"}
+    path = os.path.join(results_dir, f"{call['pid']}.json")
+    while time.monotonic() < deadline and not os.path.lexists(path):
+        time.sleep(0.2)
+    if not os.path.lexists(path):
+        return {**out, "error": f"no result file {path} within {timeout:.0f}s"}
+    st = os.lstat(path)
+    folder = os.stat(results_dir)
+    read = subprocess.run([*as_user(uid), "cat", path], capture_output=True, text=True)
+    try:
+        got = json.loads(read.stdout) if read.returncode == 0 else {}
+    except ValueError:
+        got = {}
+    return {**out, "path": path, "regular": stat.S_ISREG(st.st_mode), "uid": st.st_uid, "mode": oct(stat.S_IMODE(st.st_mode)),
+            "folder": {"uid": folder.st_uid, "mode": oct(stat.S_IMODE(folder.st_mode))},
+            "read_by_uid": read.returncode == 0, "read_error": read.stderr[-300:],
+            "names_the_call": got.get("tool_call") == call["id"]}
+
+
+def tool_call_result(socket_path: str, name: str, uid: int = NOBODY) -> dict:
+    """`uid`'s agent makes one tool call, `bash -c true`, and ends: is the call tracked,
+    does it end, and does its result file reach that uid?"""
+    ran = run_agent(socket_path, name, ["sh", "-c", "bash -c true; echo ran"], uid)
+    if ran["rc"] != 0 or not ran["agent"].get("results_dir"):
+        return {"run": ran, "error": "agentctl run failed"}
+    got = await_result(socket_path, name, ran["agent"]["results_dir"], uid, lambda c: c["argv"] == ["bash", "-c", "true"])
+    return {"run": {k: ran[k] for k in ("rc", "stdout")}, "results_dir": ran["agent"]["results_dir"], **got}
+
+
+def file_facts(path: str) -> dict:
+    st = os.lstat(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    return {"uid": st.st_uid, "mode": oct(stat.S_IMODE(st.st_mode)), "size": st.st_size,
+            "sha256": hashlib.sha256(data).hexdigest(), "head": data[:16].decode("latin-1")}
+
+
+def results_symlink(socket_path: str, name: str, tmp_target: str, final_target: str, uid: int = NOBODY) -> dict:
+    """Item 1 for real: `uid`'s agent plants `.<pid>.json.tmp -> tmp_target` and
+    `<pid>.json -> final_target` in its $AGENTD_RESULTS_DIR from a tool call that then exits.
+    Returns the two targets before and after (as root sees them), what was planted, and the
+    planting call's own result as `uid` reads it."""
+    before = {t: file_facts(t) for t in (tmp_target, final_target)}
+    ran = run_agent(socket_path, name, ["sh", "-c", PLANT_RESULT_LINKS, "agent", tmp_target, final_target], uid)
+    planted = [w for w in ("planted-tmp", "planted-final") if w in ran["stdout"]]
+    out = {"run": {k: ran[k] for k in ("rc", "stdout", "stderr")}, "planted": planted, "before": before}
+    try:
+        pid = int(ran["stdout"].split("pid=")[1].split()[0])
+    except (IndexError, ValueError):
+        return {**out, "error": "the planting tool call did not run"}
+    got = await_result(socket_path, name, ran["agent"].get("results_dir", ""), uid, lambda c: c["pid"] == pid)
+    return {**out, "pid": pid, "after": {t: file_facts(t) for t in (tmp_target, final_target)}, **got}
 
 
 # --- 6. the validation flood -----------------------------------------------------------------
@@ -345,9 +440,8 @@ def second_daemon(argv: list[str], timeout: float = 120) -> dict:
 
 
 def _victim_then(socket_path: str, attack) -> dict:
-    """A root process registers agent `victim-<id>` and stays (no exec: see
-    tests/vm/systemd_unit_guest.py for why no process in an agent there may exec), the attack
-    runs against it, then it is killed."""
+    """A root process registers agent `victim-<id>` and stays (it never execs: a live agent
+    is all the attack needs), the attack runs against it, then it is killed."""
     name = f"victim-{uuid.uuid4().hex[:6]}"
     code = ("import sys, time\nfrom agentd.api.client import ApiClient\n"
             "ApiClient(sys.argv[1]).register_agent(name=sys.argv[2])\nprint('registered', flush=True)\ntime.sleep(300)\n")
@@ -363,7 +457,15 @@ def _victim_then(socket_path: str, attack) -> dict:
 
 def main(argv: list[str]) -> int:
     what, socket_path, *rest = argv
-    if what == "flood":
+    if what == "toolcall":  # rest: the agent's name
+        out = tool_call_result(socket_path, rest[0])
+    elif what == "results-symlink":  # rest: the agent's name, the targets of .<pid>.json.tmp and <pid>.json
+        out = results_symlink(socket_path, *rest)
+    elif what == "register-as":  # rest: the name, the uid asking for it
+        out = register_as(socket_path, rest[0], int(rest[1]))
+    elif what == "agents":  # root's view of every agent record
+        out = ApiClient(socket_path).agents()
+    elif what == "flood":
         out = validation_flood(socket_path)
     elif what == "policies":
         out = hostile_policies_as_root(socket_path)

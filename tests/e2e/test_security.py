@@ -87,46 +87,26 @@ def run_root_agent_with_secret(d: DaemonProcess, name: str, *, stay: bool) -> su
 
 # --- 1. results ---------------------------------------------------------------------------
 
-ATTACK_RESULTS = r"""
-# The agent's runtime (uid 65534): a first tool call makes agentd create the results folder,
-# a second plants links where root writes its result (.<pid>.json.tmp, then <pid>.json).
-target="$1"
-sh -c 'true'
-i=0; while [ ! -d "$AGENTD_RESULTS_DIR" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
-sh -c 'ln -s "$1" "$AGENTD_RESULTS_DIR/.$$.json.tmp" 2>/dev/null && echo planted-tmp
-       ln -s "$1" "$AGENTD_RESULTS_DIR/$$.json" 2>/dev/null && echo planted-final
-       echo "pid=$$"' tool "$target"
-"""
-
-
 def test_an_agent_cannot_make_root_write_through_its_symlinks(daemon):
     secret_dir = daemon.dir / "root-only"
     secret_dir.mkdir(mode=0o700)
     target = secret_dir / "precious"
     target.write_text("root's data\n")
-    script = daemon.dir / "attack.sh"
-    script.write_text(ATTACK_RESULTS)
-    os.chmod(script, 0o755)
-    r = subprocess.run([*AS_NOBODY, str(BIN / "agentctl"), "--socket", str(daemon.socket), "run", "--name", "evil",
-                        "--", "sh", str(script), str(target)], env=nobody_env(daemon), capture_output=True, text=True,
-                       timeout=60)
-    assert r.returncode == 0, r.stderr
-    assert "planted" not in r.stdout  # the agent cannot even create a name in its results folder
-    pid = int(r.stdout.split("pid=")[1].split()[0])
-    calls = wait_for(lambda: [c for c in daemon.toolcalls("evil") if c["pid"] == pid and c["state"] == "done"],
-                     what="the planting tool call to end")
-    result = daemon.dir / "results" / "evil" / f"{pid}.json"
-    wait_for(result.exists, what=f"{result}")
+    os.chmod(target, 0o600)
+    # tests/e2e/attacks.py: the same attack the VM runs against the shipped unit's daemon
+    got = attacks.results_symlink(str(daemon.socket), "evil", str(target), str(target))
+    assert got["run"]["rc"] == 0, got
+    assert "pid" in got and not got.get("error"), got
+    assert got["planted"] == [], got  # the agent cannot even create a name in its results folder
     assert target.read_text() == "root's data\n"  # root did not write through a link
-    st = result.lstat()
-    assert stat.S_ISREG(st.st_mode) and st.st_uid == NOBODY and stat.S_IMODE(st.st_mode) == 0o400
-    assert json.loads(result.read_text())["tool_call"] == calls[0]["id"]
-    folder = result.parent.stat()
-    assert folder.st_uid == 0 and stat.S_IMODE(folder.st_mode) == 0o755
+    assert got["after"] == got["before"], got
+    assert got["toolcall"]["state"] == "done", got
+    assert got["regular"] and got["uid"] == NOBODY and got["mode"] == "0o400", got
+    assert got["names_the_call"] and got["read_by_uid"], got  # the agent reads its own result
+    assert got["folder"] == {"uid": 0, "mode": "0o755"}, got
+    result = Path(got["path"])
     assert stat.S_IMODE(result.parent.parent.stat().st_mode) == 0o711
-    # The agent reads its own result; another uid cannot.
-    ok = subprocess.run([*AS_NOBODY, "cat", str(result)], capture_output=True, text=True)
-    assert ok.returncode == 0 and calls[0]["id"] in ok.stdout
+    # another uid cannot read it
     other = subprocess.run(["setpriv", "--reuid", "65533", "--regid", "65533", "--clear-groups", "--", "cat", str(result)],
                            capture_output=True, text=True)
     assert other.returncode != 0 and "Permission denied" in other.stderr

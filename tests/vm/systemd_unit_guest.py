@@ -17,14 +17,22 @@ systemd's namespaces:
   apply    `agentctl policy apply` writes /etc/agentd/policies.d under ProtectSystem=strict
   reload   a policy file dropped in /etc/agentd/policies.d and `systemctl reload agentd`
            (SIGHUP -> RELOADING=1 ... READY=1): the daemon reports the new policy
-  results  /run/agentd 0755 and results/ 0711 (root's), CAP_CHOWN held (see results_check
-           for why no agent's tool call runs here)
+  results  /run/agentd 0755 and results/ 0711 (root's), CAP_CHOWN held
+  toolcall a uid 65534 agent's `bash -c true` tool call tracked in systemd's pid namespace
+           (the tracker's pids mapped into the daemon's: agentd/tracking/pidns.py), done,
+           its result file 0400 to that uid
+  symlink  issue 8 item 1: that agent's tool call plants .<pid>.json.tmp -> /etc/<root-only
+           file> and <pid>.json -> the daemon's database, and exits: neither changes, the
+           database passes integrity_check, the agent still reads its result
   attacks  issue 8's attacks by uid 65534 through setpriv against the unit's daemon, with
            tests/e2e/attacks.py (the host tests' code): the validation flood while root's
            GET /v1/status stays fast, hostile policies, the stream hog, a look-alike
            agents/<victim>/x cgroup and the victim's name, a pid reused (ns_last_pid) between
            a registration's headers and body, reading the state, and a second daemon on the
-           same state directory
+           same state directory; another uid asking for the ended agent's name (409)
+  restart  `systemctl restart agentd` after it all: READY on the same database, records
+           kept; then again with a uid 65534 agent live across it: re-adopted (fails on
+           systemd < 254, see readopt_check)
 
 Each check appends one JSON line to $AGENTD_VM_RESULTS/checks.jsonl; the systemd console
 log and the daemon's journal are left there too.
@@ -239,11 +247,16 @@ def run_checks() -> None:
           journal_tail=journal.splitlines()[-3:])
 
     results_check(pid)
+    ended = toolcall_check()
+    symlink_attack_check()
     status_check()
     attack_checks(pid)
+    if ended:
+        name_taken_check(ended)
 
     s3 = show("NRestarts", "MainPID", "ActiveState")
     check("no restart during the checks", s3.get("NRestarts") == "0" and s3.get("MainPID") == pid, show=s3)
+    readopt_check(restart_check(pid))
 
 
 def probe_capabilities() -> None:
@@ -293,11 +306,7 @@ def results_check(pid: str) -> None:
     inside it (made by the daemon: root's, 0711), and CAP_CHOWN in the daemon's effective
     set for handing each file to its agent's uid (fchown, capprobe's call).
 
-    A non-root agent's tool call is not run here: systemd runs in a pid namespace of its
-    own, and the BPF tracker reports pids of the initial namespace, which the daemon
-    cannot map (nor could the cn_proc tracker listen there). The file itself is checked,
-    uid 65534 and all, by tests/e2e/test_security.py against the daemon as root with the
-    same code."""
+    toolcall_check() then runs a non-root agent's tool call through it."""
     listing = inside("stat", "-c", "%n %a %u", "/run/agentd", "/run/agentd/results").stdout.split("\n")
     modes = dict(line.split(" ", 1) for line in listing if line)
     cap_eff = int(next(line.split()[1] for line in inside("cat", f"/proc/{pid}/status").stdout.splitlines()
@@ -306,6 +315,131 @@ def results_check(pid: str) -> None:
           modes.get("/run/agentd") == "755 0" and modes.get("/run/agentd/results") == "711 0" and cap_eff & 1 == 1,
           modes=modes, cap_eff=hex(cap_eff))
 
+
+
+
+def toolcall_check() -> str | None:
+    """A uid 65534 agent (`agentctl run` under setpriv) makes one tool call, `bash -c true`:
+    in systemd's pid namespace the tracker must report pids of the daemon's namespace
+    (agentd/tracking/pidns.py), or the call is never tracked and stays stopped at the exec
+    gate. The record must end `done` and its result file reach that uid (0400, its own) in
+    $AGENTD_RESULTS_DIR. Returns the ended agent's name for name_taken_check()."""
+    name = "vm-nobody-toolcall"
+    t0 = time.monotonic()
+    got = attack("toolcall", name)
+    ok = check("toolcall: a uid 65534 agent's tool call is tracked, ends done, its result file is that uid's",
+               not got.get("error") and (got.get("toolcall") or {}).get("state") == "done"
+               and got.get("regular") is True and got.get("uid") == NOBODY and got.get("mode") == "0o400"
+               and got.get("read_by_uid") is True and got.get("names_the_call") is True
+               and got.get("folder") == {"uid": 0, "mode": "0o755"},
+               seconds=round(time.monotonic() - t0, 1), **got)
+    return name if ok else None
+
+
+ROOT_ONLY = "/etc/agentd-vm-root-only"
+
+
+def symlink_attack_check() -> None:
+    """Item 1 of issue 8 under the unit: a uid 65534 agent's tool call plants
+    `.<pid>.json.tmp -> /etc/<root-only file>` and `<pid>.json -> the daemon's SQLite
+    database` in its $AGENTD_RESULTS_DIR and exits (tests/e2e/attacks.py, the host test's
+    attack). The root-only file and the database keep their content, owner and mode, the
+    daemon answers, and the agent still gets its result."""
+    inside("sh", "-c", f"umask 077 && printf 'root only\\n' > {ROOT_ONLY} && chmod 0600 {ROOT_ONLY}")
+    db = f"{STATE}/agentd.db"
+    t0 = time.monotonic()
+    got = attack("results-symlink", "vm-nobody-symlinks", ROOT_ONLY, db)
+    before, after = got.get("before") or {}, got.get("after") or {}
+    st = agentctl("--json", "status")
+    integrity = db_integrity()
+    check("attack: a uid 65534 agent's symlinks in its results folder, root writes through none of them",
+          not got.get("error") and got.get("planted") == [] and before.get(ROOT_ONLY) == after.get(ROOT_ONLY)
+          and (after.get(ROOT_ONLY) or {}).get("mode") == "0o600"
+          and {k: (after.get(db) or {}).get(k) for k in ("uid", "mode", "head")} == {"uid": 0, "mode": "0o600", "head": "SQLite format 3\x00"}
+          and integrity == "ok" and st.returncode == 0
+          and (got.get("toolcall") or {}).get("state") == "done" and got.get("regular") is True
+          and got.get("uid") == NOBODY and got.get("read_by_uid") is True and got.get("names_the_call") is True,
+          seconds=round(time.monotonic() - t0, 1), db_integrity=integrity, status_rc=st.returncode, **got)
+
+
+def db_integrity() -> str:
+    """PRAGMA integrity_check of the daemon's database, as root in systemd's namespaces."""
+    code = ("import sqlite3, sys\ncon = sqlite3.connect(sys.argv[1], timeout=30)\n"
+            "print(con.execute('PRAGMA integrity_check').fetchone()[0])\n")
+    r = inside(str(BIN / "python"), "-c", code, f"{STATE}/agentd.db")
+    return (r.stdout.strip() or r.stderr.strip()[-300:])
+
+
+def name_taken_check(name: str) -> None:
+    """Item 4: uid 60001 asks for the name of uid 65534's ended agent: 409 name_taken."""
+    got = attack("register-as", name, "60001")
+    rec = _agent(name)
+    check("attack: another uid registering an ended agent's name gets 409 name_taken, the record stays its owner's",
+          got.get("status") == 409 and got.get("code") == "name_taken" and rec.get("uid") == NOBODY and rec.get("state") == "done",
+          answer=got, record=rec)
+
+
+def restart_check(pid: str) -> str:
+    """After the attacks, no agent live: `systemctl restart agentd` comes back READY on the
+    same database (integrity_check ok), the attack's agent records kept. Returns the new
+    MainPID."""
+    t0 = time.monotonic()
+    r = inside("systemctl", "restart", "agentd", timeout=600)
+    restart_s = time.monotonic() - t0
+    s = show("ActiveState", "SubState", "MainPID", "NRestarts")
+    records = {n: _agent(n) for n in ("vm-nobody-toolcall", "vm-nobody-symlinks")}
+    integrity = db_integrity()
+    st = agentctl("--json", "status")
+    journal = inside("journalctl", "--no-pager", "-u", "agentd", "-o", "cat", "-n", "200").stdout
+    bad = [line for line in journal.splitlines() if "database" in line.lower() and ("error" in line.lower() or "corrupt" in line.lower())]
+    check("restart: the unit comes back READY on its database, the attack's records kept",
+          r.returncode == 0 and s.get("ActiveState") == "active" and s.get("MainPID") not in ("", "0", pid)
+          and all(rec.get("state") == "done" and rec.get("uid") == NOBODY for rec in records.values())
+          and integrity == "ok" and not bad and st.returncode == 0,
+          restart_s=round(restart_s, 1), show=s, records=records, db_integrity=integrity, db_errors=bad[:5],
+          err=r.stderr[-1000:])
+    return s.get("MainPID", "")
+
+
+def readopt_check(pid: str) -> None:
+    """A uid 65534 agent live across `systemctl restart agentd` is re-adopted (KillMode=process
+    keeps it). Known to fail on systemd < 254 (no DelegateSubgroup=): systemd puts the new
+    main process into the unit's own cgroup, where agentd has enabled controllers for its
+    subtree (no internal processes: EBUSY), and the start fails with 219/CGROUP while an
+    agent keeps that subtree populated."""
+    keeper = subprocess.Popen(["nsenter", "-t", str(SYSTEMD_PID), "-m", "-p", "--", "setpriv", f"--reuid={NOBODY}",
+                               f"--regid={NOBODY}", "--clear-groups", "--", str(BIN / "python"), "-m", "cli.agentctl",
+                               "--socket", SOCKET, "run", "--name", "vm-keeper", "--", "sleep", "900"],
+                              cwd="/", env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    live: dict = {}
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and live.get("state") != "live":
+            time.sleep(1)
+            live = _agent("vm-keeper")
+        t0 = time.monotonic()
+        r = inside("systemctl", "restart", "agentd", timeout=600)
+        restart_s = time.monotonic() - t0
+        s = show("ActiveState", "SubState", "MainPID", "ExecMainStatus")
+        kept = _agent("vm-keeper")
+        check("restart with a live agent: re-adopted",
+              r.returncode == 0 and s.get("ActiveState") == "active" and s.get("MainPID") not in ("", "0", pid)
+              and live.get("state") == "live" and kept.get("state") == "live" and kept.get("uid") == NOBODY
+              and kept.get("main_pid") == live.get("main_pid"),
+              restart_s=round(restart_s, 1), show=s, before=live, after=kept, err=r.stderr[-1000:],
+              systemd=inside("systemctl", "--version").stdout.split("\n")[0])
+    finally:
+        inside("systemctl", "stop", "agentd")
+        if live.get("main_pid"):  # the agent's sleep, in systemd's pid namespace (nsenter only forked it)
+            inside("kill", "-9", str(live["main_pid"]))
+        keeper.kill()
+        keeper.wait()
+
+
+def _agent(name: str) -> dict:
+    got = attack("agents")
+    return next((a for a in got if a.get("name") == name), {}) if isinstance(got, list) else {}
 
 
 
@@ -341,12 +475,9 @@ def attack(what: str, *args: str, timeout: float = 400) -> dict:
 
 def attack_checks(pid: str) -> None:
     """Issue 8's attacks, performed for real against the unit's daemon, by uid 65534 (and
-    60000-60007) through setpriv in systemd's namespaces. Not here: the symlinks an agent's
-    tool call plants where root writes its result (item 1), and anything else that needs a
-    tool call tracked: the BPF tracker reports pids of the initial pid namespace, and this
-    systemd runs in a pid namespace of its own, so a process in an agent's cgroup that
-    execs stays stopped by the exec gate (see results_check). The victims here therefore
-    register and never exec."""
+    60000-60007) through setpriv in systemd's namespaces. The symlinks an agent's tool call
+    plants where root writes its result (item 1) are symlink_attack_check(); the victims
+    here register and never exec."""
     t0 = time.monotonic()
     got = attack("flood")
     statuses = got.get("statuses") or []
