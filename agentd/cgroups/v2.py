@@ -21,6 +21,18 @@ from agentd.cgroups.unified import UnifiedBackedDriver, UnifiedTree
 WANTED_CONTROLLERS = ("memory", "cpu", "pids", "cpuset", "io")
 
 
+
+# stats(): file -> (CgroupStats field, parser)
+_STAT_FILES = {
+    "memory.current": ("memory_current", int),
+    "memory.peak": ("memory_peak", int),
+    "memory.max": ("memory_limit", parse_size),
+    "memory.high": ("memory_high", parse_size),
+    "memory.events": ("memory_events", parse_flat_keyed),
+    "pids.current": ("pids_current", int),
+    "pids.events": ("pids_max_events", lambda text: parse_flat_keyed(text).get("max", 0)),
+}
+
 class V2Driver(UnifiedBackedDriver):
     kind = "v2"
 
@@ -142,58 +154,28 @@ class V2Driver(UnifiedBackedDriver):
 
     # observation ----------------------------------------------------------------------
 
-    def stats(self, rel: str) -> CgroupStats:
+    def _read_stats(self, rel: str, names: tuple[str, ...]) -> CgroupStats:
+        """The named files of one cgroup into a CgroupStats; a file the kernel lacks stays unset."""
         rel = fs.validate_rel(rel)
         s = CgroupStats()
         d = self.tree.dir(rel)
-
-        def opt(name: str) -> str | None:
+        for name in names:
             try:
-                return fs.read(os.path.join(d, name))
+                text = fs.read(os.path.join(d, name))
             except CgroupError as e:
                 if e.errno == errno.ENOENT:
-                    return None
+                    continue
                 raise
+            attr, parse = _STAT_FILES[name]
+            setattr(s, attr, parse(text))
+        return s
 
-        if (text := opt("memory.current")) is not None:
-            s.memory_current = int(text)
-        if (text := opt("memory.peak")) is not None:
-            s.memory_peak = int(text)
-        if (text := opt("memory.max")) is not None:
-            s.memory_limit = parse_size(text)
-        if (text := opt("memory.high")) is not None:
-            s.memory_high = parse_size(text)
-        if (text := opt("memory.events")) is not None:
-            s.memory_events = parse_flat_keyed(text)
-        if (text := opt("pids.current")) is not None:
-            s.pids_current = int(text)
-        if (text := opt("pids.events")) is not None:
-            s.pids_max_events = parse_flat_keyed(text).get("max", 0)
-        return self._unified_stats(rel, s)
+    def stats(self, rel: str) -> CgroupStats:
+        return self._unified_stats(rel, self._read_stats(rel, tuple(_STAT_FILES)))
 
     def final_stats(self, rel: str) -> CgroupStats:
-        rel = fs.validate_rel(rel)
-        s = CgroupStats()
-        d = self.tree.dir(rel)
-
-        def opt(name: str) -> str | None:
-            try:
-                return fs.read(os.path.join(d, name))
-            except CgroupError as e:
-                if e.errno == errno.ENOENT:
-                    return None
-                raise
-
-        if (text := opt("memory.peak")) is not None:
-            s.memory_peak = int(text)
-        if (text := opt("memory.max")) is not None:
-            s.memory_limit = parse_size(text)
-        if (text := opt("memory.high")) is not None:
-            s.memory_high = parse_size(text)
-        if (text := opt("memory.events")) is not None:
-            s.memory_events = parse_flat_keyed(text)
-        if (text := opt("pids.events")) is not None:
-            s.pids_max_events = parse_flat_keyed(text).get("max", 0)
+        """An emptied cgroup's end: no current usage to read, only peaks, limits and events."""
+        s = self._read_stats(rel, ("memory.peak", "memory.max", "memory.high", "memory.events", "pids.events"))
         s.cpu_usage_us = self.tree.cpu_usage_us(rel)
         return s
 
