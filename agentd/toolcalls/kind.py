@@ -59,7 +59,8 @@ from agentd.tracking.backend import TrackerBackend
 from agentd.tracking.proctree import ProcTree
 
 COUNTERS = ("toolcalls_started", "toolcalls_finished", "toolcalls_killed", "toolcalls_frozen", "toolcalls_throttled",
-            "moved_back", "placement_errors", "intents_rejected", "agents_registered", "events_handled")
+            "moved_back", "placement_errors", "intents_rejected", "agents_registered", "events_handled",
+            "oom_victims_unmanaged")
 
 TICK_BUDGET_S = 0.02  # one tick's samples stay this short; the rest wait for the next tick
 
@@ -147,10 +148,20 @@ class ToolCallEngine(AgentRegistry, GatedPlacement, Ladder, Kind):
         elif event.kind == ProcEventKind.CGROUP_ATTACH:
             self.on_attach(event)
         elif event.kind == ProcEventKind.OOM_VICTIM:
-            tc = self.toolcall_of_pid(event.pid)
-            self.journal.emit("kernel.oom_victim", f"the kernel's OOM killer chose pid {event.pid} ({event.comm})"
-                              + (f" inside tool call {tc.id}" if tc else ""), level="warn",
-                              agent=tc.agent if tc else None, tool_call=tc.id if tc else None, pid=event.pid)
+            self.on_oom_victim(event)
+
+    def on_oom_victim(self, event) -> None:
+        """The tracker sees every OOM kill on the host; only those of agentd's agents and
+        tool calls are journaled (the rest are counted): another service's OOM kill is not
+        an agent's story, and a host under pressure must not flood the journal."""
+        tc = self.toolcall_of_pid(event.pid)
+        agent = tc.agent if tc else self.agent_of_pid(event.pid)
+        if agent is None:
+            self.counters["oom_victims_unmanaged"] += 1
+            return
+        where = f"inside tool call {tc.id}" if tc else f"in agent {agent}'s runtime"
+        self.journal.emit("kernel.oom_victim", f"the kernel's OOM killer chose pid {event.pid} ({event.comm}) {where}",
+                          level="warn", agent=agent, tool_call=tc.id if tc else None, pid=event.pid)
 
     def on_tick(self, now: float) -> None:
         self.tick()  # the engine's own clock (self.clock), so a test's fake clock drives the ladder
