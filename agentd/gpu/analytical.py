@@ -109,6 +109,19 @@ def hf_mask_bytes(model: ModelSpec, wl: WorkloadSpec) -> int:
     return wl.batch * wl.seq * wl.seq * DTYPE_BYTES[wl.dtype]
 
 
+def hf_forward_kept_bytes(model: ModelSpec, wl: WorkloadSpec) -> int:
+    """Tensors a no_grad forward of transformers' models keeps from start to end: the embedding
+    output (LlamaModel.forward's `inputs_embeds`, still referenced after `hidden_states =
+    inputs_embeds`), and the positions: the learned position embeddings (GPT-2, OPT: 1 x s x h)
+    or RoPE's cos and sin (1 x s x head_dim each, in the model's dtype)."""
+    if model.code != "hf":
+        return 0
+    e = DTYPE_BYTES[wl.dtype]
+    s, h = wl.seq, model.hidden_size
+    positions = s * h * e if model.learned_positions else 2 * s * model.hd * e
+    return wl.batch * s * h * e + positions
+
+
 def mlp_saved_widths(model: ModelSpec) -> int:
     """f-wide tensors one MLP keeps for backward."""
     if model.gated_mlp:
@@ -245,8 +258,12 @@ def _prefill_temporaries(model: ModelSpec, wl: WorkloadSpec) -> int:
     mask = hf_mask_bytes(model, wl)
     probs = 0
     if wl.attention == "eager":
-        # scores and softmax alive together (an fp32 softmax beside its input-dtype source)
+        # scores and softmax alive together (an fp32 softmax beside its input-dtype source); the
+        # CPU's softmax(dtype=float32) of a half input first makes an fp32 copy of it (aten::softmax
+        # -> to -> _softmax), where CUDA's _softmax(half_to_float=True) reads the half input directly
         score = e + (4 if model.softmax_fp32 else e)
+        if model.softmax_fp32 and e < 4 and wl.device == "cpu":
+            score += 4
         mask_tmp = 0 if model.code == "hf" else 2 * s * s
         attn = sb * e * (2 * h + hq + (2 * hq if gqa else 0)) // 1 + a * s * s * b * score // t + mask_tmp
         if model.code == "hf":
@@ -258,8 +275,15 @@ def _prefill_temporaries(model: ModelSpec, wl: WorkloadSpec) -> int:
     # experts run in moe_groups pieces, each on its share of the routed tokens
     mlp = sb * e * 3 * h + sb * e * f * mlp_prefill_widths(model) * model.routed // moe_groups(model) // t
     if model.num_experts and model.code == "hf":
-        mlp += sb * e * h * model.routed  # grouped_mm's gathered copy of every routed token's input
-    return max(attn, mlp + probs) + mask
+        routed_tokens = sb * model.routed
+        # grouped_mm's gathered copy of every routed token's input, and its gate_up output (2f wide,
+        # one tensor) alive beside act(gate) and the product: one f more than separate gate/up
+        mlp += routed_tokens * e * (h + f // t)
+        # grouped_mm_experts_forward's end: beside that copy and the down projection's output, the
+        # product with the routing weights (the router's fp32 softmax, so fp32) and its reordering
+        # back to token order (`weighted_out[inv_perm]`)
+        mlp = max(mlp, sb * e * 3 * h + routed_tokens * h * (2 * e + 8) // t)
+    return max(attn, mlp + probs) + mask + hf_forward_kept_bytes(model, wl)
 
 
 def estimate(model: ModelSpec, workload: WorkloadSpec) -> Estimate:
