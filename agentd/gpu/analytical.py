@@ -18,6 +18,11 @@ The peak is derived, not fitted, from what each part of a training step or prefi
 - temporaries at the peak moment: the loss (logits, log-softmax and their gradients), one
   layer's backward, the optimizer's foreach buffers, one layer's prefill.
 - overhead (CUDA only, not verifiable without a GPU): the CUDA context and cuBLAS workspace.
+- what transformers' modelling code keeps beyond that (ModelSpec.code == "hf", set by
+  from_hf_config): the fp32 loss upcast, RMSNorm's fp32 copies, the fp32 eager softmax and
+  float causal mask, attention weights and embeddings kept through the forward, decomposed
+  activations (gelu_new), the grouped_mm experts path. Each is a named function below citing
+  the code it follows; the reference decoder (code "") takes none of them.
 
 The peak is the largest of the phases of a step (forward end / loss, backward start, top
 and bottom layers' backward, optimizer step; for inference, the last layer of the prefill

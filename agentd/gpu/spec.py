@@ -185,7 +185,11 @@ class ModelSpec:
     def from_hf_config(cls, cfg: dict, name: str = "") -> "ModelSpec":
         """Read a Hugging Face config.json dict (Llama, Mistral, Mixtral, Qwen, GPT-2 key names;
         a multimodal config's text_config). Mixture-of-experts layers are read as routed
-        experts only: shared experts and DeepSeek's dense first layers are not modelled."""
+        experts only: shared experts and DeepSeek's dense first layers are not modelled.
+        With a model_type, the layout (biases, norms, gating, tying, positions) is read as that
+        type's transformers modelling class builds it, and code="hf" selects the estimator's
+        terms for transformers' code; parameter counts are checked exactly against the real
+        modules for 12 families (tests/unit/gpu/test_hf_terms.py)."""
         if "hidden_size" not in cfg and isinstance(cfg.get("text_config"), dict):
             cfg = {**cfg["text_config"], **{k: v for k, v in cfg.items() if k in ("torch_dtype",)}}
         def get(*keys, default=None):
