@@ -39,6 +39,9 @@ from gpu_measure import TORCH_DTYPES, profiled_peak, write_rows  # noqa: E402
 
 OUT = DATA_DIR / "gpu" / "hf_peaks.jsonl"
 HELDOUT_FAMILIES = ("gemma", "opt")
+# Families first measured after the estimator's fixes for transformers' code were committed
+# (hfrange branch): split "new", never looked at before they were scored.
+NEW_FAMILIES = ("gpt_neox", "qwen3", "stablelm", "starcoder2")
 BATCH, VOCAB = 2, 2048
 SIZES = {"s": 128, "m": 256}  # size -> sequence length; "m" doubles widths and layers of the configs below
 _SCALED = ("hidden_size", "n_embd", "intermediate_size", "ffn_dim", "moe_intermediate_size", "head_dim",
@@ -61,6 +64,13 @@ FAMILIES: dict[str, tuple[str, dict]] = {
     "opt": ("OPTConfig", dict(hidden_size=128, ffn_dim=512, num_hidden_layers=2, num_attention_heads=4,
                               vocab_size=VOCAB, max_position_embeddings=512, word_embed_proj_dim=128,
                               dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)),
+    "gpt_neox": ("GPTNeoXConfig", dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2,
+                                       num_attention_heads=4, vocab_size=VOCAB, max_position_embeddings=512,
+                                       attention_dropout=0.0, hidden_dropout=0.0)),
+    "qwen3": ("Qwen3Config", dict(_GQA, head_dim=32)),
+    "stablelm": ("StableLmConfig", dict(_GQA, hidden_dropout=0.0, attention_dropout=0.0)),
+    "starcoder2": ("Starcoder2Config", dict(_GQA, intermediate_size=512, residual_dropout=0.0,
+                                            embedding_dropout=0.0, attention_dropout=0.0)),
     # refused by the estimator (shared experts): measured anyway, recorded as refused
     "qwen2_moe": ("Qwen2MoeConfig", dict(_GQA, moe_intermediate_size=128, shared_expert_intermediate_size=256,
                                          num_experts=4, num_experts_per_tok=2)),
@@ -78,10 +88,16 @@ def build_config(family: str, size: str, attn: str):
     return cfg
 
 
-def estimator_input(cfg, dtype: str, mode: str, attn: str, seq: int) -> tuple[dict | None, dict, str]:
-    """(ModelSpec dict or None, WorkloadSpec dict, refusal reason) as agentd would read them."""
+def hf_config_dict(cfg, dtype: str) -> dict:
+    """The config.json a user would hand agentd (--model-config), in the row's dtype."""
     d = cfg.to_dict()
     d["torch_dtype"] = dtype
+    return d
+
+
+def estimator_input(cfg, dtype: str, mode: str, attn: str, seq: int) -> tuple[dict | None, dict, str]:
+    """(ModelSpec dict or None, WorkloadSpec dict, refusal reason) as agentd would read them."""
+    d = hf_config_dict(cfg, dtype)
     wl = WorkloadSpec(mode=mode, batch=BATCH, seq=seq, dtype=dtype, optimizer="adamw", optimizer_impl="single",
                       attention="eager" if attn == "eager" else "flash", dropout=0.0, grad_buffers="freed",
                       device="cpu")
@@ -149,21 +165,27 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, default=0, help="measure only the first N (a quick look)")
-    ap.add_argument("--families", default="", help="comma list of families (default: all)")
+    ap.add_argument("--families", default="",
+                    help="comma list of families (default: all); other families' rows in --out are kept")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     configs = [c for c in grid() if not args.families or c[0] in args.families.split(",")]
     if args.limit:
         configs = configs[: args.limit]
+    measured = {c[0] for c in configs}
     rows = []
+    if args.families and args.out.exists():  # re-measure some families, keep the others' rows
+        rows = [r for r in (json.loads(x) for x in args.out.read_text().splitlines() if x.strip())
+                if "_meta" not in r and r["family"] not in measured]
     for i, (fam, size, dt, mode, attn) in enumerate(configs):
         cfg = build_config(fam, size, attn)
         spec, wl, refused = estimator_input(cfg, dt, mode, attn, SIZES[size])
         m = measure_hf(cfg, dt, mode, SIZES[size])
+        split = "heldout" if fam in HELDOUT_FAMILIES else "new" if fam in NEW_FAMILIES else "hf"
         rows.append({"id": f"{fam}-{size}-{dt}-{mode}-{attn}", "family": fam, "attn_implementation": attn,
-                     "split": "heldout" if fam in HELDOUT_FAMILIES else "hf", "model": spec, "workload": wl,
-                     "refused": refused, "measured": m})
+                     "split": split, "model": spec, "workload": wl, "refused": refused, "measured": m,
+                     "hf_config": hf_config_dict(cfg, dt)})
         print(f"{i + 1:3d}/{len(configs)} {fam:10s} {size} {dt} {mode:5s} {attn:5s} "
               f"peak={m['peak_bytes'] / 2**20:8.2f} MiB ({m['seconds']:.2f}s){' REFUSED' if refused else ''}",
               flush=True)
@@ -171,8 +193,10 @@ def main(argv=None) -> int:
                       "transformers": transformers.__version__, "device": "cpu",
                       "ground_truth": "cpu: torch.profiler allocator Total Allocated (live tensor bytes), "
                                       "Hugging Face transformers model classes with random weights",
-                      "heldout_families": list(HELDOUT_FAMILIES), "batch": BATCH, "seq_by_size": SIZES,
+                      "heldout_families": list(HELDOUT_FAMILIES), "new_families": list(NEW_FAMILIES),
+                      "batch": BATCH, "seq_by_size": SIZES,
                       "date": time.strftime("%Y-%m-%d", time.gmtime()), "configs": len(rows)}}
+    rows.sort(key=lambda r: grid().index(tuple(r["id"].split("-"))) if tuple(r["id"].split("-")) in grid() else 0)
     write_rows(args.out, meta, rows)
     return 0
 

@@ -18,6 +18,11 @@ The peak is derived, not fitted, from what each part of a training step or prefi
 - temporaries at the peak moment: the loss (logits, log-softmax and their gradients), one
   layer's backward, the optimizer's foreach buffers, one layer's prefill.
 - overhead (CUDA only, not verifiable without a GPU): the CUDA context and cuBLAS workspace.
+- what transformers' modelling code keeps beyond that (ModelSpec.code == "hf", set by
+  from_hf_config): the fp32 loss upcast, RMSNorm's fp32 copies, the fp32 eager softmax and
+  float causal mask, attention weights and embeddings kept through the forward, decomposed
+  activations (gelu_new), the grouped_mm experts path. Each is a named function below citing
+  the code it follows; the reference decoder (code "") takes none of them.
 
 The peak is the largest of the phases of a step (forward end / loss, backward start, top
 and bottom layers' backward, optimizer step; for inference, the last layer of the prefill
@@ -74,9 +79,85 @@ def norm_saved_bytes(model: ModelSpec, wl: WorkloadSpec) -> int:
     """Bytes per element a norm keeps of its input for backward. LayerNorm and CUDA's fused
     RMSNorm keep the input; on the CPU RMSNorm is decomposed in fp32 and keeps the input
     upcast to fp32 and the normalized fp32 tensor (for the weight's gradient)."""
+    if model.norm == "rmsnorm" and model.code == "hf":
+        return hf_rmsnorm_saved_bytes(wl)
     if model.norm == "rmsnorm" and wl.device == "cpu":
         return 8
     return DTYPE_BYTES[wl.dtype]
+
+
+# Terms of transformers' modelling code (ModelSpec.code == "hf"), each following the code named.
+
+def hf_rmsnorm_saved_bytes(wl: WorkloadSpec) -> int:
+    """LlamaRMSNorm.forward (and its copies in Mistral, Qwen2/3, Mixtral): x.to(float32) is kept
+    by pow and the rsqrt product, and the normalized tensor cast back to the input dtype is kept
+    by the weight product. Plain Python on every device (no fused kernel), so CUDA keeps the same."""
+    return 4 + DTYPE_BYTES[wl.dtype]
+
+
+def hf_softmax_bytes(model: ModelSpec, wl: WorkloadSpec) -> int:
+    """Bytes per attention score an eager softmax keeps for backward: Llama's
+    eager_attention_forward takes softmax(dtype=torch.float32) (kept by SoftmaxBackward) and
+    casts it .to(query.dtype) (kept by the value matmul; the same tensor in fp32). GPT-2's
+    takes softmax in the input dtype (one tensor)."""
+    e = DTYPE_BYTES[wl.dtype]
+    if model.softmax_fp32 and e < 4:
+        return 4 + e
+    return e
+
+
+def hf_mask_bytes(model: ModelSpec, wl: WorkloadSpec) -> int:
+    """The eager 4-D float causal mask (masking_utils: torch.where(mask, 0, min_dtype) in the
+    model's dtype, batch x 1 x s x s), built once per forward and referenced by every layer."""
+    if model.code != "hf" or wl.attention != "eager":
+        return 0
+    return wl.batch * wl.seq * wl.seq * DTYPE_BYTES[wl.dtype]
+
+
+def hf_forward_kept_bytes(model: ModelSpec, wl: WorkloadSpec) -> int:
+    """Tensors a no_grad forward of transformers' models keeps from start to end: the embedding
+    output (LlamaModel.forward's `inputs_embeds`, still referenced after `hidden_states =
+    inputs_embeds`), and the positions: the learned position embeddings (GPT-2, OPT: 1 x s x h)
+    or RoPE's cos and sin (1 x s x head_dim each, in the model's dtype)."""
+    if model.code != "hf":
+        return 0
+    e = DTYPE_BYTES[wl.dtype]
+    s, h = wl.seq, model.hidden_size
+    positions = s * h * e if model.learned_positions else 2 * s * model.hd * e
+    return wl.batch * s * h * e + positions
+
+
+def mlp_saved_widths(model: ModelSpec) -> int:
+    """f-wide tensors one MLP keeps for backward."""
+    if model.gated_mlp:
+        return 4  # gate and up outputs, act(gate), and their product (the down projection's input)
+    if model.activation == "gelu_new":
+        # NewGELUActivation: 0.5 * x * (1 + tanh(c * (x + 0.044715 * x**3))) in separate ops: pow keeps
+        # x, tanh its output, the last product 0.5*x and (1 + tanh); fc2 keeps the result
+        return 5
+    if model.activation == "relu":
+        return 1  # relu keeps its result, which is fc2's input too; fc1's output is not kept
+    return 2  # fc1's output (the fused GELU's input) and the GELU's output (fc2's input)
+
+
+def mlp_prefill_widths(model: ModelSpec) -> int:
+    """f-wide tensors alive at once at the MLP's worst moment of a no_grad forward."""
+    if model.gated_mlp:
+        return 3  # act(gate), up, their product
+    if model.activation == "gelu_new":
+        return 4  # x, 0.5*x, (1 + tanh(...)) and the product (NewGELUActivation, left to right)
+    return 2  # fc1's output and the activation's
+
+
+def mlp_backward_widths(model: ModelSpec) -> int:
+    """f-wide gradients the activation's backward adds once the down projection's backward ran."""
+    if model.gated_mlp:
+        return 2  # gate's and up's gradients
+    if model.activation in ("gelu_new", "relu"):
+        # gelu_new: the last product's backward makes two gradients; relu's kept result is fc2's
+        # input as well, so nothing is released before its backward makes its own
+        return 2
+    return 1
 
 
 def layer_activations(model: ModelSpec, wl: WorkloadSpec, small_terms: bool = True) -> dict:
@@ -92,13 +173,16 @@ def layer_activations(model: ModelSpec, wl: WorkloadSpec, small_terms: bool = Tr
     hq, hkv = a * model.hd, model.kv_heads * model.hd
     sb = s * b
     eager = wl.attention == "eager"
-    # norm1 in/out, norm2 in/out, residual dropout masks after attention and MLP
-    replicated = sb * h * (2 * norm_saved_bytes(model, wl) + 2 * e + 2 * m)
+    # norm1 in/out, norm2 in/out (one norm where attention and MLP share it), residual dropout
+    # masks after attention and MLP
+    replicated = sb * h * (model.norms_per_layer * (norm_saved_bytes(model, wl) + e) + 2 * m)
     k_width = hq if eager else hkv  # eager GQA repeats K/V heads (a real copy) before the matmul
     parallel = sb * e * (hq + 2 * k_width + hq)
+    if model.qk_norm:  # Qwen3Attention: q_norm/k_norm (RMSNorm over head_dim) keep what any RMSNorm keeps
+        parallel += sb * (hq + hkv) * norm_saved_bytes(model, wl)
     # every token's hidden state goes through `routed` MLPs (top-k experts); the router's
     # logits and softmax are kept too
-    parallel += sb * e * f * (4 if model.gated_mlp else 2) * model.routed
+    parallel += sb * e * f * mlp_saved_widths(model) * model.routed
     quadratic = 0
     stats = 0
     if model.num_experts:
@@ -107,12 +191,12 @@ def layer_activations(model: ModelSpec, wl: WorkloadSpec, small_terms: bool = Tr
         parallel += 2 * sb * h * e * model.routed
         stats += sb * model.routed * 32 + sb * model.num_experts * 8
     if eager:
-        quadratic = a * s * s * b * (e + (m + e if m else 0))
+        quadratic = a * s * s * b * (hf_softmax_bytes(model, wl) + (m + e if m else 0))
     elif small_terms:
         stats += 4 * b * a * s  # logsumexp kept by flash attention
     if small_terms:
         stats += 2 * (8 if model.norm == "layernorm" else 4) * sb  # mean/rstd per norm
-        if eager:
+        if eager and model.code != "hf":  # (HF's float mask is one tensor for all layers: hf_mask_bytes)
             stats += s * s  # the causal mask masked_fill keeps
     if wl.recompute == "selective":
         quadratic = 0
@@ -145,17 +229,28 @@ def _layer_backward_peak(model: ModelSpec, wl: WorkloadSpec, grad_bytes: float =
     n_mlp = (3 if model.gated_mlp else 2) * h * f
     g_mlp = int(n_mlp / t * grad_bytes)
     g_layer = int(model.layer_parameters() / t * grad_bytes)
-    mlp_saved = sb * e * f * (4 if model.gated_mlp else 2) * model.routed // t
+    mlp_saved = sb * e * f * mlp_saved_widths(model) * model.routed // t
     # the down projection's input is released when its backward ran; the activation's
     # backward then holds one (GELU) or two (gate and up of SwiGLU) new f-wide gradients
     # (for a mixture of experts, one expert's share of the tokens at a time)
-    mlp_tmp = sb * f * e * (2 if model.gated_mlp else 1) * model.routed // model.experts // t
+    mlp_tmp = sb * f * e * mlp_backward_widths(model) * model.routed // moe_groups(model) // t
     if wl.attention == "eager" and wl.recompute != "selective":
         attn_tmp = 2 * a * s * s * b * e // t
+        if model.softmax_fp32 and e < 4:
+            # the fp32 softmax's backward: its fp32 gradient and result beside the cast back
+            attn_tmp = a * s * s * b * (8 + e) // t
     else:  # flash (or selective recomputation) recomputes the scores block by block
         attn_tmp = 3 * sb * a * model.hd * e // t + (2 * a * s * s * b * e // t if wl.attention == "eager" else 0)
     dy = 2 * sb * h * e
     return max(full["total"] + mlp_tmp + g_mlp, full["total"] - mlp_saved + attn_tmp + g_layer) + dy
+
+
+def moe_groups(model: ModelSpec) -> int:
+    """How many pieces the routed tokens' expert MLPs run in. The reference decoder (and
+    transformers 4's MixtralSparseMoeBlock) loops over experts, one at a time; transformers 5's
+    default experts implementation ("grouped_mm", integrations/moe.py) runs every routed token
+    in one grouped matmul."""
+    return 1 if model.code == "hf" else model.experts
 
 
 def _prefill_temporaries(model: ModelSpec, wl: WorkloadSpec) -> int:
@@ -165,13 +260,35 @@ def _prefill_temporaries(model: ModelSpec, wl: WorkloadSpec) -> int:
     sb, h, f, a = s * b, model.hidden_size, model.ffn, model.num_heads
     hq = a * model.hd
     gqa = model.kv_heads != a
+    mask = hf_mask_bytes(model, wl)
+    probs = 0
     if wl.attention == "eager":
-        attn = sb * e * (2 * h + hq + (2 * hq if gqa else 0)) // 1 + 2 * a * s * s * b * e // t + 2 * s * s
+        # scores and softmax alive together (an fp32 softmax beside its input-dtype source); the
+        # CPU's softmax(dtype=float32) of a half input first makes an fp32 copy of it (aten::softmax
+        # -> to -> _softmax), where CUDA's _softmax(half_to_float=True) reads the half input directly
+        score = e + (4 if model.softmax_fp32 else e)
+        if model.softmax_fp32 and e < 4 and wl.device == "cpu":
+            score += 4
+        mask_tmp = 0 if model.code == "hf" else 2 * s * s
+        attn = sb * e * (2 * h + hq + (2 * hq if gqa else 0)) // 1 + a * s * s * b * score // t + mask_tmp
+        if model.code == "hf":
+            # the decoder layer keeps the returned attention weights (`hidden_states, _ = self.self_attn(...)`)
+            # until it returns, so they are alive through the MLP
+            probs = a * s * s * b * e // t
     else:
         attn = sb * e * (2 * h + 2 * hq // t)
-    # experts run one after another (HF's loop), each on its share of the routed tokens
-    mlp = sb * e * 3 * h + sb * e * f * (3 if model.gated_mlp else 2) * model.routed // model.experts // t
-    return max(attn, mlp)
+    # experts run in moe_groups pieces, each on its share of the routed tokens
+    mlp = sb * e * 3 * h + sb * e * f * mlp_prefill_widths(model) * model.routed // moe_groups(model) // t
+    if model.num_experts and model.code == "hf":
+        routed_tokens = sb * model.routed
+        # grouped_mm's gathered copy of every routed token's input, and its gate_up output (2f wide,
+        # one tensor) alive beside act(gate) and the product: one f more than separate gate/up
+        mlp += routed_tokens * e * (h + f // t)
+        # grouped_mm_experts_forward's end: beside that copy and the down projection's output, the
+        # product with the routing weights (the router's fp32 softmax, so fp32) and its reordering
+        # back to token order (`weighted_out[inv_perm]`)
+        mlp = max(mlp, sb * e * 3 * h + routed_tokens * h * (2 * e + 8) // t)
+    return max(attn, mlp + probs) + mask + hf_forward_kept_bytes(model, wl)
 
 
 def estimate(model: ModelSpec, workload: WorkloadSpec) -> Estimate:
@@ -215,7 +332,9 @@ def estimate(model: ModelSpec, workload: WorkloadSpec) -> Estimate:
     sb = s * b
     if wl.mode == "train":
         layer = layer_activations(model, wl)
-        e_loss = 4 if wl.mixed_precision else e  # Megatron computes the vocab-parallel loss in fp32
+        # Megatron computes the vocab-parallel loss in fp32; so does transformers' ForCausalLMLoss
+        # (`logits = logits.float()` before cross_entropy)
+        e_loss = 4 if (wl.mixed_precision or model.code == "hf") else e
         logits = sb * V * e_loss // t
         inputs = 2 * 8 * sb  # token ids and targets (int64)
         m = dropout_mask_bytes(wl)

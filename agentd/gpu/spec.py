@@ -22,7 +22,40 @@ _DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "hal
                   "float": "fp32", "torch.float32": "fp32", "torch.float16": "fp16",
                   "torch.bfloat16": "bf16"}
 _GATED_ACTS = {"silu", "swiglu", "swish", "geglu", "gelu_gated"}
-_UNGATED_TYPES = {"gpt2", "gpt_neox", "gptj", "opt", "bloom", "falcon", "gpt_bigcode", "phi"}
+_UNGATED_TYPES = {"gpt2", "gpt_neox", "gptj", "opt", "bloom", "falcon", "gpt_bigcode", "phi", "starcoder2"}
+# model_types whose modelling code uses nn.LayerNorm (weight and bias) rather than RMSNorm
+_LAYERNORM_TYPES = {"gpt2", "gpt_neox", "gptj", "opt", "bloom", "falcon", "gpt_bigcode", "phi", "starcoder2",
+                    "stablelm", "codegen"}
+# model_types whose config class defaults tie_word_embeddings to True (when config.json omits it)
+_TIED_BY_DEFAULT = {"gpt2", "opt", "gemma", "gemma2", "starcoder2"}
+# Which projections carry biases, per modelling code, and the config key that switches them:
+# (model_type -> (scope, key, default)); scope "all" = q/k/v/o and the MLP.
+_BIAS_BY_TYPE = {
+    "gpt2": ("all", None, True),  # Conv1D c_attn/c_proj/c_fc always have biases
+    "phi": ("all", None, True),  # PhiAttention q/k/v/dense and PhiMLP fc1/fc2 use bias=True
+    "opt": ("all", "enable_bias", True),  # OPTAttention/OPTDecoderLayer bias=config.enable_bias
+    "gpt_neox": ("all", "attention_bias", True),  # query_key_value/dense bias=attention_bias; MLP always
+    "starcoder2": ("all", "use_bias", True),  # Starcoder2Attention/MLP bias=config.use_bias
+    "qwen2": ("qkv", None, True),  # Qwen2Attention: q/k/v bias=True, o_proj bias=False
+    "stablelm": ("qkv", "use_qkv_bias", False),  # StableLmAttention: q/k/v bias=use_qkv_bias
+}
+# Activations ACT2FN maps to something other than one fused kernel (transformers/activations.py)
+_DECOMPOSED_ACTS = {"gelu_new": "gelu_new", "relu": "relu"}
+
+
+def _hf_biases(cfg: dict, model_type: str) -> tuple[bool, str]:
+    """(bias on every projection, bias_scope) as the model_type's modelling code builds them."""
+    if model_type in _BIAS_BY_TYPE:
+        scope, key, default = _BIAS_BY_TYPE[model_type]
+        on = bool(cfg.get(key, default)) if key else default
+        if not on:
+            return False, ""
+        return (True, "") if scope == "all" else (False, scope)
+    if cfg.get("bias"):  # a generic config saying so
+        return True, ""
+    if cfg.get("attention_bias"):  # Llama/Mistral/Qwen3: q/k/v/o bias=attention_bias, MLP bias=mlp_bias
+        return (True, "") if cfg.get("mlp_bias") else (False, "attention")
+    return False, ""
 
 
 def canonical_dtype(name: str) -> str:
@@ -55,6 +88,16 @@ class ModelSpec:
     experts_per_token: int = 0  # experts each token is routed to (top-k)
     dtype: str = "fp16"  # the dtype the checkpoint is stored in (torch_dtype)
     name: str = ""
+    # What the modelling code does beyond the config's sizes. The defaults describe agentd's
+    # reference decoder (agentd/gpu/torch_models.py); from_hf_config sets them from the
+    # transformers modelling code of the config's model_type.
+    code: str = ""  # "": the reference decoder; "hf": transformers' modelling code (upcasts, kept tensors)
+    activation: str = ""  # "": a fused GELU/SiLU kernel; "gelu_new": GPT-2's decomposed tanh GELU; "relu"
+    bias_scope: str = ""  # with bias=False: "qkv" (Qwen2: q/k/v only) or "attention" (q/k/v/o: attention_bias)
+    lm_head_bias: bool = False  # Phi's lm_head has a bias
+    norms_per_layer: int = 2  # 1 where attention and MLP read one norm's output in parallel (Phi)
+    qk_norm: bool = False  # RMSNorm over head_dim on queries and keys (Qwen3)
+    softmax_fp32: bool = False  # eager attention takes softmax in fp32 and casts back (Llama's eager_attention_forward)
 
     @property
     def has_architecture(self) -> bool:
@@ -91,9 +134,15 @@ class ModelSpec:
         n += mlps * (3 if self.gated_mlp else 2) * h * f
         if self.num_experts:
             n += h * self.num_experts  # router
-        n += (2 if self.norm == "layernorm" else 1) * 2 * h
+        n += (2 if self.norm == "layernorm" else 1) * self.norms_per_layer * h
+        if self.qk_norm:
+            n += 2 * self.hd  # q_norm and k_norm weights (Qwen3RMSNorm(head_dim))
         if self.bias:
             n += hq + 2 * hkv + h + mlps * (((2 * f) if self.gated_mlp else f) + h)
+        elif self.bias_scope == "qkv":
+            n += hq + 2 * hkv
+        elif self.bias_scope == "attention":
+            n += hq + 2 * hkv + h
         return n
 
     def embedding_parameters(self) -> int:
@@ -104,6 +153,8 @@ class ModelSpec:
         n = (2 if self.norm == "layernorm" else 1) * self.hidden_size
         if not self.tie_word_embeddings:
             n += self.vocab_size * self.hidden_size
+        if self.lm_head_bias:
+            n += self.vocab_size
         return n
 
     def parameter_count(self) -> int:
@@ -134,7 +185,11 @@ class ModelSpec:
     def from_hf_config(cls, cfg: dict, name: str = "") -> "ModelSpec":
         """Read a Hugging Face config.json dict (Llama, Mistral, Mixtral, Qwen, GPT-2 key names;
         a multimodal config's text_config). Mixture-of-experts layers are read as routed
-        experts only: shared experts and DeepSeek's dense first layers are not modelled."""
+        experts only: shared experts and DeepSeek's dense first layers are not modelled.
+        With a model_type, the layout (biases, norms, gating, tying, positions) is read as that
+        type's transformers modelling class builds it, and code="hf" selects the estimator's
+        terms for transformers' code; parameter counts are checked exactly against the real
+        modules for 12 families (tests/unit/gpu/test_hf_terms.py)."""
         if "hidden_size" not in cfg and isinstance(cfg.get("text_config"), dict):
             cfg = {**cfg["text_config"], **{k: v for k, v in cfg.items() if k in ("torch_dtype",)}}
         def get(*keys, default=None):
@@ -152,15 +207,21 @@ class ModelSpec:
         if missing:
             raise ValueError(f"config lacks {', '.join(missing)}")
         model_type = str(get("model_type", default="")).lower()
-        act = str(get("hidden_act", "activation_function", default="silu")).lower()
-        gated = model_type not in _UNGATED_TYPES and act in _GATED_ACTS | {"silu"}
+        act = str(get("hidden_act", "activation_function", "hidden_activation", default="silu")).lower()
+        if model_type:  # the modelling class decides gate/up/down versus fc1/fc2, whatever the activation
+            gated = model_type not in _UNGATED_TYPES
+        else:
+            gated = act in _GATED_ACTS | {"silu"}
         is_gpt2 = model_type == "gpt2"
-        tie = get("tie_word_embeddings", default=is_gpt2)
+        tie = get("tie_word_embeddings", default=model_type in _TIED_BY_DEFAULT)
         unsupported = [why for key, why in (
             ("kv_lora_rank", "multi-head latent attention (DeepSeek-V2/V3 compress the KV cache)"),
             ("n_shared_experts", "shared experts"), ("shared_expert_intermediate_size", "shared experts"),
-            ("first_k_dense_replace", "dense layers before the expert layers"))
+            ("first_k_dense_replace", "dense layers before the expert layers"),
+            ("qk_layernorm", "per-head LayerNorm on queries and keys (StableLM qk_layernorm)"))
             if cfg.get(key)]
+        if model_type == "opt" and get("word_embed_proj_dim", default=h) != h:
+            unsupported.append("OPT's project_in/project_out (word_embed_proj_dim differs from hidden_size)")
         if unsupported:
             raise ValueError(f"this architecture is not modelled: {'; '.join(dict.fromkeys(unsupported))}; "
                              "give --params for its model states")
@@ -171,19 +232,32 @@ class ModelSpec:
             dtype = canonical_dtype(dtype)
         except ValueError:
             dtype = "fp16"
+        bias, bias_scope = _hf_biases(cfg, model_type)
+        if model_type == "opt":  # OPTLearnedPositionalEmbedding keeps 2 rows more than positions (offset 2)
+            positions = int(get("max_position_embeddings", default=2048)) + 2
+        elif is_gpt2:
+            positions = int(get("n_positions", default=1024))
+        else:
+            positions = int(cfg.get("learned_positions", 0))
+        layernorm = (model_type in _LAYERNORM_TYPES or "layer_norm_epsilon" in cfg or cfg.get("norm") == "layernorm")
         return cls(
             num_layers=int(layers), hidden_size=int(h), num_heads=int(heads),
             num_kv_heads=int(get("num_key_value_heads", default=heads)),
             vocab_size=int(vocab),
-            intermediate_size=int(ffn or get("intermediate_size", "n_inner", default=0) or 4 * int(h)),
+            intermediate_size=int(ffn or get("intermediate_size", "n_inner", "ffn_dim", default=0) or 4 * int(h)),
             num_experts=experts, experts_per_token=int(get("num_experts_per_tok", default=2 if experts else 0) or 0),
             head_dim=int(get("head_dim", default=0) or 0),
             tie_word_embeddings=bool(tie), gated_mlp=gated,
-            norm="layernorm" if (is_gpt2 or "layer_norm_epsilon" in cfg or cfg.get("norm") == "layernorm")
-            else "rmsnorm",
-            bias=bool(get("attention_bias", "bias", default=is_gpt2)),
-            learned_positions=int(get("n_positions", default=0)) if is_gpt2 else int(cfg.get("learned_positions", 0)),
+            norm="layernorm" if layernorm else "rmsnorm",
+            bias=bias, bias_scope=bias_scope, learned_positions=positions,
             dtype=dtype, name=name or str(get("_name_or_path", "name", default=model_type)),
+            code="hf" if model_type else "",
+            activation=_DECOMPOSED_ACTS.get(act, ""),
+            lm_head_bias=model_type == "phi",  # PhiForCausalLM: lm_head = nn.Linear(..., bias=True)
+            norms_per_layer=1 if model_type == "phi" else 2,  # PhiDecoderLayer: one input_layernorm
+            qk_norm=model_type == "qwen3",  # Qwen3Attention: q_norm/k_norm = Qwen3RMSNorm(head_dim)
+            # every eager_attention_forward but GPT-2's takes softmax(dtype=torch.float32).to(query.dtype)
+            softmax_fp32=bool(model_type) and not is_gpt2,
         )
 
     @classmethod
