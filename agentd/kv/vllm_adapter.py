@@ -31,6 +31,7 @@ installed in this environment): see docs/kv.md, "vLLM".
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -101,7 +102,7 @@ class VllmKvTranslator:
         if meta is None:
             return None
         program = meta["program"]
-        self.first_seen.setdefault(program, self.clock())
+        self.first_seen.setdefault(program, getattr(request, "arrival_time", None) or time.time())
         hold = self.holds.pop(program, None)
         if hold is not None:
             self.returning[request.request_id] = hold  # released once the new request has its blocks
@@ -123,6 +124,16 @@ class VllmKvTranslator:
         now = self.clock()
         for program, hold in list(self.holds.items()):
             if hold.deadline <= now:
+                # agentd re-decides a pin at its TTL while the tool runs (and may extend it): ask
+                # before dropping blocks agentd still counts as pinned.
+                try:
+                    d = self.client.decide(program)
+                except Exception:
+                    self.errors += 1
+                    d = {"action": "free"}
+                if d.get("action") == "keep" and float(d.get("ttl_s", 0.0)) > 0:
+                    hold.deadline = now + float(d["ttl_s"])
+                    continue
                 del self.holds[program]
                 self.releasing.add(hold.request_id)
         try:
@@ -145,7 +156,7 @@ class VllmKvTranslator:
     def program_order(self, request: Any, arrival: float) -> tuple[float, float]:
         """Program-level FCFS (Continuum): a returning turn sorts by its program's first arrival."""
         meta = program_meta(request)
-        first = self.first_seen.get(meta["program"], arrival) if meta else arrival
+        first = self.first_seen.setdefault(meta["program"], arrival) if meta else arrival
         return (first, arrival)
 
 
@@ -173,11 +184,12 @@ def connector_class():
     """The KVConnectorBase_V1 subclass around VllmKvTranslator (needs vLLM importable).
 
     Configure with --kv-transfer-config '{"kv_connector": "AgentdKVConnector", "kv_connector_module_path":
-    "agentd.kv.vllm_adapter", "kv_role": "kv_both", "kv_connector_extra_config": {"engine": "vllm-0"}}'
-    after `AgentdKVConnector = connector_class()` has run (vLLM loads the module by path).
+    "agentd.kv.vllm_adapter", "kv_role": "kv_both", "kv_connector_extra_config": {"engine": "vllm-0"}}'.
+    vLLM's KVConnectorFactory imports the module by path and takes `AgentdKVConnector` from it with
+    getattr; the module's __getattr__ builds the class then, so importing this module never needs vLLM.
     """
     from vllm.distributed.kv_transfer.kv_connector.v1.base import (KVConnectorBase_V1, KVConnectorMetadata,
-                                                                   KVConnectorRole)
+                                                                   KVConnectorRole, SupportsHMA)
 
     from agentd.kv.client import KvClient
 
@@ -185,13 +197,16 @@ def connector_class():
     class AgentdMeta(KVConnectorMetadata):
         released: set = field(default_factory=set)
 
-    class AgentdKVConnector(KVConnectorBase_V1):
-        def __init__(self, vllm_config, role, *args, **kwargs):
-            super().__init__(vllm_config, role, *args, **kwargs)
+    class AgentdKVConnector(KVConnectorBase_V1, SupportsHMA):
+        # vLLM 0.33's factory refuses a connector whose __init__ has no kv_cache_config, and
+        # SupportsHMA keeps vLLM from turning the hybrid KV cache manager off for it.
+        def __init__(self, vllm_config, role, kv_cache_config=None):
+            super().__init__(vllm_config, role, kv_cache_config)
             extra = getattr(vllm_config.kv_transfer_config, "kv_connector_extra_config", None) or {}
             self.translator = None
             if role == KVConnectorRole.SCHEDULER:
-                self.translator = VllmKvTranslator(KvClient(extra.get("engine", "vllm"), extra.get("socket")))
+                client = extra.get("client") or KvClient(extra.get("engine", "vllm"), extra.get("socket"))
+                self.translator = VllmKvTranslator(client)
             self.worker = WorkerReleases()
 
         # scheduler side
@@ -209,6 +224,10 @@ def connector_class():
 
         def request_finished(self, request, block_ids):
             return self.translator.request_finished(request, block_ids)
+
+        def request_finished_all_groups(self, request, block_ids):
+            # one block list per KV cache group (hybrid models); agentd holds them all or none
+            return self.translator.request_finished(request, [b for group in block_ids for b in group])
 
         # worker side
         def bind_connector_metadata(self, connector_metadata):
@@ -231,3 +250,63 @@ def connector_class():
             return None
 
     return AgentdKVConnector
+
+
+def scheduler_class(sync: bool = False):
+    """vLLM's V1 scheduler with program-level FCFS for its waiting queue (the scheduling hint).
+
+    Configure with --scheduler-cls agentd.kv.vllm_adapter.AgentdScheduler (vLLM's AsyncScheduler
+    underneath, vLLM 0.33's default: a subclass of the plain Scheduler turns async scheduling's
+    benefit off, as vLLM warns), or agentd.kv.vllm_adapter.AgentdSyncScheduler with
+    --no-async-scheduling; both with the default --scheduling-policy fcfs. A new request is
+    queued behind every waiting request whose program arrived earlier (program_order), so a
+    returning turn of an old program does not wait behind newcomers; preempted requests still go
+    to the front, as in vLLM. With the agentd connector the programs' first arrivals are the
+    translator's; without it, the scheduler's own.
+    """
+    from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+    from vllm.v1.core.sched.request_queue import FCFSRequestQueue, SchedulingPolicy
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    class ProgramFCFSRequestQueue(FCFSRequestQueue):
+        def __init__(self, key):
+            super().__init__()
+            self.key = key
+
+        def add_request(self, request) -> None:
+            k = self.key(request)
+            i = len(self)
+            while i > 0 and self.key(self[i - 1]) > k:
+                i -= 1
+            self.insert(i, request)
+
+    base = Scheduler if sync else AsyncScheduler
+
+    class ProgramFCFS(base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            translator = getattr(self.connector, "translator", None)
+            self.program_translator = translator if translator is not None else VllmKvTranslator(client=None)
+            if self.policy == SchedulingPolicy.FCFS:
+                self.waiting = ProgramFCFSRequestQueue(self.program_key)
+
+        def program_key(self, request):
+            return self.program_translator.program_order(request, request.arrival_time)
+
+    ProgramFCFS.__init__.__signature__ = inspect.signature(Scheduler.__init__)
+    ProgramFCFS.__name__ = ProgramFCFS.__qualname__ = "AgentdSyncScheduler" if sync else "AgentdScheduler"
+    return ProgramFCFS
+
+
+_LAZY = {"AgentdKVConnector": connector_class, "AgentdScheduler": scheduler_class,
+         "AgentdSyncScheduler": lambda: scheduler_class(sync=True)}
+
+
+def __getattr__(name: str):
+    """`AgentdKVConnector`, `AgentdScheduler` and `AgentdSyncScheduler` exist once asked for (vLLM's factory and
+    SchedulerConfig.get_scheduler_cls look them up by name), so the module imports without vLLM."""
+    if name in _LAZY:
+        cls = _LAZY[name]()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,227 @@
+"""agentd's vLLM adapter against vLLM's real classes (vllm 0.33.0), with the real daemon.
+
+Needs the separate venv of scripts/vllm-venv.sh (vLLM pins torch 2.14, the project has 2.13):
+    scripts/vllm-venv.sh && PYTHONPATH=$PWD .venv-vllm/bin/python -m pytest -q -p no:cacheprovider tests/vllm
+In the project's venv the module is skipped (vLLM is not importable there).
+
+What runs for real: vLLM's VllmConfig (a local Llama config.json, no weights, CPU platform),
+KVConnectorFactory building agentd's connector for both roles as vLLM's engine does, vLLM's V1
+Scheduler (agentd's subclass, loaded through SchedulerConfig.scheduler_cls) with its real KV
+cache manager, prefix cache and Request objects, and agentd's daemon in-process (kv kind, real
+socket). What is stood in for: the model runner. Its output (one sampled token per request,
+and the worker connector's finished_sending) is built by the test, as vLLM's own scheduler
+tests do, since no model runs on this host.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+vllm = pytest.importorskip("vllm", reason="vLLM is not importable: run in the venv of scripts/vllm-venv.sh")
+
+os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")  # no GPU: vLLM's CPU platform
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from vllm.config import CacheConfig, KVTransferConfig, ModelConfig, SchedulerConfig, VllmConfig  # noqa: E402
+from vllm.distributed.kv_transfer.kv_connector.factory import KVConnectorFactory  # noqa: E402
+from vllm.distributed.kv_transfer.kv_connector.v1.base import (KVConnectorBase_V1, KVConnectorRole,  # noqa: E402
+                                                               SupportsHMA)
+from vllm.sampling_params import SamplingParams  # noqa: E402
+from vllm.utils.hashing import sha256  # noqa: E402
+from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash  # noqa: E402
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler  # noqa: E402
+from vllm.v1.core.sched.interface import SchedulerInterface  # noqa: E402
+from vllm.v1.core.sched.scheduler import Scheduler  # noqa: E402
+from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec  # noqa: E402
+from vllm.v1.outputs import KVConnectorOutput, ModelRunnerOutput  # noqa: E402
+from vllm.v1.request import Request, RequestStatus  # noqa: E402
+from vllm.v1.structured_output import StructuredOutputManager  # noqa: E402
+
+import agentd.kv.vllm_adapter as adapter  # noqa: E402
+from agentd.kinds.registry import KindEntry  # noqa: E402
+from agentd.kv.client import KvClient  # noqa: E402
+from tests.daemon_thread import DaemonThread, test_config, tmp  # noqa: E402,F401 - tmp is a fixture
+
+BLOCK = 16
+NUM_BLOCKS = 64
+KV = KindEntry("kv", "agentd.kv", "cli.kv_commands")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the daemon needs root (cgroups)")
+
+
+def vllm_config(tmpdir: Path, socket: str | None, scheduler_cls=None) -> VllmConfig:
+    """A real VllmConfig: a tiny Llama's config.json (no weights; vLLM only reads the config here)."""
+    model = tmpdir / "tiny-llama"
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2, "vocab_size": 1000,
+        "max_position_embeddings": 2048, "torch_dtype": "float32"}))
+    extra = {"engine": "vllm-test"}
+    if socket:
+        extra["socket"] = socket
+    sched = {"scheduler_cls": scheduler_cls} if scheduler_cls else {}
+    return VllmConfig(
+        model_config=ModelConfig(model=str(model), skip_tokenizer_init=True, dtype="float32", seed=0),
+        cache_config=CacheConfig(block_size=BLOCK, enable_prefix_caching=True),
+        scheduler_config=SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=2048, max_model_len=2048,
+                                         is_encoder_decoder=False, **sched),
+        kv_transfer_config=KVTransferConfig(kv_connector="AgentdKVConnector",
+                                            kv_connector_module_path="agentd.kv.vllm_adapter", kv_role="kv_both",
+                                            kv_connector_extra_config=extra))
+
+
+def kv_cache_config() -> KVCacheConfig:
+    spec = FullAttentionSpec(block_size=BLOCK, num_kv_heads=2, head_size=16, dtype=torch.float32)
+    return KVCacheConfig(num_blocks=NUM_BLOCKS, kv_cache_tensors=[],
+                         kv_cache_groups=[KVCacheGroupSpec(["model.layers.0.self_attn.attn"], spec)])
+
+
+def make_scheduler(config: VllmConfig) -> Scheduler:
+    """As vLLM's EngineCore does: the class SchedulerConfig names, with the engine's arguments."""
+    config.cache_config.num_gpu_blocks = NUM_BLOCKS
+    cls = config.scheduler_config.get_scheduler_cls()
+    return cls(vllm_config=config, kv_cache_config=kv_cache_config(),
+               structured_output_manager=StructuredOutputManager(config), block_size=BLOCK, log_stats=True)
+
+
+init_none_hash(sha256)
+HASHER = get_request_block_hasher(BLOCK, sha256)
+
+
+def request(rid: str, prompt: list[int], program: str | None, arrival: float | None = None) -> Request:
+    """vLLM's Request with its real constructor; the program rides in kv_transfer_params, as
+    vLLM's OpenAI server puts a body's kv_transfer_params into sampling extra_args."""
+    extra = {"kv_transfer_params": {"agentd": {"program": program}}} if program else None
+    return Request(request_id=rid, prompt_token_ids=prompt, sampling_params=SamplingParams(max_tokens=1, extra_args=extra),
+                   pooling_params=None, arrival_time=arrival, block_hasher=HASHER)
+
+
+def model_output(sched_out, finished_sending=None) -> ModelRunnerOutput:
+    """What the model runner would return: one token per scheduled request, and the worker
+    connector's finished_sending (from its real get_finished)."""
+    ids = list(sched_out.num_scheduled_tokens)
+    kvo = KVConnectorOutput(finished_sending=finished_sending) if finished_sending else None
+    return ModelRunnerOutput(req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)},
+                             sampled_token_ids=[[7] for _ in ids], kv_connector_output=kvo)
+
+
+def free_blocks(s: Scheduler) -> int:
+    return s.kv_cache_manager.block_pool.get_num_free_blocks()
+
+
+# ---------------------------------------------------------------------------------------------
+
+def test_factory_builds_agentd_connector_for_both_roles(tmp_path):
+    """vLLM's factory takes the class by name from the module path (no setup call first), accepts
+    its constructor (vLLM 0.33 refuses one without kv_cache_config) and keeps the hybrid KV cache
+    manager on (SupportsHMA)."""
+    config = vllm_config(tmp_path, socket=None)
+    assert config.scheduler_config.disable_hybrid_kv_cache_manager is False  # HMA not turned off for agentd
+    cls = KVConnectorFactory.get_connector_class(config.kv_transfer_config)
+    assert cls is adapter.AgentdKVConnector and issubclass(cls, KVConnectorBase_V1) and issubclass(cls, SupportsHMA)
+    assert not getattr(cls, "__abstractmethods__", None)
+    sched = KVConnectorFactory.create_connector(config, KVConnectorRole.SCHEDULER, kv_cache_config())
+    worker = KVConnectorFactory.create_connector(config, KVConnectorRole.WORKER, kv_cache_config())
+    assert sched.role == KVConnectorRole.SCHEDULER and sched.translator is not None
+    assert worker.role == KVConnectorRole.WORKER and worker.translator is None
+    # Every hook vLLM calls is the base class's signature (names and parameters).
+    for name in ("request_finished", "request_finished_all_groups", "on_new_request", "get_num_new_matched_tokens",
+                 "update_state_after_alloc", "build_connector_meta", "bind_connector_metadata", "get_finished",
+                 "start_load_kv", "wait_for_layer_load", "save_kv_layer", "wait_for_save"):
+        base = getattr(SupportsHMA if name == "request_finished_all_groups" else KVConnectorBase_V1, name)
+        assert list(inspect.signature(getattr(cls, name)).parameters) == list(inspect.signature(base).parameters), name
+
+
+def test_scheduler_hint_class_matches_vllms_scheduler(tmp_path):
+    """AgentdScheduler is what SchedulerConfig.scheduler_cls resolves, a SchedulerInterface with
+    the engine's constructor signature, and it orders the waiting queue by program (real
+    Requests, real queue): a returning turn of an older program goes before newer programs'."""
+    path = "agentd.kv.vllm_adapter.AgentdScheduler"
+    config = vllm_config(tmp_path, socket="/nonexistent/agentd.sock", scheduler_cls=path)
+    cls = config.scheduler_config.get_scheduler_cls()
+    assert cls is adapter.AgentdScheduler and issubclass(cls, Scheduler) and issubclass(cls, SchedulerInterface)
+    assert inspect.signature(cls.__init__) == inspect.signature(Scheduler.__init__)
+    assert issubclass(cls, AsyncScheduler)  # vLLM 0.33's default; a plain Scheduler subclass loses async scheduling
+    assert issubclass(adapter.AgentdSyncScheduler, Scheduler) and not issubclass(adapter.AgentdSyncScheduler,
+                                                                                 AsyncScheduler)
+    for name in ("schedule", "update_from_output", "add_request", "finish_requests", "has_requests",
+                 "get_kv_connector"):
+        ours, theirs = inspect.signature(getattr(cls, name)), inspect.signature(getattr(SchedulerInterface, name))
+        assert [(p.name, p.kind, p.default) for p in ours.parameters.values()] == \
+            [(p.name, p.kind, p.default) for p in theirs.parameters.values()], name
+    s = make_scheduler(config)  # agentd unreachable: the adapter falls back to vLLM's own behaviour
+    a1 = request("a1", list(range(32)), "old", arrival=100.0)
+    b1 = request("b1", list(range(100, 132)), "new", arrival=200.0)
+    s.add_request(a1)
+    s.add_request(b1)
+    a2 = request("a2", list(range(32)) + [7, 1, 2], "old", arrival=300.0)  # old's next turn, arriving last
+    c1 = request("c1", list(range(200, 232)), None, arrival=250.0)  # no program: plain FCFS
+    s.add_request(c1)
+    s.add_request(a2)
+    assert [r.request_id for r in s.waiting] == ["a1", "a2", "b1", "c1"]
+    vanilla = make_scheduler(vllm_config(tmp_path, socket="/nonexistent/agentd.sock"))
+    for r in (request("a1", list(range(32)), "old", 100.0), request("b1", list(range(100, 132)), "new", 200.0),
+              request("c1", list(range(200, 232)), None, 250.0), request("a2", list(range(35)), "old", 300.0)):
+        vanilla.add_request(r)
+    assert [r.request_id for r in vanilla.waiting] == ["a1", "b1", "c1", "a2"]  # vLLM's own FCFS
+
+
+@needs_root
+def test_real_scheduler_holds_a_finished_turns_blocks_until_agentd_frees_them(tmp, tmp_path):
+    d, leaf = tmp
+    with DaemonThread(test_config(d, leaf, kinds=(KV,))) as dt:
+        sock = str(dt.config.socket_path)
+        KvClient("vllm-test", sock).register(bytes_per_token=2 * 2 * 16 * 4 * 2, prefill_tps=5000.0,
+                                             capacity_bytes=NUM_BLOCKS * BLOCK * 512, host_bytes=0, pressure=0.0)
+        config = vllm_config(tmp_path, socket=sock, scheduler_cls="agentd.kv.vllm_adapter.AgentdScheduler")
+        s = make_scheduler(config)
+        worker = KVConnectorFactory.create_connector(config, KVConnectorRole.WORKER, kv_cache_config())
+        total = free_blocks(s)
+
+        def step():
+            """One engine step: the scheduler's output, the worker connector bound to its metadata
+            and asked get_finished as the model runner does, the result back to the scheduler."""
+            out = s.schedule()
+            worker.bind_connector_metadata(out.kv_connector_metadata)
+            done, _ = worker.get_finished(set(out.finished_req_ids))
+            s.update_from_output(out, model_output(out, done))
+            worker.clear_connector_metadata()
+            return out, done
+
+        prompt = list(range(1, 65))  # 64 tokens: 4 full blocks
+        t1 = request("t1", prompt, "prog-1")
+        s.add_request(t1)
+        step()
+        # request_finished went to agentd (turn ended, keep): vLLM keeps t1 and its blocks.
+        assert t1.status == RequestStatus.FINISHED_LENGTH_CAPPED
+        assert "t1" in s.requests and free_blocks(s) < total, "vLLM freed the blocks: the hold did not happen"
+        pins = KvClient("vllm-test", sock).pins()["pins"]
+        assert [p["program"] for p in pins] == ["prog-1"]
+        held = free_blocks(s)
+        out, done = step()  # an idle step: nothing released, the blocks stay held
+        assert not done and "t1" in s.requests and free_blocks(s) == held
+        # The next turn: its prefix is t1's prompt; vLLM's prefix cache matches the held blocks.
+        t2 = request("t2", prompt + [7, 3, 4, 5], "prog-1")
+        s.add_request(t2)
+        out, done = step()
+        assert t2.num_cached_tokens == 64  # all four held blocks were a hit
+        assert done == {"t1"}  # the worker reports t1 (vLLM named it as finished earlier): vLLM frees it
+        assert "t1" not in s.requests
+        # A second program whose TTL agentd expires (agentd's own tick, its real expiry code): the
+        # expire notice reaches the adapter at the next step and the blocks are freed.
+        u1 = request("u1", list(range(500, 564)), "prog-2")
+        s.add_request(u1)
+        step()
+        assert "u1" in s.requests
+        before = free_blocks(s)
+        dt.call(dt.kind("kv").on_tick, 10 ** 9)  # far past every TTL
+        out, done = step()
+        assert done == {"u1"}
+        assert "u1" not in s.requests and free_blocks(s) > before
+        assert not KvClient("vllm-test", sock).pins()["pins"]
