@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -177,8 +178,11 @@ def test_real_scheduler_holds_a_finished_turns_blocks_until_agentd_frees_them(tm
     d, leaf = tmp
     with DaemonThread(test_config(d, leaf, kinds=(KV,))) as dt:
         sock = str(dt.config.socket_path)
-        KvClient("vllm-test", sock).register(bytes_per_token=2 * 2 * 16 * 4 * 2, prefill_tps=5000.0,
-                                             capacity_bytes=NUM_BLOCKS * BLOCK * 512, host_bytes=0, pressure=0.0)
+        # The engine reports a 70B model's KV size and prefill rate (the toy config only shapes vLLM's
+        # block bookkeeping here), an idle GPU and no host tier: a finished turn is worth keeping.
+        kv = KvClient("vllm-test", sock)
+        kv.register(bytes_per_token=160 * 1024, prefill_tps=5000.0, capacity_bytes=8 << 30,
+                    host_bytes=0, pressure=0.0)
         config = vllm_config(tmp_path, socket=sock, scheduler_cls="agentd.kv.vllm_adapter.AgentdScheduler")
         s = make_scheduler(config)
         worker = KVConnectorFactory.create_connector(config, KVConnectorRole.WORKER, kv_cache_config())
@@ -201,7 +205,7 @@ def test_real_scheduler_holds_a_finished_turns_blocks_until_agentd_frees_them(tm
         # request_finished went to agentd (turn ended, keep): vLLM keeps t1 and its blocks.
         assert t1.status == RequestStatus.FINISHED_LENGTH_CAPPED
         assert "t1" in s.requests and free_blocks(s) < total, "vLLM freed the blocks: the hold did not happen"
-        pins = KvClient("vllm-test", sock).pins()["pins"]
+        pins = kv.pins()["pins"]
         assert [p["program"] for p in pins] == ["prog-1"]
         held = free_blocks(s)
         out, done = step()  # an idle step: nothing released, the blocks stay held
@@ -210,7 +214,8 @@ def test_real_scheduler_holds_a_finished_turns_blocks_until_agentd_frees_them(tm
         t2 = request("t2", prompt + [7, 3, 4, 5], "prog-1")
         s.add_request(t2)
         out, done = step()
-        assert t2.num_cached_tokens == 64  # all four held blocks were a hit
+        new = {r.req_id: r for r in out.scheduled_new_reqs}
+        assert new["t2"].num_computed_tokens == 64 and out.num_scheduled_tokens["t2"] == 4  # the held blocks hit
         assert done == {"t1"}  # the worker reports t1 (vLLM named it as finished earlier): vLLM frees it
         assert "t1" not in s.requests
         # A second program whose TTL agentd expires (agentd's own tick, its real expiry code): the
@@ -220,8 +225,10 @@ def test_real_scheduler_holds_a_finished_turns_blocks_until_agentd_frees_them(tm
         step()
         assert "u1" in s.requests
         before = free_blocks(s)
-        dt.call(dt.kind("kv").on_tick, 10 ** 9)  # far past every TTL
+        # t2 finished too (one token) and ended prog-1's second turn: agentd holds it as well.
+        assert "t2" in s.requests and {p["program"] for p in kv.pins()["pins"]} == {"prog-1", "prog-2"}
+        dt.call(dt.kind("kv").on_tick, time.time() + 3600)  # an hour on: past every TTL
         out, done = step()
-        assert done == {"u1"}
-        assert "u1" not in s.requests and free_blocks(s) > before
-        assert not KvClient("vllm-test", sock).pins()["pins"]
+        assert done == {"t2", "u1"}  # the expire notices reached the adapter; the worker reported both
+        assert "u1" not in s.requests and "t2" not in s.requests and free_blocks(s) == total
+        assert not kv.pins()["pins"] and not s.connector.translator.holds
