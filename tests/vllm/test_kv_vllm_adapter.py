@@ -232,3 +232,23 @@ def test_real_scheduler_holds_a_finished_turns_blocks_until_agentd_frees_them(tm
         assert done == {"t2", "u1"}  # the expire notices reached the adapter; the worker reported both
         assert "u1" not in s.requests and "t2" not in s.requests and free_blocks(s) == total
         assert not kv.pins()["pins"] and not s.connector.translator.holds
+
+
+def test_hint_envelope_is_vllms_kv_hints_envelope():
+    """agentd's vllm_envelope hint converts to vLLM's real KvHintsEnvelope (msgspec, strict) and a
+    real Request carries it; the flat `vllm` form alone would not (it is not an envelope)."""
+    import msgspec
+    from vllm.v1.kv_hints import KvHintsEnvelope
+
+    from agentd.kv.hints import hints
+
+    h = hints({"action": "keep", "ttl_s": 12.5, "expected_resume_s": 3.2}, "prog-1", tool_running=True)
+    env = msgspec.convert(h["vllm_envelope"], KvHintsEnvelope)
+    (action,) = env.actions
+    assert action.action_type == "agentd.kv_retention" and action.payload["tool_waiting"] is True
+    assert action.payload["kv_retention"] == "retain" and action.payload["estimated_resume_s"] == 3.2
+    r = Request(request_id="h1", prompt_token_ids=[1, 2, 3], sampling_params=SamplingParams(max_tokens=1),
+                pooling_params=None, kv_hints=env)
+    assert r.kv_hints is env
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert(h["vllm"], KvHintsEnvelope)
