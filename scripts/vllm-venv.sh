@@ -40,12 +40,14 @@ DEPS=(
   safetensors==0.8.0 shellingham==1.5.4 sniffio==1.3.1 starlette==1.10.0 tokenizers==0.23.3
   tqdm==4.70.1 transformers==5.20.2 truststore==0.10.5 typer==0.29.2 typing-inspection==0.4.5
   urllib3==2.8.0 uvloop==0.23.0 xgrammar==0.2.8 yarl==1.25.1
+  einops==0.8.2  # ModelConfig inspecting a Llama architecture (the tests build a real VllmConfig)
   # xgrammar's Requires-Dist names triton (1 GB); the imported modules never load it: left out.
   # For the tests: agentd's own runtime needs (its client and the in-process daemon).
   pytest==9.2.0 iniconfig==2.3.1 pluggy==1.7.0 pyroute2==0.9.7 nvidia-ml-py==13.615.71 google-re2==1.1.20251105
 )
-PROBE="import vllm.config, vllm.v1.request, vllm.v1.core.sched.scheduler, \
-vllm.distributed.kv_transfer.kv_connector.factory, vllm.distributed.kv_transfer.kv_connector.v1.base"
+PROBE="import vllm.config, vllm.v1.request, vllm.v1.core.sched.scheduler, vllm.v1.kv_hints, \
+vllm.distributed.kv_transfer.kv_connector.factory, vllm.distributed.kv_transfer.kv_connector.v1.base, \
+einops, pytest, yaml, aiohttp, re2, pyroute2"
 
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "$PROBE" 2>/dev/null; then
   say "$VENV already imports vLLM's connector and scheduler classes: nothing to do"
