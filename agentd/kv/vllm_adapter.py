@@ -187,7 +187,11 @@ def connector_class():
     "agentd.kv.vllm_adapter", "kv_role": "kv_both", "kv_connector_extra_config": {"engine": "vllm-0"}}'.
     vLLM's KVConnectorFactory imports the module by path and takes `AgentdKVConnector` from it with
     getattr; the module's __getattr__ builds the class then, so importing this module never needs vLLM.
+    Built once; the classes are module attributes under their own names, so pickle finds them
+    (the per-step AgentdMeta crosses from the scheduler process to the workers).
     """
+    if "AgentdKVConnector" in globals():
+        return globals()["AgentdKVConnector"]
     from vllm.distributed.kv_transfer.kv_connector.v1.base import (KVConnectorBase_V1, KVConnectorMetadata,
                                                                    KVConnectorRole, SupportsHMA)
 
@@ -249,6 +253,9 @@ def connector_class():
         def wait_for_save(self):
             return None
 
+    for cls in (AgentdMeta, AgentdKVConnector):
+        cls.__qualname__ = cls.__name__
+        globals()[cls.__name__] = cls
     return AgentdKVConnector
 
 
@@ -295,18 +302,18 @@ def scheduler_class(sync: bool = False):
 
     ProgramFCFS.__init__.__signature__ = inspect.signature(Scheduler.__init__)
     ProgramFCFS.__name__ = ProgramFCFS.__qualname__ = "AgentdSyncScheduler" if sync else "AgentdScheduler"
+    globals()[ProgramFCFS.__name__] = ProgramFCFS
     return ProgramFCFS
 
 
 _LAZY = {"AgentdKVConnector": connector_class, "AgentdScheduler": scheduler_class,
-         "AgentdSyncScheduler": lambda: scheduler_class(sync=True)}
+         "AgentdSyncScheduler": lambda: scheduler_class(sync=True), "AgentdMeta": connector_class}
 
 
 def __getattr__(name: str):
     """`AgentdKVConnector`, `AgentdScheduler` and `AgentdSyncScheduler` exist once asked for (vLLM's factory and
     SchedulerConfig.get_scheduler_cls look them up by name), so the module imports without vLLM."""
     if name in _LAZY:
-        cls = _LAZY[name]()
-        globals()[name] = cls
-        return cls
+        _LAZY[name]()
+        return globals()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import pickle
 import time
 from pathlib import Path
 
@@ -174,7 +175,8 @@ def test_scheduler_hint_class_matches_vllms_scheduler(tmp_path):
 
 
 @needs_root
-def test_real_scheduler_holds_a_finished_turns_blocks_until_agentd_frees_them(tmp, tmp_path):
+@pytest.mark.parametrize("scheduler", ["AgentdScheduler", "AgentdSyncScheduler"])
+def test_real_scheduler_holds_a_finished_turns_blocks_until_agentd_frees_them(tmp, tmp_path, scheduler):
     d, leaf = tmp
     with DaemonThread(test_config(d, leaf, kinds=(KV,))) as dt:
         sock = str(dt.config.socket_path)
@@ -183,16 +185,17 @@ def test_real_scheduler_holds_a_finished_turns_blocks_until_agentd_frees_them(tm
         kv = KvClient("vllm-test", sock)
         kv.register(bytes_per_token=160 * 1024, prefill_tps=5000.0, capacity_bytes=8 << 30,
                     host_bytes=0, pressure=0.0)
-        config = vllm_config(tmp_path, socket=sock, scheduler_cls="agentd.kv.vllm_adapter.AgentdScheduler")
+        config = vllm_config(tmp_path, socket=sock, scheduler_cls=f"agentd.kv.vllm_adapter.{scheduler}")
         s = make_scheduler(config)
         worker = KVConnectorFactory.create_connector(config, KVConnectorRole.WORKER, kv_cache_config())
         total = free_blocks(s)
 
         def step():
             """One engine step: the scheduler's output, the worker connector bound to its metadata
-            and asked get_finished as the model runner does, the result back to the scheduler."""
+            (pickled, as it crosses to the worker processes) and asked get_finished as the model
+            runner does, the result back to the scheduler."""
             out = s.schedule()
-            worker.bind_connector_metadata(out.kv_connector_metadata)
+            worker.bind_connector_metadata(pickle.loads(pickle.dumps(out.kv_connector_metadata)))
             done, _ = worker.get_finished(set(out.finished_req_ids))
             s.update_from_output(out, model_output(out, done))
             worker.clear_connector_metadata()
