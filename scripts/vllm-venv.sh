@@ -57,7 +57,7 @@ fi
 PIP=("$VENV/bin/pip" install -q --disable-pip-version-check)
 say "installing $TORCH (CPU build)"
 "${PIP[@]}" "$TORCH" 2>&1 | grep -v "is ignored: it is neither" || true
-"$VENV/bin/python" -c "import torch; assert torch.__version__.endswith('+cpu'), torch.__version__" \
+"$VENV/bin/python" -W ignore -c "import torch; assert torch.__version__.endswith('+cpu'), torch.__version__" \
   || { say "torch is not the CPU build: refusing to go on (a CUDA build is several GB)"; exit 1; }
 say "installing $VLLM --no-deps (a 336 MB wheel)"
 "${PIP[@]}" --no-deps "$VLLM" 2>&1 | grep -v "is ignored: it is neither" || true

@@ -70,7 +70,9 @@ class VllmKvTranslator:
     errors: int = 0
 
     # ------------------------------------------------------------------ scheduler side
-    def request_finished(self, request: Any, block_ids: Iterable[int]) -> tuple[bool, dict | None]:
+    def request_finished(self, request: Any, block_ids: Iterable[int],
+                         pressure: float | None = None) -> tuple[bool, dict | None]:
+        """pressure: the engine's KV cache usage (0..1), which agentd weighs a keep against."""
         meta = program_meta(request)
         if meta is None:
             return False, None
@@ -79,7 +81,8 @@ class VllmKvTranslator:
         try:
             d = self.client.turn_ended(program, tokens=max(1, tokens), tool_call=meta.get("tool_call"),
                                        pid=meta.get("pid"), agent=meta.get("agent"),
-                                       remaining_turns=meta.get("remaining_turns"))
+                                       remaining_turns=meta.get("remaining_turns"),
+                                       **({"pressure": min(1.0, max(0.0, float(pressure)))} if pressure is not None else {}))
         except Exception:  # agentd unreachable or refusing: vLLM's own behaviour (free now)
             self.errors += 1
             return False, None
@@ -226,12 +229,17 @@ def connector_class():
         def build_connector_meta(self, scheduler_output):
             return AgentdMeta(released=self.translator.step())
 
+        def _usage(self):
+            # the scheduler binds its KV cache manager to the connector (bind_kv_cache_manager)
+            manager = getattr(self, "_kv_cache_manager", None)
+            return manager.usage if manager is not None else None
+
         def request_finished(self, request, block_ids):
-            return self.translator.request_finished(request, block_ids)
+            return self.translator.request_finished(request, block_ids, self._usage())
 
         def request_finished_all_groups(self, request, block_ids):
             # one block list per KV cache group (hybrid models); agentd holds them all or none
-            return self.translator.request_finished(request, [b for group in block_ids for b in group])
+            return self.translator.request_finished(request, [b for group in block_ids for b in group], self._usage())
 
         # worker side
         def bind_connector_metadata(self, connector_metadata):

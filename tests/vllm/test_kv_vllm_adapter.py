@@ -210,6 +210,9 @@ def test_real_scheduler_holds_a_finished_turns_blocks_until_agentd_frees_them(tm
         assert "t1" in s.requests and free_blocks(s) < total, "vLLM freed the blocks: the hold did not happen"
         pins = kv.pins()["pins"]
         assert [p["program"] for p in pins] == ["prog-1"]
+        # The adapter reported vLLM's KV cache usage with the turn: agentd weighs the keep against it.
+        reported = dt.kind("kv").engines["vllm-test"].pressure
+        assert reported > 0 and reported == pytest.approx(s.kv_cache_manager.usage, abs=0.05)
         held = free_blocks(s)
         out, done = step()  # an idle step: nothing released, the blocks stay held
         assert not done and "t1" in s.requests and free_blocks(s) == held
