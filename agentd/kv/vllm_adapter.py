@@ -7,26 +7,29 @@ reports the request id as finished sending. The connector's scheduler side hands
 what to report through the per-step metadata (`build_connector_meta` ->
 `bind_connector_metadata`). That is where a program's blocks can wait for its next turn:
 
-  request_finished   -> agentd turn_ended(program, tokens, tool call)     keep: (True, params)
+  request_finished   -> agentd turn_ended(program, tokens, tool call, KV cache usage)
+  (_all_groups)         keep: (True, params)
   on_new_request     -> the program's next turn arrived: agentd next_turn(program)
   update_state_after_alloc
                      -> the new request holds its blocks (its prefix-cache lookup matched the
                         held ones): the old request id is released
-  each step          -> expired holds, agentd's notices (evict / expire / release) and
-                        re-decisions to free -> released ids in the step's metadata
+  each step          -> agentd's notices (evict / expire / release), holds at their TTL that
+                        agentd (asked: decide) no longer keeps -> released ids in the metadata
   get_finished       -> the worker reports the released ids (only ids vLLM has passed to it
                         as finished, as the base class requires): vLLM frees the blocks
-  scheduler hint     -> program_order(request): program-level FCFS key for a custom scheduler
+  scheduler hint     -> AgentdScheduler: vLLM's scheduler with its FCFS waiting queue sorted
+                        by program_order (program-level FCFS)
 
 A request names its program in `kv_transfer_params["agentd"]` or `sampling_params.extra_args
 ["agentd"]`: {"program": "...", "tool_call": "agent/3-pytest" | "pid": 1234 | "agent": "name",
 "remaining_turns": n}. Requests without it are left to vLLM.
 
 `VllmKvTranslator` is the translation logic, pure apart from the client it is given and the
-clock; it is what tests/unit/kv/test_kv_vllm_adapter.py exercises. `connector_class()` builds
-the KVConnectorBase_V1 subclass around it when vLLM is importable. That glue was written
-against vLLM's documented V1 connector interface but NOT run against vLLM here (vLLM is not
-installed in this environment): see docs/kv.md, "vLLM".
+clock (tests/unit/kv/test_kv_vllm_adapter.py). `AgentdKVConnector`, `AgentdScheduler` and
+`AgentdSyncScheduler` are built from vLLM's classes on first access (module __getattr__), so
+this module imports without vLLM. Tested against vllm 0.33.0's real connector factory,
+scheduler, KV cache manager and Request with the real daemon (tests/vllm, in the venv of
+scripts/vllm-venv.sh); how far, in docs/kv.md, "vLLM".
 """
 
 from __future__ import annotations
