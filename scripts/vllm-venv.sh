@@ -49,7 +49,7 @@ PROBE="import vllm.config, vllm.v1.request, vllm.v1.core.sched.scheduler, vllm.v
 vllm.distributed.kv_transfer.kv_connector.factory, vllm.distributed.kv_transfer.kv_connector.v1.base, \
 einops, pytest, yaml, aiohttp, re2, pyroute2"
 
-if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "$PROBE" 2>/dev/null; then
+if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -W ignore -c "$PROBE" >/dev/null 2>&1; then
   say "$VENV already imports vLLM's connector and scheduler classes: nothing to do"
   exit 0
 fi
@@ -64,7 +64,9 @@ say "installing $VLLM --no-deps (a 336 MB wheel)"
 say "installing ${#DEPS[@]} pinned dependencies --no-deps"
 "${PIP[@]}" --no-deps "${DEPS[@]}" 2>&1 | grep -v "is ignored: it is neither" || true
 say "checking the imports"
-"$VENV/bin/python" -c "$PROBE" 2>&1 | grep -v "Failed to initialize NumPy\|_conversion_method_template" || true
-"$VENV/bin/python" -c "$PROBE" 2>/dev/null || { say "vLLM's modules do not import"; exit 1; }
+if ! out=$("$VENV/bin/python" -W ignore -c "$PROBE" 2>&1); then
+  echo "$out" | tail -5
+  say "vLLM's modules do not import"; exit 1
+fi
 say "done in $(( $(date +%s) - t0 )) s; $(du -sh "$VENV" | cut -f1) in $VENV"
 say "run: PYTHONPATH=\$PWD $VENV/bin/python -m pytest -q -p no:cacheprovider tests/vllm"
