@@ -159,6 +159,20 @@ class VllmKvTranslator:
         out, self.releasing = self.releasing, set()
         return out
 
+    def reclaim(self) -> bool:
+        """vLLM cannot fit a running request's next blocks and would preempt one: give up the
+        largest hold instead (agentd is told the engine evicted it). True while a release is on
+        its way, so vLLM waits a step for it rather than preempting."""
+        if not self.releasing and self.holds:
+            program, hold = max(self.holds.items(), key=lambda kv: kv[1].num_blocks)
+            del self.holds[program]
+            self.releasing.add(hold.request_id)
+            try:
+                self.client.evicted(program)
+            except Exception:
+                self.errors += 1
+        return bool(self.releasing)
+
     def program_order(self, request: Any, arrival: float) -> tuple[float, float]:
         """Program-level FCFS (Continuum): a returning turn sorts by its program's first arrival."""
         meta = program_meta(request)
@@ -243,6 +257,10 @@ def connector_class():
         def request_finished_all_groups(self, request, block_ids):
             # one block list per KV cache group (hybrid models); agentd holds them all or none
             return self.translator.request_finished(request, [b for group in block_ids for b in group], self._usage())
+
+        def has_pending_block_frees(self):
+            # asked before vLLM preempts a running request for blocks: held blocks go first
+            return self.translator.reclaim() if self.translator is not None else False
 
         # worker side
         def bind_connector_metadata(self, connector_metadata):

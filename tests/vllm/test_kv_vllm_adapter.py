@@ -78,17 +78,17 @@ def vllm_config(tmpdir: Path, socket: str | None, scheduler_cls=None) -> VllmCon
                                             kv_connector_extra_config=extra))
 
 
-def kv_cache_config() -> KVCacheConfig:
+def kv_cache_config(num_blocks: int = NUM_BLOCKS) -> KVCacheConfig:
     spec = FullAttentionSpec(block_size=BLOCK, num_kv_heads=2, head_size=16, dtype=torch.float32)
-    return KVCacheConfig(num_blocks=NUM_BLOCKS, kv_cache_tensors=[],
+    return KVCacheConfig(num_blocks=num_blocks, kv_cache_tensors=[],
                          kv_cache_groups=[KVCacheGroupSpec(["model.layers.0.self_attn.attn"], spec)])
 
 
-def make_scheduler(config: VllmConfig) -> Scheduler:
+def make_scheduler(config: VllmConfig, num_blocks: int = NUM_BLOCKS) -> Scheduler:
     """As vLLM's EngineCore does: the class SchedulerConfig names, with the engine's arguments."""
-    config.cache_config.num_gpu_blocks = NUM_BLOCKS
+    config.cache_config.num_gpu_blocks = num_blocks
     cls = config.scheduler_config.get_scheduler_cls()
-    return cls(vllm_config=config, kv_cache_config=kv_cache_config(),
+    return cls(vllm_config=config, kv_cache_config=kv_cache_config(num_blocks),
                structured_output_manager=StructuredOutputManager(config), block_size=BLOCK, log_stats=True)
 
 
@@ -96,11 +96,12 @@ init_none_hash(sha256)
 HASHER = get_request_block_hasher(BLOCK, sha256)
 
 
-def request(rid: str, prompt: list[int], program: str | None, arrival: float | None = None) -> Request:
+def request(rid: str, prompt: list[int], program: str | None, arrival: float | None = None,
+            max_tokens: int = 1) -> Request:
     """vLLM's Request with its real constructor; the program rides in kv_transfer_params, as
     vLLM's OpenAI server puts a body's kv_transfer_params into sampling extra_args."""
     extra = {"kv_transfer_params": {"agentd": {"program": program}}} if program else None
-    return Request(request_id=rid, prompt_token_ids=prompt, sampling_params=SamplingParams(max_tokens=1, extra_args=extra),
+    return Request(request_id=rid, prompt_token_ids=prompt, sampling_params=SamplingParams(max_tokens=max_tokens, extra_args=extra),
                    pooling_params=None, arrival_time=arrival, block_hasher=HASHER)
 
 
@@ -115,6 +116,20 @@ def model_output(sched_out, finished_sending=None) -> ModelRunnerOutput:
 
 def free_blocks(s: Scheduler) -> int:
     return s.kv_cache_manager.block_pool.get_num_free_blocks()
+
+
+def stepper(s: Scheduler, worker):
+    def step():
+        """One engine step: the scheduler's output, the worker connector bound to its metadata
+        (pickled, as it crosses to the worker processes) and asked get_finished as the model
+        runner does, the result back to the scheduler."""
+        out = s.schedule()
+        worker.bind_connector_metadata(pickle.loads(pickle.dumps(out.kv_connector_metadata)))
+        done, _ = worker.get_finished(set(out.finished_req_ids))
+        s.update_from_output(out, model_output(out, done))
+        worker.clear_connector_metadata()
+        return out, done
+    return step
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,17 +205,7 @@ def test_real_scheduler_holds_a_finished_turns_blocks_until_agentd_frees_them(tm
         worker = KVConnectorFactory.create_connector(config, KVConnectorRole.WORKER, kv_cache_config())
         total = free_blocks(s)
 
-        def step():
-            """One engine step: the scheduler's output, the worker connector bound to its metadata
-            (pickled, as it crosses to the worker processes) and asked get_finished as the model
-            runner does, the result back to the scheduler."""
-            out = s.schedule()
-            worker.bind_connector_metadata(pickle.loads(pickle.dumps(out.kv_connector_metadata)))
-            done, _ = worker.get_finished(set(out.finished_req_ids))
-            s.update_from_output(out, model_output(out, done))
-            worker.clear_connector_metadata()
-            return out, done
-
+        step = stepper(s, worker)
         prompt = list(range(1, 65))  # 64 tokens: 4 full blocks
         t1 = request("t1", prompt, "prog-1")
         s.add_request(t1)
@@ -258,3 +263,32 @@ def test_hint_envelope_is_vllms_kv_hints_envelope():
     assert r.kv_hints is env
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert(h["vllm"], KvHintsEnvelope)
+
+
+@needs_root
+def test_held_blocks_go_before_vllm_preempts_a_running_request(tmp, tmp_path):
+    """A KV cache of 10 usable blocks: a finished turn holds 4-5 of them, a long request runs.
+    When its next block does not fit, vLLM asks has_pending_block_frees before preempting: the
+    adapter gives up the hold (agentd is told), and the running request goes on unpreempted."""
+    d, leaf = tmp
+    with DaemonThread(test_config(d, leaf, kinds=(KV,))) as dt:
+        sock = str(dt.config.socket_path)
+        kv = KvClient("vllm-test", sock)
+        kv.register(bytes_per_token=160 * 1024, prefill_tps=5000.0, capacity_bytes=8 << 30, host_bytes=0, pressure=0.0)
+        config = vllm_config(tmp_path, socket=sock, scheduler_cls="agentd.kv.vllm_adapter.AgentdScheduler")
+        s = make_scheduler(config, num_blocks=11)
+        worker = KVConnectorFactory.create_connector(config, KVConnectorRole.WORKER, kv_cache_config(11))
+        step = stepper(s, worker)
+        s.add_request(request("t1", list(range(1, 65)), "prog-1"))
+        step()
+        assert "t1" in s.requests and [p["program"] for p in kv.pins()["pins"]] == ["prog-1"]
+        long = request("long", list(range(300, 380)), None, max_tokens=40)  # 80 tokens, grows to 120
+        s.add_request(long)
+        for _ in range(60):
+            step()
+            if long.is_finished():
+                break
+        assert long.is_finished() and long.num_output_tokens == 40
+        assert long.num_preemptions == 0, "vLLM preempted the running request while agentd's hold kept blocks"
+        assert "t1" not in s.requests and not s.connector.translator.holds
+        assert not kv.pins()["pins"]  # agentd was told the engine evicted it

@@ -136,3 +136,19 @@ def test_at_its_ttl_a_hold_asks_agentd_which_may_extend_it():
     tr.request_finished(req("r2", "q"), [3])
     clock.t += 4
     assert tr.step() == {"r2"} and tr.errors == 1  # no answer: vLLM's own behaviour (free)
+
+
+def test_reclaim_gives_up_the_largest_hold_and_tells_agentd():
+    class Told(FakeKv):
+        def evicted(self, program):
+            self.calls.append(("evicted", program))
+            return {"released": True}
+
+    kv = Told()
+    tr = VllmKvTranslator(kv, Clock())
+    assert tr.reclaim() is False  # nothing held: vLLM preempts as usual
+    tr.request_finished(req("r1", "small"), [1])
+    tr.request_finished(req("r2", "big"), [2, 3, 4])
+    assert tr.reclaim() is True and kv.calls[-1] == ("evicted", "big")
+    assert tr.reclaim() is True and list(tr.holds) == ["small"]  # one release at a time, pending
+    assert tr.step() == {"r2"}
