@@ -292,3 +292,20 @@ def test_held_blocks_go_before_vllm_preempts_a_running_request(tmp, tmp_path):
         assert long.num_preemptions == 0, "vLLM preempted the running request while agentd's hold kept blocks"
         assert "t1" not in s.requests and not s.connector.translator.holds
         assert not kv.pins()["pins"]  # agentd was told the engine evicted it
+
+
+def test_openai_body_kv_transfer_params_names_the_program():
+    """How an agent framework names its program to vLLM: the OpenAI chat body's
+    kv_transfer_params, through vLLM's real ChatCompletionRequest.to_sampling_params and Request
+    constructor, to the adapter (program_meta)."""
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+    body = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi"}],
+                                 kv_transfer_params={"agentd": {"program": "swe-7", "pid": 4242}})
+    sp = body.to_sampling_params(max_tokens=1, default_sampling_params={})
+    r = Request(request_id="c1", prompt_token_ids=[1, 2, 3], sampling_params=sp, pooling_params=None)
+    assert adapter.program_meta(r) == {"program": "swe-7", "pid": 4242}
+    plain = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi"}])
+    r = Request(request_id="c2", prompt_token_ids=[1], sampling_params=plain.to_sampling_params(1, {}),
+                pooling_params=None)
+    assert adapter.program_meta(r) is None  # left to vLLM
