@@ -309,3 +309,61 @@ def test_openai_body_kv_transfer_params_names_the_program():
     r = Request(request_id="c2", prompt_token_ids=[1], sampling_params=plain.to_sampling_params(1, {}),
                 pooling_params=None)
     assert adapter.program_meta(r) is None  # left to vLLM
+
+
+@needs_root
+def test_async_scheduling_overlapped_steps(tmp, tmp_path):
+    """As vLLM's engine core runs AsyncScheduler (step_with_batch_queue): step N+1 is scheduled,
+    and its metadata reaches the worker, before step N's output comes back. The hold, the
+    prefix hit of the next turn and the release still happen, one step later."""
+    from collections import deque
+
+    d, leaf = tmp
+    with DaemonThread(test_config(d, leaf, kinds=(KV,))) as dt:
+        sock = str(dt.config.socket_path)
+        kv = KvClient("vllm-test", sock)
+        kv.register(bytes_per_token=160 * 1024, prefill_tps=5000.0, capacity_bytes=8 << 30, host_bytes=0, pressure=0.0)
+        config = vllm_config(tmp_path, socket=sock, scheduler_cls="agentd.kv.vllm_adapter.AgentdScheduler")
+        s = make_scheduler(config)
+        worker = KVConnectorFactory.create_connector(config, KVConnectorRole.WORKER, kv_cache_config())
+        in_flight: deque = deque()
+        hits: dict[str, int] = {}
+
+        def step():
+            out = s.schedule()
+            hits.update({r.req_id: r.num_computed_tokens for r in out.scheduled_new_reqs})
+            worker.bind_connector_metadata(pickle.loads(pickle.dumps(out.kv_connector_metadata)))
+            done, _ = worker.get_finished(set(out.finished_req_ids))
+            worker.clear_connector_metadata()
+            in_flight.append((out, done))
+            if len(in_flight) == 2:  # the batch queue is full: the older step's output comes back
+                o, dn = in_flight.popleft()
+                s.update_from_output(o, model_output(o, dn))
+
+        def run_until(cond, n=12):
+            for _ in range(n):
+                step()
+                if cond():
+                    return True
+            return False
+
+        prompt = list(range(1, 65))
+        t1 = request("t1", prompt, "prog-1")
+        s.add_request(t1)
+        assert run_until(t1.is_finished)
+        for _ in range(3):
+            step()
+        assert "t1" in s.requests and [p["program"] for p in kv.pins()["pins"]] == ["prog-1"]
+        t2 = request("t2", prompt + [7, 3], "prog-1")
+        s.add_request(t2)
+        assert run_until(lambda: "t1" not in s.requests), "t1 was never released"
+        assert hits["t2"] == 64  # the next turn hit the held blocks
+        u1 = request("u1", list(range(500, 564)), "prog-2")
+        s.add_request(u1)
+        assert run_until(u1.is_finished)
+        for _ in range(3):
+            step()
+        assert "u1" in s.requests
+        dt.call(dt.kind("kv").on_tick, time.time() + 3600)
+        assert run_until(lambda: "u1" not in s.requests and "t2" not in s.requests), "expired holds were not freed"
+        assert not kv.pins()["pins"] and not s.connector.translator.holds
