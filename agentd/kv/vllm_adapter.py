@@ -229,9 +229,25 @@ def connector_class():
             extra = getattr(vllm_config.kv_transfer_config, "kv_connector_extra_config", None) or {}
             self.translator = None
             if role == KVConnectorRole.SCHEDULER:
-                client = extra.get("client") or KvClient(extra.get("engine", "vllm"), extra.get("socket"))
+                client = KvClient(extra.get("engine", "vllm"), extra.get("socket"))
                 self.translator = VllmKvTranslator(client)
+                if extra.get("prefill_tps"):
+                    self.registered = self._register(client, kv_cache_config, float(extra["prefill_tps"]))
             self.worker = WorkerReleases()
+
+        @staticmethod
+        def _register(client, kv_cache_config, prefill_tps):
+            """With kv_connector_extra_config.prefill_tps set, the engine registers itself from
+            vLLM's own KV cache layout (capacity, bytes per token); agentd is asked, not required."""
+            if kv_cache_config is None or not kv_cache_config.kv_cache_groups:
+                return None
+            per_block = sum(g.kv_cache_spec.page_size_bytes * len(g.layer_names) for g in kv_cache_config.kv_cache_groups)
+            block_size = kv_cache_config.kv_cache_groups[0].kv_cache_spec.block_size
+            try:
+                return client.register(bytes_per_token=max(1, per_block // block_size), prefill_tps=prefill_tps,
+                                       capacity_bytes=per_block * kv_cache_config.num_blocks, model="vllm")
+            except Exception as e:  # agentd away or refusing: vLLM runs as without agentd
+                return {"error": str(e)}
 
         # scheduler side
         def on_new_request(self, request):

@@ -56,7 +56,7 @@ KV = KindEntry("kv", "agentd.kv", "cli.kv_commands")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the daemon needs root (cgroups)")
 
 
-def vllm_config(tmpdir: Path, socket: str | None, scheduler_cls=None) -> VllmConfig:
+def vllm_config(tmpdir: Path, socket: str | None, scheduler_cls=None, **extra_config) -> VllmConfig:
     """A real VllmConfig: a tiny Llama's config.json (no weights; vLLM only reads the config here)."""
     model = tmpdir / "tiny-llama"
     model.mkdir(exist_ok=True)
@@ -64,7 +64,7 @@ def vllm_config(tmpdir: Path, socket: str | None, scheduler_cls=None) -> VllmCon
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
         "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2, "vocab_size": 1000,
         "max_position_embeddings": 2048, "torch_dtype": "float32"}))
-    extra = {"engine": "vllm-test"}
+    extra = {"engine": "vllm-test", **extra_config}
     if socket:
         extra["socket"] = socket
     sched = {"scheduler_cls": scheduler_cls} if scheduler_cls else {}
@@ -367,3 +367,22 @@ def test_async_scheduling_overlapped_steps(tmp, tmp_path):
         dt.call(dt.kind("kv").on_tick, time.time() + 3600)
         assert run_until(lambda: "u1" not in s.requests and "t2" not in s.requests), "expired holds were not freed"
         assert not kv.pins()["pins"] and not s.connector.translator.holds
+
+
+@needs_root
+def test_connector_registers_the_engine_from_vllms_kv_cache_layout(tmp, tmp_path):
+    """With prefill_tps in kv_connector_extra_config, the scheduler-side connector registers the
+    engine with agentd from vLLM's KVCacheConfig: capacity = blocks x page bytes x layers."""
+    d, leaf = tmp
+    with DaemonThread(test_config(d, leaf, kinds=(KV,))) as dt:
+        sock = str(dt.config.socket_path)
+        config = vllm_config(tmp_path, socket=sock, prefill_tps=8000)
+        big = KVCacheConfig(num_blocks=4096, kv_cache_tensors=[], kv_cache_groups=[KVCacheGroupSpec(
+            [f"model.layers.{i}.self_attn.attn" for i in range(32)],
+            FullAttentionSpec(block_size=BLOCK, num_kv_heads=8, head_size=128, dtype=torch.float16))])
+        conn = KVConnectorFactory.create_connector(config, KVConnectorRole.SCHEDULER, big)
+        assert "error" not in conn.registered, conn.registered
+        eng = dt.kind("kv").engines["vllm-test"]
+        per_token = 2 * 8 * 128 * 2 * 32  # K and V, 8 heads x 128, fp16, 32 layers: Llama-3-8B's 128 KiB
+        assert eng.bytes_per_token == per_token and eng.capacity_bytes == per_token * BLOCK * 4096
+        assert eng.prefill_tps == 8000
