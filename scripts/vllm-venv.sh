@@ -14,7 +14,8 @@
 # `pip check` reports torch 2.13.0+cpu vs torch==2.14.0 and the CUDA packages as missing.
 # All pinned, all installed --no-deps, so the resolver never reaches for a CUDA wheel.
 #
-# Environment: VENV (default .venv-vllm), PYTHON (default python3.11, else python3).
+# Environment: VENV (default .venv-vllm), PYTHON (default python3.11, else python3),
+# TORCH_INDEX (an extra index for the CPU torch, where it is not on disk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv-vllm}
@@ -23,8 +24,10 @@ say() { echo "vllm-venv: $*"; }
 t0=$(date +%s)
 
 VLLM=vllm==0.33.0
-TORCH=torch==2.13.0  # the CPU build on disk; the CPU index (download.pytorch.org) is unreachable here
-# torch's own dependencies (installed with it, not --no-deps).
+# The CPU build, never a CUDA one: here it is a file on disk (/opt/wheels, pip's find-links);
+# elsewhere set TORCH_INDEX=https://download.pytorch.org/whl/cpu (unreachable from this host).
+TORCH=torch==2.13.0+cpu
+TORCH_INDEX=${TORCH_INDEX:-}
 # What vLLM's connector/scheduler/request/config modules import, with their dependencies,
 # at versions inside vllm 0.33.0's Requires-Dist ranges (transformers<5.21, fastapi<0.137, ...).
 DEPS=(
@@ -55,14 +58,16 @@ if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -W ignore -c "$PROBE" >/dev/n
 fi
 [ -x "$VENV/bin/python" ] || { say "creating $VENV with $PYTHON"; "$PYTHON" -m venv "$VENV"; }
 PIP=("$VENV/bin/pip" install -q --disable-pip-version-check)
-say "installing $TORCH (CPU build)"
-"${PIP[@]}" "$TORCH" 2>&1 | grep -v "is ignored: it is neither" || true
+# pip's status survives the filter (pipefail); the filter drops this host's notes on absent mirrors
+pipq() { "${PIP[@]}" "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; }; }
+say "installing $TORCH"
+pipq ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} "$TORCH"
 "$VENV/bin/python" -W ignore -c "import torch; assert torch.__version__.endswith('+cpu'), torch.__version__" \
   || { say "torch is not the CPU build: refusing to go on (a CUDA build is several GB)"; exit 1; }
 say "installing $VLLM --no-deps (a 336 MB wheel)"
-"${PIP[@]}" --no-deps "$VLLM" 2>&1 | grep -v "is ignored: it is neither" || true
+pipq --no-deps "$VLLM"
 say "installing ${#DEPS[@]} pinned dependencies --no-deps"
-"${PIP[@]}" --no-deps "${DEPS[@]}" 2>&1 | grep -v "is ignored: it is neither" || true
+pipq --no-deps "${DEPS[@]}"
 say "checking the imports"
 if ! out=$("$VENV/bin/python" -W ignore -c "$PROBE" 2>&1); then
   echo "$out" | tail -5

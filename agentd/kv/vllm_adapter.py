@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 META_KEY = "agentd"
+SENT_STEPS = 8  # steps a released request may take to come back freed before reclaim stops waiting on it
 
 
 def program_meta(request: Any) -> dict | None:
@@ -70,6 +71,8 @@ class VllmKvTranslator:
     returning: dict[str, Hold] = field(default_factory=dict)  # new request id -> the hold it takes over
     releasing: set[str] = field(default_factory=set)  # request ids the workers are to report next step
     first_seen: dict[str, float] = field(default_factory=dict)  # program -> first arrival (program FCFS)
+    sent: dict[str, int] = field(default_factory=dict)  # released ids vLLM has not freed yet -> step sent
+    steps: int = 0
     errors: int = 0
 
     # ------------------------------------------------------------------ scheduler side
@@ -156,14 +159,25 @@ class VllmKvTranslator:
                 hold = self.holds.get(n.get("program"))
                 if hold is not None:
                     hold.deadline = max(hold.deadline, now + float(n.get("ttl_s", 5.0)))
+        self.steps += 1
+        self.sent.update({rid: self.steps for rid in self.releasing})
+        for rid, at in list(self.sent.items()):
+            if self.steps - at > SENT_STEPS:
+                del self.sent[rid]  # never reported freed: stop counting on it (reclaim)
         out, self.releasing = self.releasing, set()
         return out
+
+    def freed(self, request_ids: Iterable[str] | None) -> None:
+        """vLLM freed these (the workers' finished_sending, update_connector_output)."""
+        for rid in request_ids or ():
+            self.sent.pop(rid, None)
 
     def reclaim(self) -> bool:
         """vLLM cannot fit a running request's next blocks and would preempt one: give up the
         largest hold instead (agentd is told the engine evicted it). True while a release is on
-        its way, so vLLM waits a step for it rather than preempting."""
-        if not self.releasing and self.holds:
+        its way (with async scheduling it takes two steps to come back freed), so vLLM waits for
+        it rather than preempting."""
+        if not self.releasing and not self.sent and self.holds:
             program, hold = max(self.holds.items(), key=lambda kv: kv[1].num_blocks)
             del self.holds[program]
             self.releasing.add(hold.request_id)
@@ -171,7 +185,7 @@ class VllmKvTranslator:
                 self.client.evicted(program)
             except Exception:
                 self.errors += 1
-        return bool(self.releasing)
+        return bool(self.releasing or self.sent)
 
     def program_order(self, request: Any, arrival: float) -> tuple[float, float]:
         """Program-level FCFS (Continuum): a returning turn sorts by its program's first arrival."""
@@ -273,6 +287,10 @@ def connector_class():
         def request_finished_all_groups(self, request, block_ids):
             # one block list per KV cache group (hybrid models); agentd holds them all or none
             return self.translator.request_finished(request, [b for group in block_ids for b in group], self._usage())
+
+        def update_connector_output(self, connector_output):
+            if self.translator is not None:
+                self.translator.freed(connector_output.finished_sending)
 
         def has_pending_block_frees(self):
             # asked before vLLM preempts a running request for blocks: held blocks go first

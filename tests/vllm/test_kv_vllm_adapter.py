@@ -19,6 +19,7 @@ import inspect
 import json
 import os
 import pickle
+from collections import deque
 import time
 from pathlib import Path
 
@@ -118,16 +119,23 @@ def free_blocks(s: Scheduler) -> int:
     return s.kv_cache_manager.block_pool.get_num_free_blocks()
 
 
-def stepper(s: Scheduler, worker):
+def stepper(s: Scheduler, worker, overlapped: bool = False):
+    """One engine step: the scheduler's output, the worker connector bound to its metadata
+    (pickled, as it crosses to the worker processes) and asked get_finished as the model runner
+    does, the result back to the scheduler. overlapped: as vLLM's engine core runs async
+    scheduling (step_with_batch_queue), step N+1 is scheduled and reaches the worker before
+    step N's output comes back."""
+    in_flight: deque = deque()
+
     def step():
-        """One engine step: the scheduler's output, the worker connector bound to its metadata
-        (pickled, as it crosses to the worker processes) and asked get_finished as the model
-        runner does, the result back to the scheduler."""
         out = s.schedule()
         worker.bind_connector_metadata(pickle.loads(pickle.dumps(out.kv_connector_metadata)))
         done, _ = worker.get_finished(set(out.finished_req_ids))
-        s.update_from_output(out, model_output(out, done))
         worker.clear_connector_metadata()
+        in_flight.append((out, done))
+        if len(in_flight) == (2 if overlapped else 1):
+            o, d = in_flight.popleft()
+            s.update_from_output(o, model_output(o, d))
         return out, done
     return step
 
@@ -266,7 +274,8 @@ def test_hint_envelope_is_vllms_kv_hints_envelope():
 
 
 @needs_root
-def test_held_blocks_go_before_vllm_preempts_a_running_request(tmp, tmp_path):
+@pytest.mark.parametrize("overlapped", [False, True], ids=["sync", "overlapped"])
+def test_held_blocks_go_before_vllm_preempts_a_running_request(tmp, tmp_path, overlapped):
     """A KV cache of 10 usable blocks: a finished turn holds 4-5 of them, a long request runs.
     When its next block does not fit, vLLM asks has_pending_block_frees before preempting: the
     adapter gives up the hold (agentd is told), and the running request goes on unpreempted."""
@@ -278,9 +287,10 @@ def test_held_blocks_go_before_vllm_preempts_a_running_request(tmp, tmp_path):
         config = vllm_config(tmp_path, socket=sock, scheduler_cls="agentd.kv.vllm_adapter.AgentdScheduler")
         s = make_scheduler(config, num_blocks=11)
         worker = KVConnectorFactory.create_connector(config, KVConnectorRole.WORKER, kv_cache_config(11))
-        step = stepper(s, worker)
+        step = stepper(s, worker, overlapped)
         s.add_request(request("t1", list(range(1, 65)), "prog-1"))
-        step()
+        for _ in range(3):
+            step()
         assert "t1" in s.requests and [p["program"] for p in kv.pins()["pins"]] == ["prog-1"]
         long = request("long", list(range(300, 380)), None, max_tokens=40)  # 80 tokens, grows to 120
         s.add_request(long)
@@ -326,19 +336,12 @@ def test_async_scheduling_overlapped_steps(tmp, tmp_path):
         config = vllm_config(tmp_path, socket=sock, scheduler_cls="agentd.kv.vllm_adapter.AgentdScheduler")
         s = make_scheduler(config)
         worker = KVConnectorFactory.create_connector(config, KVConnectorRole.WORKER, kv_cache_config())
-        in_flight: deque = deque()
         hits: dict[str, int] = {}
+        engine_step = stepper(s, worker, overlapped=True)
 
         def step():
-            out = s.schedule()
+            out, _ = engine_step()
             hits.update({r.req_id: r.num_computed_tokens for r in out.scheduled_new_reqs})
-            worker.bind_connector_metadata(pickle.loads(pickle.dumps(out.kv_connector_metadata)))
-            done, _ = worker.get_finished(set(out.finished_req_ids))
-            worker.clear_connector_metadata()
-            in_flight.append((out, done))
-            if len(in_flight) == 2:  # the batch queue is full: the older step's output comes back
-                o, dn = in_flight.popleft()
-                s.update_from_output(o, model_output(o, dn))
 
         def run_until(cond, n=12):
             for _ in range(n):

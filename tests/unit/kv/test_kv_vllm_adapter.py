@@ -152,3 +152,10 @@ def test_reclaim_gives_up_the_largest_hold_and_tells_agentd():
     assert tr.reclaim() is True and kv.calls[-1] == ("evicted", "big")
     assert tr.reclaim() is True and list(tr.holds) == ["small"]  # one release at a time, pending
     assert tr.step() == {"r2"}
+    assert tr.reclaim() is True and list(tr.holds) == ["small"]  # sent, not yet freed by vLLM
+    tr.freed({"r2"})
+    assert tr.reclaim() is True and not tr.holds  # freed: the next hold goes
+    tr.step()
+    for _ in range(9):
+        tr.step()
+    assert tr.reclaim() is False  # never reported freed: not waited on for ever
