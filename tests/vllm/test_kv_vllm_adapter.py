@@ -243,7 +243,6 @@ def test_real_scheduler_holds_a_finished_turns_blocks_until_agentd_frees_them(tm
         s.add_request(u1)
         step()
         assert "u1" in s.requests
-        before = free_blocks(s)
         # t2 finished too (one token) and ended prog-1's second turn: agentd holds it as well.
         assert "t2" in s.requests and {p["program"] for p in kv.pins()["pins"]} == {"prog-1", "prog-2"}
         dt.call(dt.kind("kv").on_tick, time.time() + 3600)  # an hour on: past every TTL
@@ -326,8 +325,6 @@ def test_async_scheduling_overlapped_steps(tmp, tmp_path):
     """As vLLM's engine core runs AsyncScheduler (step_with_batch_queue): step N+1 is scheduled,
     and its metadata reaches the worker, before step N's output comes back. The hold, the
     prefix hit of the next turn and the release still happen, one step later."""
-    from collections import deque
-
     d, leaf = tmp
     with DaemonThread(test_config(d, leaf, kinds=(KV,))) as dt:
         sock = str(dt.config.socket_path)
