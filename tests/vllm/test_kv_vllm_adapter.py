@@ -19,6 +19,8 @@ import inspect
 import json
 import os
 import pickle
+import subprocess
+import sys
 from collections import deque
 import time
 from pathlib import Path
@@ -155,6 +157,15 @@ def test_factory_builds_agentd_connector_for_both_roles(tmp_path):
     worker = KVConnectorFactory.create_connector(config, KVConnectorRole.WORKER, kv_cache_config())
     assert sched.role == KVConnectorRole.SCHEDULER and sched.translator is not None
     assert worker.role == KVConnectorRole.WORKER and worker.translator is None
+    # The step metadata unpickles in a fresh process (as in a vLLM worker), where the module's
+    # classes do not exist until pickle asks for them by name.
+    sched.translator.releasing.add("r-1")
+    meta = sched.build_connector_meta(None)
+    blob = pickle.dumps(meta)
+    code = "import pickle, sys; m = pickle.loads(sys.stdin.buffer.read()); print(type(m).__name__, sorted(m.released))"
+    got = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    assert got.stdout.decode().split() == ["AgentdMeta", "['r-1']"], got.stderr.decode()[-2000:]
     # Every hook vLLM calls is the base class's signature (names and parameters).
     for name in ("request_finished", "request_finished_all_groups", "on_new_request", "get_num_new_matched_tokens",
                  "update_state_after_alloc", "build_connector_meta", "bind_connector_metadata", "get_finished",
