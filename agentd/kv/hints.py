@@ -6,11 +6,17 @@
 - vLLM: the signals of the proposed hint envelope (RFC 57103): the program is waiting on a
   tool, and when it is expected to resume; plus what agentd advises for its KV blocks.
   Field names follow the RFC's signal names; the RFC is a proposal, not a merged API.
+- vLLM 0.33's `vllm.v1.kv_hints.KvHintsEnvelope` (what AsyncLLM/LLMEngine.add_request take as
+  `kv_hints` and pass to the KV offloading tier on on_new_request): {protocol_version,
+  message_id, actions: [{action_id, action_type, action_version, payload}]}. vLLM defines the
+  envelope, not the action types: agentd's is "agentd.kv_retention" v1 with the signals above
+  as its payload. vLLM's OpenAI server does not take it from a request body in 0.33.
 """
 
 from __future__ import annotations
 
 import math
+import uuid
 
 
 def ttl_text(seconds: float) -> str:
@@ -32,5 +38,18 @@ def vllm(decision: dict, program: str, tool_running: bool) -> dict:
             "ttl_s": round(decision.get("ttl_s", 0.0), 3)}
 
 
+ENVELOPE_PROTOCOL = "1"
+ACTION_TYPE, ACTION_VERSION = "agentd.kv_retention", "1"
+
+
+def vllm_envelope(decision: dict, program: str, tool_running: bool) -> dict:
+    """The decision as vLLM 0.33's KvHintsEnvelope (msgspec.convert(d, KvHintsEnvelope) takes it)."""
+    mid = uuid.uuid4().hex
+    return {"protocol_version": ENVELOPE_PROTOCOL, "message_id": mid,
+            "actions": [{"action_id": f"{mid}-0", "action_type": ACTION_TYPE, "action_version": ACTION_VERSION,
+                         "payload": vllm(decision, program, tool_running)}]}
+
+
 def hints(decision: dict, program: str, tool_running: bool) -> dict:
-    return {"sglang": sglang(decision), "vllm": vllm(decision, program, tool_running)}
+    return {"sglang": sglang(decision), "vllm": vllm(decision, program, tool_running),
+            "vllm_envelope": vllm_envelope(decision, program, tool_running)}

@@ -110,3 +110,52 @@ def test_program_level_fcfs_order():
     tr.new_request(req("r2", "new"))
     assert tr.program_order(req("r3", "old"), 300.0) < tr.program_order(req("r2", "new"), 200.0)
 
+
+
+def test_at_its_ttl_a_hold_asks_agentd_which_may_extend_it():
+    """agentd re-decides a pin at its TTL while the tool runs; the adapter asks (decide) rather
+    than dropping blocks agentd still counts as pinned, and frees on free or on no answer."""
+    answers = [{"action": "keep", "ttl_s": 10.0}, {"action": "free", "ttl_s": 0.0}]
+
+    class Asking(FakeKv):
+        def decide(self, program):
+            self.calls.append(("decide", program))
+            if not answers:
+                raise OSError("agentd away")
+            return answers.pop(0)
+
+    kv, clock = Asking(ttl=3.0), Clock()
+    tr = VllmKvTranslator(kv, clock)
+    tr.request_finished(req("r1", "p"), [1, 2])
+    clock.t += 3.5
+    assert tr.step() == set() and kv.calls[-1] == ("decide", "p")  # agentd extended it by 10 s
+    clock.t += 5
+    assert tr.step() == set() and kv.calls.count(("decide", "p")) == 1  # within the new TTL: not asked
+    clock.t += 6
+    assert tr.step() == {"r1"} and not tr.holds  # agentd now says free
+    tr.request_finished(req("r2", "q"), [3])
+    clock.t += 4
+    assert tr.step() == {"r2"} and tr.errors == 1  # no answer: vLLM's own behaviour (free)
+
+
+def test_reclaim_gives_up_the_largest_hold_and_tells_agentd():
+    class Told(FakeKv):
+        def evicted(self, program):
+            self.calls.append(("evicted", program))
+            return {"released": True}
+
+    kv = Told()
+    tr = VllmKvTranslator(kv, Clock())
+    assert tr.reclaim() is False  # nothing held: vLLM preempts as usual
+    tr.request_finished(req("r1", "small"), [1])
+    tr.request_finished(req("r2", "big"), [2, 3, 4])
+    assert tr.reclaim() is True and kv.calls[-1] == ("evicted", "big")
+    assert tr.reclaim() is True and list(tr.holds) == ["small"]  # one release at a time, pending
+    assert tr.step() == {"r2"}
+    assert tr.reclaim() is True and list(tr.holds) == ["small"]  # sent, not yet freed by vLLM
+    tr.freed({"r2"})
+    assert tr.reclaim() is True and not tr.holds  # freed: the next hold goes
+    tr.step()
+    for _ in range(9):
+        tr.step()
+    assert tr.reclaim() is False  # never reported freed: not waited on for ever
