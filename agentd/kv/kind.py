@@ -202,7 +202,9 @@ class KvKind(Kind):
         since = now - prog.turn_ended_at if prog.turn_ended_at is not None else 0.0
         return self.durations.dist(keys), max(0.0, since), False
 
-    def _decide_and_apply(self, prog: Program, now: float, why: str) -> dict:
+    def _decide_and_apply(self, prog: Program, now: float, why: str, engine_asked: bool = False) -> dict:
+        """Decide and apply; engine_asked: the engine reads the action in the answer, else
+        (a re-decision on agentd's own clock) a pin freed here is told to it as a notice."""
         eng = self.engines[prog.engine]
         dist, elapsed, ended = self._dist_and_elapsed(prog, now)
         inp = PinInput(tokens=prog.tokens, bytes_per_token=eng.bytes_per_token, prefill_tps=eng.prefill_tps,
@@ -235,7 +237,7 @@ class KvKind(Kind):
         if tier is None:
             old = self.ledger.release(prog.engine, prog.program, now)
             if old is not None:
-                self._journal_release(old, d_reason, "release")
+                self._released(old, d_reason, "release", now, notify=not engine_asked)
         for victim in evicted:
             self._released(victim, f"evicted for {prog.program}, worth more per byte", "evict", now, notify=True)
         out = {**d.to_json(), "action": action, "reason": d_reason,
@@ -437,7 +439,7 @@ class KvKind(Kind):
         staged.turn_ended_at = self.ctx.clock()
         self.programs[key] = staged
         return {"program": staged.program, "agent": staged.agent,
-                **self._decide_and_apply(staged, self.ctx.clock(), why="turn ended")}
+                **self._decide_and_apply(staged, self.ctx.clock(), why="turn ended", engine_asked=True)}
 
     def api_decide(self, caller, body: dict) -> dict:
         eng, prog = self._program_of(caller, body)
@@ -445,7 +447,7 @@ class KvKind(Kind):
         self._engine_reports(eng, body)
         if prog.turn_ended_at is None:
             raise bad("turn_running", f"program {prog.program}'s turn is running; report turn_ended first", "program", 409)
-        return {"program": prog.program, "agent": prog.agent, **self._decide_and_apply(prog, self.ctx.clock(), why="asked")}
+        return {"program": prog.program, "agent": prog.agent, **self._decide_and_apply(prog, self.ctx.clock(), why="asked", engine_asked=True)}
 
     def api_next_turn(self, caller, body: dict) -> dict:
         eng, prog = self._program_of(caller, body)

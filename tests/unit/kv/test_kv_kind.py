@@ -180,3 +180,26 @@ def test_an_intents_declared_duration_is_a_light_observation(tmp_path):
     s.toolcalls["a1/1-build"] = SimpleNamespace(id="a1/1-build", agent="a1", pid=1, intent=SimpleNamespace(duration_s=120))
     s.journal.emit("toolcall.start", "started", ts=s.clock.now, agent="a1", tool_call="a1/1-build", argv=["make", "all"])
     assert s.kind.durations.known("a1|exec|make all") == 0.25 and s.kind.durations.known("exec|make all") == 0
+
+
+def test_a_pin_freed_on_agentds_own_clock_is_told_to_the_engine(tmp_path):
+    """A re-decision while the tool runs answers nobody: the engine learns of the release
+    from a notice (it would otherwise hold the blocks until its own TTL ran out)."""
+    s = setup(tmp_path)
+    for i in range(20):
+        start(s, f"a1/{i}-git", "a1", ["git", "status"])
+        s.clock.now += 2
+        end(s, f"a1/{i}-git", "a1", 2.0)
+    register(s, pressure=1.0)
+    start(s, "a1/99-git", "a1", ["git", "status"])
+    d = s.kind.api_turn_ended(ROOT, {"engine": "e", "program": "p", "tokens": 5000, "tool_call": "a1/99-git"})
+    assert d["action"] == "keep", d
+    assert not s.kind.notices.get("e")  # the answer carried the action: no notice for it
+    for _ in range(60):  # the tool runs far past every git status seen: keeping stops paying
+        s.clock.now += 10
+        s.host.on_tick(s.clock.now)
+        if s.kind.ledger.get("e", "p") is None:
+            break
+    assert s.kind.ledger.get("e", "p") is None
+    assert [n["event"] for n in s.kind.notices["e"]] == ["release"]
+    assert any(e["kind"] == "kv.release" for e in s.journal.events)
