@@ -33,6 +33,8 @@ ROUND_S = 1.0
 KNOBS = ("cpuset.mems", "memory.swap.max", "memory.zswap.max", "memory.high")
 MAX_RUNS_SAVED = 200_000  # page runs remembered per process for a restore
 RESTORE_DEADLINE_S = 120.0
+LAUNCH_SCOPES = {"agents": "runtimes", "jobs": "jobs"}  # agentctl run's scopes -> the classes' scopes
+MAX_ARGV_ITEMS, MAX_ARGV_BYTES, MAX_PATH = 4096, 256 << 10, 4096
 
 
 class TiersKind(Kind):
@@ -47,7 +49,8 @@ class TiersKind(Kind):
         self.topology: Topology | None = None
         self.runs: dict[str, dict] = {}  # proc key -> {"pid", "runs": [(addr, n, node)]}
         self.counters = {"rounds_total": 0, "migrated_bytes_total": 0, "reclaimed_bytes_total": 0,
-                         "migration_errors_total": 0, "knob_errors_total": 0, "restored_bytes_total": 0}
+                         "migration_errors_total": 0, "knob_errors_total": 0, "restored_bytes_total": 0,
+                         "launch_plans_total": 0}
         self.last_migration: dict = {}
         self.suspended = False  # after `agentctl tiers revert`, until the next policy load
         self._busy = False
@@ -399,7 +402,68 @@ class TiersKind(Kind):
                     "host tiers and where each managed process's memory sits"),
             Command("status", "GET", Access.ANYONE, lambda caller, q: self.status(), {}, "the kind's state"),
             Command("revert", "POST", Access.ADMIN, self.revert, {}, "put back every setting and page (until the next policy load)"),
+            Command("launch_plan", "POST", Access.ANYONE, self.launch_plan,
+                    {"argv": Field((list,), required=True), "scope": Field((str,), required=True),
+                     "class": Field((str,)), "exe": Field((str,))},
+                    "the mempolicy `agentctl run` sets before exec for the caller's own command (changes nothing)"),
         ]
+
+    async def launch_plan(self, caller, body: dict) -> dict:
+        """The class and mempolicy for the caller's own launch: matched as the caller (its
+        uid from SO_PEERCRED, its agent or job), never as a process it names."""
+        argv, scope, class_name, exe = _launch_request(body)
+        if not self.sections or self.suspended:
+            return {"class": None, "reason": "no tiers policy in force" if not self.sections else
+                    "tier placement is paused (agentctl tiers revert) until the next policy load"}
+        kscope = LAUNCH_SCOPES[scope]
+        pid, uid = caller.peer.pid, caller.peer.uid
+        agent = caller.agent if kscope == "runtimes" else None
+        loop = asyncio.get_running_loop()
+        who = await loop.run_in_executor(None, self._launch_identity, pid, kscope, agent)
+        start, name, cgroup = who
+        proc = ManagedProc(pid=pid, start=start, scope=kscope, cgroup=cgroup, name=name,
+                           comm=os.path.basename(argv[0])[:15], exe=exe, argv=tuple(argv), uid=uid)
+        if class_name is not None:
+            found = next(((p, c) for p in sorted(self.sections) for c in self.sections[p].classes
+                          if c.name == class_name), None)
+            if found is None:
+                raise ApiError(404, "not_found", f"no tiers class named {class_name!r} in the policies in force", "class")
+        else:
+            found = model.find_class(self.sections, proc)
+        if found is None:
+            return {"class": None, "reason": f"no tiers class matches {argv[0]} in scope {scope}"}
+        policy, cls = found
+        from agentd.tiers.launch import plan_launch
+
+        doc = await loop.run_in_executor(None, lambda: plan_launch(cls, discover(self.sys_root, self.proc_root),
+                                                                   policy, self.sys_root))
+        self.counters["launch_plans_total"] += 1
+        what = doc["error"] or f"{doc['mode']}" + (f" node {','.join(map(str, doc['nodes']))}" if doc["nodes"] else "")
+        whose = (f"agent {name}" if kscope == "runtimes" else f"job {name}") if name else f"uid {uid}"
+        self.ctx.emit("launch", f"pid {pid} ({whose}): class {cls.name} of policy {policy} at launch: {what}",
+                      level="warn" if doc["error"] else "info",
+                      pid=pid, uid=uid, scope=scope, name=name, cls=cls.name, policy=policy, mode=doc["mode"],
+                      nodes=doc["nodes"], error=doc["error"], argv0=argv[0],
+                      **({"agent": name} if kscope == "runtimes" and name else {}))
+        return doc
+
+    def _launch_identity(self, pid: int, kscope: str, agent: str | None) -> tuple[int, str, str]:
+        """(start ticks, agent or job name, cgroup) of the asking process (worker thread)."""
+        from agentd import procfs
+
+        st = procfs.read_stat(pid, self.proc_root)
+        start = st.start_ticks if st else 0
+        if kscope == "runtimes":
+            return start, agent or "", layout.runtime_rel(agent) if agent else ""
+        driver = self.ctx.driver
+        try:
+            for job in driver.children(layout.JOBS) if driver is not None and driver.exists(layout.JOBS) else []:
+                name = job.rsplit("/", 1)[-1]
+                if pid in driver.procs(layout.job_rel(name)):
+                    return start, name, layout.job_rel(name)
+        except (OSError, ValueError):
+            pass
+        return start, "", ""
 
     async def show(self, caller, query: dict) -> dict:
         pid = None
@@ -427,6 +491,7 @@ class TiersKind(Kind):
         topo = self.topology
         return {"classes": sum(len(s.classes) for s in self.sections.values()), "policies": sorted(self.sections),
                 "refused": dict(self.refused), "suspended": self.suspended,
+                "placed_at_launch": len(self.planner.kernel_placed),
                 "tiers": [{"name": t.name, "memory_tier": t.memory_tier, "nodes": list(t.nodes)} for t in topo.tiers]
                 if topo else [], "placed_processes": len(self.planner.placed), "moved_processes": len(self.runs),
                 "last_migration": dict(self.last_migration), **self.counters}
@@ -435,7 +500,27 @@ class TiersKind(Kind):
         out = dict(self.counters)
         out["placed_processes"] = len(self.planner.placed)
         out["moved_processes"] = len(self.runs)
+        out["placed_at_launch"] = len(self.planner.kernel_placed)
         return out
+
+
+def _launch_request(body: dict) -> tuple[list[str], str, str | None, str]:
+    """launch_plan's body, bounded: (argv, scope, class or None, exe)."""
+    argv = body["argv"]
+    if not argv or len(argv) > MAX_ARGV_ITEMS or not all(isinstance(a, str) for a in argv):
+        raise ApiError(400, "invalid_value", f"argv must be a list of 1 to {MAX_ARGV_ITEMS} strings", "argv")
+    if sum(len(a) + 1 for a in argv) > MAX_ARGV_BYTES or "\0" in "".join(argv):
+        raise ApiError(400, "invalid_value", f"argv must be at most {MAX_ARGV_BYTES} bytes without NUL", "argv")
+    scope = body["scope"]
+    if scope not in LAUNCH_SCOPES:
+        raise ApiError(400, "invalid_value", f"scope must be one of {', '.join(LAUNCH_SCOPES)}, got {scope!r}", "scope")
+    class_name = body.get("class")
+    if class_name is not None and not 0 < len(class_name) <= 64:
+        raise ApiError(400, "invalid_value", "class must be a class name of 1-64 characters", "class")
+    exe = body.get("exe") or argv[0]
+    if len(exe) > MAX_PATH or "\0" in exe:
+        raise ApiError(400, "invalid_value", f"exe must be a path of at most {MAX_PATH} bytes", "exe")
+    return argv, scope, class_name, exe
 
 
 def degrade_lines(topo: Topology, facts: dict) -> list[str]:
