@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import threading
+from dataclasses import replace
 from typing import Any
 
 from agentd.api.contract import ApiError
@@ -118,6 +119,8 @@ class TiersKind(Kind):
         self._next_round = now + ROUND_S
         procs = self.managed_procs()
         if not procs:
+            if self.planner.kernel_placed:  # the last of them exited: no round will forget them
+                self.planner = replace(self.planner, kernel_placed=frozenset())
             return
         self._busy = True
         self.ctx.run_blocking(self._observe_round, procs, now)

@@ -19,6 +19,7 @@ import pytest
 
 from agentd.api.client import ApiClient
 from agentd.kinds.registry import KindEntry
+from agentd.tiers.kind import ROUND_S
 from tests.daemon_thread import DaemonThread, test_config, tmp  # noqa: F401 - tmp is a fixture
 from tests.e2e.test_kind_routes import as_nobody
 
@@ -39,6 +40,10 @@ tiers:
       match: {argv: "tiers-launch-e2e"}
       scope: [runtimes]
       placement: {mode: bind, weights: {node0: 1}}
+    - name: tj-class
+      match: {cgroup: "jobs/tj$", argv: "tiers-job-e2e"}
+      scope: [jobs]
+      placement: {mode: preferred, weights: {node0: 1}}
     - name: lenient
       match: {argv: "tiers-lenient-e2e"}
       placement: {mode: bind, weights: {node5: 1}}
@@ -120,6 +125,28 @@ def test_agentctl_run_sets_the_classs_mempolicy_before_exec(tmp):  # noqa: F811
         assert ApiClient(sock).kind_post("tiers", "launch_plan", body)["class"] == "pinned"
         assert as_nobody(lambda: ApiClient(sock).kind_post("tiers", "launch_plan", {**body, "scope": "x"})) == \
             ("error", 400, "invalid_value")
+        # a job (`agentctl run --class`, scope jobs): matched by the jobs/<name> cgroup holding the caller
+        drv = dt.daemon.driver
+        drv.create("jobs/tj")
+        ask = ("import json, sys; sys.stdin.readline(); from agentd.api.client import ApiClient; "
+               f"print(json.dumps(ApiClient({sock!r}).kind_post('tiers', 'launch_plan', "
+               "{'argv': ['python', 'tiers-job-e2e'], 'scope': 'jobs'})))")
+        job = subprocess.Popen([sys.executable, "-c", ask], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(REPO)})
+        try:
+            assert drv.move(job.pid, "jobs/tj")
+            out, _ = job.communicate("go\n", timeout=60)
+        finally:
+            if job.poll() is None:
+                job.kill()
+            job.wait()
+        plan = json.loads(out)
+        assert plan["class"] == "tj-class" and plan["mode"] == "preferred" and plan["nodes"] == [0], plan
+        [ev] = [e for e in _journal(dt.config.state_dir) if e["kind"] == "tier.launch" and e["data"]["scope"] == "jobs"]
+        assert ev["data"]["name"] == "tj" and ev["data"]["pid"] == job.pid
+        # outside the job's cgroup the same request matches nothing
+        assert ApiClient(sock).kind_post("tiers", "launch_plan", {"argv": ["python", "tiers-job-e2e"],
+                                                                   "scope": "jobs"})["class"] is None
         # the kind sees the launch placement on a running agent and moves nothing of it
         held = _agentctl(sock, "--name", "held", "--", sys.executable, "-c", SHOW, "tiers-launch-e2e", wait=False)
         loose = _agentctl(sock, "--name", "loose", "--no-tiers", "--", sys.executable, "-c", SHOW, "tiers-launch-e2e",
@@ -130,10 +157,11 @@ def test_agentctl_run_sets_the_classs_mempolicy_before_exec(tmp):  # noqa: F811
                     assert p.poll() is None, p.stderr.read()
             kind = dt.kind("tiers")
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and not dt.call(lambda: kind.planner.kernel_placed):
+            pids = lambda: {int(k.split(":")[0]) for k in dt.call(lambda: set(kind.planner.kernel_placed))}  # noqa: E731
+            while time.monotonic() < deadline and held.pid not in pids():
                 time.sleep(0.2)
-            placed = dt.call(lambda: set(kind.planner.kernel_placed))
-            assert {int(k.split(":")[0]) for k in placed} == {held.pid}, placed
+            time.sleep(2 * ROUND_S)  # more rounds: the unplaced one (same class) is still not counted
+            assert pids() == {held.pid}
             assert ApiClient(sock).kind_get("tiers", "status")["placed_at_launch"] == 1
         finally:
             for p in (held, loose):
