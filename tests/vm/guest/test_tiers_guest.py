@@ -350,8 +350,17 @@ def test_agentctl_run_places_an_agents_memory_on_the_far_node_from_its_first_pag
             procs.append(p)
             return p
 
+        def wait_done(p: subprocess.Popen) -> None:
+            try:
+                _wait_line(p, "done", timeout=240)
+            except AssertionError as e:
+                p.kill()
+                why = f"rc {p.wait()}, stderr: {p.stderr.read()[-1500:]}"
+                events = [f"{e['kind']}: {e['message']}" for e in d.client.recent_events(limit=40)]
+                raise AssertionError(f"{e}; {why}; daemon log: {d.log.read_text()[-1500:]}; events: {events}") from None
+
         placed = run("far-agent")
-        _wait_line(placed, "done", timeout=240)
+        wait_done(placed)
         pages, policies = _numa_maps_anon_by_node(placed.pid)
         total = sum(pages.values())
         print(f"agentctl run (class far): anon pages per node {pages} (4 KiB pages), policies {policies}")
@@ -363,7 +372,7 @@ def test_agentctl_run_places_an_agents_memory_on_the_far_node_from_its_first_pag
         print(f"memory.numa_stat anon of {rel}: {anon}")
         assert anon.get(2, 0) >= 46 * MiB and anon.get(0, 0) < 4 * MiB, anon
         unplaced = run("first-touch", "--no-tiers")
-        _wait_line(unplaced, "done", timeout=240)
+        wait_done(unplaced)
         pages_u, policies_u = _numa_maps_anon_by_node(unplaced.pid)
         print(f"agentctl run --no-tiers: anon pages per node {pages_u}, policies {policies_u}")
         assert policies_u == {"default"} and pages_u.get(2, 0) * 4096 < 8 * MiB, pages_u
