@@ -430,7 +430,8 @@ class TiersKind(Kind):
             found = next(((p, c) for p in sorted(self.sections) for c in self.sections[p].classes
                           if c.name == class_name), None)
             if found is None:
-                raise ApiError(404, "not_found", f"no tiers class named {class_name!r} in the policies in force", "class")
+                raise ApiError(404, "not_found", f"no tiers class named {class_name!r} in the policies in force",
+                               "class")
         else:
             found = model.find_class(self.sections, proc)
         if found is None:

@@ -123,6 +123,11 @@ def test_agentctl_run_sets_the_classs_mempolicy_before_exec(tmp):  # noqa: F811
             ("error", 400, "unknown_field")
         assert as_nobody(lambda: ApiClient(sock).kind_post("tiers", "launch_plan", body))["class"] == "nobodys"
         assert ApiClient(sock).kind_post("tiers", "launch_plan", body)["class"] == "pinned"
+        # a class by name (as the launcher's --class): whatever the command; an unknown name is a 404
+        named = ApiClient(sock).kind_post("tiers", "launch_plan", {"argv": ["x"], "scope": "jobs", "class": "pinned"})
+        assert (named["class"], named["mode"], named["nodes"]) == ("pinned", "bind", [0])
+        assert as_nobody(lambda: ApiClient(sock).kind_post("tiers", "launch_plan", {**body, "class": "nope"})) == \
+            ("error", 404, "not_found")
         assert as_nobody(lambda: ApiClient(sock).kind_post("tiers", "launch_plan", {**body, "scope": "x"})) == \
             ("error", 400, "invalid_value")
         # a job (`agentctl run --class`, scope jobs): matched by the jobs/<name> cgroup holding the caller
@@ -157,7 +162,9 @@ def test_agentctl_run_sets_the_classs_mempolicy_before_exec(tmp):  # noqa: F811
                     assert p.poll() is None, p.stderr.read()
             kind = dt.kind("tiers")
             deadline = time.monotonic() + 30
-            pids = lambda: {int(k.split(":")[0]) for k in dt.call(lambda: set(kind.planner.kernel_placed))}  # noqa: E731
+            def pids() -> set[int]:
+                return {int(k.split(":")[0]) for k in dt.call(lambda: set(kind.planner.kernel_placed))}
+
             while time.monotonic() < deadline and held.pid not in pids():
                 time.sleep(0.2)
             time.sleep(2 * ROUND_S)  # more rounds: the unplaced one (same class) is still not counted
