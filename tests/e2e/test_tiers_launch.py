@@ -147,8 +147,8 @@ def test_agentctl_run_sets_the_classs_mempolicy_before_exec(tmp):  # noqa: F811
             job.wait()
         plan = json.loads(out)
         assert plan["class"] == "tj-class" and plan["mode"] == "preferred" and plan["nodes"] == [0], plan
-        [ev] = [e for e in _journal(dt.config.state_dir) if e["kind"] == "tier.launch" and e["data"]["scope"] == "jobs"]
-        assert ev["data"]["name"] == "tj" and ev["data"]["pid"] == job.pid
+        [ev] = [e for e in _journal(dt.config.state_dir) if e["kind"] == "tier.launch" and e["data"]["name"] == "tj"]
+        assert ev["data"]["scope"] == "jobs" and ev["data"]["pid"] == job.pid
         # outside the job's cgroup the same request matches nothing
         assert ApiClient(sock).kind_post("tiers", "launch_plan", {"argv": ["python", "tiers-job-e2e"],
                                                                    "scope": "jobs"})["class"] is None
