@@ -178,7 +178,7 @@ class TiersKind(Kind):
             topo = discover(self.sys_root, self.proc_root)
             vmas, psi, swapped = {}, {}, {}
             for p in procs:
-                if model.find_class(self.sections, p) is None:
+                if model.launching(p) or model.find_class(self.sections, p) is None:
                     continue
                 vmas[p.key] = observe.read_vmas(p.pid, self.proc_root, anon_only=True) or []
                 if p.cgroup not in psi:

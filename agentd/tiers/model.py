@@ -155,6 +155,15 @@ def matches(cls: TierClass, proc: ManagedProc) -> bool:
     return m.uid is None or m.uid == proc.uid
 
 
+def launching(proc: ManagedProc) -> bool:
+    """`agentctl run` itself, registered but not yet exec'd into its command (whose argv it
+    carries, so a class may match it): its pages go away at exec, moving them is waste;
+    the launch sets the command's policy before its first page."""
+    argv = proc.argv
+    head = argv[:argv.index("--")] if "--" in argv else argv
+    return "run" in head and any(a == "cli.agentctl" or a.rsplit("/", 1)[-1] == "agentctl" for a in head[:3])
+
+
 def find_class(sections: dict[str, TiersSection], proc: ManagedProc) -> tuple[str, TierClass] | None:
     """First matching class over the policies in force (by policy name, sorted: stable)."""
     for policy in sorted(sections):
@@ -426,7 +435,7 @@ def decide(state: PlannerState, inp: PlannerInput, sections: dict[str, TiersSect
     plans: dict[int, NodePlan] = {}  # one plan per class per round
     binds: dict[str, tuple[str, str]] = {}  # cgroup -> (nodes, reason)
     for proc in inp.procs:
-        found = find_class(sections, proc)
+        found = None if launching(proc) else find_class(sections, proc)
         if found is None:
             continue
         _, cls = found

@@ -121,3 +121,19 @@ def test_the_planner_moves_nothing_of_a_process_whose_mappings_carry_its_plan():
     _, acts = decide(PlannerState(), _inp(t, bound), capped, now=0)
     [mig] = [a for a in acts if isinstance(a, MigrateProc)]
     assert {m.node for m in mig.moves} <= {2, 3}
+
+
+def test_agentctl_run_itself_is_left_alone_until_it_execs_its_command():
+    t = topo("two_cxl")
+    sec = {"p": TiersSection((TierClass("c", ClassMatch(argv="alloc.py"), placement=Placement("bind", (("far", 1),))),))}
+    for argv in (("/usr/bin/python3", "/venv/bin/agentctl", "--socket", "s", "run", "--", "python", "alloc.py"),
+                 ("python", "-m", "cli.agentctl", "run", "--name", "a", "--", "python", "alloc.py")):
+        proc = ManagedProc(10, 111, "runtimes", "agents/a/runtime", name="a", comm="python3", argv=argv)
+        assert model.launching(proc)
+        inp = PlannerInput(t, (proc,), {"10:111": [Vma(0, 400 * P, {0: 400}, True, "default")]}, {}, {})
+        assert decide(PlannerState(), inp, sec, now=0)[1] == []
+    # after exec: the command itself, moved like any other
+    proc = ManagedProc(10, 111, "runtimes", "agents/a/runtime", name="a", comm="python", argv=("python", "alloc.py"))
+    assert not model.launching(proc)
+    inp = PlannerInput(t, (proc,), {"10:111": [Vma(0, 400 * P, {0: 400}, True, "default")]}, {}, {})
+    assert [a for a in decide(PlannerState(), inp, sec, now=0)[1] if isinstance(a, MigrateProc)]

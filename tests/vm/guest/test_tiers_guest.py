@@ -362,7 +362,6 @@ def test_agentctl_run_places_an_agents_memory_on_the_far_node_from_its_first_pag
         placed = run("far-agent")
         wait_done(placed)
         pages, policies = _numa_maps_anon_by_node(placed.pid)
-        total = sum(pages.values())
         print(f"agentctl run (class far): anon pages per node {pages} (4 KiB pages), policies {policies}")
         assert policies == {"bind:2"}, policies
         assert pages.get(2, 0) * 4096 >= 46 * MiB and pages.get(0, 0) == 0 and pages.get(1, 0) == 0, pages
@@ -385,7 +384,8 @@ def test_agentctl_run_places_an_agents_memory_on_the_far_node_from_its_first_pag
         events = d.client.recent_events(limit=500)
         [launch] = [e for e in events if e["kind"] == "tier.launch"]
         assert launch["data"]["pid"] == placed.pid and launch["data"]["nodes"] == [2], launch
-        assert not [e for e in events if e["kind"] == "tier.migrated" and e["data"].get("pid") == placed.pid]
+        moved = [e for e in events if e["kind"] == "tier.migrated" and e["data"].get("pid") == placed.pid]
+        assert not moved, moved
         for p in (placed, unplaced):
             p.stdin.close()
         placed_err = placed.stderr.read()
