@@ -36,6 +36,7 @@ MAX_RUNS_SAVED = 200_000  # page runs remembered per process for a restore
 RESTORE_DEADLINE_S = 120.0
 LAUNCH_SCOPES = {"agents": "runtimes", "jobs": "jobs"}  # agentctl run's scopes -> the classes' scopes
 MAX_ARGV_ITEMS, MAX_ARGV_BYTES, MAX_PATH = 4096, 256 << 10, 4096
+LAUNCH_GRACE_S = 60.0  # how long `agentctl run` may sit between registration and exec unplaced
 
 
 class TiersKind(Kind):
@@ -59,6 +60,7 @@ class TiersKind(Kind):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._delays: observe.DelayReader | None = None
+        self._launch_seen: dict[str, float] = {}  # `agentctl run` processes not yet exec'd -> first seen
 
     # ------------------------------------------------------------------ hooks
     def attach(self, ctx) -> None:
@@ -122,8 +124,13 @@ class TiersKind(Kind):
             if self.planner.kernel_placed:  # the last of them exited: no round will forget them
                 self.planner = replace(self.planner, kernel_placed=frozenset())
             return
+        # `agentctl run` between registration and exec: left alone for a while (its pages go
+        # away at exec), not for ever: argv is the process's own to write
+        launching = {p.key for p in procs if model.launching(p)}
+        self._launch_seen = {k: self._launch_seen.get(k, now) for k in launching}
+        exempt = frozenset(k for k, t in self._launch_seen.items() if now - t < LAUNCH_GRACE_S)
         self._busy = True
-        self.ctx.run_blocking(self._observe_round, procs, now)
+        self.ctx.run_blocking(self._observe_round, procs, now, exempt)
 
     def stop(self, revert: bool) -> None:
         if revert:
@@ -172,20 +179,20 @@ class TiersKind(Kind):
                     out.append(proc)
         return out
 
-    def _observe_round(self, procs: list[ManagedProc], now: float) -> None:
+    def _observe_round(self, procs: list[ManagedProc], now: float, launching: frozenset = frozenset()) -> None:
         """Worker thread: read the kernel's counters, then hand them to the loop."""
         try:
             topo = discover(self.sys_root, self.proc_root)
             vmas, psi, swapped = {}, {}, {}
             for p in procs:
-                if model.launching(p) or model.find_class(self.sections, p) is None:
+                if p.key in launching or model.find_class(self.sections, p) is None:
                     continue
                 vmas[p.key] = observe.read_vmas(p.pid, self.proc_root, anon_only=True) or []
                 if p.cgroup not in psi:
                     psi[p.cgroup] = self._psi(p.cgroup)
                     swapped[p.cgroup] = self._swapped(p.cgroup)
-            inp = PlannerInput(topo, tuple(procs), vmas, psi, swapped, observe.PAGE,
-                               cpuset=self.ctx.facts.get("cgroup_driver") != "none")
+            inp = PlannerInput(topo, tuple(p for p in procs if p.key not in launching), vmas, psi, swapped,
+                               observe.PAGE, cpuset=self.ctx.facts.get("cgroup_driver") != "none")
         except Exception as exc:  # a reader bug must not wedge the kind: the round is retried
             log.exception("tiers: observation failed")
             self._post(self._round_failed, f"observation failed: {exc}")

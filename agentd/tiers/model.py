@@ -435,7 +435,7 @@ def decide(state: PlannerState, inp: PlannerInput, sections: dict[str, TiersSect
     plans: dict[int, NodePlan] = {}  # one plan per class per round
     binds: dict[str, tuple[str, str]] = {}  # cgroup -> (nodes, reason)
     for proc in inp.procs:
-        found = None if launching(proc) else find_class(sections, proc)
+        found = find_class(sections, proc)
         if found is None:
             continue
         _, cls = found

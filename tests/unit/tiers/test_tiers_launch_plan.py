@@ -123,17 +123,30 @@ def test_the_planner_moves_nothing_of_a_process_whose_mappings_carry_its_plan():
     assert {m.node for m in mig.moves} <= {2, 3}
 
 
-def test_agentctl_run_itself_is_left_alone_until_it_execs_its_command():
-    t = topo("two_cxl")
-    sec = {"p": TiersSection((TierClass("c", ClassMatch(argv="alloc.py"), placement=Placement("bind", (("far", 1),))),))}
-    for argv in (("/usr/bin/python3", "/venv/bin/agentctl", "--socket", "s", "run", "--", "python", "alloc.py"),
-                 ("python", "-m", "cli.agentctl", "run", "--name", "a", "--", "python", "alloc.py")):
-        proc = ManagedProc(10, 111, "runtimes", "agents/a/runtime", name="a", comm="python3", argv=argv)
-        assert model.launching(proc)
-        inp = PlannerInput(t, (proc,), {"10:111": [Vma(0, 400 * P, {0: 400}, True, "default")]}, {}, {})
-        assert decide(PlannerState(), inp, sec, now=0)[1] == []
-    # after exec: the command itself, moved like any other
-    proc = ManagedProc(10, 111, "runtimes", "agents/a/runtime", name="a", comm="python", argv=("python", "alloc.py"))
-    assert not model.launching(proc)
-    inp = PlannerInput(t, (proc,), {"10:111": [Vma(0, 400 * P, {0: 400}, True, "default")]}, {}, {})
-    assert [a for a in decide(PlannerState(), inp, sec, now=0)[1] if isinstance(a, MigrateProc)]
+def test_agentctl_run_itself_is_left_alone_until_it_execs_its_command(tmp_path):
+    from agentd.kinds.context import SharedModel
+    from agentd.kinds.host import KindHost
+    from agentd.kinds.state import KindDatabase
+    from agentd.tiers.kind import LAUNCH_GRACE_S, TiersKind
+
+    launcher = ("/usr/bin/python3", "/venv/bin/agentctl", "--socket", "s", "run", "--", "python", "alloc.py")
+    assert model.launching(ManagedProc(1, 1, "runtimes", "", argv=launcher))
+    assert model.launching(ManagedProc(1, 1, "runtimes", "", argv=("python", "-m", "cli.agentctl", "run", "--",
+                                                                    "python", "alloc.py")))
+    assert not model.launching(ManagedProc(1, 1, "runtimes", "", argv=("python", "alloc.py", "run", "agentctl")))
+    kind = TiersKind(sys_root=str(FIX / "two_cxl" / "sys"))
+    KindHost([kind], driver=None, model=SharedModel(), db=KindDatabase(tmp_path / "k.db"),
+             journal_emit=lambda *a, **k: None, clock=lambda: 1.0)
+    kind.sections = {"p": TiersSection((TierClass("c", ClassMatch(argv="alloc.py"),
+                                                  placement=Placement("bind", (("far", 1),))),))}
+    procs = [ManagedProc(10, 111, "runtimes", "agents/a/runtime", name="a", argv=launcher),
+             ManagedProc(11, 112, "runtimes", "agents/b/runtime", name="b", argv=("python", "alloc.py"))]
+    kind.managed_procs = lambda: procs
+    rounds = []
+    kind.ctx.run_blocking = lambda fn, *args: rounds.append(args)
+    for now in (100.0, 100.0 + LAUNCH_GRACE_S):
+        kind._busy, kind._next_round = False, 0.0
+        kind.on_tick(now)
+    # the launcher's pages are neither read nor moved while it execs; a launcher that never
+    # execs (or a process that only looks like one) is placed like any other after the grace
+    assert rounds[0][2] == frozenset({"10:111"}) and rounds[1][2] == frozenset()
