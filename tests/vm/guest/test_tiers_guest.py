@@ -331,6 +331,7 @@ def test_agentctl_run_places_an_agents_memory_on_the_far_node_from_its_first_pag
     """`agentctl run` asks the real daemon (its tiers policy) for the plan and binds the
     command to node 2 before exec: the pages land there as they are first touched, none on
     node 0, and the kind moves nothing (the launch placed it). --no-tiers: first touch."""
+    from agentd.api.client import ApiClient
     from benchmarks.daemon_process import DaemonProcess
 
     policy = ("version: 1\nname: vmlaunch\ntiers:\n  classes:\n"
@@ -356,7 +357,8 @@ def test_agentctl_run_places_an_agents_memory_on_the_far_node_from_its_first_pag
             except AssertionError as e:
                 p.kill()
                 why = f"rc {p.wait()}, stderr: {p.stderr.read()[-1500:]}"
-                events = [f"{e['kind']}: {e['message']}" for e in d.client.recent_events(limit=40)]
+                events = [f"{e['kind']}: {e['message']}" for e in ApiClient(str(d.socket), timeout=120)
+                          .recent_events(limit=40)]
                 raise AssertionError(f"{e}; {why}; daemon log: {d.log.read_text()[-1500:]}; events: {events}") from None
 
         placed = run("far-agent")
@@ -375,13 +377,15 @@ def test_agentctl_run_places_an_agents_memory_on_the_far_node_from_its_first_pag
         pages_u, policies_u = _numa_maps_anon_by_node(unplaced.pid)
         print(f"agentctl run --no-tiers: anon pages per node {pages_u}, policies {policies_u}")
         assert policies_u == {"default"} and pages_u.get(2, 0) * 4096 < 8 * MiB, pages_u
-        # the kind sees the launch placement and moves nothing of it
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and d.client.kind_get("tiers", "status")["placed_at_launch"] < 1:
+        # the kind sees the launch placement and moves nothing of it (it is busy moving the
+        # --no-tiers agent's pages to node 2 meanwhile, slowly under emulation: a patient client)
+        client = ApiClient(str(d.socket), timeout=120)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and client.kind_get("tiers", "status")["placed_at_launch"] < 1:
             time.sleep(1)
-        st = d.client.kind_get("tiers", "status")
+        st = client.kind_get("tiers", "status")
         assert st["placed_at_launch"] == 1 and st["launch_plans_total"] == 1, st
-        events = d.client.recent_events(limit=500)
+        events = client.recent_events(limit=500)
         [launch] = [e for e in events if e["kind"] == "tier.launch"]
         assert launch["data"]["pid"] == placed.pid and launch["data"]["nodes"] == [2], launch
         moved = [e for e in events if e["kind"] == "tier.migrated" and e["data"].get("pid") == placed.pid]
