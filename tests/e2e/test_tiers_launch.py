@@ -190,3 +190,43 @@ def test_agentctl_run_without_a_tiers_kind_runs_unplaced(tmp):  # noqa: F811
         rc, out, err = _agentctl(dt.socket_path, "--name", "plain", "--", sys.executable, "-c", SHOW,
                                  "tiers-launch-e2e")
         assert rc == 0 and _policies(out) == {"default"} and "tiers" not in err, (out, err)
+
+
+JOB_POLICY = """\
+version: 1
+name: gpu-and-tiers
+colocation:
+  classes:
+    - name: training
+      type: best-effort
+      priority: 10
+      expected_util_pct: 20
+tiers:
+  classes:
+    - name: offload
+      match: {argv: "tiers-job-e2e"}
+      scope: [jobs]
+      placement: {mode: preferred, weights: {node0: 1}}
+"""
+
+
+def test_agentctl_run_class_places_a_gpu_jobs_memory_too(tmp):  # noqa: F811
+    # the job path (`agentctl run --class`): admitted by the colocation kind (simulated GPUs),
+    # moved into jobs/<name>, then matched by the tiers class of scope jobs and placed
+    d, leaf = tmp
+    pdir = Path(d) / "policies"
+    pdir.mkdir()
+    (pdir / "p.yaml").write_text(JOB_POLICY)
+    coloc = KindEntry("colocation", "agentd.colocation", "cli.colocation_commands")
+    config = test_config(d, leaf, kinds=(coloc, TIERS), policy_dir=pdir, require_root_owned_policies=False, gpu=True,
+                         simulate_gpus=2)
+    with DaemonThread(config) as dt:
+        rc, out, err = _agentctl(dt.socket_path, "--class", "training", "--name", "tj1", "--estimate-bytes", "1G",
+                                 "--", sys.executable, "-c", SHOW, "tiers-job-e2e")
+        assert rc == 0 and _policies(out) == {"prefer:0"}, (out, err)
+        assert "agentctl: tiers: class offload (policy gpu-and-tiers): preferred node 0" in err, err
+        [ev] = [e for e in _journal(dt.config.state_dir) if e["kind"] == "tier.launch"]
+        assert ev["data"]["scope"] == "jobs" and ev["data"]["name"] == "tj1"
+        rc, out, err = _agentctl(dt.socket_path, "--class", "training", "--name", "tj2", "--estimate-bytes", "1G",
+                                 "--no-tiers", "--", sys.executable, "-c", SHOW, "tiers-job-e2e")
+        assert rc == 0 and _policies(out) == {"default"} and "tiers:" not in err, (out, err)
