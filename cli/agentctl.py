@@ -320,11 +320,13 @@ def events(state: State, follow: bool, agent: str | None, level: str, limit: int
 @click.option("--gpus", type=click.IntRange(1, 64), default=1, show_default=True, help="With --class: GPUs it needs.")
 @click.option("--model-config", type=click.Path(dir_okay=False), help="With --class: the model's HF config.json.")
 @click.option("--estimate-bytes", type=SIZE, help="With --class: its peak GPU memory per GPU (e.g. 20G).")
+@click.option("--no-tiers", is_flag=True,
+              help="Do not place COMMAND's memory under the daemon's tiers policy at launch.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @json_option
 @pass_state
 def run(state: State, policy: str | None, name: str | None, job_class: str | None, gpus: int,
-        model_config: str | None, estimate_bytes: int | None, command: tuple[str, ...]) -> None:
+        model_config: str | None, estimate_bytes: int | None, no_tiers: bool, command: tuple[str, ...]) -> None:
     """Run COMMAND as a managed agent: agentctl registers itself, then becomes COMMAND.
 
     \b
@@ -334,6 +336,10 @@ def run(state: State, policy: str | None, name: str | None, job_class: str | Non
     \b
     Example: agentctl run --class training --estimate-bytes 20G -- python train.py
     If COMMAND cannot be started the exit code is 127 (not found) or 126 (not executable).
+    \b
+    Under a tiers policy, COMMAND's memory policy (bind, preferred, interleave) is set just
+    before it starts, as the daemon's matching class says; one line on stderr names it.
+    --no-tiers skips that. A class with `fallback: refuse` it cannot place: exit 2.
     """
     if job_class:
         from cli.colocation_commands import admit_and_wait, read_model_config
@@ -355,6 +361,8 @@ def run(state: State, policy: str | None, name: str | None, job_class: str | Non
                        f"{','.join(map(str, job.get('gpus') or []))}, cpus {job.get('cpus')}", err=True)
         os.environ.update({str(k): str(v) for k, v in (job.get("env") or {}).items()})
         os.environ["AGENTD_SOCKET"] = state.socket_path
+        if not no_tiers:
+            _place_memory(state, command, "jobs")
         _exec(command)
         return
     agent = state.client.register_agent(name=name, policy=policy)
@@ -369,7 +377,33 @@ def run(state: State, policy: str | None, name: str | None, job_class: str | Non
     if isinstance(agent, dict) and agent.get("results_dir"):
         # Where agentd leaves a structured result per tool call (<pid>.json).
         os.environ["AGENTD_RESULTS_DIR"] = str(agent["results_dir"])
+    if not no_tiers:
+        _place_memory(state, command, "agents")
     _exec(command)
+
+
+def _place_memory(state: State, command: tuple[str, ...], scope: str) -> None:
+    """Ask the daemon which tiers class and mempolicy COMMAND gets (it holds the policy),
+    then set it on this process, which exec turns into COMMAND (the policy survives exec).
+    No tiers kind or no tiers policy: nothing, COMMAND runs unplaced."""
+    exe = shutil.which(command[0]) or command[0]
+    try:
+        plan = state.client.kind_post("tiers", "launch_plan", {"argv": list(command), "scope": scope,
+                                                                "exe": os.path.realpath(exe)})
+    except ApiClientError as e:
+        if e.status != 404:  # 404: the daemon has no tiers kind
+            click.echo(f"agentctl: tiers: no launch plan ({e.message}); running {command[0]} unplaced", err=True)
+        return
+    if not isinstance(plan, dict) or not plan.get("class"):
+        return  # no class matches (or no tiers policy): nothing to say
+    try:
+        from agentd.tiers.numa import place_for_exec
+    except (ImportError, OSError) as e:  # no ctypes/libc here
+        click.echo(f"agentctl: tiers: cannot set a memory policy here ({e}); running {command[0]} unplaced", err=True)
+        return
+    refused = place_for_exec(plan, lambda line: click.echo(f"agentctl: tiers: {line}", err=True))
+    if refused is not None:
+        sys.exit(refused)
 
 
 def _exec(command: tuple[str, ...]) -> None:

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import threading
+from dataclasses import replace
 from typing import Any
 
 from agentd.api.contract import ApiError
@@ -33,6 +34,9 @@ ROUND_S = 1.0
 KNOBS = ("cpuset.mems", "memory.swap.max", "memory.zswap.max", "memory.high")
 MAX_RUNS_SAVED = 200_000  # page runs remembered per process for a restore
 RESTORE_DEADLINE_S = 120.0
+LAUNCH_SCOPES = {"agents": "runtimes", "jobs": "jobs"}  # agentctl run's scopes -> the classes' scopes
+MAX_ARGV_ITEMS, MAX_ARGV_BYTES, MAX_PATH = 4096, 256 << 10, 4096
+LAUNCH_GRACE_S = 60.0  # how long `agentctl run` may sit between registration and exec unplaced
 
 
 class TiersKind(Kind):
@@ -47,7 +51,8 @@ class TiersKind(Kind):
         self.topology: Topology | None = None
         self.runs: dict[str, dict] = {}  # proc key -> {"pid", "runs": [(addr, n, node)]}
         self.counters = {"rounds_total": 0, "migrated_bytes_total": 0, "reclaimed_bytes_total": 0,
-                         "migration_errors_total": 0, "knob_errors_total": 0, "restored_bytes_total": 0}
+                         "migration_errors_total": 0, "knob_errors_total": 0, "restored_bytes_total": 0,
+                         "launch_plans_total": 0}
         self.last_migration: dict = {}
         self.suspended = False  # after `agentctl tiers revert`, until the next policy load
         self._busy = False
@@ -55,6 +60,7 @@ class TiersKind(Kind):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._delays: observe.DelayReader | None = None
+        self._launch_seen: dict[str, float] = {}  # `agentctl run` processes not yet exec'd -> first seen
 
     # ------------------------------------------------------------------ hooks
     def attach(self, ctx) -> None:
@@ -115,9 +121,16 @@ class TiersKind(Kind):
         self._next_round = now + ROUND_S
         procs = self.managed_procs()
         if not procs:
+            if self.planner.kernel_placed:  # the last of them exited: no round will forget them
+                self.planner = replace(self.planner, kernel_placed=frozenset())
             return
+        # `agentctl run` between registration and exec: left alone for a while (its pages go
+        # away at exec), not for ever: argv is the process's own to write
+        launching = {p.key for p in procs if model.launching(p)}
+        self._launch_seen = {k: self._launch_seen.get(k, now) for k in launching}
+        exempt = frozenset(k for k, t in self._launch_seen.items() if now - t < LAUNCH_GRACE_S)
         self._busy = True
-        self.ctx.run_blocking(self._observe_round, procs, now)
+        self.ctx.run_blocking(self._observe_round, procs, now, exempt)
 
     def stop(self, revert: bool) -> None:
         if revert:
@@ -166,20 +179,20 @@ class TiersKind(Kind):
                     out.append(proc)
         return out
 
-    def _observe_round(self, procs: list[ManagedProc], now: float) -> None:
+    def _observe_round(self, procs: list[ManagedProc], now: float, launching: frozenset = frozenset()) -> None:
         """Worker thread: read the kernel's counters, then hand them to the loop."""
         try:
             topo = discover(self.sys_root, self.proc_root)
             vmas, psi, swapped = {}, {}, {}
             for p in procs:
-                if model.find_class(self.sections, p) is None:
+                if p.key in launching or model.find_class(self.sections, p) is None:
                     continue
                 vmas[p.key] = observe.read_vmas(p.pid, self.proc_root, anon_only=True) or []
                 if p.cgroup not in psi:
                     psi[p.cgroup] = self._psi(p.cgroup)
                     swapped[p.cgroup] = self._swapped(p.cgroup)
-            inp = PlannerInput(topo, tuple(procs), vmas, psi, swapped, observe.PAGE,
-                               cpuset=self.ctx.facts.get("cgroup_driver") != "none")
+            inp = PlannerInput(topo, tuple(p for p in procs if p.key not in launching), vmas, psi, swapped,
+                               observe.PAGE, cpuset=self.ctx.facts.get("cgroup_driver") != "none")
         except Exception as exc:  # a reader bug must not wedge the kind: the round is retried
             log.exception("tiers: observation failed")
             self._post(self._round_failed, f"observation failed: {exc}")
@@ -399,7 +412,69 @@ class TiersKind(Kind):
                     "host tiers and where each managed process's memory sits"),
             Command("status", "GET", Access.ANYONE, lambda caller, q: self.status(), {}, "the kind's state"),
             Command("revert", "POST", Access.ADMIN, self.revert, {}, "put back every setting and page (until the next policy load)"),
+            Command("launch_plan", "POST", Access.ANYONE, self.launch_plan,
+                    {"argv": Field((list,), required=True), "scope": Field((str,), required=True),
+                     "class": Field((str,)), "exe": Field((str,))},
+                    "the mempolicy `agentctl run` sets before exec for the caller's own command (changes nothing)"),
         ]
+
+    async def launch_plan(self, caller, body: dict) -> dict:
+        """The class and mempolicy for the caller's own launch: matched as the caller (its
+        uid from SO_PEERCRED, its agent or job), never as a process it names."""
+        argv, scope, class_name, exe = _launch_request(body)
+        if not self.sections or self.suspended:
+            return {"class": None, "reason": "no tiers policy in force" if not self.sections else
+                    "tier placement is paused (agentctl tiers revert) until the next policy load"}
+        kscope = LAUNCH_SCOPES[scope]
+        pid, uid = caller.peer.pid, caller.peer.uid
+        agent = caller.agent if kscope == "runtimes" else None
+        loop = asyncio.get_running_loop()
+        who = await loop.run_in_executor(None, self._launch_identity, pid, kscope, agent)
+        start, name, cgroup = who
+        proc = ManagedProc(pid=pid, start=start, scope=kscope, cgroup=cgroup, name=name,
+                           comm=os.path.basename(argv[0])[:15], exe=exe, argv=tuple(argv), uid=uid)
+        if class_name is not None:
+            found = next(((p, c) for p in sorted(self.sections) for c in self.sections[p].classes
+                          if c.name == class_name), None)
+            if found is None:
+                raise ApiError(404, "not_found", f"no tiers class named {class_name!r} in the policies in force",
+                               "class")
+        else:
+            found = model.find_class(self.sections, proc)
+        if found is None:
+            return {"class": None, "reason": f"no tiers class matches {argv[0]} in scope {scope}"}
+        policy, cls = found
+        from agentd.tiers.launch import plan_launch
+
+        doc = await loop.run_in_executor(None, lambda: plan_launch(cls, discover(self.sys_root, self.proc_root),
+                                                                   policy, self.sys_root))
+        self.counters["launch_plans_total"] += 1
+        what = doc["error"] or f"{doc['mode']}" + (f" node {','.join(map(str, doc['nodes']))}" if doc["nodes"] else "")
+        whose = (f"agent {name}" if kscope == "runtimes" else f"job {name}") if name else f"uid {uid}"
+        self.ctx.emit("launch", f"pid {pid} ({whose}): class {cls.name} of policy {policy} at launch: {what}",
+                      level="warn" if doc["error"] else "info",
+                      pid=pid, uid=uid, scope=scope, name=name, cls=cls.name, policy=policy, mode=doc["mode"],
+                      nodes=doc["nodes"], error=doc["error"], argv0=argv[0],
+                      **({"agent": name} if kscope == "runtimes" and name else {}))
+        return doc
+
+    def _launch_identity(self, pid: int, kscope: str, agent: str | None) -> tuple[int, str, str]:
+        """(start ticks, agent or job name, cgroup) of the asking process (worker thread)."""
+        from agentd import procfs
+
+        st = procfs.read_stat(pid, self.proc_root)
+        start = st.start_ticks if st else 0
+        if kscope == "runtimes":
+            return start, agent or "", layout.runtime_rel(agent) if agent else ""
+        driver = self.ctx.driver
+        try:
+            for job in driver.children(layout.JOBS) if driver is not None and driver.exists(layout.JOBS) else []:
+                name = job.rsplit("/", 1)[-1]
+                if pid in driver.procs(layout.job_rel(name)):
+                    return start, name, layout.job_rel(name)
+        except (OSError, ValueError):
+            pass
+        return start, "", ""
 
     async def show(self, caller, query: dict) -> dict:
         pid = None
@@ -427,6 +502,7 @@ class TiersKind(Kind):
         topo = self.topology
         return {"classes": sum(len(s.classes) for s in self.sections.values()), "policies": sorted(self.sections),
                 "refused": dict(self.refused), "suspended": self.suspended,
+                "placed_at_launch": len(self.planner.kernel_placed),
                 "tiers": [{"name": t.name, "memory_tier": t.memory_tier, "nodes": list(t.nodes)} for t in topo.tiers]
                 if topo else [], "placed_processes": len(self.planner.placed), "moved_processes": len(self.runs),
                 "last_migration": dict(self.last_migration), **self.counters}
@@ -435,7 +511,27 @@ class TiersKind(Kind):
         out = dict(self.counters)
         out["placed_processes"] = len(self.planner.placed)
         out["moved_processes"] = len(self.runs)
+        out["placed_at_launch"] = len(self.planner.kernel_placed)
         return out
+
+
+def _launch_request(body: dict) -> tuple[list[str], str, str | None, str]:
+    """launch_plan's body, bounded: (argv, scope, class or None, exe)."""
+    argv = body["argv"]
+    if not argv or len(argv) > MAX_ARGV_ITEMS or not all(isinstance(a, str) for a in argv):
+        raise ApiError(400, "invalid_value", f"argv must be a list of 1 to {MAX_ARGV_ITEMS} strings", "argv")
+    if sum(len(a) + 1 for a in argv) > MAX_ARGV_BYTES or "\0" in "".join(argv):
+        raise ApiError(400, "invalid_value", f"argv must be at most {MAX_ARGV_BYTES} bytes without NUL", "argv")
+    scope = body["scope"]
+    if scope not in LAUNCH_SCOPES:
+        raise ApiError(400, "invalid_value", f"scope must be one of {', '.join(LAUNCH_SCOPES)}, got {scope!r}", "scope")
+    class_name = body.get("class")
+    if class_name is not None and not 0 < len(class_name) <= 64:
+        raise ApiError(400, "invalid_value", "class must be a class name of 1-64 characters", "class")
+    exe = body.get("exe") or argv[0]
+    if len(exe) > MAX_PATH or "\0" in exe:
+        raise ApiError(400, "invalid_value", f"exe must be a path of at most {MAX_PATH} bytes", "exe")
+    return argv, scope, class_name, exe
 
 
 def degrade_lines(topo: Topology, facts: dict) -> list[str]:

@@ -2,12 +2,16 @@
 policy is inherited across exec, so the program's first allocation already lands where
 the policy says, without changing its code).
 
+    agentctl run -- CMD ARGS...                      (the daemon's policy decides; --no-tiers skips)
     python -m agentd.tiers.launch --policy policy.yaml [--class NAME] -- CMD ARGS...
-    agentctl run -- python -m agentd.tiers.launch --policy policy.yaml -- CMD ARGS...
 
 The class is --class, else the first class whose match (argv, comm = basename of CMD, exe,
-uid) fits the command. A fallback the host forces is printed on stderr; a class this host
-cannot place (a node that does not exist, a refused fallback) exits 2 without running CMD.
+uid) fits the command. A fallback the host forces is printed on stderr. A class this host
+cannot place (a node that does not exist, a set_mempolicy the kernel refuses) runs CMD
+unplaced and says so, unless the class says `fallback: refuse`: then placement is
+mandatory and the exit status is 2 without running CMD. `plan_launch` is the one decision
+both the daemon (`POST /v1/tiers/launch_plan`, asked by `agentctl run`) and this launcher
+make; `numa.place_for_exec` the one place both apply it.
 """
 
 from __future__ import annotations
@@ -40,6 +44,25 @@ def choose(section, argv: list[str], class_name: str | None):
     return None
 
 
+def plan_launch(cls, topo, policy: str = "", sys_root: str = "/sys") -> dict:
+    """The mempolicy to set at launch for a class on this host, as a JSON document
+    (numa.place_for_exec applies it): mode, nodes, weights, stated fallbacks (notes), an
+    error when the class cannot be placed here, and whether placement is mandatory."""
+    from agentd.tiers.model import plan_class
+
+    plan = plan_class(cls, topo)
+    mode, notes = plan.mode, list(plan.notes)
+    if not plan.error and mode == "weighted_interleave" and not weights_match(plan.weights, sys_root):
+        # the kernel's weights are global (sysfs); the daemon sets them when every class
+        # in force agrees. Until then: plain interleave over the same nodes, said aloud.
+        notes.append(f"the host's interleave weights are not {plan.weights}; interleaving 1:1 "
+                     "(the daemon rebalances running pages to the ratio)")
+        mode = "interleave"
+    return {"class": cls.name, "policy": policy, "where": cls.where, "mode": mode, "nodes": list(plan.nodes),
+            "weights": {str(n): w for n, w in sorted(plan.weights.items())}, "notes": notes, "error": plan.error,
+            "mandatory": cls.placement.fallback == "refuse"}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m agentd.tiers.launch", description=__doc__.split("\n\n")[0])
     ap.add_argument("--policy", required=True, help="policy file with a tiers: section")
@@ -53,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from agentd.policy.loader import PolicyInvalid, load_file
     from agentd.tiers import numa
-    from agentd.tiers.model import plan_class
     from agentd.tiers.topology import discover
 
     try:
@@ -71,25 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"agentd.tiers.launch: no class of {args.policy} matches {cmd[0]}; running it unplaced",
               file=sys.stderr)
     else:
-        plan = plan_class(cls, discover(args.sys_root))
-        for note in plan.notes:
-            print(f"agentd.tiers.launch: {cls.where}: class {cls.name}: {note}", file=sys.stderr)
-        if plan.error:
-            print(f"agentd.tiers.launch: {cls.where}: class {cls.name}: {plan.error}", file=sys.stderr)
-            return EXIT_BAD_POLICY
-        mode = plan.mode
-        if mode == "weighted_interleave" and not _weights_match(plan.weights, args.sys_root):
-            # the kernel's weights are global (sysfs); the daemon sets them when every class
-            # in force agrees. Until then: plain interleave over the same nodes, said aloud.
-            print(f"agentd.tiers.launch: class {cls.name}: the host's interleave weights are not "
-                  f"{plan.weights}; interleaving 1:1 (the daemon rebalances running pages to the ratio)",
-                  file=sys.stderr)
-            mode = "interleave"
-        try:
-            numa.set_mempolicy(mode, plan.nodes)
-        except OSError as exc:
-            print(f"agentd.tiers.launch: class {cls.name}: {exc}; nothing applied", file=sys.stderr)
-            return EXIT_BAD_POLICY
+        doc = plan_launch(cls, discover(args.sys_root), getattr(policy, "name", ""), args.sys_root)
+        refused = numa.place_for_exec(doc, lambda line: print(f"agentd.tiers.launch: {line}", file=sys.stderr))
+        if refused is not None:
+            return refused
     try:
         os.execvp(cmd[0], cmd)
     except OSError as exc:
@@ -97,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         return 127
 
 
-def _weights_match(weights: dict[int, int], sys_root: str) -> bool:
+def weights_match(weights: dict[int, int], sys_root: str = "/sys") -> bool:
     base = os.path.join(sys_root, "kernel", "mm", "mempolicy", "weighted_interleave")
     try:
         return all(int(open(os.path.join(base, f"node{n}")).read().strip()) == w for n, w in weights.items())

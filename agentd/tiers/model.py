@@ -155,6 +155,15 @@ def matches(cls: TierClass, proc: ManagedProc) -> bool:
     return m.uid is None or m.uid == proc.uid
 
 
+def launching(proc: ManagedProc) -> bool:
+    """`agentctl run` itself, registered but not yet exec'd into its command (whose argv it
+    carries, so a class may match it): its pages go away at exec, moving them is waste;
+    the launch sets the command's policy before its first page."""
+    argv = proc.argv
+    head = argv[:argv.index("--")] if "--" in argv else argv
+    return "run" in head and any(a == "cli.agentctl" or a.rsplit("/", 1)[-1] == "agentctl" for a in head[:3])
+
+
 def find_class(sections: dict[str, TiersSection], proc: ManagedProc) -> tuple[str, TierClass] | None:
     """First matching class over the policies in force (by policy name, sorted: stable)."""
     for policy in sorted(sections):
@@ -172,6 +181,7 @@ class Vma(NamedTuple):  # tuples: the planner makes tens of thousands per round
     end: int
     pages: dict  # node -> resident pages (numa_maps N<node>=<pages>)
     anon: bool = True
+    policy: str = ""  # the mempolicy numa_maps shows for it ("bind:0"; the task's unless mbind)
 
     @property
     def resident(self) -> int:
@@ -250,6 +260,36 @@ def plan_moves(plan: NodePlan, vmas: list[Vma], page: int, top_tier_max: int | N
                 excess -= int(here * share)
                 i += 1
     return moves
+
+
+_KERNEL_MODE = {"bind": "bind", "preferred": "prefer", "preferred_many": "prefer (many)", "interleave": "interleave",
+                "weighted_interleave": "weighted interleave", "local": "local"}
+
+
+def kernel_policy(plan: NodePlan) -> str:
+    """The policy as /proc/PID/numa_maps prints it (the kernel's mpol_to_str): "bind:0-1",
+    "prefer:0", "weighted interleave:0,2", "local"."""
+    mode = _KERNEL_MODE.get(plan.mode, plan.mode)
+    if not plan.nodes:
+        return mode
+    ranges, nodes = [], sorted(plan.nodes)
+    lo = prev = nodes[0]
+    for n in nodes[1:] + [None]:
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        ranges.append(f"{lo}-{prev}" if prev > lo else f"{lo}")
+        if n is not None:
+            lo = prev = n
+    return f"{mode}:{','.join(ranges)}"
+
+
+def placed_by_kernel(plan: NodePlan, vmas: list[Vma]) -> bool:
+    """Every anonymous mapping is under the plan's own mempolicy (set at launch, before
+    exec): the kernel already puts each new page where the plan says, so there is nothing
+    to move for the plan (interleave: per mapping, at the ratio)."""
+    want = kernel_policy(plan)
+    return bool(vmas) and plan.mode != "local" and all(v.policy == want for v in vmas)
 
 
 def node_bytes(vmas: list[Vma], page: int) -> dict[int, int]:
@@ -361,6 +401,7 @@ class PlannerState:
     placed: dict = field(default_factory=dict)  # proc key -> (class, plan nodes, at)
     knobs: frozenset = frozenset()  # (cgroup, file, value) already written
     reclaim: dict = field(default_factory=dict)  # cgroup -> ReclaimState
+    kernel_placed: frozenset = frozenset()  # proc keys whose pages the launch mempolicy places
 
 
 @dataclass(frozen=True)
@@ -389,6 +430,7 @@ def decide(state: PlannerState, inp: PlannerInput, sections: dict[str, TiersSect
                                                       if topo.nodes[n].free_bytes >= MIN_FREE_BYTES]
     live = set()
     seen_cgroups = set()
+    kernel_placed: set[str] = set()
     unsettled: set[str] = set()  # cgroups with pages still to move (or not yet looked at)
     plans: dict[int, NodePlan] = {}  # one plan per class per round
     binds: dict[str, tuple[str, str]] = {}  # cgroup -> (nodes, reason)
@@ -439,11 +481,16 @@ def decide(state: PlannerState, inp: PlannerInput, sections: dict[str, TiersSect
             if prev is None or prev[0] != sig:
                 unsettled.add(proc.cgroup)
             continue
+        by_kernel = placed_by_kernel(plan, vmas)
+        if by_kernel:
+            kernel_placed.add(proc.key)
         if not due:
             if prev[2] == SETTLE_S:  # pages were just moved: not yet looked at again
                 unsettled.add(proc.cgroup)
             continue
-        moves = plan_moves(plan, vmas, inp.page_size, cls.top_tier_max, local_nodes, far_nodes)
+        # placed at launch (agentctl run): no page of the plan to move, only the top-tier cap
+        moves = plan_moves(NodePlan("local") if by_kernel else plan, vmas, inp.page_size, cls.top_tier_max,
+                           local_nodes, far_nodes)
         if guard_blocks(cls, psi):
             moves = [m for m in moves if m.node not in far_nodes]
         # moved: look again soon (settle, then cpuset.mems); placed: every RECHECK_S
@@ -459,4 +506,4 @@ def decide(state: PlannerState, inp: PlannerInput, sections: dict[str, TiersSect
                 knobs.add(k)
                 knob_actions.append(SetKnob(cgroup, "cpuset.mems", nodes, reason))
     placed = {k: v for k, v in placed.items() if k in live}
-    return PlannerState(placed, frozenset(knobs), reclaim), knob_actions + actions
+    return PlannerState(placed, frozenset(knobs), reclaim, frozenset(kernel_placed)), knob_actions + actions

@@ -150,3 +150,31 @@ def move_pages(pid: int, addrs: list[int], nodes: list[int] | int | None, move_a
     _call("move_pages", ctypes.c_int(pid), ctypes.c_ulong(count), pages, node_arr, status,
           ctypes.c_int(MPOL_MF_MOVE_ALL if move_all else MPOL_MF_MOVE), detail=f"pid {pid}")
     return list(status)
+
+
+def place_for_exec(plan: dict, say) -> int | None:
+    """Apply a launch plan (agentd.tiers.launch.plan_launch's document, from the daemon or
+    the launcher) to the calling thread right before exec; say(line) tells the user what
+    happened, in one line. Returns None to go on and exec (placed, or unplaced by the
+    class's own fallback), or 2 when the class makes placement mandatory (`fallback:
+    refuse`) and it cannot be applied: then nothing may run."""
+    cls = f"class {plan.get('class')}" + (f" (policy {plan['policy']})" if plan.get("policy") else "")
+    where = f"{plan['where']}: " if plan.get("where") else ""
+    notes = "; ".join(str(n) for n in plan.get("notes") or ())
+    failed = str(plan.get("error") or "")
+    if not failed:
+        try:
+            set_mempolicy(str(plan.get("mode")), [int(n) for n in plan.get("nodes") or ()])
+        except (OSError, ValueError, TypeError) as exc:
+            failed = f"{exc}"
+    if failed:
+        then = "nothing run (the class says fallback: refuse)" if plan.get("mandatory") else "running it unplaced"
+        say(f"{where}{cls}: {failed}; {then}")
+        return 2 if plan.get("mandatory") else None
+    nodes = ",".join(str(n) for n in plan.get("nodes") or ())
+    weights = plan.get("weights") or {}
+    ratio = ":".join(str(weights[k]) for k in sorted(weights, key=int)) if plan.get("mode") == "weighted_interleave" \
+        else ""
+    say(f"{cls}: {plan.get('mode')}" + (f" node {nodes}" if nodes else "") + (f" at {ratio}" if ratio else "")
+        + (f" ({notes})" if notes else ""))
+    return None

@@ -15,6 +15,8 @@ from agentd.tiers.model import Vma
 PROC = procfs.PROC
 PAGE = os.sysconf("SC_PAGE_SIZE")
 _NODE = re.compile(r"N(\d+)=(\d+)")
+# the kernel's mpol_to_str: mode (two words for some), =flags, :nodelist
+_POLICY = re.compile(r"[0-9a-f]+ ((?:weighted )?[a-z]+(?: \(many\))?(?:=[a-z|]+)?(?::[0-9,-]+)?)")
 
 
 def parse_maps_ends(text: str) -> dict[int, int]:
@@ -58,7 +60,8 @@ def parse_numa_maps(text: str, ends: dict[int, int] | None = None, page: int = P
         # anonymous mappings only: a file mapping with copied-on-write pages also shows
         # anon=, but its page-cache pages are shared and sit wherever they were read
         anon = not any(p.startswith("file=") for p in parts)
-        out.append(Vma(start, end, pages, anon))
+        pol = _POLICY.match(line)
+        out.append(Vma(start, end, pages, anon, pol.group(1) if pol else ""))
     return out
 
 

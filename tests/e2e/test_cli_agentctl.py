@@ -430,6 +430,21 @@ def test_the_cli_imports_nothing_of_the_daemon_but_the_client():
     assert "gpu" not in commands and "status" in commands
 
 
+def test_agentctl_run_places_memory_with_the_pure_syscall_module_only():
+    # `agentctl run` applies the daemon's launch plan itself: agentd.tiers.numa (ctypes), nothing else
+    code = ("import json, sys; sys.modules['cli.gpu_commands'] = None; import cli.agentctl as a\n"
+            "class Client:\n"
+            "    def kind_post(self, kind, cmd, body):\n"
+            "        return {'class': 'c', 'policy': 'p', 'mode': 'local', 'nodes': [], 'notes': [], 'error': ''}\n"
+            "class State:\n    client = Client()\n"
+            "a._place_memory(State(), ('true',), 'agents')\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('agentd', 'aiohttp', 'yaml')))))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0 and r.stderr == "agentctl: tiers: class c (policy p): local\n", r.stderr
+    assert set(json.loads(r.stdout)) <= {"agentd", "agentd.api", "agentd.api.client", "agentd.paths", "agentd.units",
+                                         "agentd.kinds", "agentd.kinds.registry", "agentd.tiers", "agentd.tiers.numa"}
+
+
 def test_top_for_a_non_admin_shows_its_own_agents_without_the_daemon_status(srv):
     srv.start_agent("roots")
     srv.start_agent("mine", uid=65534)

@@ -155,6 +155,19 @@ def test_the_launcher_refuses_a_missing_node_and_runs_nothing(tmp_path):
     assert not marker.exists()
 
 
+def test_the_launcher_runs_unplaced_and_says_so_when_the_class_allows_it(tmp_path):
+    # the same semantics as `agentctl run`: only `fallback: refuse` makes placement mandatory
+    policy = tmp_path / "p.yaml"
+    marker = tmp_path / "ran"
+    policy.write_text("version: 1\nname: t\ntiers:\n  classes:\n    - name: far\n      match: {argv: touch}\n"
+                      "      placement: {mode: bind, weights: {node3: 1}}\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-m", "agentd.tiers.launch", "--policy", str(policy), "--", "touch",
+                        str(marker)], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0 and marker.exists(), r.stderr
+    assert "node 3 does not exist" in r.stderr and "running it unplaced" in r.stderr
+
+
 def test_taskstats_delay_accounting_reads_a_live_pid():
     try:
         reader = observe.DelayReader()

@@ -312,3 +312,104 @@ def _in_cgroup(cg: Path, argv: list[str]) -> subprocess.Popen:
             os.close(fd)
 
     return subprocess.Popen(argv, preexec_fn=join, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def _numa_maps_anon_by_node(pid: int) -> tuple[dict[int, int], set[str]]:
+    """Resident anonymous pages per node and the policies numa_maps shows, from the kernel."""
+    from agentd.tiers import observe
+
+    pages: dict[int, int] = {}
+    policies = set()
+    for v in observe.read_vmas(pid, anon_only=True) or []:
+        policies.add(v.policy)
+        for n, c in v.pages.items():
+            pages[n] = pages.get(n, 0) + c
+    return pages, policies
+
+
+def test_agentctl_run_places_an_agents_memory_on_the_far_node_from_its_first_page(numa_nodes, cgroup_root):
+    """`agentctl run` asks the real daemon (its tiers policy) for the plan and binds the
+    command to node 2 before exec: the pages land there as they are first touched, none on
+    node 0, and the kind moves nothing (the launch placed it). --no-tiers: first touch."""
+    from agentd.api.client import ApiClient
+    from benchmarks.daemon_process import DaemonProcess
+
+    policy = ("version: 1\nname: vmlaunch\ntiers:\n  classes:\n"
+              "    - name: far\n      match: {argv: alloc.py}\n      scope: [runtimes]\n"
+              "      placement: {mode: bind, weights: {cxl: 1}}\n      migrate: {rate_mb_s: 50}\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    _free_the_far_node()
+    d = DaemonProcess(tracker="cn_proc", policies={"vmlaunch": policy}, env=env)
+    procs: list[subprocess.Popen] = []
+    try:
+        d.start(timeout=300)
+
+        def run(name: str, *extra: str) -> subprocess.Popen:
+            p = subprocess.Popen([sys.executable, "-m", "cli.agentctl", "--socket", str(d.socket), "run", "--name", name,
+                                  *extra, "--", *alloc_argv(48, step_mb=8, hold=True)], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+            procs.append(p)
+            return p
+
+        def wait_done(p: subprocess.Popen) -> None:
+            try:
+                _wait_line(p, "done", timeout=240)
+            except AssertionError as e:
+                p.kill()
+                why = f"rc {p.wait()}, stderr: {p.stderr.read()[-1500:]}"
+                events = [f"{e['kind']}: {e['message']}" for e in ApiClient(str(d.socket), timeout=120)
+                          .recent_events(limit=40)]
+                raise AssertionError(f"{e}; {why}; daemon log: {d.log.read_text()[-1500:]}; events: {events}") from None
+
+        placed = run("far-agent")
+        wait_done(placed)
+        pages, policies = _numa_maps_anon_by_node(placed.pid)
+        print(f"agentctl run (class far): anon pages per node {pages} (4 KiB pages), policies {policies}")
+        assert policies == {"bind:2"}, policies
+        assert pages.get(2, 0) * 4096 >= 46 * MiB and pages.get(0, 0) == 0 and pages.get(1, 0) == 0, pages
+        # the agent's cgroup, from the kernel's per-node counters
+        rel = Path(f"/proc/{placed.pid}/cgroup").read_text().strip().split("::", 1)[1]
+        anon = _anon_by_node(Path("/sys/fs/cgroup") / rel.lstrip("/"))
+        print(f"memory.numa_stat anon of {rel}: {anon}")
+        assert anon.get(2, 0) >= 46 * MiB and anon.get(0, 0) < 4 * MiB, anon
+        unplaced = run("first-touch", "--no-tiers")
+        wait_done(unplaced)
+        pages_u, policies_u = _numa_maps_anon_by_node(unplaced.pid)
+        print(f"agentctl run --no-tiers: anon pages per node {pages_u}, policies {policies_u}")
+        # no launch policy: first touch on the CPU's node; the kind then moves its pages to
+        # node 2 (the class still matches the running process), while they are being read
+        assert policies_u == {"default"} and pages_u.get(0, 0) + pages_u.get(1, 0) > 0, pages_u
+        # the kind sees the launch placement and moves nothing of it (it is busy moving the
+        # --no-tiers agent's pages to node 2 meanwhile, slowly under emulation: a patient client)
+        client = ApiClient(str(d.socket), timeout=120)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and client.kind_get("tiers", "status")["placed_at_launch"] < 1:
+            time.sleep(1)
+        st = client.kind_get("tiers", "status")
+        assert st["placed_at_launch"] == 1 and st["launch_plans_total"] == 1, st
+        events = client.recent_events(limit=500)
+        [launch] = [e for e in events if e["kind"] == "tier.launch"]
+        assert launch["data"]["pid"] == placed.pid and launch["data"]["nodes"] == [2], launch
+        moved = [e for e in events if e["kind"] == "tier.migrated" and e["data"].get("pid") == placed.pid]
+        assert not moved, moved
+        # the --no-tiers agent's pages are the ones the kind had to move (rounds of rate-limited
+        # moves), from node 0/1 to 2
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and _numa_maps_anon_by_node(unplaced.pid)[0].get(2, 0) * 4096 < 40 * MiB:
+            time.sleep(2)
+        pages_u, _ = _numa_maps_anon_by_node(unplaced.pid)
+        migrated = [e["data"]["moved_bytes"] for e in client.recent_events(limit=500)
+                    if e["kind"] == "tier.migrated" and e["data"].get("pid") == unplaced.pid]
+        print(f"--no-tiers agent after the kind's migration: anon pages per node {pages_u}, moves {migrated}")
+        assert pages_u.get(2, 0) * 4096 >= 40 * MiB and migrated, (pages_u, migrated)
+        for p in (placed, unplaced):
+            p.stdin.close()
+        placed_err = placed.stderr.read()
+        assert "agentctl: tiers: class far (policy vmlaunch): bind node 2" in placed_err, placed_err
+        assert "tiers" not in unplaced.stderr.read()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=30)
+        d.cleanup()
