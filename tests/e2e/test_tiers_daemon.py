@@ -140,7 +140,8 @@ def test_a_job_is_placed_reclaimed_shown_and_restored_through_the_real_daemon(tm
             dt.loop.call_soon_threadsafe(dt.daemon.reload)
             assert _wait(lambda: DELAYACCT.read_text().strip() == delayacct_before)
             assert _wait(lambda: not kind.ctx.changes.saved())
-            assert any(e["kind"] == "tier.reverted" for e in _journal(dt.config.state_dir))
+            # journal.jsonl is written by the store's writer thread, a moment after the event
+            assert _wait(lambda: any(e["kind"] == "tier.reverted" for e in _journal(dt.config.state_dir)))
     finally:
         if holder is not None:
             holder.kill()
