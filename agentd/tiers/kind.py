@@ -454,7 +454,7 @@ class TiersKind(Kind):
         self.ctx.emit("launch", f"pid {pid} ({whose}): class {cls.name} of policy {policy} at launch: {what}",
                       level="warn" if doc["error"] else "info",
                       pid=pid, uid=uid, scope=scope, name=name, cls=cls.name, policy=policy, mode=doc["mode"],
-                      nodes=doc["nodes"], error=doc["error"], argv0=argv[0],
+                      nodes=doc["nodes"], error=doc["error"], argv0=argv[0][:256],
                       **({"agent": name} if kscope == "runtimes" and name else {}))
         return doc
 
