@@ -7,6 +7,8 @@ read back. Pure: strings in, strings out.
     agents/<agent>/tools/<seq>-<tool>   one tool call, e.g. agents/a1/tools/0003-pytest
     jobs/<name>                         a managed server or training job (colocation, tiers)
     daemon                              agentd itself (cgroup v2's no-internal-process rule)
+    holder                              whatever sat in a root agentd does not live in (the
+                                        holder of systemd/agentd-tree.service), same rule
 
 Paths are relative to the root (what every CgroupDriver method takes). An absolute cgroup
 path, as /proc/<pid>/cgroup gives it, is read with `locate`.
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 AGENTS = "agents"
 JOBS = "jobs"
 DAEMON = "daemon"
+HOLDER = "holder"
 RUNTIME = "runtime"
 TOOLS = "tools"
 
