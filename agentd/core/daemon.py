@@ -103,7 +103,7 @@ class Daemon:
         missing = "; ".join(f"{k}: {v}" for k, v in features.missing.items())
         where = f"agentd itself in {own}" if elsewhere else f"agentd itself in {layout.DAEMON}/"
         if elsewhere:  # before any controller is enabled: the holder sits in the root
-            moved = sum(len(p) for p in move_root_procs_to_leaf(self.driver).values())
+            moved = len({pid for pids in move_root_procs_to_leaf(self.driver).values() for pid in pids})
             where += f"; {moved} process(es) moved from the root into {layout.HOLDER}/" if moved else ""
         elif config.move_self:
             move_self_to_daemon_cgroup(self.driver)
