@@ -160,7 +160,7 @@ def move_root_procs_to_leaf(driver: CgroupDriver, leaf: str = HOLDER_LEAF) -> di
 def open_driver(root: str | None = None, create_root: bool = True, *, leaf_name: str = "agentd") -> CgroupDriver:
     """The driver for this host, rooted at agentd's delegated cgroup.
 
-    root: an absolute cgroup path (e.g. "/system.slice/agentd.service") used in every
+    root: an absolute cgroup path (e.g. "/system.slice/agentd-tree.service") used in every
     hierarchy. None: the caller's own cgroup in each hierarchy plus leaf_name, or, for a
     systemd service with delegation (INVOCATION_ID set, own v2 cgroup "*.service"), the
     own cgroup itself.

@@ -93,7 +93,7 @@ def parse_rel(rel: str) -> Place | None:
 
 def locate(path: str) -> tuple[str, Place] | None:
     """(the root's path, the Place) of an absolute cgroup path such as
-    "/system.slice/agentd.service/agents/a1/runtime"; the first agents/ or jobs/ with a name
+    "/system.slice/agentd-tree.service/agents/a1/runtime"; the first agents/ or jobs/ with a name
     under it decides. None when the path has neither."""
     parts = [p for p in path.split("/") if p]
     for i, part in enumerate(parts):
