@@ -493,7 +493,8 @@ def readopt_check(pid: str) -> None:
         kept2 = _agent("vm-keeper")
         check("stop agentd: the agent runs on in the tree; start agentd: re-adopted",
               st.returncode == 0 and stopped.get("ActiveState") in ("inactive", "failed") and alive_stopped
-              and cgroup_stopped == f"{TREE_ROOT}/agents/vm-keeper/runtime" and tree_stopped == tree_before
+              and cgroup_stopped == f"{TREE_ROOT}/agents/vm-keeper/runtime"
+              and tree_stopped == {k: tree_before.get(k) for k in ("MainPID", "ActiveState")}
               and sr.returncode == 0 and s2.get("ActiveState") == "active" and kept2.get("state") == "live"
               and kept2.get("main_pid") == agent_pid and kept2.get("uid") == NOBODY,
               stopped=stopped, tree_while_stopped=tree_stopped, agent_alive_while_stopped=alive_stopped,
