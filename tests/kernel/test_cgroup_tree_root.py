@@ -75,15 +75,18 @@ def test_the_holder_moves_from_the_root_into_holder_in_every_hierarchy(driver, c
     assert _cgroup_of(agent, "").endswith("/agents/a1/runtime")
 
 
-def test_processes_forked_while_moving_are_moved_too(driver, children):
-    """A process in the root that forks meanwhile: each round lists the root again."""
+def test_every_process_of_the_root_moves_a_parent_and_its_children(driver, children):
+    """Several processes in the root (a shell and the sleeps it forked): all of them move, in
+    every hierarchy, and the root is left empty."""
     p = children.cmd(["sh", "-c", "for i in 1 2 3 4 5 6 7 8; do sleep 300 & done; wait"])
     assert driver.move(p.pid, "")
-    wait_for(lambda: len(fs.read_pids(driver.tree.file("", "cgroup.procs"))) >= 9)
-    move_root_procs_to_leaf(driver)
+    assert wait_for(lambda: len(fs.read_pids(driver.tree.file("", "cgroup.procs"))) == 9, timeout_s=30)
+    in_root = sorted(fs.read_pids(driver.tree.file("", "cgroup.procs")))
+    moved = move_root_procs_to_leaf(driver)
+    assert sorted(moved[driver.tree.mount]) == in_root
     for tree in _hierarchies(driver):
         assert fs.read_pids(tree.file("", "cgroup.procs")) == []
-    assert len(fs.read_pids(driver.tree.file("holder", "cgroup.procs"))) >= 9
+        assert sorted(fs.read_pids(tree.file("holder", "cgroup.procs"))) == in_root
 
 
 @pytest.fixture
