@@ -32,7 +32,9 @@ def main() -> None:
               help="where agents read a result file per tool call (default: results/ next to the socket)")
 @click.option("--policy-dir", type=click.Path(path_type=Path), default=DEFAULT_POLICY_DIR, show_default=True)
 @click.option("--default-policy", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=DEFAULT_POLICY, show_default=True)
-@click.option("--cgroup-root", default=None, help="absolute cgroup path agentd owns (default: own cgroup + /agentd, or the service cgroup under systemd)")
+@click.option("--cgroup-root", default=None, help="absolute cgroup path agentd owns (default: own cgroup + /agentd, or the service cgroup under systemd); "
+              "outside agentd's own cgroup (systemd/agentd-tree.service), agentd stays where it is, moves what runs in "
+              "the root into holder/, and refuses a root an unprivileged user can write")
 @click.option("--cgroup-leaf", default="agentd", show_default=True, help="name of agentd's cgroup under the own cgroup, when --cgroup-root is not given")
 @click.option("--tracker", type=click.Choice(["auto", "bpf", "cn_proc"]), default="auto", show_default=True)
 @click.option("--admin-group", default=None, help="group whose members may change policy and act on any agent")

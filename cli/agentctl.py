@@ -31,6 +31,8 @@ from agentd.api.client import (
 from cli import render
 
 UNIT_SOURCE = Path(__file__).resolve().parent.parent / "systemd" / "agentd.service"
+# The unit that owns the agents' cgroup tree (why two units: its header comment).
+TREE_UNIT_SOURCE = UNIT_SOURCE.with_name("agentd-tree.service")
 LEVELS = ("debug", "info", "warn", "error")
 
 EPILOG = """\b
@@ -656,13 +658,22 @@ def policy_diff(state: State, file: str) -> None:
 
 
 def render_unit(source: str, agentd_exe: str) -> str:
-    """The unit text with ExecStart pointing at this installation's agentd."""
+    """The unit text with ExecStart's program pointing at this installation's agentd (its
+    arguments, e.g. --cgroup-root, kept)."""
     out = []
     for line in source.splitlines():
         if line.startswith("ExecStart="):
-            line = f"ExecStart={agentd_exe} run"
+            args = line.split("=", 1)[1].split(None, 1)[1:]
+            line = f"ExecStart={' '.join([agentd_exe, *args])}"
         out.append(line)
     return "\n".join(out) + "\n"
+
+
+def _write_unit(target: Path, text: str) -> None:
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, target)
 
 
 def _find_agentd(explicit: str | None) -> str:
@@ -681,25 +692,29 @@ def _find_agentd(explicit: str | None) -> str:
 @click.option("--unit-dir", default="/etc/systemd/system", show_default=True,
               type=click.Path(file_okay=False), help="Where systemd reads units from.")
 @click.option("--exec", "exec_path", help="The agentd executable (default: beside agentctl).")
-@click.option("--dry-run", is_flag=True, help="Print the unit instead of installing it.")
+@click.option("--dry-run", is_flag=True, help="Print the units instead of installing them.")
 @json_option
 @pass_state
 def install_service(state: State, unit_dir: str, exec_path: str | None, dry_run: bool) -> None:
-    """Install systemd/agentd.service for this installation (run once, as root)."""
-    if not UNIT_SOURCE.exists():
-        raise click.ClickException(f"the unit file is missing: {UNIT_SOURCE}")
+    """Install systemd/agentd.service and systemd/agentd-tree.service (run once, as root).
+
+    agentd-tree.service owns the cgroup tree the agents live in, so that restarting agentd
+    never has to put its new process into a cgroup that hands controllers to agents."""
+    for source in (UNIT_SOURCE, TREE_UNIT_SOURCE):
+        if not source.exists():
+            raise click.ClickException(f"the unit file is missing: {source}")
     exe = _find_agentd(exec_path)
     text = render_unit(UNIT_SOURCE.read_text(encoding="utf-8"), exe)
+    tree_text = TREE_UNIT_SOURCE.read_text(encoding="utf-8")  # installed as shipped
     if dry_run:
-        click.echo(text, nl=False)
+        click.echo(f"# {TREE_UNIT_SOURCE.name}\n{tree_text}\n# {UNIT_SOURCE.name}\n{text}", nl=False)
         return
     target = Path(unit_dir) / "agentd.service"
+    tree_target = Path(unit_dir) / TREE_UNIT_SOURCE.name
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(".agentd.service.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
+        _write_unit(tree_target, tree_text)  # first: agentd.service Requires= it
+        _write_unit(target, text)
     except PermissionError:
         raise click.ClickException(f"cannot write {target}: run `sudo agentctl install-service`") \
             from None
@@ -707,12 +722,14 @@ def install_service(state: State, unit_dir: str, exec_path: str | None, dry_run:
     reloaded = False
     if systemd_running:
         reloaded = subprocess.run(["systemctl", "daemon-reload"], check=False).returncode == 0
-    result = {"unit": str(target), "exec": exe, "systemd_running": systemd_running,
-              "daemon_reloaded": reloaded}
+    exec_start = next(line.split("=", 1)[1] for line in text.splitlines() if line.startswith("ExecStart="))
+    result = {"unit": str(target), "tree_unit": str(tree_target), "exec": exe, "exec_start": exec_start,
+              "systemd_running": systemd_running, "daemon_reloaded": reloaded}
     if state.json:
         emit_json(result)
         return
-    click.echo(f"installed {target} (ExecStart={exe} run)")
+    click.echo(f"installed {target} (ExecStart={exec_start})")
+    click.echo(f"installed {tree_target} (the agents' cgroup tree: `systemctl stop agentd-tree` ends every agent)")
     if reloaded:
         click.echo("systemd reloaded its units; start agentd with: systemctl enable --now agentd")
     elif systemd_running:

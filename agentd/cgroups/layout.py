@@ -7,6 +7,8 @@ read back. Pure: strings in, strings out.
     agents/<agent>/tools/<seq>-<tool>   one tool call, e.g. agents/a1/tools/0003-pytest
     jobs/<name>                         a managed server or training job (colocation, tiers)
     daemon                              agentd itself (cgroup v2's no-internal-process rule)
+    holder                              whatever sat in a root agentd does not live in (the
+                                        holder of systemd/agentd-tree.service), same rule
 
 Paths are relative to the root (what every CgroupDriver method takes). An absolute cgroup
 path, as /proc/<pid>/cgroup gives it, is read with `locate`.
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 AGENTS = "agents"
 JOBS = "jobs"
 DAEMON = "daemon"
+HOLDER = "holder"
 RUNTIME = "runtime"
 TOOLS = "tools"
 
@@ -90,7 +93,7 @@ def parse_rel(rel: str) -> Place | None:
 
 def locate(path: str) -> tuple[str, Place] | None:
     """(the root's path, the Place) of an absolute cgroup path such as
-    "/system.slice/agentd.service/agents/a1/runtime"; the first agents/ or jobs/ with a name
+    "/system.slice/agentd-tree.service/agents/a1/runtime"; the first agents/ or jobs/ with a name
     under it decides. None when the path has neither."""
     parts = [p for p in path.split("/") if p]
     for i, part in enumerate(parts):

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from agentd import __version__
 from agentd.cgroups import layout
-from agentd.cgroups.detect import move_self_to_daemon_cgroup, open_driver
+from agentd.cgroups.detect import (check_root_is_roots, move_root_procs_to_leaf, move_self_to_daemon_cgroup, open_driver,
+                                   own_v2_cgroup, root_is_elsewhere)
 from agentd.core import capabilities
 from agentd.core.controller import DaemonController
 from agentd.core.journal import Journal
@@ -87,17 +88,31 @@ class Daemon:
         # Before anything touches cgroups or processes: the state is root's alone, and a
         # second daemon on it stops here (it would re-adopt and place every exec again).
         self._lock_fd = open_state_dir(config.state_dir)
-        self.driver = open_driver(config.cgroup_root, leaf_name=config.cgroup_leaf)
+        # A named root outside agentd's own cgroup (systemd/agentd-tree.service) is another
+        # unit's: checked to be root's alone before agentd makes or moves anything in it.
+        own = own_v2_cgroup()
+        elsewhere = root_is_elsewhere(own, config.cgroup_root)
+        self.driver = open_driver(config.cgroup_root, create_root=not elsewhere, leaf_name=config.cgroup_leaf)
+        if elsewhere:
+            check_root_is_roots(self.driver)
+            self.driver.create("")
         if hasattr(self.driver, "tool_cgroups_everywhere"):
             self.driver.tool_cgroups_everywhere = config.tool_cgroups == "all"
             self.driver.spares = config.spare_cgroups
         features = self.driver.features()
         missing = "; ".join(f"{k}: {v}" for k, v in features.missing.items())
-        self.lines["cgroups"] = f"cgroups: {features.kind} driver" + (f" (missing {missing})" if missing else "")
+        where = f"agentd itself in {own}" if elsewhere else f"agentd itself in {layout.DAEMON}/"
+        if elsewhere:  # before any controller is enabled: the holder sits in the root
+            moved = len({pid for pids in move_root_procs_to_leaf(self.driver).values() for pid in pids})
+            where += f"; {moved} process(es) moved from the root into {layout.HOLDER}/" if moved else ""
+        elif config.move_self:
+            move_self_to_daemon_cgroup(self.driver)
+        else:
+            where = f"agentd itself in {own}"
+        self.lines["cgroups"] = (f"cgroups: {features.kind} driver, root {self.driver.tree.root} ({where})"
+                                 + (f" (missing {missing})" if missing else ""))
         if missing:
             self.degraded.append(self.lines["cgroups"])
-        if config.move_self:
-            move_self_to_daemon_cgroup(self.driver)
         self.results = ResultsDir(config.results_dir or default_results_root(config.socket_path))
         self.results_dir = self.results.path
         self.lines["state"] = (f"state: {config.state_dir} (0700, files 0600, locked by pid {os.getpid()}); results: {self.results.path} "

@@ -168,20 +168,27 @@ def test_install_service_rewrites_exec_start_and_says_how_to_start(tmp_path):
     r = invoke("install-service", "--unit-dir", str(tmp_path), "--exec", "/usr/local/bin/agentd")
     assert r.exit_code == 0, r.output
     unit = (tmp_path / "agentd.service").read_text()
-    assert "ExecStart=/usr/local/bin/agentd run\n" in unit
+    tree_root = "/system.slice/agentd-tree.service"
     assert [line for line in unit.splitlines() if line.startswith("ExecStart=")] == [
-        "ExecStart=/usr/local/bin/agentd run"]
-    assert oct((tmp_path / "agentd.service").stat().st_mode & 0o777) == "0o644"
+        f"ExecStart=/usr/local/bin/agentd run --cgroup-root {tree_root}"]
+    # both units, the tree as shipped: agentd runs in agentd.service, its agents in the tree
+    tree = (tmp_path / "agentd-tree.service").read_text()
+    assert tree == (REPO / "systemd" / "agentd-tree.service").read_text()
+    assert "Requires=agentd-tree.service" in unit and "Delegate=yes" in tree
+    for name in ("agentd.service", "agentd-tree.service"):
+        assert oct((tmp_path / name).stat().st_mode & 0o777) == "0o644"
     if not Path("/run/systemd/system").is_dir():
         assert "systemctl daemon-reload && systemctl enable --now agentd" in r.output
     r = invoke("--json", "install-service", "--unit-dir", str(tmp_path), "--exec", "/x/agentd")
-    assert json.loads(r.output)["exec"] == "/x/agentd"
+    doc = json.loads(r.output)
+    assert doc["exec"] == "/x/agentd" and doc["tree_unit"] == str(tmp_path / "agentd-tree.service")
+    assert doc["exec_start"] == f"/x/agentd run --cgroup-root {tree_root}"
 
 
 def test_render_unit_touches_only_exec_start():
-    src = "[Service]\nExecStart=/old/agentd run\nExecReload=/bin/kill -HUP $MAINPID\n"
+    src = "[Service]\nExecStart=/old/agentd run --cgroup-root /a.service\nExecReload=/bin/kill -HUP $MAINPID\n"
     assert render_unit(src, "/new/agentd") == (
-        "[Service]\nExecStart=/new/agentd run\nExecReload=/bin/kill -HUP $MAINPID\n")
+        "[Service]\nExecStart=/new/agentd run --cgroup-root /a.service\nExecReload=/bin/kill -HUP $MAINPID\n")
 
 
 # --- online ----------------------------------------------------------------------------------

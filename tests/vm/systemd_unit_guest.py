@@ -2,10 +2,10 @@
 
 The guest's PID 1 is virtme-ng's init, so systemd (the host's /lib/systemd/systemd, seen
 through the read-only shared root) is started as PID 1 of a new pid and mount namespace,
-with `container=` set like systemd-nspawn does. The unit is installed by
-`agentctl install-service`, exactly as shipped, plus one drop-in that only shortens
-WatchdogSec (so a ping is seen in seconds). Then, through systemctl and agentctl run in
-systemd's namespaces:
+with `container=` set like systemd-nspawn does. The units are installed by
+`agentctl install-service` (agentd.service and agentd-tree.service), exactly as shipped,
+plus one drop-in that only shortens WatchdogSec (so a ping is seen in seconds). Then,
+through systemctl and agentctl run in systemd's namespaces:
 
   probe    agentd/core/capprobe.py under setpriv: each capability of the unit needed by
            a named call on this kernel, CAP_SYS_ADMIN only by perf_event_open (Debian's
@@ -30,9 +30,12 @@ systemd's namespaces:
            agents/<victim>/x cgroup and the victim's name, a pid reused (ns_last_pid) between
            a registration's headers and body, reading the state, and a second daemon on the
            same state directory; another uid asking for the ended agent's name (409)
+  tree     agentd-tree.service (pulled in by Requires=) owns the agents' cgroup tree: its
+           holder moved into holder/, agentd itself in agentd.service's childless cgroup
   restart  `systemctl restart agentd` after it all: READY on the same database, records
-           kept; then again with a uid 65534 agent live across it: re-adopted (fails on
-           systemd < 254, see readopt_check)
+           kept; then again with a uid 65534 agent live across it: re-adopted (on systemd
+           252 too: the agents are not in agentd.service); `systemctl stop agentd` leaves
+           the agent running and `start` re-adopts it; `systemctl stop agentd-tree` ends it
 
 Each check appends one JSON line to $AGENTD_VM_RESULTS/checks.jsonl; the systemd console
 log and the daemon's journal are left there too.
@@ -67,6 +70,7 @@ agent:
 """
 
 SYSTEMD_PID = 0
+TREE_ROOT = "/system.slice/agentd-tree.service"  # agentd-tree.service's cgroup: the agents' tree
 
 
 T0 = time.monotonic()
@@ -85,8 +89,8 @@ def inside(*argv: str, timeout: float = 120, **kw) -> subprocess.CompletedProces
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
 
 
-def show(*props: str) -> dict[str, str]:
-    r = inside("systemctl", "show", "agentd", "-p", ",".join(props))
+def show(*props: str, unit: str = "agentd") -> dict[str, str]:
+    r = inside("systemctl", "show", unit, "-p", ",".join(props))
     return dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
 
 
@@ -122,7 +126,8 @@ def install() -> None:
     # and, as the unit's comment tells an admin to, ExecStart repeated with --socket-group:
     # every local user (group nogroup here) may connect, so the attacks below reach it
     (dropin / "vm-test.conf").write_text(f"[Service]\nWatchdogSec={WATCHDOG_S}s\nTimeoutStartSec=400s\n"
-                                         f"ExecStart=\nExecStart={WRAPPER} run --socket-group nogroup\n{extra}\n")
+                                         f"ExecStart=\nExecStart={WRAPPER} run --cgroup-root {TREE_ROOT} --socket-group nogroup\n"
+                                         f"{extra}\n")
     # What systemd boots to: nothing but a target; agentd is started by the test.
     Path("/etc/systemd/system/agentd-vm.target").write_text("[Unit]\nDescription=agentd VM test\n")
     shutil.rmtree("/etc/agentd/policies.d", ignore_errors=True)
@@ -183,7 +188,9 @@ def run_checks() -> None:
              "WatchdogTimestampMonotonic", "NRestarts", "Result")
     s = show(*props)
     # inactive while the start job waits for sysinit.target, activating until READY=1
-    while s.get("ActiveState") not in ("active", "failed") and time.monotonic() - t0 < 420:
+    # (sysinit.target's jobs, first pulled in by this start, took > 420 s on a host with a
+    # load of 14: the start job waits for them before TimeoutStartSec counts)
+    while s.get("ActiveState") not in ("active", "failed") and time.monotonic() - t0 < 900:
         time.sleep(0.5)
         s = show(*props)
     start_s = time.monotonic() - t0
@@ -246,6 +253,7 @@ def run_checks() -> None:
           notifications=[n for n in notes[max(hup, 0):] if not n.startswith("WATCHDOG")][:3],
           journal_tail=journal.splitlines()[-3:])
 
+    tree_check(pid)
     results_check(pid)
     ended = toolcall_check()
     symlink_attack_check()
@@ -299,6 +307,40 @@ def probe_capabilities() -> None:
                           "without_CAP_SYS_ADMIN": without["CAP_SYS_ADMIN"].get("bpf(BPF_RAW_TRACEPOINT_OPEN)"),
                           "without_CAP_PERFMON": without["CAP_PERFMON"].get("bpf(BPF_RAW_TRACEPOINT_OPEN)"),
                           "without_CAP_BPF": without["CAP_BPF"].get("bpf(BPF_RAW_TRACEPOINT_OPEN)")})
+
+
+def _cgroup_of(pid: str) -> str:
+    """The v2 cgroup of a pid of systemd's namespace (the guest is pure v2: one line)."""
+    out = inside("cat", f"/proc/{pid}/cgroup").stdout
+    return next((line[3:] for line in out.splitlines() if line.startswith("0::")), "")
+
+
+def tree_check(pid: str) -> None:
+    """agentd-tree.service, started by agentd.service's Requires=, owns the agents' tree:
+    its holder was moved from the unit's cgroup into holder/ before agentd enabled
+    controllers there (the tree root holds no process, its subtree_control has memory), the
+    daemon stays in agentd.service's cgroup (no children: what lets systemd < 254 restart it
+    while agents run), the root is root's, and `agentctl status` names the root."""
+    tree = show("ActiveState", "SubState", "MainPID", "ControlGroup", "Delegate", "KillMode", unit="agentd-tree")
+    holder = tree.get("MainPID", "0")
+    root_dir = f"/sys/fs/cgroup{TREE_ROOT}"
+    root_procs = inside("cat", f"{root_dir}/cgroup.procs").stdout.split()
+    subtree = inside("cat", f"{root_dir}/cgroup.subtree_control").stdout.split()
+    owner = inside("stat", "-c", "%u %a", root_dir).stdout.strip()
+    own_children = inside("find", "/sys/fs/cgroup/system.slice/agentd.service", "-mindepth", "1", "-type", "d").stdout.split()
+    st = agentctl("--json", "status")
+    try:
+        lines = json.loads(st.stdout).get("lines") or {}
+    except ValueError:
+        lines = {}
+    cg_line = lines.get("cgroups", "") if isinstance(lines, dict) else " ".join(map(str, lines))
+    check("tree: agentd-tree.service holds the agents' tree, its holder in holder/, agentd in its own childless cgroup",
+          tree.get("ActiveState") == "active" and tree.get("ControlGroup") == TREE_ROOT and tree.get("Delegate") == "yes"
+          and tree.get("KillMode") == "control-group" and _cgroup_of(holder) == f"{TREE_ROOT}/holder"
+          and _cgroup_of(pid) == "/system.slice/agentd.service" and root_procs == [] and "memory" in subtree
+          and owner.split()[:1] == ["0"] and not own_children and f"root {TREE_ROOT}" in cg_line,
+          tree=tree, holder_cgroup=_cgroup_of(holder), daemon_cgroup=_cgroup_of(pid), root_procs=root_procs,
+          subtree_control=subtree, root_owner_mode=owner, agentd_service_children=own_children, cgroups_line=cg_line)
 
 
 def results_check(pid: str) -> None:
@@ -401,12 +443,19 @@ def restart_check(pid: str) -> str:
     return s.get("MainPID", "")
 
 
+def _alive(pid) -> bool:
+    """The pid (systemd's namespace) runs and is no zombie."""
+    r = inside("sh", "-c", f"grep '^State:' /proc/{pid}/status")
+    return r.returncode == 0 and "zombie" not in r.stdout
+
+
 def readopt_check(pid: str) -> None:
-    """A uid 65534 agent live across `systemctl restart agentd` is re-adopted (KillMode=process
-    keeps it). Known to fail on systemd < 254 (no DelegateSubgroup=): systemd puts the new
-    main process into the unit's own cgroup, where agentd has enabled controllers for its
-    subtree (no internal processes: EBUSY), and the start fails with 219/CGROUP while an
-    agent keeps that subtree populated."""
+    """A uid 65534 agent lives in agentd-tree.service's tree, so (1) `systemctl restart agentd`
+    comes back READY and re-adopts it on any systemd (before: 219/CGROUP on systemd < 254,
+    which has no DelegateSubgroup=: the new process had to join a cgroup that handed
+    controllers to agents/); (2) `systemctl stop agentd` leaves it running in the tree and
+    `systemctl start agentd` re-adopts it; (3) `systemctl stop agentd-tree` stops agentd
+    first (Requires=) and then ends the agent (KillMode=control-group)."""
     keeper = subprocess.Popen(["nsenter", "-t", str(SYSTEMD_PID), "-m", "-p", "--", "setpriv", f"--reuid={NOBODY}",
                                f"--regid={NOBODY}", "--clear-groups", "--", str(BIN / "python"), "-m", "cli.agentctl",
                                "--socket", SOCKET, "run", "--name", "vm-keeper", "--", "sleep", "900"],
@@ -418,19 +467,52 @@ def readopt_check(pid: str) -> None:
         while time.monotonic() < deadline and live.get("state") != "live":
             time.sleep(1)
             live = _agent("vm-keeper")
+        agent_pid = live.get("main_pid")
+        tree_before = show("MainPID", "ActiveState", "NRestarts", unit="agentd-tree")
         t0 = time.monotonic()
         r = inside("systemctl", "restart", "agentd", timeout=600)
         restart_s = time.monotonic() - t0
         s = show("ActiveState", "SubState", "MainPID", "ExecMainStatus")
         kept = _agent("vm-keeper")
+        tree_after = show("MainPID", "ActiveState", "NRestarts", unit="agentd-tree")
         check("restart with a live agent: re-adopted",
               r.returncode == 0 and s.get("ActiveState") == "active" and s.get("MainPID") not in ("", "0", pid)
               and live.get("state") == "live" and kept.get("state") == "live" and kept.get("uid") == NOBODY
-              and kept.get("main_pid") == live.get("main_pid"),
+              and kept.get("main_pid") == agent_pid and tree_after == tree_before and tree_after.get("ActiveState") == "active",
               restart_s=round(restart_s, 1), show=s, before=live, after=kept, err=r.stderr[-1000:],
+              tree_before=tree_before, tree_after=tree_after, agent_cgroup=_cgroup_of(agent_pid) if agent_pid else None,
               systemd=inside("systemctl", "--version").stdout.split("\n")[0])
+
+        st = inside("systemctl", "stop", "agentd", timeout=120)
+        stopped = show("ActiveState", "SubState")
+        tree_stopped = show("MainPID", "ActiveState", unit="agentd-tree")
+        alive_stopped = bool(agent_pid) and _alive(agent_pid)
+        cgroup_stopped = _cgroup_of(agent_pid) if agent_pid else ""
+        t1 = time.monotonic()
+        sr = inside("systemctl", "start", "agentd", timeout=600)
+        start_s = time.monotonic() - t1
+        s2 = show("ActiveState", "SubState", "MainPID")
+        kept2 = _agent("vm-keeper")
+        check("stop agentd: the agent runs on in the tree; start agentd: re-adopted",
+              st.returncode == 0 and stopped.get("ActiveState") in ("inactive", "failed") and alive_stopped
+              and cgroup_stopped == f"{TREE_ROOT}/agents/vm-keeper/runtime"
+              and tree_stopped == {k: tree_before.get(k) for k in ("MainPID", "ActiveState")}
+              and sr.returncode == 0 and s2.get("ActiveState") == "active" and kept2.get("state") == "live"
+              and kept2.get("main_pid") == agent_pid and kept2.get("uid") == NOBODY,
+              stopped=stopped, tree_while_stopped=tree_stopped, agent_alive_while_stopped=alive_stopped,
+              agent_cgroup_while_stopped=cgroup_stopped, start_s=round(start_s, 1), show=s2, after=kept2,
+              err=(st.stderr + sr.stderr)[-1000:])
+
+        tr = inside("systemctl", "stop", "agentd-tree", timeout=120)
+        deadline = time.monotonic() + 30
+        while agent_pid and _alive(agent_pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        ended = show("ActiveState", unit="agentd-tree").get("ActiveState"), show("ActiveState").get("ActiveState")
+        check("stop agentd-tree: agentd stops too, every agent in the tree ends",
+              tr.returncode == 0 and bool(agent_pid) and not _alive(agent_pid) and ended == ("inactive", "inactive"),
+              tree_and_agentd=ended, agent_pid=agent_pid, err=tr.stderr[-1000:])
     finally:
-        inside("systemctl", "stop", "agentd")
+        inside("systemctl", "stop", "agentd-tree", "agentd")
         if live.get("main_pid"):  # the agent's sleep, in systemd's pid namespace (nsenter only forked it)
             inside("kill", "-9", str(live["main_pid"]))
         keeper.kill()

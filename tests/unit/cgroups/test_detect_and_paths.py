@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agentd.cgroups.detect import detect_layout, is_delegated_service, resolve_root
+from agentd.cgroups.detect import (detect_layout, is_delegated_service, is_inside, resolve_root, root_is_elsewhere,
+                                   root_owner_problems)
 from agentd.cgroups.fs import validate_abs_cgroup, validate_rel
 
 HYBRID_MOUNTS = (
@@ -79,3 +80,28 @@ def test_abs_cgroup_paths():
     for bad in ("system.slice", "/a/../b"):
         with pytest.raises(ValueError):
             validate_abs_cgroup(bad)
+
+
+def test_a_named_root_outside_the_own_cgroup_is_elsewhere():
+    # agentd.service naming agentd-tree.service's cgroup: agentd stays where it is
+    assert root_is_elsewhere("/system.slice/agentd.service", "/system.slice/agentd-tree.service")
+    # a prefix of the name is not an ancestor
+    assert root_is_elsewhere("/system.slice/agentd.service-x", "/system.slice/agentd.service")
+    # the root is the own cgroup or above it: agentd moves itself into daemon/ as before
+    assert not root_is_elsewhere("/system.slice/agentd.service", "/system.slice/agentd.service")
+    assert not root_is_elsewhere("/system.slice/agentd.service/daemon", "/system.slice/agentd.service/")
+    assert not root_is_elsewhere("/user.slice/x", "/")
+    # no named root: the old defaults (own + /agentd, or the delegated service cgroup)
+    assert not root_is_elsewhere("/system.slice/agentd.service", None)
+    assert is_inside("/a/b", "/a") and is_inside("/a", "/a/") and not is_inside("/ab", "/a")
+
+
+def test_a_root_a_user_could_change_is_a_problem():
+    ok = [("/sys/fs/cgroup", 0, 0o40755), ("/sys/fs/cgroup/system.slice", 0, 0o40755),
+          ("/sys/fs/cgroup/system.slice/agentd-tree.service/cgroup.procs", 0, 0o100644)]
+    assert root_owner_problems(ok) == []
+    bad = root_owner_problems([("/sys/fs/cgroup/user.slice/user@1000.service", 1000, 0o40755),
+                               ("/sys/fs/cgroup/x", 0, 0o40775), ("/sys/fs/cgroup/y", 0, 0o40757)])
+    assert bad == ["/sys/fs/cgroup/user.slice/user@1000.service is owned by uid 1000, not root",
+                   "/sys/fs/cgroup/x is writable by group or others (drwxrwxr-x)",
+                   "/sys/fs/cgroup/y is writable by group or others (drwxr-xrwx)"]
