@@ -143,7 +143,7 @@ class KvKind(Kind):
         while len(self.ended) > ENDED_KEEP:
             self.ended.pop(next(iter(self.ended)))
         wall = data.get("wall_s")
-        if started is not None and isinstance(wall, (int, float)) and outcome not in ("killed", "frozen"):
+        if started is not None and isinstance(wall, (int, float)) and outcome not in ("killed", "frozen", "unknown"):
             self.durations.observe(started[1], float(wall))  # killed ones are censored, not durations
             self.learned += 1
             self._dirty = True

@@ -206,12 +206,17 @@ def describe_exit(exit_code: int) -> str:
     return f"ended by {name} (signal {-exit_code}), not by agentd"
 
 
-def finish(state: LadderState, exit_code: int | None) -> LadderState:
+def finish(state: LadderState, exit_code: int | None, exit_seen: bool = True) -> LadderState:
     """The tool call's last process exited: settle its outcome. A non-zero exit (or a signal
     agentd did not send) inside its limits is `failed`, even after a throttled burst: the
-    agent needs to know its command did not succeed."""
+    agent needs to know its command did not succeed. exit_seen False: it ended while no
+    daemon watched (its exit event died with the old daemon), so nothing says it succeeded:
+    `unknown`, never `ok`."""
     if state.stage == "killed":
         return replace(state, stage="done")
+    if not exit_seen and exit_code is None:
+        return replace(state, stage="done", outcome="unknown",
+                       reason="ended while agentd was down: its exit status was not seen")
     if exit_code not in (None, 0):
         reason = describe_exit(exit_code)
         if state.throttled:

@@ -226,12 +226,12 @@ class Ladder:
         self.run_blocking(self.act.kill, tc.cgroup)
         return tc
 
-    def finish(self, tc: ToolCall, now: float, populated: bool = True) -> None:
+    def finish(self, tc: ToolCall, now: float, populated: bool = True, exit_seen: bool = True) -> None:
         """Settle a tool call whose processes are gone (or must go): its outcome now; its
         cgroup killed and removed and its result file written off the loop (endwork.py);
         then, back on the loop, its record and toolcall.end in one store transaction, so
         an agent told of the end (or reading the record) finds its result file already."""
-        tc.ladder = escalation.finish(tc.ladder, tc.exit_code)
+        tc.ladder = escalation.finish(tc.ladder, tc.exit_code, exit_seen)
         tc.state, tc.ended, tc.outcome, tc.reason = "done", now, tc.ladder.outcome, tc.ladder.reason
         self.toolcalls.pop(tc.id, None)
         self._leader_gone.pop(tc.id, None)

@@ -55,9 +55,8 @@ def readopt(engine: "ToolCallEngine") -> dict:
                       peak_bytes=rec["peak_bytes"], cpu_s=rec["cpu_s"])
         if rec["agent"] not in engine.agents or not driver.exists(tc.cgroup) or not engine.act.populated(tc.cgroup):
             counts["finished_while_down"] += 1
-            tc.reason = "finished while agentd was down"
             engine.adopt_toolcall(tc)
-            engine.finish(tc, engine.clock())
+            engine.finish(tc, engine.clock(), exit_seen=False)
             continue
         engine.adopt_toolcall(tc)
         counts["toolcalls"] += 1

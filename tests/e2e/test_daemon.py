@@ -395,3 +395,23 @@ def test_tracker_bpf_that_cannot_load_refuses_to_start_and_auto_falls_back(tmp_p
         assert line.startswith("tracker: cn_proc (BCC could not compile the tracker"), line
     finally:
         d.cleanup()
+
+
+def test_a_tool_call_that_ends_while_the_daemon_is_down_is_unknown_not_ok(daemon):
+    """Its exit event died with the old daemon's ring buffer: the restarted daemon cannot know
+    whether it succeeded, and must not tell the agent `ok` (this one failed with exit 3)."""
+    steps = [["sh", "-c", "sleep 2; exit 3"]]
+    proc = daemon.spawn_agent("down", AGENTS / "scripted.py", *[json.dumps(s) for s in steps])
+    deadline = time.monotonic() + 20
+    while not any(c["seq"] == 1 and c["state"] != "done" for c in daemon.toolcalls("down")):
+        assert time.monotonic() < deadline, daemon.toolcalls("down")
+        time.sleep(0.05)
+    daemon.kill9()
+    time.sleep(3.0)  # the tool call ends (exit 3) while no daemon watches
+    daemon.start()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert parse_lines(out)[0]["rc"] == 3
+    sh = [c for c in wait_done(daemon, "down", 1) if c["seq"] == 1][0]
+    assert (sh["outcome"], sh["exit_code"]) == ("unknown", None), sh
+    assert "was not seen" in sh["reason"]

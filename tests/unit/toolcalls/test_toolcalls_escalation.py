@@ -187,3 +187,10 @@ def test_non_zero_exit_inside_limits_is_failed_with_its_code():
     # agentd's own kill stays a kill whatever the status (SIGKILL from cgroup.kill)
     state, _ = run([sample(30), sample(61)])
     assert finish(state, -9).outcome == "killed"
+
+
+def test_an_exit_nobody_saw_is_unknown_never_ok():
+    done = finish(LadderState(started=0.0), None, exit_seen=False)
+    assert (done.stage, done.outcome) == ("done", "unknown") and "not seen" in done.reason
+    assert finish(LadderState(started=0.0), None).outcome == "ok"  # seen, no code: the tracker had none to give
+    assert finish(LadderState(started=0.0), 3 << 8, exit_seen=False).outcome == "failed"  # a code beats the flag
