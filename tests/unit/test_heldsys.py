@@ -54,8 +54,11 @@ def test_holding_nests_and_ends():
     assert not heldsys.active()
 
 
-def _other_thread_progress(syscalls, seconds: float) -> int:
-    """How far a spinning Python thread gets while this one makes syscalls for `seconds`."""
+def _other_thread_progress(syscalls, seconds: float, interval: float = 0.5) -> int:
+    """How far a spinning Python thread gets while this one makes syscalls for `seconds`.
+    interval: the GIL switch interval meanwhile; a thread that keeps the GIL loses it anyway
+    once the spinner has waited that long, which a busy host (this thread off the CPU) can
+    make happen within a short loop: the held case asks for a long one."""
     count, stop, started = [0], threading.Event(), threading.Event()
 
     def spin():
@@ -67,7 +70,7 @@ def _other_thread_progress(syscalls, seconds: float) -> int:
     t = threading.Thread(target=spin)
     t.start()
     started.wait()
-    sys.setswitchinterval(0.5)  # within it, only a released GIL lets the spinner run
+    sys.setswitchinterval(interval)  # within it, only a released GIL lets the spinner run
     try:
         before = count[0]
         end = time.monotonic() + seconds
@@ -83,5 +86,5 @@ def _other_thread_progress(syscalls, seconds: float) -> int:
 def test_the_gil_is_kept_through_the_syscalls():
     read = lambda: procfs.read_bytes(os.getpid(), "stat")  # noqa: E731
     with heldsys.holding():
-        assert _other_thread_progress(read, 0.05) == 0
+        assert _other_thread_progress(read, 0.05, interval=30.0) == 0
     assert _other_thread_progress(read, 1.0) > 0  # os.* hands the GIL over at each syscall
