@@ -101,18 +101,26 @@ class DaemonProcess:
     def driver(self):
         return open_driver(None, create_root=False, leaf_name=self.leaf)
 
-    def cleanup(self) -> None:
+    def cleanup(self, timeout: float = 20.0) -> None:
+        """Stop the daemon, kill what runs in its tree and remove the tree in EVERY hierarchy
+        (a v1 directory can outlive the v2 one). Killed processes take a while to leave their
+        cgroups on a loaded host: retried until timeout, then an error naming what is left
+        (a run that fails must not leave cgroups behind without a word)."""
         self.stop()
         driver = self.driver()
-        if driver.exists(""):
-            for _ in range(3):
+        roots = [t.root_dir for t in (driver.tree, *getattr(driver, "v1", {}).values())]
+        deadline = time.monotonic() + timeout
+        try:
+            while any(os.path.isdir(r) for r in roots):
                 try:
                     _kill_tree(driver, "")
                     driver.remove("")
-                    break
-                except OSError:
-                    time.sleep(0.5)
-        shutil.rmtree(self.dir, ignore_errors=True)
+                except OSError as exc:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"cgroups left behind: {[r for r in roots if os.path.isdir(r)]}: {exc}") from exc
+                    time.sleep(0.2)
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def toolcalls(self, agent: str) -> list[dict]:
         return self.client.tool_calls(agent=agent)
