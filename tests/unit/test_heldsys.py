@@ -58,11 +58,14 @@ def _other_thread_progress(syscalls, seconds: float, interval: float = 0.5) -> i
     """How far a spinning Python thread gets while this one makes syscalls for `seconds`.
     interval: the GIL switch interval meanwhile; a thread that keeps the GIL loses it anyway
     once the spinner has waited that long, which a busy host (this thread off the CPU) can
-    make happen within a short loop: the held case asks for a long one."""
-    count, stop, started = [0], threading.Event(), threading.Event()
+    make happen within a short loop: the held case asks for a long one. The spinner starts
+    asking for the GIL only after the interval is set (a waiter keeps the interval it began
+    waiting with)."""
+    count, stop, started, go = [0], threading.Event(), threading.Event(), threading.Event()
 
     def spin():
         started.set()
+        go.wait()
         while not stop.is_set():
             count[0] += 1
 
@@ -73,6 +76,7 @@ def _other_thread_progress(syscalls, seconds: float, interval: float = 0.5) -> i
     sys.setswitchinterval(interval)  # within it, only a released GIL lets the spinner run
     try:
         before = count[0]
+        go.set()
         end = time.monotonic() + seconds
         while time.monotonic() < end and count[0] == before:
             syscalls()
