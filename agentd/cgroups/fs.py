@@ -100,9 +100,7 @@ def write_pid(procs_file: str, pid: int) -> bool:
             heldsys.write(procs_file, str(pid).encode())
             return True
         except OSError as e:
-            if e.errno == errno.ESRCH:
-                return False
-            raise CgroupError(e.errno, f"moving pid {pid} into {procs_file} failed: {os.strerror(e.errno or 0)}") from e
+            return _pid_gone_or_raise(e, pid, procs_file)
     try:
         fd = os.open(procs_file, os.O_WRONLY)
     except OSError as e:
@@ -111,11 +109,16 @@ def write_pid(procs_file: str, pid: int) -> bool:
         os.write(fd, str(pid).encode())
         return True
     except OSError as e:
-        if e.errno == errno.ESRCH:
-            return False
-        raise CgroupError(e.errno, f"moving pid {pid} into {procs_file} failed: {os.strerror(e.errno or 0)}") from e
+        return _pid_gone_or_raise(e, pid, procs_file)
     finally:
         os.close(fd)
+
+
+def _pid_gone_or_raise(e: OSError, pid: int, procs_file: str) -> bool:
+    """A failed cgroup.procs write: False when the pid is gone (ESRCH), else a CgroupError."""
+    if e.errno == errno.ESRCH:
+        return False
+    raise CgroupError(e.errno, f"moving pid {pid} into {procs_file} failed: {os.strerror(e.errno or 0)}") from e
 
 
 def read_pids(procs_file: str) -> list[int]:
