@@ -78,8 +78,11 @@ def test_the_holder_moves_from_the_root_into_holder_in_every_hierarchy(driver, c
 def test_every_process_of_the_root_moves_a_parent_and_its_children(driver, children):
     """Several processes in the root (a shell and the sleeps it forked): all of them move, in
     every hierarchy, and the root is left empty."""
-    p = children.cmd(["sh", "-c", "for i in 1 2 3 4 5 6 7 8; do sleep 300 & done; wait"])
+    # the shell forks only once it is in the root (a fork before the move would stay behind)
+    p = children.cmd(["sh", "-c", "read go; for i in 1 2 3 4 5 6 7 8; do sleep 300 & done; wait"],
+                     stdin=subprocess.PIPE, text=True)
     assert driver.move(p.pid, "")
+    children.go(p)
     assert wait_for(lambda: len(fs.read_pids(driver.tree.file("", "cgroup.procs"))) == 9, timeout_s=30)
     in_root = sorted(fs.read_pids(driver.tree.file("", "cgroup.procs")))
     moved = move_root_procs_to_leaf(driver)
