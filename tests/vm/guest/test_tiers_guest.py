@@ -393,13 +393,18 @@ def test_agentctl_run_places_an_agents_memory_on_the_far_node_from_its_first_pag
         moved = [e for e in events if e["kind"] == "tier.migrated" and e["data"].get("pid") == placed.pid]
         assert not moved, moved
         # the --no-tiers agent's pages are the ones the kind had to move (rounds of rate-limited
-        # moves), from node 0/1 to 2
+        # moves), from node 0/1 to 2. A round is journaled when its whole move ends, after its
+        # pages are already on node 2: wait for both
+        def moved_so_far() -> tuple[dict, list]:
+            pages = _numa_maps_anon_by_node(unplaced.pid)[0]
+            return pages, [e["data"]["moved_bytes"] for e in client.recent_events(limit=500)
+                           if e["kind"] == "tier.migrated" and e["data"].get("pid") == unplaced.pid]
+
         deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and _numa_maps_anon_by_node(unplaced.pid)[0].get(2, 0) * 4096 < 40 * MiB:
+        pages_u, migrated = moved_so_far()
+        while time.monotonic() < deadline and not (pages_u.get(2, 0) * 4096 >= 40 * MiB and migrated):
             time.sleep(2)
-        pages_u, _ = _numa_maps_anon_by_node(unplaced.pid)
-        migrated = [e["data"]["moved_bytes"] for e in client.recent_events(limit=500)
-                    if e["kind"] == "tier.migrated" and e["data"].get("pid") == unplaced.pid]
+            pages_u, migrated = moved_so_far()
         print(f"--no-tiers agent after the kind's migration: anon pages per node {pages_u}, moves {migrated}")
         assert pages_u.get(2, 0) * 4096 >= 40 * MiB and migrated, (pages_u, migrated)
         for p in (placed, unplaced):
