@@ -29,8 +29,8 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 GUEST = HERE / "systemd_unit_guest.py"
-# the attacks add 1-3 min, each of the three starts after the first (BCC compiles the
-# tracker again) 2-6 min
+# the attacks add 1-3 min, each of the two starts after the first (BCC compiles the
+# tracker again) 0.5-6 min
 TIMEOUT = float(os.environ.get("AGENTD_VM_SYSTEMD_TIMEOUT", "2400"))
 
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="needs root (the VM's guest runs as root)"),
