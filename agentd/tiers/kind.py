@@ -20,6 +20,7 @@ from dataclasses import replace
 from typing import Any
 
 from agentd.api.contract import ApiError
+from agentd.api.limits import RateLimiter
 from agentd.api.validation import Field
 from agentd.cgroups import fs, layout
 from agentd.kinds.contract import Access, Command, Kind
@@ -37,6 +38,10 @@ RESTORE_DEADLINE_S = 120.0
 LAUNCH_SCOPES = {"agents": "runtimes", "jobs": "jobs"}  # agentctl run's scopes -> the classes' scopes
 MAX_ARGV_ITEMS, MAX_ARGV_BYTES, MAX_PATH = 4096, 256 << 10, 4096
 LAUNCH_GRACE_S = 60.0  # how long `agentctl run` may sit between registration and exec unplaced
+# tier.launch rows per non-admin uid: any local user may ask for plans (up to the API's 100
+# requests/s), and each row journaled pushes an older row of the journal out. Beyond this a
+# plan is still answered, only counted; the next row journaled says how many were not.
+LAUNCH_ROWS_PER_S, LAUNCH_ROWS_BURST = 0.5, 30.0
 
 
 class TiersKind(Kind):
@@ -52,7 +57,7 @@ class TiersKind(Kind):
         self.runs: dict[str, dict] = {}  # proc key -> {"pid", "runs": [(addr, n, node)]}
         self.counters = {"rounds_total": 0, "migrated_bytes_total": 0, "reclaimed_bytes_total": 0,
                          "migration_errors_total": 0, "knob_errors_total": 0, "restored_bytes_total": 0,
-                         "launch_plans_total": 0}
+                         "launch_plans_total": 0, "launch_plans_unjournaled_total": 0}
         self.last_migration: dict = {}
         self.suspended = False  # after `agentctl tiers revert`, until the next policy load
         self._busy = False
@@ -61,6 +66,8 @@ class TiersKind(Kind):
         self._loop_thread: int | None = None
         self._delays: observe.DelayReader | None = None
         self._launch_seen: dict[str, float] = {}  # `agentctl run` processes not yet exec'd -> first seen
+        self._launch_rows = RateLimiter(LAUNCH_ROWS_PER_S, LAUNCH_ROWS_BURST, max_keys=1024)
+        self._launch_unjournaled: dict[int, int] = {}  # uid -> plans answered since its last row
 
     # ------------------------------------------------------------------ hooks
     def attach(self, ctx) -> None:
@@ -449,12 +456,20 @@ class TiersKind(Kind):
         doc = await loop.run_in_executor(None, lambda: plan_launch(cls, discover(self.sys_root, self.proc_root),
                                                                    policy, self.sys_root))
         self.counters["launch_plans_total"] += 1
+        if caller.role != "admin" and self._launch_rows.check(uid) > 0:  # a root agent is limited too
+            self.counters["launch_plans_unjournaled_total"] += 1
+            self._launch_unjournaled[uid] = self._launch_unjournaled.pop(uid, 0) + 1
+            while len(self._launch_unjournaled) > 1024:
+                del self._launch_unjournaled[next(iter(self._launch_unjournaled))]
+            return doc
+        skipped = self._launch_unjournaled.pop(uid, 0)
         what = doc["error"] or f"{doc['mode']}" + (f" node {','.join(map(str, doc['nodes']))}" if doc["nodes"] else "")
         whose = (f"agent {name}" if kscope == "runtimes" else f"job {name}") if name else f"uid {uid}"
-        self.ctx.emit("launch", f"pid {pid} ({whose}): class {cls.name} of policy {policy} at launch: {what}",
+        self.ctx.emit("launch", f"pid {pid} ({whose}): class {cls.name} of policy {policy} at launch: {what}"
+                      + (f" ({skipped} earlier launch plans of uid {uid} not journaled: too many)" if skipped else ""),
                       level="warn" if doc["error"] else "info",
                       pid=pid, uid=uid, scope=scope, name=name, cls=cls.name, policy=policy, mode=doc["mode"],
-                      nodes=doc["nodes"], error=doc["error"], argv0=argv[0][:256],
+                      nodes=doc["nodes"], error=doc["error"], argv0=argv[0][:256], unjournaled_before=skipped,
                       **({"agent": name} if kscope == "runtimes" and name else {}))
         return doc
 

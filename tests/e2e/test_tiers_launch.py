@@ -123,6 +123,26 @@ def test_agentctl_run_sets_the_classs_mempolicy_before_exec(tmp):  # noqa: F811
             ("error", 400, "unknown_field")
         assert as_nobody(lambda: ApiClient(sock).kind_post("tiers", "launch_plan", body))["class"] == "nobodys"
         assert ApiClient(sock).kind_post("tiers", "launch_plan", body)["class"] == "pinned"
+        # a flood of plans by one user is answered, but journals at most the burst of rows (each
+        # row would push an older one out of the journal); root's rows are not limited
+        def flood() -> list:
+            client = ApiClient(sock)
+            return [client.kind_post("tiers", "launch_plan", body)["class"] for _ in range(150)]
+
+        assert as_nobody(flood) == ["nobodys"] * 150
+        assert ApiClient(sock).kind_post("tiers", "launch_plan", body)["class"] == "pinned"
+        def rows() -> tuple[list, list]:
+            launches = [e for e in _journal(dt.config.state_dir) if e["kind"] == "tier.launch"]
+            return ([e for e in launches if e["data"]["uid"] == 0 and e["data"]["pid"] == os.getpid()],
+                    [e for e in launches if e["data"]["uid"] == 65534])
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(rows()[0]) < 2:  # journal.jsonl is written in batches
+            time.sleep(0.2)
+        roots, nobodys = rows()
+        status = ApiClient(sock).kind_get("tiers", "status")
+        assert len(roots) == 2 and len(nobodys) <= 33, (len(roots), len(nobodys))
+        assert status["launch_plans_unjournaled_total"] >= 150 + 2 - 33, status
         # a class by name (as the launcher's --class): whatever the command; an unknown name is a 404
         named = ApiClient(sock).kind_post("tiers", "launch_plan", {"argv": ["x"], "scope": "jobs", "class": "pinned"})
         assert (named["class"], named["mode"], named["nodes"]) == ("pinned", "bind", [0])
