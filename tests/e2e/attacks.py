@@ -465,8 +465,8 @@ def main(argv: list[str]) -> int:
         out = register_as(socket_path, rest[0], int(rest[1]))
     elif what == "agents":  # root's view of every agent record
         out = ApiClient(socket_path).agents()
-    elif what == "flood":
-        out = validation_flood(socket_path)
+    elif what == "flood":  # rest: how many concurrent clients (16 when not given)
+        out = validation_flood(socket_path, users=int(rest[0]) if rest else 16)
     elif what == "policies":
         out = hostile_policies_as_root(socket_path)
     elif what == "streams":

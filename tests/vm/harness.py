@@ -2,9 +2,10 @@
 
 The VM is a virtme-ng (`vng`) guest running the Debian 6.12 kernel unpacked into
 .vm/kernel by scripts/vm-setup.sh, with software emulation (/dev/kvm here cannot run a
-stock kernel). The guest shares the host's root read-only (9p), so the repository and
-its venv are at the same paths; /tmp, /etc, /var, /usr are copy-on-write overlays held in
-guest memory, and a per-boot results folder (`files_dir`) is shared read-write.
+stock kernel). The guest shares the host's root read-only (9p, cache=loose:
+tests/vm/virtme_run_cached.py), so the repository and its venv are at the same paths;
+/tmp, /etc, /var, /usr are copy-on-write overlays held in guest memory, and a per-boot
+results folder (`files_dir`) is shared read-write.
 
 Guest machine:
   - pure cgroup v2 (cgroup_no_v1=all), every controller enabled in the root's
@@ -178,6 +179,18 @@ def precompile() -> None:
     )
 
 
+def _cached_root_shim(rw: Path, venv_bin: Path) -> Path:
+    """A folder whose `virtme-run` (what vng starts) mounts the guest's root cache=loose:
+    tests/vm/virtme_run_cached.py says why."""
+    shim = rw / "host-bin"
+    shim.mkdir(exist_ok=True)
+    run = shim / "virtme-run"
+    run.write_text(f"#!/bin/sh\nexec {shlex.quote(str(venv_bin / 'python'))} "
+                   f"{shlex.quote(str(Path(__file__).resolve().parent / 'virtme_run_cached.py'))} \"$@\"\n")
+    run.chmod(0o755)
+    return shim
+
+
 def _read(path: Path) -> str:
     try:
         return path.read_text(errors="replace")
@@ -308,7 +321,8 @@ def _boot_once(
 
     console_path = rw / "console.log"
     host_env = dict(os.environ)
-    host_env["PATH"] = os.pathsep.join([str(vng.parent), host_env.get("PATH", "/usr/bin:/bin")])
+    host_env["PATH"] = os.pathsep.join([str(_cached_root_shim(rw, vng.parent)), str(vng.parent),
+                                        host_env.get("PATH", "/usr/bin:/bin")])
     t0 = time.monotonic()
     boot_s: float | None = None
     with open(console_path, "wb") as console:
