@@ -407,17 +407,23 @@ def test_top_redraws_in_place_on_a_terminal_and_restores_the_cursor(srv, a1):
                             stderr=slave, cwd=REPO, close_fds=True)
     os.close(slave)
     out = b""
-    deadline = time.time() + 15
-    while out.count(b"\x1b[H") < 3 and time.time() < deadline:
-        if select.select([master], [], [], 0.5)[0]:
-            out += os.read(master, 65536)
+
+    def read_for(seconds: float, until) -> None:
+        """Read the terminal (top blocks on a full pty when nobody does) until until()."""
+        nonlocal out
+        deadline = time.monotonic() + seconds
+        while not until() and time.monotonic() < deadline:
+            try:
+                if select.select([master], [], [], 0.2)[0]:
+                    out += os.read(master, 65536)
+            except OSError:  # the pty closes with the process
+                return
+
+    read_for(60, lambda: out.count(b"\x1b[H") >= 3)
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(10) == 0  # Ctrl-C is the normal way out
-    try:
-        while select.select([master], [], [], 0.5)[0]:
-            out += os.read(master, 65536)
-    except OSError:
-        pass  # the pty closes with the process
+    read_for(60, lambda: proc.poll() is not None)
+    assert proc.wait(1) == 0  # Ctrl-C is the normal way out
+    read_for(0.5, lambda: False)
     os.close(master)
     assert out.count(b"\x1b[H") >= 3  # redrawn, not scrolled
     assert a1.encode() in out
