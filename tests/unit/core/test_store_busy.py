@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from agentd.core import store as store_mod
 from agentd.core.store import Store
 from tests.unit.core.test_store_and_policies import event, toolcall
 
