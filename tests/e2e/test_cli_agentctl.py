@@ -402,9 +402,12 @@ def test_top_redraws_in_place_on_a_terminal_and_restores_the_cursor(srv, a1):
     import time
 
     master, slave = pty.openpty()
+    # SIGINT as a terminal gives it: a suite started in the background (`cmd &`) ignores it,
+    # and Python then never turns it into KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, "-m", "cli.agentctl", "--socket", srv.socket_path,
                              "top", "--interval", "0.2"], stdin=slave, stdout=slave,
-                            stderr=slave, cwd=REPO, close_fds=True)
+                            stderr=slave, cwd=REPO, close_fds=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     os.close(slave)
     out = b""
 
