@@ -227,9 +227,14 @@ def _wait4(proc: subprocess.Popen, deadline: float, poll) -> tuple[int | None, i
 
 # Software emulation (TCG) now and then panics a guest kernel while it boots (seen in CI:
 # "Fatal exception in interrupt" in sched_clock_cpu at 2 s, at a code site the kernel was
-# patching on another vCPU). Nothing of ours has run then, so the boot is tried again;
-# a crash after the command started is never retried.
+# patching on another vCPU). Nothing of ours has run then, so the boot is tried again.
+# Once it struck mid-command too (a debug exception in kernel mode with impossible RFLAGS
+# bits, in the 9p client's slab allocation, then "Fatal exception in interrupt"): a panic
+# after the command started runs the command once more in a fresh guest, its first results
+# folder kept beside as <folder>.attempt<N>; a second one fails. Other crashes, time-outs
+# and a command that fails are never retried.
 BOOT_ATTEMPTS = 3
+MID_COMMAND_PANIC_RETRIES = 1
 
 
 def boot_and_run(command: list[str], **kwargs) -> GuestResult:
@@ -238,20 +243,32 @@ def boot_and_run(command: list[str], **kwargs) -> GuestResult:
     Raises VMError with a one-line reason (and the console tail) when the VM cannot be
     started, does not boot, crashes or runs past `timeout` seconds (boot included). A
     command that runs and fails is not an error: see GuestResult.rc. A guest kernel that
-    panics before the command starts is booted again, up to BOOT_ATTEMPTS times in all.
+    panics is booted again (before the command: up to BOOT_ATTEMPTS boots in all; after the
+    command started: once, in a fresh results folder).
     """
+    mid_command_retries = 0
     for attempt in range(1, BOOT_ATTEMPTS + 1):
         try:
             return _boot_once(command, **kwargs)
         except VMError as e:
-            if not (e.before_command and "panicked" in e.reason) or attempt == BOOT_ATTEMPTS:
+            if "panicked" not in e.reason or attempt == BOOT_ATTEMPTS or e.files_dir is None:
                 raise
-            kept = e.files_dir / f"console.attempt{attempt}.log" if e.files_dir else None
-            if kept is not None:
+            if e.before_command:
+                kept = e.files_dir / f"console.attempt{attempt}.log"
                 (e.files_dir / "console.log").replace(kept)
-                kwargs["files_dir"] = e.files_dir
-            print(f"vm: boot {attempt} of {BOOT_ATTEMPTS}: {e.reason} before the command "
-                  f"started; booting again (console kept in {kept})", file=sys.stderr)
+                when = "before the command started"
+            elif mid_command_retries < MID_COMMAND_PANIC_RETRIES:
+                mid_command_retries += 1
+                # what the first run wrote must not count for the second (checks.jsonl appends)
+                kept = e.files_dir.with_name(f"{e.files_dir.name}.attempt{attempt}")
+                e.files_dir.rename(kept)
+                e.files_dir.mkdir()
+                when = "while the command ran; the command runs again from the start"
+            else:
+                raise
+            kwargs["files_dir"] = e.files_dir
+            print(f"vm: boot {attempt} of {BOOT_ATTEMPTS}: {e.reason} {when} (kept in {kept})",
+                  file=sys.stderr)
     raise AssertionError("unreachable")
 
 

@@ -113,11 +113,35 @@ def test_a_panic_while_booting_is_booted_again_and_its_console_kept(monkeypatch,
     assert (tmp_path / "console.attempt1.log").read_text() == "boot 1\n"
 
 
-def test_a_crash_after_the_command_started_is_not_retried(monkeypatch, tmp_path):
-    crash = harness.VMError("guest kernel panicked: Kernel panic - not syncing: x",
+def test_a_panic_after_the_command_started_runs_it_once_more_in_a_fresh_folder(monkeypatch, tmp_path):
+    rw = tmp_path / "rw"
+    rw.mkdir()
+    (rw / "checks.jsonl").write_text('{"check": "reached by the first run only"}\n')
+    panic = harness.VMError("guest kernel panicked: Kernel panic - not syncing: x",
+                            files_dir=rw, before_command=False)
+    calls = _panics_then([panic, "ran"], monkeypatch, tmp_path)
+    assert harness.boot_and_run(["true"]) == "ran"
+    assert calls == [None, rw]
+    assert list(rw.iterdir()) == []  # the second run starts empty: nothing of the first counts
+    assert (tmp_path / "rw.attempt1" / "checks.jsonl").exists()
+
+
+def test_a_second_panic_after_the_command_started_fails(monkeypatch, tmp_path):
+    rw = tmp_path / "rw"
+    rw.mkdir()
+    panic = harness.VMError("guest kernel panicked: Kernel panic - not syncing: x",
+                            files_dir=rw, before_command=False)
+    calls = _panics_then([panic, panic, "ran"], monkeypatch, tmp_path)
+    with pytest.raises(harness.VMError, match="panicked"):
+        harness.boot_and_run(["true"])
+    assert len(calls) == 2
+
+
+def test_a_crash_that_is_no_panic_is_not_retried(monkeypatch, tmp_path):
+    crash = harness.VMError("guest crashed or powered off while the command ran (vng exit status 1)",
                             files_dir=tmp_path, before_command=False)
     calls = _panics_then([crash, "ran"], monkeypatch, tmp_path)
-    with pytest.raises(harness.VMError, match="panicked"):
+    with pytest.raises(harness.VMError, match="powered off"):
         harness.boot_and_run(["true"])
     assert len(calls) == 1
 
