@@ -217,3 +217,32 @@ def test_a_freeze_cancelled_by_a_thaw_is_not_a_failure(unified_v2_driver, childr
     monkeypatch.undo()
     drv.thaw("w")
     drv.kill("w")
+
+
+def test_remove_takes_a_leaf_in_one_rmdir_a_tree_deepest_first_and_names_a_busy_ones_processes(
+        unified_v2_driver, children, monkeypatch):
+    from agentd.cgroups import fs
+
+    drv = unified_v2_driver
+    listed: list[str] = []
+    real_child_dirs = fs.child_dirs
+    monkeypatch.setattr(fs, "child_dirs", lambda path: listed.append(path) or real_child_dirs(path))
+    drv.create("agents/a1/tools/0001-x")
+    drv.remove("agents/a1/tools/0001-x")  # a tool call's leaf: no listing of its entries
+    assert listed == [] and not drv.exists("agents/a1/tools/0001-x")
+    drv.create("agents/a1/tools/0002-y/inner")
+    drv.create("agents/a1/runtime")
+    drv.remove("agents/a1")  # children first, each found by the parent's EBUSY
+    assert not drv.exists("agents/a1") and drv.exists("agents")
+    drv.create("agents/a2/tools/0003-busy")
+    p = children.cmd(["sleep", "60"])
+    assert drv.move(p.pid, "agents/a2/tools/0003-busy")
+    with pytest.raises(CgroupError) as ei:
+        drv.remove("agents/a2")
+    assert ei.value.errno == errno.EBUSY and f"processes [{p.pid}] still run in it" in str(ei.value)
+    assert drv.exists("agents/a2/tools/0003-busy")  # nothing with a process in it is gone
+    p.kill()
+    p.wait()
+    assert wait_for(lambda: not drv.stats("agents/a2").populated, 2.0)
+    drv.remove("agents/a2")
+    assert not drv.exists("agents/a2")
