@@ -51,7 +51,8 @@ class Controller(Protocol):
 
     # --- agents and intents --------------------------------------------------------------
     # peer: the caller held by a pidfd (agentd.core.pidfd.PeerProcess): register only that process
-    def register_agent(self, pid: int, uid: int, name: str | None, policy: str | None, peer: Any = None) -> dict: ...
+    def register_agent(self, pid: int, uid: int, name: str | None, policy: str | None, peer: Any = None,
+                       quota: tuple[int, int] | None = None) -> dict: ...
     def declare_intent(self, agent: str, pid: int, intent: dict) -> dict: ...  # granted values + clips
     def cancel_tool_call(self, ident: str, reason: str) -> dict: ...
 

@@ -26,6 +26,11 @@ class ApiLimits:
     policy_parses_per_uid: int = 1  # at once (429 beyond)
     policy_parses_non_admin: int = 2  # all non-admins together; the pool keeps one for admins
     max_connections_per_uid: int = 256  # open connections of one uid (answered 503 and closed)
+    # Agents of one non-admin uid: each live one holds cgroups in every hierarchy, and each
+    # name it ever used keeps a record (a name stays its uid's for good). 403 beyond; reusing
+    # one of its names is always allowed. Admins are not limited.
+    live_agents_per_uid: int = 256
+    agent_names_per_uid: int = 4096
     stream_queue: int = 2048  # events buffered per follower before the oldest are dropped
     write_timeout_s: float = 5.0  # a client that reads nothing for this long is dropped
     idle_timeout_s: float = 15.0  # a connection idle (or stuck mid-request) this long is closed

@@ -555,8 +555,10 @@ class ApiServer:
             if not peer.alive():
                 raise ApiError(403, "peer_gone", f"the process that sent this request (pid {caller.peer.pid}) exited "
                                "before its body was read; nothing was registered")
+            quota = None if caller.role == "admin" else (self.limits.live_agents_per_uid,
+                                                         self.limits.agent_names_per_uid)
             agent = self.controller.register_agent(caller.peer.pid, caller.peer.uid,
-                                                   body.get("name"), body.get("policy"), peer=peer)
+                                                   body.get("name"), body.get("policy"), peer=peer, quota=quota)
         log.info("Registered %s as agent '%s'.", caller.describe(),
                  agent.get("name") if isinstance(agent, dict) else agent)
         return json_response(agent, status=201)

@@ -109,7 +109,9 @@ class DaemonController:
         return rows[0]["uid"] if rows else None
 
     # ------------------------------------------------------------------ agents and intents
-    def register_agent(self, pid: int, uid: int, name: str | None, policy: str | None, peer=None) -> dict:
+    def register_agent(self, pid: int, uid: int, name: str | None, policy: str | None, peer=None,
+                       quota: tuple[int, int] | None = None) -> dict:
+        """quota: (live agents, agent names) uid may hold; None for an admin (no limit)."""
         if name is not None and not valid_name(name):
             raise ApiError(400, "invalid_name", f"agent name {name!r}: expected 1-64 characters of A-Z a-z 0-9 . _ -", "name")
         if policy is not None and policy not in self.d.policies.policies:
@@ -117,6 +119,8 @@ class DaemonController:
         owner = self.m.agent_of_pid(pid)
         if owner is not None:
             raise ApiError(409, "already_managed", f"process {pid} already belongs to agent {owner}", "pid")
+        if quota is not None:
+            self._check_agent_quota(uid, name, *quota)
         try:
             agent = self.m.register_agent(pid, uid, name, policy, peer=peer)
         except NameTaken as exc:
@@ -130,6 +134,15 @@ class DaemonController:
         rec = agent.record()
         rec["results_dir"] = str(self.d.results.agent_path(agent.name))
         return rec
+
+    def _check_agent_quota(self, uid: int, name: str | None, live_cap: int, names_cap: int) -> None:
+        live = sum(1 for a in self.m.agents.values() if a.uid == uid and a.state == "live")
+        if live >= live_cap:
+            raise ApiError(403, "quota_exceeded", f"uid {uid} already runs {live} agents, the most agentd manages "
+                           "for one user; end one first (an admin is not limited)")
+        if (name is None or self.d.store.agent_uid(name) != uid) and self.d.store.agent_names_of(uid) >= names_cap:
+            raise ApiError(403, "quota_exceeded", f"uid {uid} already owns {names_cap} agent names, each keeping its "
+                           "history; run under one of them again (`agentctl run --name NAME`)", "name")
 
     def declare_intent(self, agent: str, pid: int, intent: dict) -> dict:
         if agent not in self.m.agents or self.m.agents[agent].state != "live":

@@ -393,6 +393,10 @@ class Store:
         row = self._exec("SELECT uid FROM agents WHERE name = ?", (name,)).fetchone()
         return int(row[0]) if row else None
 
+    def agent_names_of(self, uid: int) -> int:
+        """How many agent names uid owns (one record each, live or ended)."""
+        return int(self._exec("SELECT COUNT(*) FROM agents WHERE uid = ?", (uid,)).fetchone()[0])
+
     def agents(self, live_only: bool = False) -> list[dict]:
         sql = "SELECT * FROM agents" + (" WHERE state = 'live'" if live_only else "") + " ORDER BY created"
         return [dict(r) for r in self._exec(sql).fetchall()]
