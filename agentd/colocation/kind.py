@@ -21,6 +21,10 @@ from agentd.kinds.contract import Access, Command, Kind
 from agentd.kinds.settings import CgroupKnob
 
 MAX_CONFIG_BYTES = 64 * 1024
+# Jobs of one non-admin uid, queued or placed: each is checked against /proc every round
+# (CHECK_EVERY_S), so a user admitting processes in a loop would grow the daemon's work
+# without end. 403 beyond; admins are not limited.
+MAX_JOBS_PER_UID = 64
 CHECK_EVERY_S = 1.0
 _AUTO_NAME = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -190,6 +194,12 @@ class ColocationKind(Kind):
         if not self.views:
             raise ApiError(503, "no_gpus", "agentd has no GPU sample yet (no NVML, or the sampler has not run): "
                            + (getattr(self.snapshot, "status", "") or "no sampler"))
+        if caller.role != "admin":
+            mine = sum(1 for j in self.state.jobs.values() if j.uid == caller.peer.uid and j.state != m.ENDED)
+            if mine >= MAX_JOBS_PER_UID:
+                raise ApiError(403, "quota_exceeded", f"uid {caller.peer.uid} already has {mine} jobs queued or "
+                               "running, the most agentd keeps for one user; wait for one to end (an admin is "
+                               "not limited)")
         n = body.get("gpus", 1)
         if not 1 <= n <= 64:
             raise ApiError(400, "invalid_value", f"gpus must be within 1..64, got {n}", "gpus")

@@ -356,3 +356,42 @@ def test_a_restarted_daemon_readopts_running_jobs_and_drops_gone_ones(env):
         rows = ApiClient(dt2.config.socket_path).kind_get("colocation", "jobs")
         assert [(r["name"], r["state"], r["pid"]) for r in rows] == [("keep", "placed", keep.pid)]
         assert not dt2.daemon.driver.exists("jobs/gone")
+
+
+def test_a_user_has_a_bounded_number_of_jobs_root_is_not_limited(env, monkeypatch):
+    """Performed as uid 65534 through setpriv: with the per-uid bound at 2, a third queued or
+    running job of that user is refused with the reason and nothing is made for it; root's
+    job is admitted; when one of the user's jobs ends, the user may admit again."""
+    import agentd.colocation.kind as coloc
+
+    monkeypatch.setattr(coloc, "MAX_JOBS_PER_UID", 2)
+    d, leaf, procs = env
+
+    def run_nobody(dt, name):
+        p = subprocess.Popen(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", sys.executable,
+                              "-m", "cli.agentctl", "--socket", str(dt.config.socket_path), "run", "--class", "training",
+                              "--name", name, "--estimate-bytes", "1G", "--", "sleep", "60"],
+                             cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        procs.append(p)
+        return p
+
+    with ColocationDaemon(d, leaf) as dt:
+        os.chmod(dt.config.socket_path, 0o666)
+        driver = dt.daemon.driver
+        first = [run_nobody(dt, name) for name in ("u1", "u2")]
+        wait_for(lambda: all(driver.exists(f"jobs/{n}") and driver.procs(f"jobs/{n}") for n in ("u1", "u2")),
+                 what="u1 and u2 placed")
+        third = run_nobody(dt, "u3")
+        _, err = third.communicate(timeout=60)
+        assert third.returncode != 0 and "uid 65534 already has 2 jobs queued or running" in err, (third.returncode, err)
+        assert not driver.exists("jobs/u3")
+        root = run_job(dt, procs, "training", "r1", "import time; time.sleep(60)", size="1G")
+        wait_for(lambda: driver.exists("jobs/r1") and driver.procs("jobs/r1"), what="root's job placed")
+        first[0].kill()
+        first[0].wait(5)
+        client = ApiClient(dt.config.socket_path)
+        wait_for(lambda: not client.kind_get("colocation", "jobs", name="u1"), what="u1 ended")
+        again = run_nobody(dt, "u4")
+        wait_for(lambda: driver.exists("jobs/u4") and driver.procs("jobs/u4"), what="u4 placed")
+        assert root.poll() is None and again.poll() is None
