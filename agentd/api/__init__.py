@@ -32,7 +32,7 @@ Routes (JSON; errors are {"error": {"code", "message", "field"?, "details"?}}):
 
 Status codes: 400 bad input, 403 refused (with the reason; "peer_gone" when the process
 that opened the connection has exited; "quota_exceeded" when a non-admin uid registering an
-agent already runs or owns the most it may: limits.py), 404 unknown, 405, 409 conflict, 413 body too large,
+agent or admitting a job already holds the most it may), 404 unknown, 405, 409 conflict, 413 body too large,
 429 rate limited (Retry-After; one bucket per managed agent, one per uid outside agents),
 500, 503 too many streams or too many connections of one uid. Malformed HTTP gets aiohttp's
 plain 400 and is counted (status "api.bad_http").

@@ -81,6 +81,16 @@ def _journal(state_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def _journaled(state_dir: Path, match, timeout: float = 30) -> list[dict]:
+    """The journal's events that match, once there are any (journal.jsonl is written in batches)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [e for e in _journal(state_dir) if match(e)]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
 def test_agentctl_run_sets_the_classs_mempolicy_before_exec(tmp):  # noqa: F811
     d, leaf = tmp
     pdir = Path(d) / "policies"
@@ -94,7 +104,7 @@ def test_agentctl_run_sets_the_classs_mempolicy_before_exec(tmp):  # noqa: F811
         assert rc == 0, err
         assert _policies(out) == {"bind:0"} and "heap" in out, out
         assert "agentctl: tiers: class pinned (policy launching): bind node 0" in err, err
-        [ev] = [e for e in _journal(dt.config.state_dir) if e["kind"] == "tier.launch"]
+        [ev] = _journaled(dt.config.state_dir, lambda e: e["kind"] == "tier.launch")
         assert ev["agent"] == "pinned" and ev["data"]["cls"] == "pinned" and ev["data"]["mode"] == "bind"
         # --no-tiers: nothing asked, nothing set
         rc, out, err = _agentctl(sock, "--name", "skipped", "--no-tiers", "--", sys.executable, "-c", SHOW,
@@ -167,7 +177,7 @@ def test_agentctl_run_sets_the_classs_mempolicy_before_exec(tmp):  # noqa: F811
             job.wait()
         plan = json.loads(out)
         assert plan["class"] == "tj-class" and plan["mode"] == "preferred" and plan["nodes"] == [0], plan
-        [ev] = [e for e in _journal(dt.config.state_dir) if e["kind"] == "tier.launch" and e["data"]["name"] == "tj"]
+        [ev] = _journaled(dt.config.state_dir, lambda e: e["kind"] == "tier.launch" and e["data"]["name"] == "tj")
         assert ev["data"]["scope"] == "jobs" and ev["data"]["pid"] == job.pid
         # outside the job's cgroup the same request matches nothing
         assert ApiClient(sock).kind_post("tiers", "launch_plan", {"argv": ["python", "tiers-job-e2e"],
@@ -245,7 +255,7 @@ def test_agentctl_run_class_places_a_gpu_jobs_memory_too(tmp):  # noqa: F811
                                  "--", sys.executable, "-c", SHOW, "tiers-job-e2e")
         assert rc == 0 and _policies(out) == {"prefer:0"}, (out, err)
         assert "agentctl: tiers: class offload (policy gpu-and-tiers): preferred node 0" in err, err
-        [ev] = [e for e in _journal(dt.config.state_dir) if e["kind"] == "tier.launch"]
+        [ev] = _journaled(dt.config.state_dir, lambda e: e["kind"] == "tier.launch")
         assert ev["data"]["scope"] == "jobs" and ev["data"]["name"] == "tj1"
         rc, out, err = _agentctl(dt.socket_path, "--class", "training", "--name", "tj2", "--estimate-bytes", "1G",
                                  "--no-tiers", "--", sys.executable, "-c", SHOW, "tiers-job-e2e")
