@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -174,6 +175,23 @@ class DaemonThread:
     def subscribers(self) -> int:
         """How many event streams are open (`agentctl events -f`, GET /v1/events?follow)."""
         return self.call(lambda: len(self.daemon.journal._subscribers))
+
+
+def journal_events(state_dir: Path) -> list[dict]:
+    """journal.jsonl's events as written so far."""
+    path = state_dir / "journal.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def journaled(state_dir: Path, match, timeout: float = 30) -> list[dict]:
+    """journal.jsonl's events that match, once there are any: the store's writer thread
+    writes the file in batches, a moment after the event (empty after timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [e for e in journal_events(state_dir) if match(e)]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
 
 
 def wait_for(check, what: str, timeout: float = 15) -> None:

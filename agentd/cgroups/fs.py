@@ -183,28 +183,30 @@ def rmdir_tree(path: str) -> None:
     cgroup with children as for one with processes, and only then are its entries listed
     (a cgroup directory holds dozens of files: listing each one first was a tenth of the
     daemon's CPU per tool call)."""
+    if _rmdir(path) == 0:
+        return
+    for name in child_dirs(path):
+        rmdir_tree(os.path.join(path, name))
+    err = _rmdir(path)
+    if err == errno.EBUSY:
+        pids = read_pids(os.path.join(path, "cgroup.procs"))
+        raise CgroupError(errno.EBUSY, f"cannot remove cgroup {path}: processes {pids[:10]} still run in it; kill them first")
+    if err:
+        raise CgroupError(err, f"cannot remove cgroup {path}: {os.strerror(err)}")
+
+
+def _rmdir(path: str) -> int:
+    """0 when path is gone (removed now, or missing); EBUSY/ENOTEMPTY when something is still
+    in it; any other failure raises."""
     try:
         os.rmdir(path)
-        return
     except FileNotFoundError:
-        return
+        pass
     except OSError as e:
         if e.errno not in (errno.EBUSY, errno.ENOTEMPTY):
             raise CgroupError(e.errno, f"cannot remove cgroup {path}: {os.strerror(e.errno or 0)}") from e
-    for name in child_dirs(path):
-        rmdir_tree(os.path.join(path, name))
-    try:
-        os.rmdir(path)
-    except FileNotFoundError:
-        return
-    except OSError as e:
-        if e.errno == errno.EBUSY:
-            pids = read_pids(os.path.join(path, "cgroup.procs"))
-            raise CgroupError(
-                errno.EBUSY,
-                f"cannot remove cgroup {path}: processes {pids[:10]} still run in it; kill them first",
-            ) from e
-        raise CgroupError(e.errno, f"cannot remove cgroup {path}: {os.strerror(e.errno or 0)}") from e
+        return e.errno
+    return 0
 
 
 def subtree_pids(path: str) -> list[int]:

@@ -214,14 +214,9 @@ def test_the_state_is_roots_alone():
             assert f["read_rc"] != 0 and f["denied"] and f["read_bytes"] == 0, (name, got)
         # The secret is there for root, so the reads above were refused, not empty (the journal
         # and the database are written in batches: wait for it)
-        def holds_the_secret() -> bool:
-            return any(SECRET.encode() in (d.state / name).read_bytes() for name in ("journal.jsonl", "agentd.db-wal", "agentd.db")
-                       if (d.state / name).exists())
-
-        deadline = time.monotonic() + 30
-        while not holds_the_secret() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert holds_the_secret()
+        wait_for(lambda: any(SECRET.encode() in (d.state / name).read_bytes()
+                             for name in ("journal.jsonl", "agentd.db-wal", "agentd.db") if (d.state / name).exists()),
+                 timeout=30, what="the secret in the journal or the database")
     finally:
         d.cleanup()
 

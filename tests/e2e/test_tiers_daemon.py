@@ -18,7 +18,7 @@ import pytest
 from agentd.api.client import ApiClient
 from agentd.cgroups import fs
 from agentd.kinds.registry import KindEntry
-from tests.daemon_thread import DaemonThread, test_config, tmp  # noqa: F401 - tmp is a fixture
+from tests.daemon_thread import DaemonThread, journal_events, test_config, tmp  # noqa: F401 - tmp is a fixture
 from tests.e2e.test_kind_routes import as_nobody
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the daemon needs root (cgroups, peer credentials)")
@@ -52,11 +52,6 @@ for i in range(0, len(buf), 4096):
 print('ready', flush=True)
 time.sleep(600)
 """
-
-
-def _journal(state_dir: Path) -> list[dict]:
-    path = state_dir / "journal.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def _wait(pred, timeout=30.0):
@@ -94,9 +89,9 @@ def test_a_job_is_placed_reclaimed_shown_and_restored_through_the_real_daemon(tm
             assert DELAYACCT.read_text().strip() == "1"
             usage = lambda: int(fs.read(drv.knob_path("jobs/tj", "memory.usage_in_bytes")))  # noqa: E731
             # PSI-driven reclaim steps shrink the job's page cache (v1: limit lowered for a moment)
-            events = _wait(lambda: [e for e in _journal(dt.config.state_dir)
+            events = _wait(lambda: [e for e in journal_events(dt.config.state_dir)
                                     if e["kind"] == "tier.reclaimed" and e["data"]["reclaimed"] > 0])
-            assert events, [e["kind"] for e in _journal(dt.config.state_dir)]
+            assert events, [e["kind"] for e in journal_events(dt.config.state_dir)]
             assert _wait(lambda: usage() < (80 << 20))
             limit = fs.read(drv.knob_path("jobs/tj", "memory.limit_in_bytes")).strip()
             assert int(limit) > 1 << 40  # the limit was put back after each step
@@ -141,7 +136,7 @@ def test_a_job_is_placed_reclaimed_shown_and_restored_through_the_real_daemon(tm
             assert _wait(lambda: DELAYACCT.read_text().strip() == delayacct_before)
             assert _wait(lambda: not kind.ctx.changes.saved())
             # journal.jsonl is written by the store's writer thread, a moment after the event
-            assert _wait(lambda: any(e["kind"] == "tier.reverted" for e in _journal(dt.config.state_dir)))
+            assert _wait(lambda: any(e["kind"] == "tier.reverted" for e in journal_events(dt.config.state_dir)))
     finally:
         if holder is not None:
             holder.kill()

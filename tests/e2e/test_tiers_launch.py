@@ -20,7 +20,7 @@ import pytest
 from agentd.api.client import ApiClient
 from agentd.kinds.registry import KindEntry
 from agentd.tiers.kind import ROUND_S
-from tests.daemon_thread import DaemonThread, test_config, tmp  # noqa: F401 - tmp is a fixture
+from tests.daemon_thread import DaemonThread, journal_events, journaled, test_config, tmp  # noqa: F401 - tmp is a fixture
 from tests.e2e.test_kind_routes import as_nobody
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the daemon needs root (cgroups, peer credentials)")
@@ -76,21 +76,6 @@ def _policies(out: str) -> set[str]:
     return {line.split()[1] for line in out.splitlines() if line[:1].isalnum() and len(line.split()) > 2}
 
 
-def _journal(state_dir: Path) -> list[dict]:
-    path = state_dir / "journal.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def _journaled(state_dir: Path, match, timeout: float = 30) -> list[dict]:
-    """The journal's events that match, once there are any (journal.jsonl is written in batches)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = [e for e in _journal(state_dir) if match(e)]
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.1)
-
-
 def test_agentctl_run_sets_the_classs_mempolicy_before_exec(tmp):  # noqa: F811
     d, leaf = tmp
     pdir = Path(d) / "policies"
@@ -104,7 +89,7 @@ def test_agentctl_run_sets_the_classs_mempolicy_before_exec(tmp):  # noqa: F811
         assert rc == 0, err
         assert _policies(out) == {"bind:0"} and "heap" in out, out
         assert "agentctl: tiers: class pinned (policy launching): bind node 0" in err, err
-        [ev] = _journaled(dt.config.state_dir, lambda e: e["kind"] == "tier.launch")
+        [ev] = journaled(dt.config.state_dir, lambda e: e["kind"] == "tier.launch")
         assert ev["agent"] == "pinned" and ev["data"]["cls"] == "pinned" and ev["data"]["mode"] == "bind"
         # --no-tiers: nothing asked, nothing set
         rc, out, err = _agentctl(sock, "--name", "skipped", "--no-tiers", "--", sys.executable, "-c", SHOW,
@@ -142,7 +127,7 @@ def test_agentctl_run_sets_the_classs_mempolicy_before_exec(tmp):  # noqa: F811
         assert as_nobody(flood) == ["nobodys"] * 150
         assert ApiClient(sock).kind_post("tiers", "launch_plan", body)["class"] == "pinned"
         def rows() -> tuple[list, list]:
-            launches = [e for e in _journal(dt.config.state_dir) if e["kind"] == "tier.launch"]
+            launches = [e for e in journal_events(dt.config.state_dir) if e["kind"] == "tier.launch"]
             return ([e for e in launches if e["data"]["uid"] == 0 and e["data"]["pid"] == os.getpid()],
                     [e for e in launches if e["data"]["uid"] == 65534])
 
@@ -177,7 +162,7 @@ def test_agentctl_run_sets_the_classs_mempolicy_before_exec(tmp):  # noqa: F811
             job.wait()
         plan = json.loads(out)
         assert plan["class"] == "tj-class" and plan["mode"] == "preferred" and plan["nodes"] == [0], plan
-        [ev] = _journaled(dt.config.state_dir, lambda e: e["kind"] == "tier.launch" and e["data"]["name"] == "tj")
+        [ev] = journaled(dt.config.state_dir, lambda e: e["kind"] == "tier.launch" and e["data"]["name"] == "tj")
         assert ev["data"]["scope"] == "jobs" and ev["data"]["pid"] == job.pid
         # outside the job's cgroup the same request matches nothing
         assert ApiClient(sock).kind_post("tiers", "launch_plan", {"argv": ["python", "tiers-job-e2e"],
@@ -255,7 +240,7 @@ def test_agentctl_run_class_places_a_gpu_jobs_memory_too(tmp):  # noqa: F811
                                  "--", sys.executable, "-c", SHOW, "tiers-job-e2e")
         assert rc == 0 and _policies(out) == {"prefer:0"}, (out, err)
         assert "agentctl: tiers: class offload (policy gpu-and-tiers): preferred node 0" in err, err
-        [ev] = _journaled(dt.config.state_dir, lambda e: e["kind"] == "tier.launch")
+        [ev] = journaled(dt.config.state_dir, lambda e: e["kind"] == "tier.launch")
         assert ev["data"]["scope"] == "jobs" and ev["data"]["name"] == "tj1"
         rc, out, err = _agentctl(dt.socket_path, "--class", "training", "--name", "tj2", "--estimate-bytes", "1G",
                                  "--no-tiers", "--", sys.executable, "-c", SHOW, "tiers-job-e2e")
